@@ -1,0 +1,61 @@
+"""slideflow: whole-slide images to tiles and feature vectors.
+
+`import slideflow as sf` stays fast (no torch, no readers) because every public name is
+resolved lazily on first use (PEP 562).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> (module, attribute); attribute None means the module itself
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "WSI": ("slideflow.slide.wsi", "WSI"),
+    "Project": ("slideflow.project", "Project"),
+    "create_project": ("slideflow.project", "create_project"),
+    "load_project": ("slideflow.project", "load_project"),
+    "Dataset": ("slideflow.dataset", "Dataset"),
+    "build_feature_extractor": ("slideflow.model", "build_feature_extractor"),
+    "list_extractors": ("slideflow.model", "list_extractors"),
+    "rebuild_extractor": ("slideflow.model", "rebuild_extractor"),
+    "register_extractor": ("slideflow.model", "register_extractor"),
+    "DatasetFeatures": ("slideflow.features", "DatasetFeatures"),
+    "errors": ("slideflow.errors", None),
+    "io": ("slideflow.io", None),
+    "norm": ("slideflow.norm", None),
+    "data": ("slideflow.data", None),
+    "slide": ("slideflow.slide", None),
+    "model": ("slideflow.model", None),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from slideflow.dataset import Dataset
+    from slideflow.features import DatasetFeatures
+    from slideflow.model import (
+        build_feature_extractor,
+        list_extractors,
+        rebuild_extractor,
+        register_extractor,
+    )
+    from slideflow.project import Project, create_project, load_project
+    from slideflow.slide.wsi import WSI
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'slideflow' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

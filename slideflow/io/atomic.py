@@ -1,0 +1,66 @@
+"""Atomic outputs: write under a temporary name in the destination folder, then `os.replace`.
+
+A crash (or a kill) leaves at worst a `*.tmp-*` file that no reader mistakes for a finished
+output; the next run overwrites it. Metadata files are written last by the callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_path_for(dest: str | os.PathLike) -> Path:
+    """A unique temporary path beside `dest` (same filesystem, so `os.replace` is atomic)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=dest.name + TMP_MARK, dir=dest.parent)
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on success move it onto `dest`, on error remove it."""
+    tmp = tmp_path_for(dest)
+    try:
+        yield tmp
+        if tmp.is_dir() or tmp.exists():
+            os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if tmp.is_dir():
+                import shutil
+
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(dest: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file for writing; it becomes `dest` only if the block completes."""
+    with atomic_path(dest) as tmp, open(tmp, mode) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (indent 2, keys sorted for byte-identical reruns)."""
+    with atomic_open(dest, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for leftovers of an interrupted atomic write."""
+    return TMP_MARK in Path(path).name
