@@ -31,7 +31,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "model": ("slideflow.model", None),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "DatasetFeatures", "Dataset", "Project", "WSI", "__version__", "build_feature_extractor",
+    "create_project", "data", "errors", "io", "list_extractors", "load_project", "model", "norm",
+    "rebuild_extractor", "register_extractor", "slide",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from slideflow.dataset import Dataset

@@ -1,0 +1,52 @@
+"""The slide layer: readers, geometry, tissue QC, ROIs and the WSI object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: file suffixes recognised as slides (DICOM folders are recognised by their .dcm files)
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif",
+    ".qptiff", ".dcm", ".isyntax", ".czi",
+)
+
+
+def is_slide(path: str | Path) -> bool:
+    """True for a file with a slide suffix or a folder of DICOM instances."""
+    path = Path(path)
+    if path.is_dir():
+        return any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file())
+    return path.suffix.lower() in SLIDE_SUFFIXES
+
+
+def find_slides(folder: str | Path) -> list[Path]:
+    """Slides under `folder`, recursively, sorted; a DICOM folder counts as one slide."""
+    folder = Path(folder)
+    found: list[Path] = []
+
+    def walk(d: Path) -> None:
+        entries = sorted(d.iterdir())
+        dcm = [p for p in entries if p.is_file() and p.suffix.lower() == ".dcm"]
+        if len(dcm) > 1:  # a multi-instance DICOM WSI: the folder is the slide
+            found.append(d)
+            return
+        for p in entries:
+            if p.is_dir():
+                walk(p)
+            elif p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith("."):
+                found.append(p)
+
+    if folder.is_dir():
+        walk(folder)
+    return found
+
+
+def __getattr__(name: str):
+    if name == "WSI":
+        from .wsi import WSI
+
+        return WSI
+    raise AttributeError(name)
+
+
+__all__ = ["SLIDE_SUFFIXES", "WSI", "find_slides", "is_slide"]

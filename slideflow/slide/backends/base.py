@@ -1,0 +1,105 @@
+"""The reader interface every backend implements.
+
+Backends are thin: they expose pyramid metadata and `read_region`, returning uint8 RGB numpy
+arrays. Everything else (grids, QC, batching) lives above them and is backend-agnostic.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class SlideReader(ABC):
+    """A whole-slide image opened by one library."""
+
+    name: str = "base"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+
+    @property
+    @abstractmethod
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        """(width, height) of every pyramid level, finest first."""
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        w0 = self.dimensions[0]
+        return [w0 / w for w, _ in self.level_dimensions]
+
+    @property
+    @abstractmethod
+    def mpp(self) -> float | None:
+        """Level-0 microns per pixel, or None when the file does not say."""
+
+    @property
+    def vendor(self) -> str | None:
+        return None
+
+    @property
+    def objective_power(self) -> float | None:
+        return None
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def associated_images(self) -> dict[str, Any]:
+        """Label, macro, thumbnail... as PIL images (loaded on access)."""
+        return {}
+
+    def check_channels(self) -> None:  # noqa: B027 - optional hook
+        """Raise UnsupportedChannelsError when the pixels are not RGB brightfield data."""
+
+    # -- pixels ---------------------------------------------------------------------------
+    @abstractmethod
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """uint8 (height, width, 3) RGB from `level`, top-left at level-0 (x, y).
+
+        Pixels outside the slide are white.
+        """
+
+    def read_level(self, level: int) -> np.ndarray:
+        """A whole (small) level as RGB."""
+        w, h = self.level_dimensions[level]
+        return self.read_region(level, 0, 0, w, h)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release file handles."""
+
+
+def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Openslide-style premultiplied RGBA -> RGB, fully transparent pixels -> white.
+
+    Openslide returns transparent (0,0,0,0) outside the scanned area; white is what a
+    brightfield background looks like, so tissue QC treats it as background.
+    """
+    rgb = np.ascontiguousarray(rgba[..., :3])
+    alpha = rgba[..., 3]
+    if alpha.min() == 255:
+        return rgb
+    transparent = alpha == 0
+    if transparent.any():
+        rgb[transparent] = 255
+    return rgb
+
+
+def pad_to(region: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad an RGB array with white up to (height, width)."""
+    h, w = region.shape[:2]
+    if h == height and w == width:
+        return region
+    out = np.full((height, width, 3), 255, dtype=np.uint8)
+    out[: min(h, height), : min(w, width)] = region[:height, :width]
+    return out

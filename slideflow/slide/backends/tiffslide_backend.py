@@ -1,0 +1,91 @@
+"""tiffslide reader: pure-Python TIFF (tifffile + zarr); also reads QPTIFF metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import UnsupportedChannelsError
+from .base import SlideReader, pad_to
+
+
+class TiffSlideReader(SlideReader):
+    name = "tiffslide"
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        import warnings
+
+        import tiffslide
+
+        with warnings.catch_warnings():  # NDPI: "metadata parsing only partially implemented"
+            warnings.simplefilter("ignore", UserWarning)
+            self._slide = tiffslide.TiffSlide(str(path))
+            self._props = dict(self._slide.properties)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return tuple(self._slide.dimensions)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [tuple(d) for d in self._slide.level_dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return list(self._slide.level_downsamples)
+
+    @property
+    def mpp(self) -> float | None:
+        value = self._props.get("tiffslide.mpp-x")
+        try:
+            mpp = float(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
+        return mpp if mpp and mpp > 0 else None
+
+    @property
+    def vendor(self) -> str | None:
+        return self._props.get("tiffslide.vendor")
+
+    @property
+    def objective_power(self) -> float | None:
+        value = self._props.get("tiffslide.objective-power")
+        try:
+            return float(value) if value else None
+        except (TypeError, ValueError):
+            return None
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return dict(self._props)
+
+    @property
+    def associated_images(self) -> dict[str, Any]:
+        return {k: v.convert("RGB") for k, v in self._slide.associated_images.items()}
+
+    def check_channels(self) -> None:
+        tf = self._slide.ts_tifffile
+        page = tf.series[0].levels[0].pages[0]
+        photometric = getattr(page.photometric, "name", str(page.photometric))
+        if getattr(tf, "is_qpi", False) or photometric not in ("RGB", "YCBCR"):
+            raise UnsupportedChannelsError(
+                f"{self.path}: stored as {photometric} channel planes "
+                f"({'QPTIFF multiplex fluorescence' if getattr(tf, 'is_qpi', False) else 'not RGB'}"
+                "); slideflow reads RGB brightfield slides only. Convert the channels you want "
+                "to an RGB pyramid first (e.g. with tifffile or QuPath)."
+            )
+
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        arr = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)),
+                                      as_array=True)
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.shape[2] == 4:
+            arr = arr[..., :3]
+        return pad_to(np.ascontiguousarray(arr, dtype=np.uint8), height, width)
+
+    def close(self) -> None:
+        self._slide.close()

@@ -1,0 +1,167 @@
+"""Pure geometry: microns, magnifications, pyramid level choice and the tile grid.
+
+No I/O here, so every rule can be tested with plain numbers. Coordinates are int64 top-left
+corners in level-0 pixels; conversion to tile centres happens only at the TFRecord/bag boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+#: relative tolerance within which a pyramid level is read as-is (no resampling)
+LEVEL_TOLERANCE = 0.05
+
+_MAG_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX]\s*$")
+
+
+def parse_magnification(value: str) -> float | None:
+    """'20x' -> 20.0; anything else -> None."""
+    m = _MAG_RE.match(value) if isinstance(value, str) else None
+    return float(m.group(1)) if m else None
+
+
+def magnification_to_mpp(mag: float) -> float:
+    """The usual convention: 10x objective = 1 µm/px, so 20x = 0.5 µm/px."""
+    if mag <= 0:
+        raise ValueError(f"magnification must be positive, got {mag}")
+    return 10.0 / mag
+
+
+def tile_um_to_microns(tile_px: int, tile_um: float | int | str) -> float:
+    """Tile width in microns from `tile_um` (microns, or a magnification string like '20x')."""
+    if isinstance(tile_um, str):
+        mag = parse_magnification(tile_um)
+        if mag is None:
+            try:
+                tile_um = float(tile_um)
+            except ValueError:
+                raise ValueError(
+                    f"tile_um={tile_um!r}: give microns (e.g. 256) or a magnification "
+                    "string like '20x', '10x' or '2.5x'"
+                ) from None
+        else:
+            return tile_px * magnification_to_mpp(mag)
+    if not tile_um or tile_um <= 0:
+        raise ValueError(f"tile_um must be positive, got {tile_um!r}")
+    return float(tile_um)
+
+
+def tile_um_label(tile_px: int, tile_um: float | int | str) -> str:
+    """Slideflow folder label: '256px_128um' or '256px_20x'."""
+    if isinstance(tile_um, str) and parse_magnification(tile_um) is not None:
+        return f"{tile_px}px_{tile_um.strip().lower()}"
+    um = float(tile_um)
+    um_text = str(int(um)) if um.is_integer() else f"{um:g}"
+    return f"{tile_px}px_{um_text}um"
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """How to read a tile: from `level`, `read_px` level pixels wide, resized to `tile_px`."""
+
+    level: int
+    downsample: float
+    read_px: int
+    tile_px: int
+
+    @property
+    def needs_resize(self) -> bool:
+        return self.read_px != self.tile_px
+
+
+def choose_level(
+    downsamples: list[float] | tuple[float, ...],
+    full_extract_px: float,
+    tile_px: int,
+    tolerance: float = LEVEL_TOLERANCE,
+) -> LevelChoice:
+    """Tolerance rule: a level within `tolerance` of the target scale is read as-is; otherwise
+    read the nearest finer level and downsample. Upsampling is never chosen silently."""
+    target = full_extract_px / tile_px  # level-0 px per output px
+    candidates = sorted(enumerate(downsamples), key=lambda kv: kv[1])
+    # 1) a level close enough to read without any resampling (prefer the closest)
+    close = [(abs(d - target) / target, i, d) for i, d in candidates]
+    close = [c for c in close if c[0] <= tolerance]
+    if close:
+        _, i, d = min(close)
+        return LevelChoice(level=i, downsample=d, read_px=tile_px, tile_px=tile_px)
+    # 2) the coarsest level that is still finer than the target, then downsample
+    finer = [(i, d) for i, d in candidates if d <= target]
+    if not finer:
+        raise ValueError(
+            f"tiles of {full_extract_px:.1f} level-0 px into {tile_px} px would need upsampling "
+            f"(scale {target:.3f} < 1); use a larger tile_um or a smaller tile_px"
+        )
+    i, d = finer[-1]
+    read_px = int(round(full_extract_px / d))
+    return LevelChoice(level=i, downsample=d, read_px=read_px, tile_px=tile_px)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Regular grid of tiles over the level-0 plane.
+
+    `extent` is the tile side in level-0 px, `stride` the step between tile origins.
+    Only whole tiles are kept unless `use_edge_tiles` (then edge tiles overhang the slide
+    and the reader pads them with white).
+    """
+
+    width: int
+    height: int
+    extent: int
+    stride: int
+    use_edge_tiles: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(grid_h, grid_w): rows then columns, like an image."""
+        return (self._count(self.height), self._count(self.width))
+
+    def _count(self, length: int) -> int:
+        if self.use_edge_tiles:
+            return max(0, math.ceil(length / self.stride))
+        if length < self.extent:
+            return 0
+        return (length - self.extent) // self.stride + 1
+
+    def origins(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 x origins of columns and y origins of rows (int64)."""
+        gh, gw = self.shape
+        xs = np.arange(gw, dtype=np.int64) * self.stride
+        ys = np.arange(gh, dtype=np.int64) * self.stride
+        return xs, ys
+
+    def coords_of(self, mask: np.ndarray) -> np.ndarray:
+        """N x 2 (x, y) top-left coordinates of the True cells, row-major."""
+        rows, cols = np.nonzero(mask)
+        xs, ys = self.origins()
+        return np.stack([xs[cols], ys[rows]], axis=1).astype(np.int64)
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Level-0 centres of columns and rows (float64)."""
+        xs, ys = self.origins()
+        half = self.extent / 2.0
+        return xs + half, ys + half
+
+
+def make_grid(
+    dimensions: tuple[int, int],
+    mpp: float,
+    tile_px: int,
+    tile_um: float | int | str,
+    stride_div: int = 1,
+    use_edge_tiles: bool = False,
+) -> TileGrid:
+    """Tile grid for a slide of level-0 `dimensions` (W, H) at `mpp` µm/px."""
+    if stride_div < 1:
+        raise ValueError(f"stride_div must be >= 1, got {stride_div}")
+    microns = tile_um_to_microns(tile_px, tile_um)
+    extent = int(round(microns / mpp))
+    if extent < 1:
+        raise ValueError(f"tile_um={tile_um!r} is smaller than one pixel at {mpp} µm/px")
+    stride = max(1, int(round(extent / stride_div)))
+    return TileGrid(dimensions[0], dimensions[1], extent, stride, use_edge_tiles)

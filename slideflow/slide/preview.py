@@ -1,0 +1,58 @@
+"""Preview pictures: thumbnail + tissue mask tint + ROI outlines + kept-tile boxes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from .wsi import WSI
+
+
+def draw_preview(wsi: WSI, width: int = 1024, show_tiles: bool = True, show_rois: bool = True,
+                 show_mask: bool = True) -> Image:
+    """Draw the kept tiles (green boxes), removed grid cells (dimmed) and ROIs (blue)."""
+    from PIL import Image
+
+    thumb = np.asarray(wsi.thumbnail(width)).copy()
+    scale = thumb.shape[1] / wsi.dimensions[0]
+    if show_mask:
+        grid = wsi.grid
+        gh, gw = grid.shape
+        dropped = np.zeros(thumb.shape[:2], bool)
+        xs, ys = wsi.grid_spec.origins()
+        e = wsi.full_extract_px
+        for r, c in np.argwhere(~grid):
+            x0, y0 = int(xs[c] * scale), int(ys[r] * scale)
+            dropped[y0:int((ys[r] + e) * scale), x0:int((xs[c] + e) * scale)] = True
+        dropped &= ~_kept_area(wsi, thumb.shape[:2], scale)
+        thumb[dropped] = (thumb[dropped] * 0.45 + 140).astype(np.uint8)
+    if show_tiles and len(wsi):
+        e = wsi.full_extract_px * scale
+        for x, y in wsi.coords:
+            p0 = (int(x * scale), int(y * scale))
+            p1 = (int(x * scale + e) - 1, int(y * scale + e) - 1)
+            cv2.rectangle(thumb, p0, p1, (0, 160, 0), 1)
+    if show_rois and wsi.rois:
+        for roi in wsi.rois:
+            geoms = getattr(roi.geometry, "geoms", [roi.geometry])
+            for g in geoms:
+                pts = (np.asarray(g.exterior.coords) * scale).astype(np.int32)
+                cv2.polylines(thumb, [pts], True, (30, 60, 220), 2)
+                for hole in g.interiors:
+                    hpts = (np.asarray(hole.coords) * scale).astype(np.int32)
+                    cv2.polylines(thumb, [hpts], True, (220, 60, 30), 1)
+    return Image.fromarray(thumb)
+
+
+def _kept_area(wsi: WSI, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Pixels covered by any kept tile (overlapping strides must not dim kept tiles)."""
+    kept = np.zeros(shape, bool)
+    e = wsi.full_extract_px
+    for x, y in wsi.coords:
+        kept[int(y * scale):int((y + e) * scale), int(x * scale):int((x + e) * scale)] = True
+    return kept

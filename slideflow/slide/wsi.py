@@ -1,0 +1,343 @@
+"""WSI: a slide reader + tile grid + tissue QC + ROIs, the object users hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import MissingMPPError, SlideReadError
+from . import geometry, tissue
+from .backends import open_reader
+from .backends.base import SlideReader
+from .reader import TileReader
+from .roi import ROI, load_rois, roi_keep_mask
+
+
+class WSI:
+    """A whole-slide image seen as a grid of `tile_px` tiles covering `tile_um` microns.
+
+    A new WSI keeps every whole grid tile inside the slide (and inside its ROIs when given);
+    `qc()` and `filter_tiles()` remove background only when asked. `grid` is a bool
+    (grid_h, grid_w) mask, rows first; `coords` holds the level-0 top-left (x, y) of each kept
+    tile in row-major order, and `tiles()` / `read_tile()` follow that order.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        tile_px: int,
+        tile_um: float | int | str,
+        stride_div: int = 1,
+        *,
+        mpp: float | None = None,
+        backend: str = "auto",
+        rois: str | Path | list[ROI] | None = None,
+        roi_method: str = "auto",
+        roi_filter_method: str | float = "center",
+        use_edge_tiles: bool = False,
+        level_tolerance: float = geometry.LEVEL_TOLERANCE,
+    ):
+        self.path = Path(path)
+        self.tile_px = int(tile_px)
+        self.tile_um = tile_um
+        self.stride_div = int(stride_div)
+        self.reader: SlideReader = open_reader(self.path, backend)
+        self.reader.check_channels()
+        self.mpp_source = "override" if mpp else "file"
+        self.mpp = float(mpp) if mpp else self.reader.mpp
+        if not self.mpp:
+            raise MissingMPPError(
+                f"{self.path}: the file records no microns-per-pixel. Pass it explicitly, e.g. "
+                f"sf.WSI(..., mpp=0.5), or add an 'mpp' column to the project annotations."
+            )
+        try:
+            self.grid_spec = geometry.make_grid(
+                self.dimensions, self.mpp, self.tile_px, tile_um, self.stride_div, use_edge_tiles
+            )
+            self.level_choice = geometry.choose_level(
+                self.reader.level_downsamples, self.grid_spec.extent, self.tile_px, level_tolerance
+            )
+        except ValueError as exc:
+            raise SlideReadError(f"{self.path}: {exc}") from exc
+        self.rois: list[ROI] = self._load_rois(rois)
+        self.roi_method = self._resolve_roi_method(roi_method)
+        self.roi_filter_method = roi_filter_method
+        self._base_mask = self._roi_mask()
+        self._qc_keep: np.ndarray | None = None
+        self._filter_keep: np.ndarray | None = None
+        self.qc_methods: list[Any] = []
+        self.filter_settings: dict[str, Any] = {}
+        self._update()
+
+    # -- identity and metadata ----------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """Slide name: the file stem (the folder name for DICOM folders)."""
+        if self.path.is_dir():
+            return self.path.name
+        name = self.path.name
+        for suffix in (".ome.tiff", ".ome.tif"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)]
+        return self.path.stem
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """Level-0 (width, height)."""
+        return self.reader.dimensions
+
+    @property
+    def levels(self) -> list[dict[str, Any]]:
+        """One dict per pyramid level: dimensions, downsample, mpp."""
+        return [
+            {"dimensions": dims, "downsample": ds, "mpp": self.mpp * ds}
+            for dims, ds in zip(self.reader.level_dimensions, self.reader.level_downsamples)
+        ]
+
+    @property
+    def vendor(self) -> str | None:
+        return self.reader.vendor
+
+    @property
+    def backend(self) -> str:
+        return self.reader.name
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return self.reader.properties
+
+    @property
+    def associated_images(self) -> dict[str, Any]:
+        return self.reader.associated_images
+
+    @property
+    def full_extract_px(self) -> int:
+        """Tile side in level-0 pixels."""
+        return self.grid_spec.extent
+
+    @property
+    def stride_px(self) -> int:
+        return self.grid_spec.stride
+
+    @property
+    def tile_microns(self) -> float:
+        return geometry.tile_um_to_microns(self.tile_px, self.tile_um)
+
+    @property
+    def grid(self) -> np.ndarray:
+        """Bool (grid_h, grid_w): True where a tile is kept."""
+        return self._grid
+
+    @property
+    def coords(self) -> np.ndarray:
+        """N x 2 int64 level-0 top-left (x, y) of the kept tiles, row-major."""
+        return self._coords
+
+    @property
+    def grid_indices(self) -> np.ndarray:
+        """N x 2 (row, col) grid cell of each kept tile."""
+        return np.argwhere(self._grid)
+
+    def __len__(self) -> int:
+        return len(self._coords)
+
+    def __repr__(self) -> str:
+        return (
+            f"WSI({self.name!r}, {self.dimensions[0]}x{self.dimensions[1]} px, mpp={self.mpp:.4g},"
+            f" tile_px={self.tile_px}, tile_um={self.tile_um!r}, tiles={len(self)}/"
+            f"{self._grid.size}, backend={self.backend!r})"
+        )
+
+    # -- masks ----------------------------------------------------------------------------------
+    def _load_rois(self, rois: str | Path | list[ROI] | None) -> list[ROI]:
+        if rois is None:
+            return []
+        if isinstance(rois, (str, Path)):
+            return load_rois(rois)
+        return list(rois)
+
+    def _resolve_roi_method(self, method: str) -> str:
+        if method == "auto":
+            return "inside" if self.rois else "ignore"
+        if method not in ("inside", "outside", "ignore"):
+            raise ValueError(f"roi_method must be auto/inside/outside/ignore, got {method!r}")
+        return method
+
+    def _roi_mask(self) -> np.ndarray:
+        shape = self.grid_spec.shape
+        if self.roi_method == "ignore":
+            return np.ones(shape, bool)
+        return roi_keep_mask(self.rois, self.grid_spec, self.roi_method, self.roi_filter_method)
+
+    def _update(self) -> None:
+        mask = self._base_mask.copy()
+        for extra in (self._qc_keep, self._filter_keep):
+            if extra is not None:
+                mask &= extra
+        self._grid = mask
+        self._coords = self.grid_spec.coords_of(mask)
+
+    # -- QC image -------------------------------------------------------------------------------
+    @cached_property
+    def qc_mpp(self) -> float:
+        """Resolution of the QC image: QC_MPP, finer if needed for >= 32 px per tile."""
+        return max(self.mpp, min(tissue.QC_MPP, self.tile_microns / 32.0))
+
+    @cached_property
+    def qc_image(self) -> np.ndarray:
+        """RGB image of the whole slide at `qc_mpp` (read once from the best pyramid level)."""
+        target_ds = self.qc_mpp / self.mpp
+        dsamples = self.reader.level_downsamples
+        level = max((i for i, d in enumerate(dsamples) if d <= target_ds * 1.0001), key=lambda i:
+                    dsamples[i], default=0)
+        w, h = self.dimensions
+        out_w, out_h = max(1, int(round(w / target_ds))), max(1, int(round(h / target_ds)))
+        try:
+            img = self.reader.read_level(level)
+        except Exception as exc:
+            raise SlideReadError(f"{self.path}: cannot read level {level} for QC: {exc}") from exc
+        if img.shape[1] != out_w or img.shape[0] != out_h:
+            img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        return img
+
+    @property
+    def _qc_scale(self) -> float:
+        return self.qc_image.shape[1] / self.dimensions[0]
+
+    def tile_fractions(self, pixel_mask: np.ndarray) -> np.ndarray:
+        """Per grid tile, the fraction of `pixel_mask` (a QC-image-sized bool mask) that is True."""
+        return tissue.tile_fractions(pixel_mask, self.grid_spec, self._qc_scale)
+
+    # -- QC and filters -------------------------------------------------------------------------
+    def qc(self, method: Any = "otsu", threshold: float = 0.4) -> WSI:
+        """Keep tiles whose tissue fraction (by `method` on the QC image) is >= `threshold`.
+
+        `method`: 'otsu', 'blur', 'both', a callable (RGB -> bool keep mask) or a list of them;
+        None removes QC. Calling again replaces the previous QC.
+        """
+        if method is None:
+            self._qc_keep, self.qc_methods = None, []
+        else:
+            keep = tissue.qc_mask(self.qc_image, method)
+            self._qc_keep = self.tile_fractions(keep) >= threshold
+            methods = method if isinstance(method, (list, tuple)) else [method]
+            self.qc_methods = [m if isinstance(m, str) else getattr(m, "__name__", "callable")
+                               for m in methods]
+            self.qc_threshold = threshold
+        self._update()
+        return self
+
+    def filter_tiles(
+        self,
+        whitespace_fraction: float | None = None,
+        whitespace_threshold: float = 230,
+        grayspace_fraction: float | None = None,
+        grayspace_threshold: float = 0.05,
+    ) -> WSI:
+        """Slideflow-style background filters, evaluated on the QC image (no tile is read).
+
+        A tile is dropped when more than `whitespace_fraction` of its pixels have mean RGB >
+        `whitespace_threshold`, or more than `grayspace_fraction` have HSV saturation <
+        `grayspace_threshold`. None disables a filter.
+        """
+        keep = np.ones(self.grid_spec.shape, bool)
+        if whitespace_fraction is not None:
+            ws = self.tile_fractions(tissue.whitespace_map(self.qc_image, whitespace_threshold))
+            keep &= ws <= whitespace_fraction
+        if grayspace_fraction is not None:
+            gs = self.tile_fractions(tissue.grayspace_map(self.qc_image, grayspace_threshold))
+            keep &= gs <= grayspace_fraction
+        self._filter_keep = None if whitespace_fraction is None and grayspace_fraction is None \
+            else keep
+        self.filter_settings = {
+            "whitespace_fraction": whitespace_fraction,
+            "whitespace_threshold": whitespace_threshold,
+            "grayspace_fraction": grayspace_fraction,
+            "grayspace_threshold": grayspace_threshold,
+        }
+        self._update()
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides which tiles are read and how (for resume checks)."""
+        return {
+            "tile_px": self.tile_px,
+            "tile_um": self.tile_um,
+            "stride_div": self.stride_div,
+            "mpp": self.mpp,
+            "full_extract_px": self.full_extract_px,
+            "level": self.level_choice.level,
+            "read_px": self.level_choice.read_px,
+            "use_edge_tiles": self.grid_spec.use_edge_tiles,
+            "roi_method": self.roi_method,
+            "roi_filter_method": self.roi_filter_method,
+            "num_rois": len(self.rois),
+            "qc": self.qc_methods,
+            "qc_threshold": getattr(self, "qc_threshold", None) if self.qc_methods else None,
+            **self.filter_settings,
+        }
+
+    # -- pixels ---------------------------------------------------------------------------------
+    def _tile_reader(self, coords: np.ndarray | None = None) -> TileReader:
+        return TileReader(self.reader, self._coords if coords is None else coords,
+                          self.full_extract_px, self.stride_px, self.level_choice)
+
+    def read_tile(self, i: int) -> np.ndarray:
+        """uint8 (tile_px, tile_px, 3) of the i-th kept tile."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"{self.name}: tile {i} out of range (0..{n - 1})")
+        return self._wrap_read(lambda: self._tile_reader().read_indices([i % n])[0])
+
+    def tiles(self, batch_size: int = 64, num_threads: int | None = None,
+              coords: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (uint8 (B, tile_px, tile_px, 3), int64 (B, 2) top-left coords) in coords order."""
+        reader = self._tile_reader(coords)
+        it = reader.iter_batches(batch_size=batch_size, num_threads=num_threads)
+        try:
+            while True:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except Exception as exc:
+                    raise SlideReadError(f"{self.path}: tile read failed: {exc}") from exc
+                yield batch
+        finally:
+            it.close()
+
+    def _wrap_read(self, fn):
+        try:
+            return fn()
+        except Exception as exc:
+            raise SlideReadError(f"{self.path}: tile read failed: {exc}") from exc
+
+    # -- pictures -------------------------------------------------------------------------------
+    def thumbnail(self, width: int = 1024):
+        """PIL RGB thumbnail `width` pixels wide."""
+        from PIL import Image
+
+        img = self.qc_image
+        h = max(1, int(round(img.shape[0] * width / img.shape[1])))
+        interp = cv2.INTER_AREA if width < img.shape[1] else cv2.INTER_LINEAR
+        return Image.fromarray(cv2.resize(img, (width, h), interpolation=interp))
+
+    def preview(self, width: int = 1024, **kwargs: Any):
+        """Thumbnail with the QC mask, ROIs and the kept tiles drawn on it (PIL image)."""
+        from .preview import draw_preview
+
+        return draw_preview(self, width=width, **kwargs)
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> WSI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
