@@ -11,6 +11,19 @@ SLIDE_SUFFIXES = (
 )
 
 
+def slide_name(path: str | Path) -> str:
+    """Slide name used everywhere (annotations, TFRecords, bags): the file stem, the folder name
+    for DICOM folders, and without '.ome' for OME-TIFF."""
+    path = Path(path)
+    if path.is_dir():
+        return path.name
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def is_slide(path: str | Path) -> bool:
     """True for a file with a slide suffix or a folder of DICOM instances."""
     path = Path(path)
@@ -49,4 +62,4 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["SLIDE_SUFFIXES", "WSI", "find_slides", "is_slide"]
+__all__ = ["SLIDE_SUFFIXES", "WSI", "find_slides", "is_slide", "slide_name"]

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError
-from . import geometry, tissue
+from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
 from .reader import TileReader
@@ -78,13 +78,7 @@ class WSI:
     @property
     def name(self) -> str:
         """Slide name: the file stem (the folder name for DICOM folders)."""
-        if self.path.is_dir():
-            return self.path.name
-        name = self.path.name
-        for suffix in (".ome.tiff", ".ome.tif"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return self.path.stem
+        return slide_name(self.path)
 
     @property
     def dimensions(self) -> tuple[int, int]:

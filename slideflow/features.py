@@ -1,0 +1,337 @@
+"""Feature bags for MIL: slides or TFRecords -> extractor -> one bag per slide.
+
+`generate_feature_bags` drives the streaming engine (`slideflow.pipeline`) once per slide with a
+`BagWriter` sink, writes `bags_config.json` (Slideflow layout + our provenance) and resumes:
+a bag is reused only when its recorded settings match the request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import BagsConfigMismatchError, SlideflowError
+
+log = logging.getLogger("slideflow")
+
+
+@dataclass
+class SlideJob:
+    """One slide to featurise: from its TFRecord when given, else straight from the slide."""
+
+    name: str
+    slide_path: Path | None = None
+    tfrecord: Path | None = None
+    rois: Path | None = None
+    mpp: float | None = None
+
+
+@dataclass
+class TileSelection:
+    """How tiles are chosen when reading from slides (same options as extract_tiles)."""
+
+    qc: Any = None
+    qc_threshold: float = 0.4
+    roi_method: str = "auto"
+    roi_filter_method: str | float = "center"
+    whitespace_fraction: float | None = None
+    whitespace_threshold: float = 230
+    grayspace_fraction: float | None = None
+    grayspace_threshold: float = 0.05
+    stride_div: int = 1
+    use_edge_tiles: bool = False
+    backend: str = "auto"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["qc"] = d["qc"] if d["qc"] is None or isinstance(d["qc"], (str, list)) else "callable"
+        d.pop("backend")
+        return d
+
+
+@dataclass
+class BagsReport:
+    """What a generate_feature_bags run did, slide by slide."""
+
+    outdir: Path
+    done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def tiles(self) -> int:
+        return sum(v["tiles"] for v in self.done.values())
+
+    def __repr__(self) -> str:
+        return (f"BagsReport({self.outdir}: {len(self.done)} done, {len(self.skipped)} reused, "
+                f"{len(self.failed)} failed, {self.tiles} tiles in {self.seconds:.1f} s)")
+
+
+def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
+    """An extractor object, building it from a registry name when given a string."""
+    if isinstance(extractor, str):
+        from .model import build_feature_extractor
+
+        return build_feature_extractor(extractor, **kwargs)
+    return extractor
+
+
+def resolve_normalizer(normalizer: Any) -> Any:
+    if normalizer is None or not isinstance(normalizer, str):
+        return normalizer
+    from .norm import autoselect
+
+    return autoselect(normalizer)
+
+
+def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
+                selection: TileSelection, fmt: str) -> dict[str, Any]:
+    """Slideflow-layout bags_config.json plus a provenance block (ours)."""
+    return {
+        "extractor": extractor.dump_config(),
+        "normalizer": normalizer.to_config() if normalizer is not None else None,
+        "num_features": int(extractor.num_features),
+        "tile_px": int(tile_px),
+        "tile_um": tile_um,
+        "provenance": {
+            "slideflow_version": __version__,
+            "extractor": extractor.name,
+            "weights_sha256": getattr(extractor, "weights_sha256", None),
+            "precision": getattr(extractor, "precision", "fp32"),
+            "license": getattr(extractor, "license", None),
+            "format": fmt,
+            "tile_selection": selection.as_dict(),
+        },
+    }
+
+
+def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection,
+                batch_size: int, num_threads: int | None, max_tiles: int | None, seed: int):
+    """(batches iterator, patch_size_level0, slide meta) for one job; coords are top-left."""
+    from .pipeline import tfrecord_source
+
+    if job.tfrecord is not None:
+        extent = _tfrecord_extent(job, tile_px, tile_um)
+        half = extent // 2
+
+        def shifted():
+            for tiles, locs in tfrecord_source(job.tfrecord, batch_size, num_threads):
+                yield tiles, np.asarray(locs, np.int64) - half
+
+        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
+    wsi = open_wsi(job, tile_px, tile_um, selection)
+    coords = wsi.coords
+    if max_tiles is not None and len(coords) > max_tiles:
+        keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
+        coords = coords[keep]
+    meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
+            "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
+            "objective_power": wsi.reader.objective_power}
+    return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords), \
+        wsi.full_extract_px, meta
+
+
+def open_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):
+    """Open a job's slide with the tile selection applied (QC, ROIs, background filters)."""
+    from .slide.wsi import WSI
+
+    wsi = WSI(job.slide_path, tile_px, tile_um, selection.stride_div, mpp=job.mpp,
+              backend=selection.backend, rois=job.rois, roi_method=selection.roi_method,
+              roi_filter_method=selection.roi_filter_method,
+              use_edge_tiles=selection.use_edge_tiles)
+    if selection.qc:
+        wsi.qc(selection.qc, threshold=selection.qc_threshold)
+    if selection.whitespace_fraction is not None or selection.grayspace_fraction is not None:
+        wsi.filter_tiles(selection.whitespace_fraction, selection.whitespace_threshold,
+                         selection.grayspace_fraction, selection.grayspace_threshold)
+    return wsi
+
+
+def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
+    """Tile extent in level-0 px for a TFRecord: from its extraction sidecar, else the slide."""
+    sidecar = job.tfrecord.with_suffix(".extract.json") if job.tfrecord else None
+    if sidecar is not None and sidecar.exists():
+        meta = json.loads(sidecar.read_text())
+        extent = meta.get("full_extract_px") or meta.get("settings", {}).get("full_extract_px")
+        if extent:
+            return int(extent)
+    if job.slide_path is not None:
+        from .slide.geometry import make_grid
+        from .slide.wsi import WSI
+
+        mpp = job.mpp or WSI(job.slide_path, tile_px, tile_um, mpp=job.mpp).mpp
+        return make_grid((1, 1), mpp, tile_px, tile_um).extent
+    raise SlideflowError(
+        f"{job.tfrecord}: cannot tell the tile size in level-0 pixels (no .extract.json beside "
+        "it and no slide found); add the slide to the project sources or re-extract tiles"
+    )
+
+
+def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any]) -> bool:
+    from .io.bags import bag_path, read_bag_meta
+
+    if not bag_path(outdir, name, fmt).exists():
+        return False
+    meta = read_bag_meta(outdir, name, fmt) or {}
+    recorded = meta.get("request")
+    if recorded != request:
+        log.info("%s: existing bag was made with other settings; regenerating", name)
+        return False
+    return True
+
+
+def generate_bags(
+    jobs: Sequence[SlideJob],
+    extractor: Any,
+    outdir: str | Path,
+    tile_px: int,
+    tile_um: Any,
+    *,
+    normalizer: Any = None,
+    selection: TileSelection | None = None,
+    fmt: str = "pt",
+    force_regenerate: bool = False,
+    min_tiles: int = 0,
+    max_tiles: int | None = None,
+    seed: int = 0,
+    num_threads: int | None = None,
+    progress: bool = True,
+) -> BagsReport:
+    """Featurise every job into `outdir`; one failing slide is reported, the rest go on."""
+    from .io.bags import BagWriter
+    from .io.bags_config import check_compatible, write_bags_config
+
+    extractor = resolve_extractor(extractor)
+    normalizer = resolve_normalizer(normalizer)
+    selection = selection or TileSelection()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    cfg = bags_config(extractor, normalizer, tile_px, tile_um, selection, fmt)
+    if not force_regenerate:
+        check_compatible(outdir, cfg)  # raises BagsConfigMismatchError listing the keys
+    request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
+                                              "tile_px", "tile_um")},
+               "selection": selection.as_dict(), "max_tiles": max_tiles, "seed": seed}
+    report = BagsReport(outdir)
+    start = time.perf_counter()
+    from .progress import track_slides
+
+    with track_slides(len(jobs), "features", enabled=progress) as bar:
+        for job in jobs:
+            if not force_regenerate and _bag_is_current(outdir, job.name, fmt, request):
+                report.skipped.append(job.name)
+                bar.slide_done(job.name, 0)
+                continue
+            t0 = time.perf_counter()
+            try:
+                source, extent, meta = _job_source(job, tile_px, tile_um, selection,
+                                                   extractor.batch_size, num_threads,
+                                                   max_tiles, seed)
+                writer_meta = {**meta, "request": request, "extractor": extractor.name,
+                               "tile_px": tile_px, "tile_um": tile_um}
+                with BagWriter(outdir, job.name, fmt, num_features=extractor.num_features,
+                               patch_size_level0=extent, meta=writer_meta) as writer:
+                    from .pipeline import run_features
+
+                    def sink(f, c, _w=writer):
+                        _w.append(f, c)
+                        bar.advance_tiles(len(f))
+
+                    stats = run_features(extractor, source, sink, normalizer=normalizer)
+                    if stats.tiles < max(min_tiles, 1):
+                        raise SlideflowError(
+                            f"{job.name}: {stats.tiles} tiles (< min_tiles={max(min_tiles, 1)}); "
+                            "no bag written")
+                report.done[job.name] = {"tiles": stats.tiles,
+                                         "seconds": time.perf_counter() - t0}
+                bar.slide_done(job.name, stats.tiles)
+            except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
+                if isinstance(exc, BagsConfigMismatchError):
+                    raise
+                report.failed[job.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("%s: skipped (%s)", job.name, exc)
+                bar.slide_failed(job.name, str(exc))
+    write_bags_config(outdir, cfg)  # metadata last
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
+                    rois: dict[str, Path] | None = None) -> list[SlideJob]:
+    """Jobs for loose slide files / DICOM folders (the CLI path)."""
+    from .slide import slide_name
+
+    jobs = []
+    for p in paths:
+        name = slide_name(p)
+        jobs.append(SlideJob(name=name, slide_path=Path(p), mpp=mpp, rois=(rois or {}).get(name)))
+    return jobs
+
+
+class DatasetFeatures:
+    """In-memory features of a dataset: {slide: (features (N, D), coords (N, 2) top-left)}.
+
+    Build from an extractor and a Dataset (`DatasetFeatures(extractor, dataset)`) or from a bag
+    folder (`DatasetFeatures.from_bags(dir)`).
+    """
+
+    def __init__(self, extractor: Any = None, dataset: Any = None, **kwargs: Any):
+        self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.extractor = None
+        self.num_features = 0
+        if extractor is not None and dataset is not None:
+            from .pipeline import RowCollector, run_features
+
+            self.extractor = resolve_extractor(extractor)
+            self.num_features = self.extractor.num_features
+            selection = TileSelection(**{k: v for k, v in kwargs.items()
+                                         if k in TileSelection.__dataclass_fields__})
+            for job in dataset.feature_jobs():
+                collector = RowCollector(self.num_features)
+                source, _, _ = _job_source(job, dataset.tile_px, dataset.tile_um, selection,
+                                           self.extractor.batch_size, None, None, 0)
+                run_features(self.extractor, source, collector)
+                self.bags[job.name] = collector.result()
+
+    @classmethod
+    def from_bags(cls, folder: str | Path) -> DatasetFeatures:
+        from .io.bags import list_bags, read_bag
+
+        obj = cls()
+        for path in list_bags(folder):
+            bag = read_bag(path)
+            obj.bags[path.name.split(".")[0]] = (bag.features, bag.coords)
+            obj.num_features = bag.features.shape[1]
+        return obj
+
+    def slides(self) -> list[str]:
+        return sorted(self.bags)
+
+    def to_torch(self, outdir: str | Path) -> Path:
+        """Write .pt bags (+ .index.npz) for every slide; returns the folder."""
+        from .io.bags import write_bag
+
+        outdir = Path(outdir)
+        for name, (feats, coords) in self.bags.items():
+            write_bag(outdir / f"{name}.pt", feats, coords)
+        return outdir
+
+    def to_df(self):
+        """One row per slide: `slide`, `num_tiles` and the mean feature vector `activations`."""
+        import pandas as pd
+
+        rows = [{"slide": k, "num_tiles": len(f), "activations": f.mean(axis=0)}
+                for k, (f, _) in sorted(self.bags.items())]
+        return pd.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        return f"DatasetFeatures({len(self.bags)} slides, {self.num_features} features)"
