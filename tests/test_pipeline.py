@@ -1,0 +1,96 @@
+"""The streaming engine in isolation, with a transparent stand-in model (per-channel means)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import CMU
+
+import slideflow as sf
+from slideflow.pipeline import RowCollector, _rebatch, run_features, wsi_features
+
+
+class MeanModel:
+    """Features = per-channel mean of each tile, so rows can be checked against the pixels."""
+
+    name = "mean"
+    num_features = 3
+    device = torch.device("cpu")
+
+    def __init__(self, batch_size=8):
+        self.batch_size = batch_size
+
+    def preprocess(self, x):
+        assert x.dtype == torch.uint8 and x.shape[1] == 3
+        return x.float()
+
+    def forward_preprocessed(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def test_rows_follow_coords_order():
+    wsi = sf.WSI(CMU, 64, 64).qc("otsu")
+    grid = wsi_features(MeanModel(batch_size=7), wsi)
+    tiles = np.concatenate([t for t, _ in wsi.tiles(batch_size=16)])
+    expected = tiles.reshape(len(tiles), -1, 3).astype(np.float64).mean(axis=1)
+    np.testing.assert_allclose(grid.rows, expected, rtol=1e-5)
+    np.testing.assert_array_equal(grid.coords, wsi.coords)
+    assert grid.shape == (*wsi.grid.shape, 3)
+    r, c = wsi.grid_indices[5]
+    np.testing.assert_allclose(grid[r, c].data, expected[5], rtol=1e-5)
+    assert grid.mask[~wsi.grid].all() and not grid.mask[wsi.grid].any()
+
+
+def test_zero_tissue_slide(tmp_path):
+    roi = tmp_path / "r.csv"
+    roi.write_text("ROI_name,X_base,Y_base\nr,5000,5000\nr,6000,5000\nr,6000,6000\n")
+    wsi = sf.WSI(CMU, 128, 256, rois=roi)
+    assert len(wsi) == 0
+    grid = wsi_features(MeanModel(), wsi)
+    assert grid.rows.shape == (0, 3) and grid.mask.all()
+
+
+def test_rebatch_exact_sizes():
+    src = [(np.zeros((n, 2, 2, 3), np.uint8), np.full((n, 2), i)) for i, n in
+           enumerate([3, 5, 1, 8, 2])]
+    out = list(_rebatch(iter(src), 4))
+    assert [len(t) for t, _ in out] == [4, 4, 4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate([c for _, c in out])[:, 0],
+                                  np.repeat(np.arange(5), [3, 5, 1, 8, 2]))
+
+
+def _threads():
+    return {t.name for t in threading.enumerate()}
+
+
+def test_errors_stop_cleanly_without_leaked_threads():
+    before = threading.active_count()
+
+    def failing_source():
+        yield np.zeros((4, 8, 8, 3), np.uint8), np.zeros((4, 2), np.int64)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        run_features(MeanModel(4), failing_source(), RowCollector(3))
+    wsi = sf.WSI(CMU, 64, 64)
+
+    def bad_sink(f, c):
+        raise RuntimeError("sink full")
+
+    with pytest.raises(RuntimeError, match="sink full"):
+        run_features(MeanModel(4), wsi.tiles(batch_size=4, num_threads=2), bad_sink)
+    assert threading.active_count() == before, _threads()
+
+
+def test_normalizer_runs_in_prefetch_stage():
+    class Invert:
+        def transform(self, batch):
+            return 255 - batch
+
+    wsi = sf.WSI(CMU, 128, 256)
+    plain = wsi_features(MeanModel(), wsi).rows
+    inv = wsi_features(MeanModel(), wsi, normalizer=Invert()).rows
+    np.testing.assert_allclose(inv, 255 - plain, rtol=1e-5)
