@@ -116,11 +116,12 @@ def _case_main(args: list[str]) -> None:
 def prepare(cache: Path, large: int) -> dict[str, Path]:
     """Synthetic pyramid, PNG TFRecords of both slides, a local ResNet50 checkpoint."""
     import torch
-    from slideflow.io.imgcodec import encode
-    from slideflow.io.tfrecord import TFRecordWriter
-    from synthetic import CMU, make_pyramid
 
     import slideflow as sf
+    from slideflow.io.imgcodec import encode
+    from slideflow.io.tfrecord import TFRecordWriter
+
+    from synthetic import CMU, make_pyramid
 
     big = make_pyramid(cache / f"sf_bench_{large}.tif", large, large)
     paths = {"small": CMU, "large": big}

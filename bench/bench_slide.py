@@ -11,9 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from synthetic import CMU, make_pyramid
-
 import slideflow as sf
+
+from synthetic import CMU, make_pyramid
 
 
 def bench(path: Path, tile_px: int, tile_um: float, threads: int) -> dict:

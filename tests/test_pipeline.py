@@ -7,10 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import CMU
 
 import slideflow as sf
 from slideflow.pipeline import RowCollector, _rebatch, run_features, wsi_features
+
+from conftest import CMU
 
 
 class MeanModel:

@@ -11,10 +11,11 @@ import cv2
 import numpy as np
 import openslide
 import pytest
-from conftest import CMU, CMU_DICOM, CMU_TIFF, DICOM_CAMELYON, NDPI, QPTIFF, TCGA_J2K
 
 import slideflow as sf
 from slideflow import errors
+
+from conftest import CMU, CMU_DICOM, CMU_TIFF, DICOM_CAMELYON, NDPI, QPTIFF, TCGA_J2K
 
 pytestmark = pytest.mark.usefixtures("slides")
 

@@ -17,12 +17,31 @@ from typing import Any
 TMP_MARK = ".tmp-"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def tmp_path_for(dest: str | os.PathLike) -> Path:
-    """A unique temporary path beside `dest` (same filesystem, so `os.replace` is atomic)."""
+    """A unique temporary path beside `dest` (same filesystem, so `os.replace` is atomic).
+
+    mkstemp creates files 0600; outputs get the usual 0666 & ~umask so that collaborators on a
+    shared cluster can read them.
+    """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=dest.name + TMP_MARK, dir=dest.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     return Path(name)
 
 

@@ -51,12 +51,30 @@ def tile_um_to_microns(tile_px: int, tile_um: float | int | str) -> float:
 
 
 def tile_um_label(tile_px: int, tile_um: float | int | str) -> str:
-    """Slideflow folder label: '256px_128um' or '256px_20x'."""
-    if isinstance(tile_um, str) and parse_magnification(tile_um) is not None:
-        return f"{tile_px}px_{tile_um.strip().lower()}"
+    """Slideflow folder label: '256px_128um' (microns) or '256px_20x' (magnification).
+
+    Int-valued floats are written as ints (302.0 -> '302um') so one geometry maps to one folder
+    (Slideflow 3 would write '302.0um' for a float).
+    """
+    if isinstance(tile_um, str):
+        text = tile_um.strip().lower()
+        if text.endswith("x"):
+            mag = parse_magnification(text)
+            if mag is None or mag <= 0:
+                raise ValueError(f"bad magnification {tile_um!r}; use e.g. '20x'")
+            return f"{int(tile_px)}px_{text}"
+        try:
+            tile_um = float(text)
+        except ValueError:
+            raise ValueError(f"tile_um {tile_um!r} is neither microns nor a magnification "
+                             "like '20x'") from None
+    if isinstance(tile_um, bool) or not isinstance(tile_um, (int, float, np.integer,
+                                                             np.floating)):
+        raise TypeError(f"tile_um must be a number or a magnification string, got {tile_um!r}")
     um = float(tile_um)
-    um_text = str(int(um)) if um.is_integer() else f"{um:g}"
-    return f"{tile_px}px_{um_text}um"
+    if not um > 0 or not np.isfinite(um):
+        raise ValueError(f"tile_um must be positive, got {tile_um!r}")
+    return f"{int(tile_px)}px_{int(um) if um.is_integer() else um}um"
 
 
 @dataclass(frozen=True)
