@@ -181,9 +181,11 @@ def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any]) 
 
     if not bag_path(outdir, name, fmt).exists():
         return False
+    from .io.bags_config import normalize
+
     meta = read_bag_meta(outdir, name, fmt) or {}
     recorded = meta.get("request")
-    if recorded != request:
+    if recorded != normalize(request):
         log.info("%s: existing bag was made with other settings; regenerating", name)
         return False
     return True
@@ -229,7 +231,7 @@ def generate_bags(
         for job in jobs:
             if not force_regenerate and _bag_is_current(outdir, job.name, fmt, request):
                 report.skipped.append(job.name)
-                bar.slide_done(job.name, 0)
+                bar.slide_skipped(job.name, "bag exists with the same settings")
                 continue
             t0 = time.perf_counter()
             try:
@@ -286,6 +288,7 @@ class DatasetFeatures:
 
     def __init__(self, extractor: Any = None, dataset: Any = None, **kwargs: Any):
         self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.patch_sizes: dict[str, int | None] = {}
         self.extractor = None
         self.num_features = 0
         if extractor is not None and dataset is not None:
@@ -297,19 +300,21 @@ class DatasetFeatures:
                                          if k in TileSelection.__dataclass_fields__})
             for job in dataset.feature_jobs():
                 collector = RowCollector(self.num_features)
-                source, _, _ = _job_source(job, dataset.tile_px, dataset.tile_um, selection,
-                                           self.extractor.batch_size, None, None, 0)
+                source, extent, _ = _job_source(job, dataset.tile_px, dataset.tile_um, selection,
+                                                self.extractor.batch_size, None, None, 0)
                 run_features(self.extractor, source, collector)
                 self.bags[job.name] = collector.result()
+                self.patch_sizes[job.name] = extent
 
     @classmethod
     def from_bags(cls, folder: str | Path) -> DatasetFeatures:
-        from .io.bags import list_bags, read_bag
+        from .io.bags import list_bags, read_bag, slide_of
 
         obj = cls()
         for path in list_bags(folder):
             bag = read_bag(path)
-            obj.bags[path.name.split(".")[0]] = (bag.features, bag.coords)
+            obj.bags[slide_of(path)] = (bag.features, bag.coords)
+            obj.patch_sizes[slide_of(path)] = bag.patch_size_level0
             obj.num_features = bag.features.shape[1]
         return obj
 
@@ -322,7 +327,8 @@ class DatasetFeatures:
 
         outdir = Path(outdir)
         for name, (feats, coords) in self.bags.items():
-            write_bag(outdir / f"{name}.pt", feats, coords)
+            write_bag(outdir / f"{name}.pt", feats, coords,
+                      patch_size_level0=self.patch_sizes.get(name))
         return outdir
 
     def to_df(self):

@@ -1,0 +1,295 @@
+"""HDF5 feature bags in the CLAM/TRIDENT layout (one file per slide), readable by their MIL code.
+
+    /features            float32 (N, D)   chunks (min(N, 512), D), no compression
+    /coords              int64   (N, 2)   TOP-LEFT corners, level-0 pixels
+        attrs: patch_size, patch_size_level0, level0_magnification, target_magnification,
+               overlap, level0_width, level0_height, name          (TRIDENT's names)
+    /features attrs: name, encoder, slideflow_meta (JSON)
+
+Multi-encoder files (AtlasPatch layout) keep one `coords` and a group `/features/<encoder>` of
+datasets; a new encoder is merged into an existing file by writing a complete copy under a
+temporary name and replacing the file (`add_h5_features`, or `BagWriter(..., encoder=)`).
+
+TRIDENT writes its geometry attributes on the `coords` dataset (trident/IO.py `coords_to_h5`,
+read back by `read_coords` from `f['coords'].attrs`), so we do the same. TRIDENT chunks one row
+per chunk; we chunk by batches of rows, which reads the same and is far faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BagError
+from .atomic import tmp_path_for
+from .bags import (
+    CHUNK_ROWS,
+    GEOMETRY_KEYS,
+    Bag,
+    ChunkedSink,
+    dumps_meta,
+    geometry_attrs,
+    parse_geometry,
+    slide_of,
+)
+
+FORMAT_VERSION = 1
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_attrs(obj: Any, attrs: Mapping[str, Any]) -> None:
+    for key, value in attrs.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            obj.attrs[key] = str(value)
+        elif isinstance(value, int):
+            obj.attrs[key] = np.int64(value)
+        else:
+            obj.attrs[key] = np.float64(value)
+
+
+def _py(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _features_attrs(slide: str, encoder: str | None, meta: Mapping[str, Any]) -> dict[str, Any]:
+    attrs = {"name": slide, "slideflow_meta": dumps_meta(meta)}
+    enc = encoder or meta.get("extractor")
+    if enc:
+        attrs["encoder"] = str(enc)
+    return attrs
+
+
+def _create(h5: Any, key: str, n: int, width: int, dtype: str, chunk: int) -> Any:
+    return h5.create_dataset(key, shape=(n, width), maxshape=(None, width), dtype=dtype,
+                             chunks=(max(1, chunk), width), track_times=False)
+
+
+def _layout(h5: Any, path: Path) -> str:
+    """'single' (`/features` dataset), 'multi' (`/features/<encoder>`) or 'empty'."""
+    import h5py
+
+    obj = h5.get("features")
+    if obj is None:
+        return "empty"
+    return "multi" if isinstance(obj, h5py.Group) else "single"
+
+
+class H5Sink(ChunkedSink):
+    """Streams rows into `<slide>.h5.tmp-*` one chunk at a time; `close()` renames it."""
+
+    def __init__(self, path: Path, num_features: int, patch_size_level0: int,
+                 meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None, *,
+                 encoder: str | None = None, chunk_rows: int = CHUNK_ROWS):
+        super().__init__(num_features, chunk_rows)
+        self.path = Path(path)
+        self.encoder = encoder
+        self.meta = dict(meta or {})
+        self.geometry = geometry_attrs(patch_size_level0, meta, attrs)
+        self._tmp = tmp_path_for(self.path)
+        self._h5: Any = None
+
+    def _open(self, chunk: int) -> None:
+        import h5py
+
+        self._h5 = h5py.File(self._tmp, "w")
+        key = "features" if self.encoder is None else f"features/{self.encoder}"
+        self._df = _create(self._h5, key, 0, self.num_features, "float32", chunk)
+        self._dc = _create(self._h5, "coords", 0, 2, "int64", chunk)
+
+    def _write(self, f: np.ndarray, c: np.ndarray) -> None:
+        if self._h5 is None:
+            self._open(self.chunk_rows)
+        n0, n1 = self._df.shape[0], self._df.shape[0] + len(f)
+        self._df.resize(n1, axis=0)
+        self._dc.resize(n1, axis=0)
+        self._df[n0:n1] = f
+        self._dc[n0:n1] = c
+
+    def close(self) -> Path:
+        if self._h5 is None:  # fewer rows than one chunk: chunk = the whole bag
+            self._open(max(self._fill, 1))
+        self.flush_tail()
+        slide = slide_of(self.path)
+        _write_attrs(self._dc, {**self.geometry, "name": slide})
+        _write_attrs(self._df, _features_attrs(slide, self.encoder, self.meta))
+        _write_attrs(self._h5, {"format_version": FORMAT_VERSION, "coord_origin": "top_left",
+                                "coord_space": "level0"})
+        if self.encoder is not None and self.path.exists():
+            self._merge_existing()
+        self._h5.close()
+        self._h5 = None
+        _fsync(self._tmp)
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def _merge_existing(self) -> None:
+        """Carry the other encoders (and any other groups) of the existing file over."""
+        import h5py
+
+        try:
+            old = h5py.File(self.path, "r")
+        except OSError as e:
+            raise BagError(f"{self.path}: existing file unreadable, cannot add encoder "
+                           f"{self.encoder!r} ({e})") from e
+        with old:
+            if _layout(old, self.path) == "single":
+                raise BagError(f"{self.path}: single-encoder layout (/features is a dataset); "
+                               f"write encoder {self.encoder!r} to another file or folder")
+            if "coords" in old and not np.array_equal(old["coords"][()], self._dc[()]):
+                raise BagError(f"{self.path}: encoder {self.encoder!r} has other tiles than the "
+                               "encoders already in the file; all must share `coords`")
+            for name, obj in old.items():
+                if name == "features":
+                    for enc in obj:
+                        if enc != self.encoder:
+                            old.copy(obj[enc], self._h5["features"], name=enc)
+                elif name != "coords":
+                    old.copy(obj, self._h5, name=name)
+
+    def abort(self) -> None:
+        if self._h5 is not None:
+            with contextlib.suppress(Exception):
+                self._h5.close()
+            self._h5 = None
+        self._tmp.unlink(missing_ok=True)
+
+
+def add_h5_features(path: str | os.PathLike, encoder: str, features: Any,
+                    meta: Mapping[str, Any] | None = None) -> Path:
+    """Add (or replace) `/features/<encoder>` in an existing multi-encoder h5, atomically.
+
+    The file is copied to a temporary name, the dataset added there, and the copy replaces the
+    original; readers never see a half-written file. Rows must match the file's `coords`.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f"{path}: not found; write the first encoder with write_bag(..., encoder=)")
+    f = np.asarray(features, dtype=np.float32)
+    tmp = tmp_path_for(path)
+    try:
+        shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as h5:
+            layout = _layout(h5, path)
+            if layout == "single":
+                raise BagError(f"{path}: single-encoder layout (/features is a dataset); "
+                               "cannot add a named encoder")
+            n = h5["coords"].shape[0] if "coords" in h5 else None
+            if f.ndim != 2 or f.shape[0] != n:
+                raise BagError(f"{path}: features for {encoder!r} must be ({n}, D), got {f.shape}")
+            group = h5.require_group("features")
+            if encoder in group:
+                del group[encoder]
+            ds = _create(group, encoder, f.shape[0], f.shape[1], "float32",
+                         min(max(f.shape[0], 1), CHUNK_ROWS))
+            ds[...] = f
+            _write_attrs(ds, _features_attrs(slide_of(path), encoder, dict(meta or {})))
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def list_h5_encoders(path: str | os.PathLike) -> list[str]:
+    """Encoder names of a multi-encoder h5 ([] for the single layout)."""
+    import h5py
+
+    with _open(Path(path)) as h5:
+        return sorted(h5["features"]) if isinstance(h5.get("features"), h5py.Group) else []
+
+
+def _open(path: Path) -> Any:
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise BagError(f"{path}: not a readable HDF5 bag (truncated or corrupt? {e})") from e
+
+
+def _features_dataset(h5: Any, path: Path, encoder: str | None) -> Any:
+    import h5py
+
+    obj = h5.get("features")
+    if obj is None:
+        raise BagError(f"{path}: no /features dataset")
+    if isinstance(obj, h5py.Group):
+        names = sorted(obj)
+        if encoder is None:
+            if len(names) != 1:
+                raise BagError(f"{path}: holds features of several encoders {names}; "
+                               "pass encoder=")
+            encoder = names[0]
+        if encoder not in obj:
+            raise BagError(f"{path}: no features for encoder {encoder!r} (has {names})")
+        return obj[encoder]
+    if encoder is not None and _py(obj.attrs.get("encoder", encoder)) != encoder:
+        raise BagError(f"{path}: features are from {_py(obj.attrs['encoder'])!r}, "
+                       f"not {encoder!r}")
+    return obj
+
+
+def read_h5(path: str | os.PathLike, encoder: str | None = None) -> Bag:
+    """Read a CLAM/TRIDENT/AtlasPatch-style h5 bag (ours or theirs)."""
+    path = Path(path)
+    with _open(path) as h5:
+        try:
+            ds = _features_dataset(h5, path, encoder)
+            if "coords" not in h5:
+                raise BagError(f"{path}: no /coords dataset")
+            features = np.asarray(ds[()], dtype=np.float32)
+            coords = np.asarray(h5["coords"][()])
+            attrs = {k: _py(v) for k, v in h5["coords"].attrs.items()}
+            fattrs = {k: _py(v) for k, v in ds.attrs.items()}
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise BagError(f"{path}: corrupt h5 bag ({type(e).__name__}: {e})") from e
+    if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] < 2 \
+            or len(coords) != len(features):
+        raise BagError(f"{path}: features {features.shape} and coords {coords.shape} "
+                       "do not match")
+    geometry = parse_geometry(attrs)  # TRIDENT writes unknown values as the string 'None'
+    attrs = {k: v for k, v in attrs.items() if k not in GEOMETRY_KEYS} | geometry
+    meta_json = fattrs.pop("slideflow_meta", None)
+    try:
+        meta = json.loads(meta_json) if meta_json else {}
+    except ValueError:
+        meta = {}
+    attrs.update({k: v for k, v in fattrs.items() if k in ("name", "encoder")})
+    attrs.update(meta=meta, format="h5", coord_origin="top_left")
+    return Bag(features, np.ascontiguousarray(coords[:, :2], np.int64), attrs, path)
+
+
+def read_h5_meta(path: str | os.PathLike, encoder: str | None = None) -> dict[str, Any] | None:
+    """The stored `meta` of an h5 bag, without reading its rows (None when absent)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    with _open(path) as h5:
+        try:
+            raw = _features_dataset(h5, path, encoder).attrs.get("slideflow_meta")
+        except BagError:
+            return None
+        return json.loads(_py(raw)) if raw else None
