@@ -267,6 +267,50 @@ def generate_bags(
     return report
 
 
+def generate_feature_bags(
+    dataset: Any,
+    extractor: Any,
+    outdir: str | Path | None = None,
+    *,
+    normalizer: Any = None,
+    force_regenerate: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    format: str = "pt",
+    min_tiles: int = 0,
+    max_tiles: int | None = None,
+    source: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    **selection: Any,
+) -> BagsReport:
+    """Bags for every slide of `dataset`: from its TFRecords when they exist, otherwise straight
+    from the slides with the same tile-selection options as `extract_tiles` (`qc`, ROIs,
+    whitespace/grayspace...). `source='slides' | 'tfrecords'` forces one or the other.
+
+    `num_workers` sets the reader threads; `batch_size` the model batch. Default `outdir`:
+    `<first tfrecords folder>/../pt_files/<extractor name>` is left to the Project; a Dataset
+    call without `outdir` raises.
+    """
+    kwargs = {"batch_size": batch_size} if batch_size and isinstance(extractor, str) else {}
+    extractor = resolve_extractor(extractor, **kwargs)
+    if batch_size and not kwargs:
+        extractor.batch_size = int(batch_size)
+    if outdir is None:
+        raise SlideflowError("generate_feature_bags needs outdir= (Project.generate_feature_bags "
+                             "defaults it to <project>/pt_files/<extractor>)")
+    unknown = set(selection) - set(TileSelection.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"unknown tile-selection options {sorted(unknown)}; valid: "
+                        f"{sorted(TileSelection.__dataclass_fields__)}")
+    return generate_bags(
+        dataset.feature_jobs(source), extractor, outdir, dataset.tile_px, dataset.tile_um,
+        normalizer=normalizer, selection=TileSelection(**selection), fmt=format,
+        force_regenerate=force_regenerate, min_tiles=min_tiles, max_tiles=max_tiles, seed=seed,
+        num_threads=num_workers, progress=progress,
+    )
+
+
 def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
                     rois: dict[str, Path] | None = None) -> list[SlideJob]:
     """Jobs for loose slide files / DICOM folders (the CLI path)."""

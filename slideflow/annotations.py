@@ -1,0 +1,103 @@
+"""Project annotations: one CSV row per slide, with `patient`, `slide` and label columns.
+
+Everything is read as text (no type guessing: '007' stays '007', 'NA' stays 'NA'); blank cells
+are empty strings. Labels become numbers only when asked (`Dataset.labels(use_float=True)`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ProjectError
+from .io.atomic import atomic_open
+
+log = logging.getLogger("slideflow")
+
+PATIENT = "patient"
+SLIDE = "slide"
+#: column names people often use for the slide column
+_SLIDE_LOOKALIKES = ("slide_id", "slide_name", "slidename", "slides", "filename", "file",
+                     "image", "wsi", "case_id")
+
+
+def read_annotations(path: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate an annotations CSV (see `validate_annotations`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProjectError(f"{path}: annotations file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
+                         skipinitialspace=True, encoding="utf-8-sig")
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ProjectError(f"{path}: cannot read the annotations CSV ({exc})") from None
+    return validate_annotations(df, path)
+
+
+def validate_annotations(df: pd.DataFrame, origin: str | os.PathLike = "annotations"
+                         ) -> pd.DataFrame:
+    """Clean and check annotations; returns a new DataFrame of strings.
+
+    - column names and cells are stripped of surrounding spaces;
+    - a `slide` column is required (the error names look-alike columns to rename);
+    - slide names must be unique and not blank (errors list the offending rows);
+    - a missing `patient` column is filled with the slide names (one patient per slide).
+    """
+    df = df.copy()
+    df.columns = [str(c).strip() for c in df.columns]
+    df = df.fillna("").astype(str)
+    for col in df.columns:
+        df[col] = df[col].str.strip()
+    if SLIDE not in df.columns:
+        lookalike = [c for c in df.columns if c.lower() in (SLIDE, *_SLIDE_LOOKALIKES)]
+        hint = (f"rename column {lookalike[0]!r} to 'slide'" if lookalike else
+                "add a 'slide' column holding each slide's file name without its extension "
+                "(e.g. 'TCGA-AA-1234-01Z' for TCGA-AA-1234-01Z.svs)")
+        raise ProjectError(f"{origin}: no 'slide' column (columns: {', '.join(df.columns)}); "
+                           f"{hint}")
+    # CSV line numbers (header is line 1) to make the errors easy to act on
+    lines = pd.Series(range(2, len(df) + 2), index=df.index)
+    blank = df[SLIDE] == ""
+    if blank.any():
+        raise ProjectError(f"{origin}: blank 'slide' value on line(s) "
+                           f"{_short(lines[blank].astype(str))}; fill them in or delete the rows")
+    dup = df[SLIDE].duplicated(keep=False)
+    if dup.any():
+        groups = [f"{name!r} (lines {', '.join(map(str, lines[df[SLIDE] == name]))})"
+                  for name in dict.fromkeys(df.loc[dup, SLIDE])]
+        raise ProjectError(f"{origin}: each slide may appear only once; duplicated: "
+                           f"{_short(groups)}. Merge or delete the extra rows")
+    if PATIENT not in df.columns:
+        log.info("%s: no 'patient' column; using one patient per slide", origin)
+        df.insert(0, PATIENT, df[SLIDE])
+    else:
+        missing = df[PATIENT] == ""
+        if missing.any():
+            log.warning("%s: %d row(s) with a blank patient; using the slide name", origin,
+                        int(missing.sum()))
+            df.loc[missing, PATIENT] = df.loc[missing, SLIDE]
+    return df.reset_index(drop=True)
+
+
+def blank_annotations(slides: Iterable[str]) -> pd.DataFrame:
+    """Annotations listing `slides`, one patient per slide (patient = slide name)."""
+    names = sorted(dict.fromkeys(slides))
+    return pd.DataFrame({PATIENT: names, SLIDE: names}, dtype=str)
+
+
+def write_annotations(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write annotations atomically (no index column); returns the path."""
+    path = Path(path)
+    with atomic_open(path, "w") as fh:
+        df.to_csv(fh, index=False, lineterminator="\n")
+    return path
+
+
+def _short(items: Iterable[str], limit: int = 10) -> str:
+    items = list(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

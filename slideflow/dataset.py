@@ -1,0 +1,477 @@
+"""Dataset: the slides of one or more sources, their annotations, one tile geometry.
+
+    ds = P.dataset(tile_px=256, tile_um=128, filters={"site": ["A", "B"]})
+    ds.slides(); ds.labels("subtype"); ds.extract_tiles(qc="otsu"); ds.manifest()
+
+A slide belongs to the dataset when it has an annotation row that passes the filters and it is
+present in a source, as a slide file or as a TFRecord of this geometry. Slide names are file
+stems (folder names for DICOM folders). Datasets are immutable: `filter()` returns a new one.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .annotations import (
+    PATIENT,
+    SLIDE,
+    blank_annotations,
+    read_annotations,
+    validate_annotations,
+)
+from .errors import DatasetError, SlideflowError
+from .io.atomic import is_temporary
+from .sources import Source, load_sources
+
+log = logging.getLogger("slideflow")
+
+
+class _Files:
+    """Slide files and TFRecords found in the sources; shared by a dataset and its filtered
+    copies so folders are scanned once."""
+
+    def __init__(self, sources: Mapping[str, Source]):
+        self.sources = sources
+        self._slides: dict[str, tuple[Source, Path]] | None = None
+
+    def slides(self) -> dict[str, tuple[Source, Path]]:
+        if self._slides is None:
+            found: dict[str, tuple[Source, Path]] = {}
+            for src in self.sources.values():
+                for name, path in src.slide_files().items():
+                    if name in found:
+                        log.warning("slide %r is in sources %s and %s; using %s", name,
+                                    found[name][0].name, src.name, found[name][1])
+                        continue
+                    found[name] = (src, path)
+            self._slides = found
+        return self._slides
+
+    def tfrecords(self, label: str) -> dict[str, tuple[Source, Path]]:
+        """TFRecords of one geometry, scanned each time (extraction adds files)."""
+        found: dict[str, tuple[Source, Path]] = {}
+        for src in self.sources.values():
+            folder = src.tfrecords / label if src.tfrecords is not None else None
+            if folder is None or not folder.is_dir():
+                continue
+            for p in sorted(folder.glob("*.tfrecords")):
+                if is_temporary(p) or not p.is_file():
+                    continue
+                found.setdefault(p.name[: -len(".tfrecords")], (src, p))
+        return found
+
+
+class Dataset:
+    """Slides + annotations + one tile geometry (`tile_px` px covering `tile_um`)."""
+
+    def __init__(
+        self,
+        config: str | os.PathLike | Mapping[str, Any] | None = None,
+        sources: str | Iterable[str] | None = None,
+        tile_px: int | None = None,
+        tile_um: int | float | str | None = None,
+        *,
+        annotations: str | os.PathLike | pd.DataFrame | None = None,
+        filters: Mapping[str, Any] | None = None,
+        filter_blank: str | Iterable[str] | None = None,
+        min_tiles: int = 0,
+        root: str | os.PathLike | None = None,
+    ):
+        all_sources = _load_config(config, root)
+        if sources is None:
+            names = list(all_sources)
+        else:
+            names = [sources] if isinstance(sources, str) else list(sources)
+            unknown = [n for n in names if n not in all_sources]
+            if unknown:
+                raise DatasetError(f"unknown source(s) {unknown}; configured: "
+                                   f"{sorted(all_sources)} (add one with P.add_source)")
+        self._sources = {n: all_sources[n] for n in names}
+        self.tile_px = int(tile_px) if tile_px is not None else None
+        self.tile_um = tile_um
+        if (tile_px is None) != (tile_um is None):
+            raise DatasetError("give both tile_px and tile_um, or neither")
+        self.label = None
+        if tile_px is not None:
+            from .io.tfrecord import get_tfrecord_label
+
+            self.label = get_tfrecord_label(tile_px, tile_um)
+        self._files = _Files(self._sources)
+        if isinstance(annotations, pd.DataFrame):
+            self._ann: pd.DataFrame | None = validate_annotations(annotations, "annotations")
+        elif annotations is not None:
+            self._ann = read_annotations(annotations)
+        else:
+            self._ann = None
+        self.annotations_path = Path(annotations) if isinstance(annotations, (str, os.PathLike)) \
+            else None
+        self.filters = _norm_filters(filters)
+        self.filter_blank = [filter_blank] if isinstance(filter_blank, str) else \
+            list(filter_blank or [])
+        self.min_tiles = int(min_tiles or 0)
+        self._check_columns()
+
+    # -- construction helpers ------------------------------------------------------------------
+    def _check_columns(self) -> None:
+        cols = set(self._all_annotations().columns)
+        for col in list(self.filters) + self.filter_blank:
+            if col not in cols:
+                raise DatasetError(f"filter column {col!r} is not in the annotations (columns: "
+                                   f"{', '.join(sorted(cols))})")
+        if self.min_tiles and self.label is None:
+            raise DatasetError("min_tiles needs a tile geometry: give tile_px and tile_um")
+
+    def _copy(self, **changes: Any) -> Dataset:
+        new = object.__new__(Dataset)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changes)
+        new._check_columns()
+        return new
+
+    def filter(self, filters: Mapping[str, Any] | None = None,
+               filter_blank: str | Iterable[str] | None = None,
+               min_tiles: int | None = None) -> Dataset:
+        """A new Dataset narrowed further (filters on one column intersect; blank filters add
+        up; min_tiles takes the larger value)."""
+        merged = {k: list(v) for k, v in self.filters.items()}
+        for col, values in _norm_filters(filters).items():
+            merged[col] = [v for v in merged[col] if v in values] if col in merged else values
+        blank = [filter_blank] if isinstance(filter_blank, str) else list(filter_blank or [])
+        return self._copy(filters=merged,
+                          filter_blank=list(dict.fromkeys(self.filter_blank + blank)),
+                          min_tiles=max(self.min_tiles, int(min_tiles or 0)))
+
+    def with_geometry(self, tile_px: int, tile_um: int | float | str) -> Dataset:
+        """The same selection at another tile geometry."""
+        from .io.tfrecord import get_tfrecord_label
+
+        return self._copy(tile_px=int(tile_px), tile_um=tile_um,
+                          label=get_tfrecord_label(tile_px, tile_um))
+
+    # -- annotations ---------------------------------------------------------------------------
+    def _all_annotations(self) -> pd.DataFrame:
+        if self._ann is not None:
+            return self._ann
+        names = set(self._files.slides())
+        if self.label is not None:
+            names |= set(self._files.tfrecords(self.label))
+        return blank_annotations(names)
+
+    def _candidates(self) -> pd.DataFrame:
+        """Annotation rows passing the column filters (presence not checked)."""
+        df = self._all_annotations()
+        keep = pd.Series(True, index=df.index)
+        for col, values in self.filters.items():
+            keep &= df[col].isin(values)
+        for col in self.filter_blank:
+            keep &= df[col] != ""
+        return df[keep]
+
+    def _present(self) -> dict[str, tuple[Source, Path | None, Path | None]]:
+        """{slide: (source, slide file, tfrecord)} for candidate slides found somewhere."""
+        files = self._files.slides()
+        tfrs = self._files.tfrecords(self.label) if self.label is not None else {}
+        out = {}
+        for name in self._candidates()[SLIDE]:
+            f, t = files.get(name), tfrs.get(name)
+            if f is None and t is None:
+                continue
+            src = f[0] if f is not None else t[0]  # type: ignore[index]
+            out[name] = (src, f[1] if f else None, t[1] if t else None)
+        if self.min_tiles:
+            counts = _counts({n: v[2] for n, v in out.items() if v[2] is not None})
+            out = {n: v for n, v in out.items() if counts.get(n, 0) >= self.min_tiles}
+        return out
+
+    @property
+    def annotations(self) -> pd.DataFrame:
+        """Annotation rows of the dataset's slides (strings; a copy)."""
+        names = set(self._present())
+        df = self._candidates()
+        return df[df[SLIDE].isin(names)].reset_index(drop=True).copy()
+
+    # -- slides --------------------------------------------------------------------------------
+    def slides(self) -> list[str]:
+        """Names of the dataset's slides, sorted."""
+        return sorted(self._present())
+
+    def __len__(self) -> int:
+        return len(self._present())
+
+    def __contains__(self, slide: object) -> bool:
+        return slide in self._present()
+
+    def missing_slides(self) -> list[str]:
+        """Annotated slides (passing the filters) found in no source."""
+        files = self._files.slides()
+        tfrs = self._files.tfrecords(self.label) if self.label else {}
+        return sorted(n for n in self._candidates()[SLIDE] if n not in files and n not in tfrs)
+
+    def patients(self) -> dict[str, str]:
+        """{slide: patient}."""
+        df = self.annotations
+        return dict(zip(df[SLIDE], df[PATIENT]))
+
+    def slide_sources(self) -> dict[str, Source]:
+        """{slide: the source it belongs to}."""
+        return {n: v[0] for n, v in sorted(self._present().items())}
+
+    def slide_paths(self, as_dict: bool = False, source: str | None = None
+                    ) -> list[Path] | dict[str, Path]:
+        """Slide files of the dataset's slides (slides known only by a TFRecord are left out)."""
+        paths = {n: v[1] for n, v in sorted(self._present().items())
+                 if v[1] is not None and (source is None or v[0].name == source)}
+        return paths if as_dict else list(paths.values())
+
+    def rois(self) -> dict[str, Path]:
+        """{slide: ROI file} for slides with `<roi folder>/<slide>.csv` (or .geojson/.json)."""
+        out = {}
+        for name, src in self.slide_sources().items():
+            roi = src.roi_file(name)
+            if roi is not None:
+                out[name] = roi
+        return out
+
+    def annotation_mpp(self) -> dict[str, float]:
+        """{slide: MPP} from an `mpp` annotation column (blank cells skipped)."""
+        df = self.annotations
+        if "mpp" not in df.columns:
+            return {}
+        out = {}
+        for name, value in zip(df[SLIDE], df["mpp"]):
+            if value == "":
+                continue
+            try:
+                mpp = float(value)
+            except ValueError:
+                raise DatasetError(f"slide {name!r}: mpp {value!r} is not a number") from None
+            if not mpp > 0:
+                raise DatasetError(f"slide {name!r}: mpp must be positive, got {value!r}")
+            out[name] = mpp
+        return out
+
+    # -- labels --------------------------------------------------------------------------------
+    def labels(self, column: str, use_float: bool = False, format: str = "index"
+               ) -> tuple[dict[str, Any], list[Any]]:
+        """({slide: label}, unique labels).
+
+        Categorical (default): unique labels are the sorted distinct strings and each slide maps
+        to the index of its label in that list (`format='name'` maps to the string instead).
+        `use_float=True`: slides map to floats and the unique labels are the sorted floats.
+        Blank labels are an error: exclude them with `filter(filter_blank=[column])`.
+        """
+        df = self.annotations
+        if column not in df.columns:
+            raise DatasetError(f"no annotation column {column!r} (columns: "
+                               f"{', '.join(df.columns)})")
+        values = dict(zip(df[SLIDE], df[column]))
+        blank = sorted(k for k, v in values.items() if v == "")
+        if blank:
+            raise DatasetError(f"{len(blank)} slide(s) have a blank {column!r}: "
+                               f"{', '.join(blank[:10])}; use filter_blank=[{column!r}]")
+        if use_float:
+            try:
+                floats = {k: float(v) for k, v in values.items()}
+            except ValueError:
+                bad = sorted({v for v in values.values() if not _is_float(v)})
+                raise DatasetError(f"column {column!r} is not numeric (values like "
+                                   f"{bad[:5]}); use use_float=False") from None
+            return floats, sorted(set(floats.values()))
+        unique = sorted(set(values.values()))
+        if format == "name":
+            return values, unique
+        if format != "index":
+            raise ValueError(f"format must be 'index' or 'name', got {format!r}")
+        pos = {u: i for i, u in enumerate(unique)}
+        return {k: pos[v] for k, v in values.items()}, unique
+
+    # -- tile store ----------------------------------------------------------------------------
+    def _need_label(self) -> str:
+        if self.label is None:
+            raise DatasetError("this dataset has no tile geometry: create it with tile_px and "
+                               "tile_um (P.dataset(tile_px=..., tile_um=...))")
+        return self.label
+
+    @property
+    def tfrecords_folder(self) -> Path:
+        """`<tfrecords>/<label>` of the first source (see `tfrecords_folders` for all)."""
+        folders = self.tfrecords_folders()
+        if not folders:
+            raise DatasetError("no source has a 'tfrecords' folder")
+        return next(iter(folders.values()))
+
+    def tfrecords_folders(self) -> dict[str, Path]:
+        """{source: `<tfrecords>/<label>`}."""
+        label = self._need_label()
+        return {n: s.tfrecords / label for n, s in self._sources.items()
+                if s.tfrecords is not None}
+
+    def tfrecords(self, include_incomplete: bool = False, as_dict: bool = False
+                  ) -> list[Path] | dict[str, Path]:
+        """Existing TFRecords of the dataset's slides at this geometry.
+
+        A TFRecord whose `.extract.json` says its extraction did not finish is left out
+        unless `include_incomplete`.
+        """
+        from .extract import is_incomplete
+
+        self._need_label()
+        out = {n: v[2] for n, v in sorted(self._present().items()) if v[2] is not None}
+        if not include_incomplete:
+            out = {n: p for n, p in out.items() if not is_incomplete(p)}
+        return out if as_dict else list(out.values())
+
+    def manifest(self) -> dict[str, int]:
+        """{slide: number of tiles} read from the TFRecord indexes."""
+        return _counts(self.tfrecords(as_dict=True))
+
+    # -- work ----------------------------------------------------------------------------------
+    def extract_tiles(self, **kwargs: Any):
+        """Extract tiles of every slide to TFRecords; see `slideflow.extract.ExtractOptions`
+        and `extract_dataset` for the options. Returns an `ExtractionSummary`."""
+        from .extract import extract_dataset
+
+        self._need_label()
+        return extract_dataset(self, **kwargs)
+
+    def generate_feature_bags(self, extractor: Any, outdir: str | os.PathLike, **kwargs: Any):
+        """Feature bags for every slide (from TFRecords when extracted, else from the slides);
+        see `slideflow.features.generate_feature_bags`. Returns a `BagsReport`."""
+        from .features import generate_feature_bags
+
+        return generate_feature_bags(self, extractor, outdir, **kwargs)
+
+    def feature_jobs(self, source: str = "auto") -> list[Any]:
+        """`slideflow.features.SlideJob`s: from the TFRecord when it exists (`source='auto'`),
+        always from TFRecords ('tfrecords') or always from the slides ('slides')."""
+        from .features import SlideJob
+
+        if source not in ("auto", "slides", "tfrecords"):
+            raise ValueError("source must be 'auto', 'slides' or 'tfrecords'")
+        tfrs = self.tfrecords(as_dict=True) if self.label and source != "slides" else {}
+        mpp = self.annotation_mpp()
+        jobs = []
+        for name, (src, path, _) in sorted(self._present().items()):
+            tfr = tfrs.get(name) if source != "slides" else None
+            if (source == "tfrecords" and tfr is None) or (tfr is None and path is None):
+                continue
+            jobs.append(SlideJob(name=name, slide_path=path, tfrecord=tfr,
+                                 rois=src.roi_file(name), mpp=mpp.get(name)))
+        return jobs
+
+    # -- display -------------------------------------------------------------------------------
+    def summary(self) -> pd.DataFrame:
+        """One row per annotated slide passing the column filters: where it is, its tile count
+        and whether it is in the dataset."""
+        files = self._files.slides()
+        tfrs = self._files.tfrecords(self.label) if self.label else {}
+        present = self._present()
+        counts = _counts({n: v[1] for n, v in tfrs.items()}) if tfrs else {}
+        rows = []
+        for _, row in self._candidates().iterrows():
+            name = row[SLIDE]
+            src = files.get(name, tfrs.get(name, (None, None)))[0]
+            rows.append({
+                "slide": name, "patient": row[PATIENT],
+                "source": src.name if src is not None else None,
+                "slide_file": str(files[name][1]) if name in files else None,
+                "roi": str(src.roi_file(name)) if src is not None and src.roi_file(name) else None,
+                "tiles": counts.get(name), "in_dataset": name in present,
+            })
+        return pd.DataFrame(rows, columns=["slide", "patient", "source", "slide_file", "roi",
+                                           "tiles", "in_dataset"])
+
+    def _counts(self) -> dict[str, int]:
+        present = self._present()
+        return {
+            "slides": len(present),
+            "patients": len({p for s, p in self.patients().items() if s in present}),
+            "slide_files": sum(v[1] is not None for v in present.values()),
+            "tfrecords": sum(v[2] is not None for v in present.values()) if self.label else 0,
+            "missing": len(self.missing_slides()),
+        }
+
+    def __repr__(self) -> str:
+        c = self._counts()
+        geo = f"tile_px={self.tile_px}, tile_um={self.tile_um!r}, " if self.label else ""
+        extra = []
+        if self.filters:
+            extra.append(f"filters={self.filters}")
+        if self.filter_blank:
+            extra.append(f"filter_blank={self.filter_blank}")
+        if self.min_tiles:
+            extra.append(f"min_tiles={self.min_tiles}")
+        return (f"Dataset({geo}sources={list(self._sources)}, slides={c['slides']}, "
+                f"patients={c['patients']}, with_slide_file={c['slide_files']}, "
+                f"tfrecords={c['tfrecords']}, missing={c['missing']}"
+                f"{', ' if extra else ''}{', '.join(extra)})")
+
+    def _repr_html_(self) -> str:
+        c = self._counts()
+        rows = [("geometry", f"{self.tile_px} px / {self.tile_um}" if self.label else "none"),
+                ("sources", ", ".join(self._sources)), ("slides", c["slides"]),
+                ("patients", c["patients"]), ("with slide file", c["slide_files"]),
+                ("TFRecords", c["tfrecords"]), ("annotated but missing", c["missing"])]
+        if self.filters or self.filter_blank or self.min_tiles:
+            rows.append(("filters", f"{self.filters} blank={self.filter_blank} "
+                                    f"min_tiles={self.min_tiles}"))
+        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+                       f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<b>slideflow Dataset</b><table>{body}</table>"
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _load_config(config: Any, root: str | os.PathLike | None) -> dict[str, Source]:
+    if config is None:
+        return {}
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if not path.exists():
+            raise DatasetError(f"{path}: datasets.json not found")
+        return load_sources(path, root if root is not None else path.parent)
+    out = {}
+    for name, entry in config.items():
+        out[name] = entry if isinstance(entry, Source) else Source.from_json(name, entry, root)
+    return out
+
+
+def _norm_filters(filters: Mapping[str, Any] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for col, values in (filters or {}).items():
+        if isinstance(values, (str, int, float)) or not isinstance(values, Iterable):
+            values = [values]
+        out[str(col)] = [str(v).strip() for v in values]
+    return out
+
+
+def _counts(tfrecords: Mapping[str, Path]) -> dict[str, int]:
+    from .io.tfrecord import TFRecord, read_index
+
+    out = {}
+    for name, path in tfrecords.items():
+        try:
+            out[name] = len(read_index(path))
+        except (FileNotFoundError, SlideflowError):
+            try:
+                out[name] = len(TFRecord(path))  # rebuilds a missing or unreadable index
+            except SlideflowError as exc:
+                log.warning("%s: cannot count tiles (%s)", path, exc)
+                out[name] = 0
+    return out
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
