@@ -47,13 +47,12 @@ from .errors import NoTissueError, ROIError, SlideflowError
 from .io import imgcodec
 from .io.atomic import TMP_MARK, write_json_atomic
 from .io.tfrecord import TFRecordWriter, build_index, get_tfrecord_label, read_index
+from .selection import TileSelection, open_wsi
 
 log = logging.getLogger("slideflow")
 
 FORMAT_VERSION = 1
 SIDECAR_SUFFIX = ".extract.json"
-QC_METHODS = ("otsu", "blur", "both")
-ROI_METHODS = ("auto", "inside", "outside", "ignore")
 
 
 def sidecar_path(tfrecord: str | os.PathLike) -> Path:
@@ -82,17 +81,9 @@ def is_incomplete(tfrecord: str | os.PathLike) -> bool:
 
 
 @dataclass
-class ExtractOptions:
+class ExtractOptions(TileSelection):
     """Everything that decides which tiles are written and how (plus how fast)."""
 
-    qc: Any = None
-    qc_threshold: float = 0.4
-    roi_method: str = "auto"
-    roi_filter_method: str | float = "center"
-    whitespace_fraction: float | None = None
-    whitespace_threshold: float = 230
-    grayspace_fraction: float | None = None
-    grayspace_threshold: float = 0.05
     img_format: str = "jpg"
     jpeg_quality: int = 100
     normalizer: Any = None
@@ -101,26 +92,17 @@ class ExtractOptions:
     shuffle: bool = False
     seed: int = 0
     skip_extracted: bool = True
-    stride_div: int = 1
-    use_edge_tiles: bool = False
-    backend: str = "auto"
     batch_size: int = 64
     report: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         fmt = str(self.img_format).lower()
         if fmt not in ("jpg", "jpeg", "png"):
             raise ValueError(f"img_format must be 'jpg' or 'png', got {self.img_format!r}")
         self.img_format = "jpg" if fmt == "jpeg" else fmt
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        qcs = self.qc if isinstance(self.qc, (list, tuple)) else [self.qc]
-        for q in qcs:
-            if q is not None and not callable(q) and q not in QC_METHODS:
-                raise ValueError(f"qc must be None, 'otsu', 'blur', 'both', a callable or a "
-                                 f"list of them; got {q!r}")
-        if self.roi_method not in ROI_METHODS:
-            raise ValueError(f"roi_method must be one of {ROI_METHODS}, got {self.roi_method!r}")
         if self.max_tiles is not None and int(self.max_tiles) < 1:
             raise ValueError(f"max_tiles must be >= 1 or None, got {self.max_tiles}")
         if isinstance(self.normalizer, str):
@@ -352,24 +334,6 @@ def _encode_chunk(tiles: np.ndarray, fmt: str, quality: int) -> tuple[list[bytes
     return out, time.perf_counter() - t0
 
 
-def _open_wsi(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions):
-    from .slide.wsi import WSI
-
-    wsi = WSI(job.slide_path, tile_px, tile_um, opt.stride_div, mpp=job.mpp, backend=opt.backend,
-              rois=job.roi, roi_method=opt.roi_method, roi_filter_method=opt.roi_filter_method,
-              use_edge_tiles=opt.use_edge_tiles)
-    try:
-        if opt.qc:
-            wsi.qc(opt.qc, threshold=opt.qc_threshold)
-        if opt.whitespace_fraction is not None or opt.grayspace_fraction is not None:
-            wsi.filter_tiles(opt.whitespace_fraction, opt.whitespace_threshold,
-                             opt.grayspace_fraction, opt.grayspace_threshold)
-    except BaseException:
-        wsi.close()
-        raise
-    return wsi
-
-
 def _select(n: int, opt: ExtractOptions) -> tuple[np.ndarray, np.ndarray | None]:
     """(indices of the kept tiles in read order, write permutation or None)."""
     rng = np.random.default_rng(opt.seed)
@@ -439,7 +403,7 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
     if opt.roi_method == "inside" and job.roi is None:
         raise ROIError(f"{job.name}: roi_method='inside' but no ROI file <slide>.csv/.geojson "
                        "in the source's roi folder")
-    wsi = _open_wsi(job, tile_px, tile_um, opt)
+    wsi = open_wsi(job.slide_path, tile_px, tile_um, opt, mpp=job.mpp, rois=job.roi)
     try:
         res.info = {"dimensions": list(wsi.dimensions), "mpp": wsi.mpp,
                     "mpp_source": wsi.mpp_source, "backend": wsi.backend, "vendor": wsi.vendor,

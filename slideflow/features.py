@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import BagsConfigMismatchError, SlideflowError
+from .selection import TileSelection, open_wsi
 
 log = logging.getLogger("slideflow")
 
@@ -32,29 +33,6 @@ class SlideJob:
     tfrecord: Path | None = None
     rois: Path | None = None
     mpp: float | None = None
-
-
-@dataclass
-class TileSelection:
-    """How tiles are chosen when reading from slides (same options as extract_tiles)."""
-
-    qc: Any = None
-    qc_threshold: float = 0.4
-    roi_method: str = "auto"
-    roi_filter_method: str | float = "center"
-    whitespace_fraction: float | None = None
-    whitespace_threshold: float = 230
-    grayspace_fraction: float | None = None
-    grayspace_threshold: float = 0.05
-    stride_div: int = 1
-    use_edge_tiles: bool = False
-    backend: str = "auto"
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["qc"] = d["qc"] if d["qc"] is None or isinstance(d["qc"], (str, list)) else "callable"
-        d.pop("backend")
-        return d
 
 
 @dataclass
@@ -109,7 +87,7 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
             "precision": getattr(extractor, "precision", "fp32"),
             "license": getattr(extractor, "license", None),
             "format": fmt,
-            "tile_selection": selection.as_dict(),
+            "tile_selection": selection.selection_dict(),
         },
     }
 
@@ -128,7 +106,7 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
-    wsi = open_wsi(job, tile_px, tile_um, selection)
+    wsi = _open_job_wsi(job, tile_px, tile_um, selection)
     coords = wsi.coords
     if max_tiles is not None and len(coords) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
@@ -140,20 +118,8 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
         wsi.full_extract_px, meta
 
 
-def open_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):
-    """Open a job's slide with the tile selection applied (QC, ROIs, background filters)."""
-    from .slide.wsi import WSI
-
-    wsi = WSI(job.slide_path, tile_px, tile_um, selection.stride_div, mpp=job.mpp,
-              backend=selection.backend, rois=job.rois, roi_method=selection.roi_method,
-              roi_filter_method=selection.roi_filter_method,
-              use_edge_tiles=selection.use_edge_tiles)
-    if selection.qc:
-        wsi.qc(selection.qc, threshold=selection.qc_threshold)
-    if selection.whitespace_fraction is not None or selection.grayspace_fraction is not None:
-        wsi.filter_tiles(selection.whitespace_fraction, selection.whitespace_threshold,
-                         selection.grayspace_fraction, selection.grayspace_threshold)
-    return wsi
+def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):
+    return open_wsi(job.slide_path, tile_px, tile_um, selection, mpp=job.mpp, rois=job.rois)
 
 
 def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
@@ -222,7 +188,7 @@ def generate_bags(
         check_compatible(outdir, cfg)  # raises BagsConfigMismatchError listing the keys
     request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
                                               "tile_px", "tile_um")},
-               "selection": selection.as_dict(), "max_tiles": max_tiles, "seed": seed}
+               "selection": selection.selection_dict(), "max_tiles": max_tiles, "seed": seed}
     report = BagsReport(outdir)
     start = time.perf_counter()
     from .progress import track_slides
