@@ -79,6 +79,15 @@ class SlideReader(ABC):
         """Release file handles."""
 
 
+def positive_float(value: Any) -> float | None:
+    """A metadata value as a positive float, or None (missing, malformed, zero or negative)."""
+    try:
+        number = float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+    return number if number and number > 0 else None
+
+
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     """Openslide-style premultiplied RGBA -> RGB, fully transparent pixels -> white.
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SlideReader, rgba_to_rgb
+from .base import SlideReader, positive_float, rgba_to_rgb
 
 #: decoded-tile cache: holds a few rows of JPEG tiles, so strip reads never decode twice
 CACHE_BYTES = 256 * 1024 * 1024
@@ -40,12 +40,7 @@ class OpenSlideReader(SlideReader):
 
     @property
     def mpp(self) -> float | None:
-        value = self._slide.properties.get("openslide.mpp-x")
-        try:
-            mpp = float(value) if value is not None else None
-        except ValueError:
-            return None
-        return mpp if mpp and mpp > 0 else None
+        return positive_float(self._slide.properties.get("openslide.mpp-x"))
 
     @property
     def vendor(self) -> str | None:
@@ -53,11 +48,7 @@ class OpenSlideReader(SlideReader):
 
     @property
     def objective_power(self) -> float | None:
-        value = self._slide.properties.get("openslide.objective-power")
-        try:
-            return float(value) if value else None
-        except ValueError:
-            return None
+        return positive_float(self._slide.properties.get("openslide.objective-power"))
 
     @property
     def properties(self) -> dict[str, Any]:

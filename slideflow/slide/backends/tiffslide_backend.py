@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import UnsupportedChannelsError
-from .base import SlideReader, pad_to
+from .base import SlideReader, pad_to, positive_float
 
 
 class TiffSlideReader(SlideReader):
@@ -39,12 +39,7 @@ class TiffSlideReader(SlideReader):
 
     @property
     def mpp(self) -> float | None:
-        value = self._props.get("tiffslide.mpp-x")
-        try:
-            mpp = float(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
-        return mpp if mpp and mpp > 0 else None
+        return positive_float(self._props.get("tiffslide.mpp-x"))
 
     @property
     def vendor(self) -> str | None:
@@ -52,11 +47,7 @@ class TiffSlideReader(SlideReader):
 
     @property
     def objective_power(self) -> float | None:
-        value = self._props.get("tiffslide.objective-power")
-        try:
-            return float(value) if value else None
-        except (TypeError, ValueError):
-            return None
+        return positive_float(self._props.get("tiffslide.objective-power"))
 
     @property
     def properties(self) -> dict[str, Any]:
