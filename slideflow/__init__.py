@@ -22,6 +22,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "list_extractors": ("slideflow.model", "list_extractors"),
     "rebuild_extractor": ("slideflow.model", "rebuild_extractor"),
     "register_extractor": ("slideflow.model", "register_extractor"),
+    "load_plugin": ("slideflow.model", "load_plugin"),
     "DatasetFeatures": ("slideflow.features", "DatasetFeatures"),
     "errors": ("slideflow.errors", None),
     "io": ("slideflow.io", None),
@@ -33,7 +34,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 
 __all__ = [
     "DatasetFeatures", "Dataset", "Project", "WSI", "__version__", "build_feature_extractor",
-    "create_project", "data", "errors", "io", "list_extractors", "load_project", "model", "norm",
+    "create_project", "data", "errors", "io", "list_extractors", "load_plugin", "load_project", "model", "norm",
     "rebuild_extractor", "register_extractor", "slide",
 ]
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from slideflow.model import (
         build_feature_extractor,
         list_extractors,
+        load_plugin,
         rebuild_extractor,
         register_extractor,
     )

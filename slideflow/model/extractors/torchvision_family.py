@@ -1,0 +1,67 @@
+"""torchvision CNNs (ResNet, DenseNet...): ImageNet extractors, SimCLR encoders, RetCCL.
+
+The classifier is replaced by an identity, so the default features are the globally pooled
+activations (ResNet-50: 2048-d). ``layers=`` selects intermediate blocks by their torchvision
+names ('layer3', 'layer4', 'features.denseblock4', ...).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from .base import Built
+from .spec import ExtractorSpec
+
+ARCHS = {  # arch -> (pooled feature dim, classifier attribute)
+    "resnet18": (512, "fc"), "resnet34": (512, "fc"), "resnet50": (2048, "fc"),
+    "resnet101": (2048, "fc"), "resnet152": (2048, "fc"), "wide_resnet50_2": (2048, "fc"),
+    "resnext50_32x4d": (2048, "fc"), "densenet121": (1024, "classifier"),
+    "densenet169": (1664, "classifier"), "densenet201": (1920, "classifier"),
+}
+_RESNET_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+# torchvision's pre-0.4 DenseNet checkpoints name 'norm.1' what is now 'norm1'
+_DENSENET_OLD = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+    r"running_var))$")
+
+
+def build(spec: ExtractorSpec, arch: str | None = None, **kwargs) -> Built:
+    if kwargs:
+        raise TypeError(f"{spec.name}: unknown options {sorted(kwargs)} (torchvision family "
+                        "takes arch=)")
+    import torchvision
+
+    arch = arch or spec.build["arch"]
+    if arch not in ARCHS:
+        raise ValueError(f"{spec.name}: arch must be one of {sorted(ARCHS)}, not {arch!r}")
+    dim, head = ARCHS[arch]
+    net = getattr(torchvision.models, arch)(weights=None)
+    setattr(net, head, nn.Identity())
+    info: dict = {}
+    if arch != spec.build.get("arch"):
+        info = {"spec": spec.with_(dim=dim), "config": {"arch": arch}}
+    return Built(model=net, convert=lambda sd: convert(sd, arch), info=info)
+
+
+def convert(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """Deliberate, documented key fixes; anything else is left to the strict check."""
+    if arch.startswith("densenet"):
+        fixed = {}
+        for k, v in sd.items():
+            m = _DENSENET_OLD.match(k)
+            fixed[m.group(1) + m.group(2) if m else k] = v
+        return fixed
+    if "conv1.weight" not in sd and "0.weight" in sd:
+        # nn.Sequential(*list(resnet.children())[:-1]) encoders (common in SimCLR code)
+        out = {}
+        for k, v in sd.items():
+            idx, _, rest = k.partition(".")
+            if idx.isdigit() and int(idx) < len(_RESNET_CHILDREN):
+                out[f"{_RESNET_CHILDREN[int(idx)]}.{rest}"] = v
+            else:
+                out[k] = v
+        return out
+    return sd

@@ -1,0 +1,39 @@
+"""Specs of the GPL-3.0 extractors (plain data, no torch). Sources: docs/extractors.md."""
+
+from __future__ import annotations
+
+from slideflow.model.extractors.spec import ExtractorSpec, hf
+
+DISTRIBUTION = "slideflow-gpl"
+
+_CTRANSPATH = ("Wang X. et al. Transformer-based unsupervised contrastive learning for "
+               "histopathological image classification. Medical Image Analysis 2022.")
+_RETCCL = ("Wang X. et al. RetCCL: Clustering-guided contrastive learning for whole-slide image "
+           "retrieval. Medical Image Analysis 2023.")
+
+
+def specs() -> list[ExtractorSpec]:
+    return [
+        ExtractorSpec(
+            name="ctranspath", family="swin", dim=768, input_px=224, license="GPL-3.0",
+            citation=_CTRANSPATH, resize_px=224, interpolation="bilinear", antialias=True,
+            builder="slideflow_gpl.ctranspath:build", distribution=DISTRIBUTION,
+            weights=hf("jamesdolezal/CTransPath", "ctranspath.pth"),
+            checkpoint_keys=("model", "state_dict"),
+            expected_unexpected=("*attn_mask", "*relative_position_index", "head.*"),
+            description="CTransPath: Swin-T (window 7) with a convolutional stem, 768-d "
+                        "average-pooled tokens",
+            reference="github.com/Xiyue-Wang/TransPath get_features_CTransPath.py "
+                      "(Resize(224), ImageNet mean/std, checkpoint['model'])",
+        ),
+        ExtractorSpec(
+            name="retccl", family="torchvision", dim=2048, input_px=256, license="GPL-3.0",
+            citation=_RETCCL, resize_px=256, interpolation="bilinear", antialias=True,
+            cnn=True, build={"arch": "resnet50"}, distribution=DISTRIBUTION,
+            weights=hf("jamesdolezal/RetCCL", "retccl.pth"),
+            expected_unexpected=("fc.*",),
+            description="RetCCL ResNet-50 (torchvision layout, classifier removed), 2048-d",
+            reference="github.com/Xiyue-Wang/RetCCL get_feature.py (Resize(256), ImageNet "
+                      "mean/std, fc = Identity, strict load)",
+        ),
+    ]
