@@ -1,0 +1,146 @@
+"""Feature bags end to end on real slides with the embedded extractor (issue 5 / 6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import slideflow as sf
+from slideflow.errors import BagsConfigMismatchError, UnsafeConfigError
+
+from conftest import CMU, TCGA_J2K
+
+TILE_PX, TILE_UM = 112, 224  # CMU-1: 24 grid tiles of 449 level-0 px, resized to 224 by the model
+
+
+@pytest.fixture(scope="module")
+def ext():
+    return sf.build_feature_extractor("efficientnet_lite0_imagenet", batch_size=8)
+
+
+@pytest.fixture()
+def project(tmp_path: Path, slides: Path):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / CMU.name).symlink_to(CMU)
+    return sf.create_project(tmp_path / "proj", slides=folder)
+
+
+def test_bags_from_slides_match_the_wsi_grid(project, ext, tmp_path):
+    ds = project.dataset(TILE_PX, TILE_UM)
+    out = tmp_path / "bags"
+    report = ds.generate_feature_bags(ext, out, qc="otsu", progress=False)
+    assert list(report.done) == ["CMU-1-Small-Region"] and not report.failed
+    wsi = sf.WSI(CMU, TILE_PX, TILE_UM).qc("otsu")
+    bag = sf.io.read_bag(out / "CMU-1-Small-Region.pt")
+    assert bag.features.shape == (len(wsi), 1280) and bag.features.dtype == np.float32
+    np.testing.assert_array_equal(bag.coords, wsi.coords)
+    index = np.load(out / "CMU-1-Small-Region.index.npz")["arr_0"]
+    np.testing.assert_array_equal(index, wsi.coords + wsi.full_extract_px // 2)  # centres
+    pt = torch.load(out / "CMU-1-Small-Region.pt", weights_only=True)
+    np.testing.assert_array_equal(pt.numpy(), bag.features)
+    grid = ext(wsi)  # the single-slide path gives the same rows
+    np.testing.assert_array_equal(grid.rows, bag.features)
+    cfg = json.loads((out / "bags_config.json").read_text())
+    assert cfg["num_features"] == 1280 and cfg["tile_px"] == TILE_PX and cfg["tile_um"] == TILE_UM
+    assert cfg["extractor"]["kwargs"]["name"] == "efficientnet_lite0_imagenet"
+    assert cfg["provenance"]["weights_sha256"] == ext.weights_sha256
+    assert cfg["provenance"]["tile_selection"]["qc"] == "otsu"
+
+
+def test_tfrecord_and_slide_sources_give_identical_features(project, ext, tmp_path):
+    ds = project.dataset(TILE_PX, TILE_UM)
+    ds.extract_tiles(qc="otsu", img_format="png", report=False, progress=False)
+    from_tfr = ds.generate_feature_bags(ext, tmp_path / "a", source="tfrecords", progress=False)
+    from_slide = ds.generate_feature_bags(ext, tmp_path / "b", source="slides", qc="otsu",
+                                          progress=False)
+    assert from_tfr.tiles == from_slide.tiles > 0
+    a = sf.io.read_bag(tmp_path / "a" / "CMU-1-Small-Region.pt")
+    b = sf.io.read_bag(tmp_path / "b" / "CMU-1-Small-Region.pt")
+    np.testing.assert_array_equal(a.coords, b.coords)
+    np.testing.assert_array_equal(a.features, b.features)
+    feats, locs = ext(ds.tfrecords()[0])  # extractor('x.tfrecords') -> rows in record order
+    np.testing.assert_array_equal(feats, a.features)
+    np.testing.assert_array_equal(locs, a.coords + 449 // 2)
+
+
+def test_rebuild_reproduces_bit_identical_features(project, ext, tmp_path):
+    out = tmp_path / "bags"
+    project.dataset(TILE_PX, TILE_UM).generate_feature_bags(ext, out, progress=False)
+    rebuilt, normalizer = sf.rebuild_extractor(out)
+    assert normalizer is None and rebuilt.name == ext.name
+    wsi = sf.WSI(CMU, TILE_PX, TILE_UM)
+    tiles = np.concatenate([t for t, _ in wsi.tiles()])
+    bag = sf.io.read_bag(out / "CMU-1-Small-Region.pt")
+    np.testing.assert_array_equal(rebuilt.embed(tiles), bag.features)
+    evil = json.loads((out / "bags_config.json").read_text())
+    evil["extractor"] = {"class": "os.system", "kwargs": {"command": "echo pwned"}}
+    with pytest.raises(UnsafeConfigError):
+        sf.rebuild_extractor(evil)
+
+
+def test_resume_and_config_mismatch(project, ext, tmp_path):
+    ds = project.dataset(TILE_PX, TILE_UM)
+    out = tmp_path / "bags"
+    ds.generate_feature_bags(ext, out, progress=False)
+    bag_file = out / "CMU-1-Small-Region.pt"
+    mtime = bag_file.stat().st_mtime_ns
+    again = ds.generate_feature_bags(ext, out, progress=False)
+    assert again.skipped == ["CMU-1-Small-Region"] and not again.done
+    assert bag_file.stat().st_mtime_ns == mtime
+    with pytest.raises(BagsConfigMismatchError, match="qc"):
+        ds.generate_feature_bags(ext, out, qc="otsu", progress=False)
+    redo = ds.generate_feature_bags(ext, out, qc="otsu", force_regenerate=True, progress=False)
+    assert list(redo.done) == ["CMU-1-Small-Region"]
+    assert len(sf.io.read_bag(bag_file)) < 24
+
+
+def test_failing_slide_is_reported_and_others_finish(tmp_path, ext, slides):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for p in (CMU, TCGA_J2K):
+        (folder / p.name).symlink_to(p)
+    bad = folder / "truncated.svs"
+    bad.write_bytes(CMU.read_bytes()[:4000])
+    P = sf.create_project(tmp_path / "p", slides=folder)
+    report = P.generate_feature_bags(ext, tile_px=TILE_PX, tile_um=TILE_UM, progress=False)
+    assert list(report.done) == ["CMU-1-Small-Region"]
+    assert set(report.failed) == {"tcga-cr-7395-01a-01-ts1", "truncated"}
+    assert "mpp" in report.failed["tcga-cr-7395-01a-01-ts1"].lower()
+    assert (P.root / "pt_files" / ext.name / "bags_config.json").exists()
+
+
+def test_h5_and_zarr_bags_from_slides(project, ext, tmp_path):
+    ds = project.dataset(TILE_PX, TILE_UM)
+    ds.generate_feature_bags(ext, tmp_path / "h5", format="h5", progress=False)
+    ds.generate_feature_bags(ext, tmp_path / "zarr", format="zarr", progress=False)
+    import h5py
+
+    wsi = sf.WSI(CMU, TILE_PX, TILE_UM)
+    with h5py.File(tmp_path / "h5" / "CMU-1-Small-Region.h5") as f:
+        np.testing.assert_array_equal(f["coords"][:], wsi.coords)
+        assert f["features"].shape == (24, 1280)
+        assert f["coords"].attrs["patch_size_level0"] == 449
+        assert f["coords"].attrs["patch_size"] == TILE_PX
+        assert f["coords"].attrs["level0_width"] == 2220
+    z = sf.io.read_bag(tmp_path / "zarr" / "CMU-1-Small-Region.zarr")
+    h = sf.io.read_bag(tmp_path / "h5" / "CMU-1-Small-Region.h5")
+    np.testing.assert_array_equal(z.features, h.features)
+    np.testing.assert_array_equal(z.boxes()[:, 2:] - z.boxes()[:, :2], 449)
+
+
+def test_dataset_features_in_memory(project, ext, tmp_path):
+    ds = project.dataset(TILE_PX, TILE_UM)
+    df = sf.DatasetFeatures(ext, ds)
+    assert df.slides() == ["CMU-1-Small-Region"]
+    feats, coords = df.bags["CMU-1-Small-Region"]
+    assert feats.shape == (24, 1280)
+    out = df.to_torch(tmp_path / "pt")
+    back = sf.DatasetFeatures.from_bags(out)
+    np.testing.assert_array_equal(back.bags["CMU-1-Small-Region"][0], feats)
+    np.testing.assert_array_equal(back.bags["CMU-1-Small-Region"][1], coords)
+    assert df.to_df().loc[0, "num_tiles"] == 24
