@@ -92,6 +92,16 @@ def case_import() -> dict:
     return {"tiles": 0, "seconds": time.perf_counter() - t0}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). ru_maxrss is not used: Linux carries it across exec,
+    so a child would report its parent's peak."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_case(*args: str) -> dict:
     """Run one case in a subprocess; adds its peak RSS (MiB)."""
     cmd = [sys.executable, __file__, "--case", *args]
@@ -109,7 +119,7 @@ def _case_main(args: list[str]) -> None:
     fn = {"model": lambda m, n: case_model(m, int(n)), "slide": case_slide,
           "tfrecord": case_tfrecord, "cold": case_cold, "import": case_import}[name]
     res = fn(*rest)
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(res))
 
 
