@@ -146,6 +146,13 @@ class FeatureExtractor:
         self.channels_last = bool(spec.cnn if channels_last is None else channels_last)
         if self.channels_last and device.type != "meta":
             self.model.to(memory_format=torch.channels_last)
+        # what forward passes run: BatchNorm folded into convolutions where that verifiably
+        # gives the same output; `model` keeps the checkpoint's layout for state_dict() users
+        self._runner = self.model
+        if device.type != "meta" and not any(m._forward_hooks for m in module.modules()):
+            from .fuse import folded_copy
+
+            self._runner = folded_copy(self.model, probe_px=preprocess.input_px)
 
     # ------------------------------------------------------------------ attributes
     def _choose_precision(self, mixed: bool | str | None) -> tuple[str, torch.dtype | None]:
@@ -197,7 +204,7 @@ class FeatureExtractor:
                 x = x.contiguous(memory_format=torch.channels_last if self.channels_last
                                  else torch.contiguous_format)
             with self._autocast():
-                out = self.model(x)
+                out = self._runner(x)
             if out.ndim != 2:
                 out = out.flatten(1)
             return out.float()
