@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import CMU, TCGA_J2K
 from typer.testing import CliRunner
 
 import slideflow as sf
 from slideflow.cli import app, shard
+
+from conftest import CMU, TCGA_J2K
 
 runner = CliRunner()
 

@@ -145,3 +145,18 @@ def test_dataset_features_in_memory(project, ext, tmp_path):
     np.testing.assert_array_equal(back.bags["CMU-1-Small-Region"][0], feats)
     np.testing.assert_array_equal(back.bags["CMU-1-Small-Region"][1], coords)
     assert df.to_df().loc[0, "num_tiles"] == 24
+
+
+def test_normalizer_round_trips_through_bags_config(project, ext, tmp_path):
+    norm = sf.norm.autoselect("reinhard")
+    norm.fit(sf.WSI(CMU, 256, 128).qc("otsu").read_tile(3))
+    out = tmp_path / "bags"
+    ds = project.dataset(TILE_PX, TILE_UM)
+    ds.generate_feature_bags(ext, out, normalizer=norm, progress=False)
+    cfg = json.loads((out / "bags_config.json").read_text())
+    assert cfg["normalizer"]["method"] == "reinhard" and cfg["normalizer"]["fit"]
+    rebuilt, renorm = sf.rebuild_extractor(out)
+    assert renorm.get_fit() == norm.get_fit()
+    tiles = np.concatenate([t for t, _ in sf.WSI(CMU, TILE_PX, TILE_UM).tiles()])
+    feats = rebuilt.embed(renorm.transform(tiles), batch_size=ext.batch_size)
+    np.testing.assert_array_equal(feats, sf.io.read_bag(out / "CMU-1-Small-Region.pt").features)
