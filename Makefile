@@ -23,11 +23,11 @@ demo: venv
 	$(BIN)/python -m slideflow.demo
 
 test: venv
-	$(BIN)/python -m ruff check slideflow tests bench
+	$(BIN)/python -m ruff check slideflow slideflow_gpl slideflow_noncommercial tests bench
 	$(BIN)/python -m pytest -x tests
 
 lint: venv
-	$(BIN)/python -m ruff check slideflow tests bench
+	$(BIN)/python -m ruff check slideflow slideflow_gpl slideflow_noncommercial tests bench
 
 bench: venv
 	$(BIN)/python bench/run_all.py
