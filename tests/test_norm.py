@@ -33,7 +33,7 @@ def torch1():
 
 @pytest.fixture(scope="module")
 def cmu(slides):
-    """Real H&E from CMU-1: a 512 px target and four 128 px source tiles (all tissue)."""
+    """Real H&E from CMU-1: a 512 px target and four 128 px source tiles (mostly tissue)."""
     openslide = pytest.importorskip("openslide")
     slide = openslide.OpenSlide(str(slides / "CMU-1-Small-Region.svs"))
 
@@ -75,8 +75,8 @@ H_OD, E_OD = unit([0.5626, 0.7201, 0.4062]), unit([0.2159, 0.8012, 0.5581])  # M
 
 
 def synthetic_he(size: int = 128, seed: int = 0) -> np.ndarray:
-    """Pixels mixed from known H and E vectors: OD = c_h * H + c_e * E; a quarter pure H, a
-    quarter pure E, a fifth glass (255, so brightness standardisation is a no-op)."""
+    """Pixels mixed from known H and E vectors, OD = c_h * H + c_e * E: a fifth pure H, a fifth
+    pure E, two fifths mixed, a fifth glass (255, so brightness standardisation is a no-op)."""
     rng = np.random.default_rng(seed)
     n = size * size
     c = rng.uniform(0.05, 1.5, (n, 2))

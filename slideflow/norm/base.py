@@ -120,7 +120,8 @@ class Normalizer:
     def to_config(self) -> dict[str, Any]:
         """{"method": ..., "fit": ...}: what bags_config.json stores; see `from_config`.
 
-        Non-default constructor parameters are added under "params" (Slideflow ignores it).
+        Non-default constructor parameters are added under "params" (Slideflow reads only
+        "method" and "fit").
         """
         cfg: dict[str, Any] = {"method": self.method, "fit": self.get_fit()}
         if self.params():

@@ -308,8 +308,8 @@ def percentile(ops: Any, x: Any, qs: tuple[float, ...], mask: Any = None) -> lis
     """numpy.percentile(method='linear') along the last axis, over the entries where `mask`.
 
     Returns one float64 array per q, shaped like x without its last axis. Rows with no entry
-    give a non-finite value (the caller marks those images as not ok). Only the order statistics needed are
-    selected: q > 50 is read from the top as -percentile(100 - q) of -x.
+    give a non-finite value (the caller marks those images as not ok). Only the order
+    statistics needed are selected: q > 50 is read from the top as -percentile(100 - q) of -x.
     """
     size = x.shape[-1]
     if mask is None:
