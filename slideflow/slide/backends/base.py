@@ -70,13 +70,68 @@ class SlideReader(ABC):
         Pixels outside the slide are white.
         """
 
-    def read_level(self, level: int) -> np.ndarray:
-        """A whole (small) level as RGB."""
+    def read_level(self, level: int, band_rows: int = 512) -> np.ndarray:
+        """A whole (small) level as RGB, read in bands of `band_rows` rows.
+
+        Bands keep the transient RGBA/PIL copies small: peak memory is the RGB result plus one
+        band, not three full-level copies.
+        """
         w, h = self.level_dimensions[level]
-        return self.read_region(level, 0, 0, w, h)
+        out = np.empty((h, w, 3), np.uint8)
+        ds = self.level_downsamples[level]
+        for y in range(0, h, band_rows):
+            rows = min(band_rows, h - y)
+            out[y:y + rows] = self.read_region(level, 0, int(round(y * ds)), w, rows)
+        return out
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
+
+
+class OpenSlideAPIReader(SlideReader):
+    """Shared metadata for libraries with openslide's API (openslide, tiffslide).
+
+    Subclasses set `self._slide` and `self._props`; `prefix` names their property namespace.
+    """
+
+    prefix = "openslide"
+    _slide: Any
+    _props: dict[str, Any]
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return tuple(self._slide.dimensions)
+
+    @property
+    def level_dimensions(self) -> list[tuple[int, int]]:
+        return [tuple(d) for d in self._slide.level_dimensions]
+
+    @property
+    def level_downsamples(self) -> list[float]:
+        return list(self._slide.level_downsamples)
+
+    @property
+    def mpp(self) -> float | None:
+        return positive_float(self._props.get(f"{self.prefix}.mpp-x"))
+
+    @property
+    def vendor(self) -> str | None:
+        return self._props.get(f"{self.prefix}.vendor")
+
+    @property
+    def objective_power(self) -> float | None:
+        return positive_float(self._props.get(f"{self.prefix}.objective-power"))
+
+    @property
+    def properties(self) -> dict[str, Any]:
+        return dict(self._props)
+
+    @property
+    def associated_images(self) -> dict[str, Any]:
+        return {k: v.convert("RGB") for k, v in self._slide.associated_images.items()}
+
+    def close(self) -> None:
+        self._slide.close()
 
 
 def positive_float(value: Any) -> float | None:

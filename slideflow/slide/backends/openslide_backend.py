@@ -3,69 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .base import SlideReader, positive_float, rgba_to_rgb
+from .base import OpenSlideAPIReader, rgba_to_rgb
 
-#: decoded-tile cache: holds a few rows of JPEG tiles, so strip reads never decode twice
-CACHE_BYTES = 256 * 1024 * 1024
+#: decoded-tile cache bounds; sized per slide to hold two rows of the file's tiles across the
+#: widest level, so that the next grid row's runs reuse the decoded tiles they share
+CACHE_MIN_BYTES = 32 * 1024 * 1024
+CACHE_MAX_BYTES = 256 * 1024 * 1024
 
 
-class OpenSlideReader(SlideReader):
-    name = "openslide"
+def cache_bytes(width: int, tile_height: int | None) -> int:
+    """Openslide cache size for a slide `width` px wide stored in tiles `tile_height` px tall."""
+    need = 2 * width * (tile_height or 256) * 4  # RGBA
+    return int(min(CACHE_MAX_BYTES, max(CACHE_MIN_BYTES, need * 1.25)))
+
+
+class OpenSlideReader(OpenSlideAPIReader):
+    name = prefix = "openslide"
 
     def __init__(self, path: str | Path):
         super().__init__(path)
         import openslide
 
         self._slide = openslide.OpenSlide(str(path))
+        self._props = dict(self._slide.properties)
         try:
-            self._slide.set_cache(openslide.OpenSlideCache(CACHE_BYTES))
+            tile_h = self._props.get("openslide.level[0].tile-height")
+            size = cache_bytes(self._slide.dimensions[0], int(tile_h) if tile_h else None)
+            self._slide.set_cache(openslide.OpenSlideCache(size))
         except (AttributeError, openslide.OpenSlideError):  # older openslide
             pass
-
-    @property
-    def dimensions(self) -> tuple[int, int]:
-        return tuple(self._slide.dimensions)
-
-    @property
-    def level_dimensions(self) -> list[tuple[int, int]]:
-        return [tuple(d) for d in self._slide.level_dimensions]
-
-    @property
-    def level_downsamples(self) -> list[float]:
-        return list(self._slide.level_downsamples)
-
-    @property
-    def mpp(self) -> float | None:
-        return positive_float(self._slide.properties.get("openslide.mpp-x"))
-
-    @property
-    def vendor(self) -> str | None:
-        return self._slide.properties.get("openslide.vendor")
-
-    @property
-    def objective_power(self) -> float | None:
-        return positive_float(self._slide.properties.get("openslide.objective-power"))
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        return dict(self._slide.properties)
-
-    @property
-    def associated_images(self) -> dict[str, Any]:
-        return {k: v.convert("RGB") for k, v in self._slide.associated_images.items()}
-
-    @property
-    def tile_height(self) -> int | None:
-        value = self._slide.properties.get("openslide.level[0].tile-height")
-        return int(value) if value else None
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         region = self._slide.read_region((int(x), int(y)), int(level), (int(width), int(height)))
         return rgba_to_rgb(np.asarray(region))
-
-    def close(self) -> None:
-        self._slide.close()

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ...errors import UnsupportedChannelsError
-from .base import SlideReader, pad_to, positive_float
+from .base import OpenSlideAPIReader, pad_to
 
 
-class TiffSlideReader(SlideReader):
-    name = "tiffslide"
+class TiffSlideReader(OpenSlideAPIReader):
+    name = prefix = "tiffslide"
 
     def __init__(self, path: str | Path):
         super().__init__(path)
@@ -24,38 +23,6 @@ class TiffSlideReader(SlideReader):
             warnings.simplefilter("ignore", UserWarning)
             self._slide = tiffslide.TiffSlide(str(path))
             self._props = dict(self._slide.properties)
-
-    @property
-    def dimensions(self) -> tuple[int, int]:
-        return tuple(self._slide.dimensions)
-
-    @property
-    def level_dimensions(self) -> list[tuple[int, int]]:
-        return [tuple(d) for d in self._slide.level_dimensions]
-
-    @property
-    def level_downsamples(self) -> list[float]:
-        return list(self._slide.level_downsamples)
-
-    @property
-    def mpp(self) -> float | None:
-        return positive_float(self._props.get("tiffslide.mpp-x"))
-
-    @property
-    def vendor(self) -> str | None:
-        return self._props.get("tiffslide.vendor")
-
-    @property
-    def objective_power(self) -> float | None:
-        return positive_float(self._props.get("tiffslide.objective-power"))
-
-    @property
-    def properties(self) -> dict[str, Any]:
-        return dict(self._props)
-
-    @property
-    def associated_images(self) -> dict[str, Any]:
-        return {k: v.convert("RGB") for k, v in self._slide.associated_images.items()}
 
     def check_channels(self) -> None:
         tf = self._slide.ts_tifffile
@@ -77,6 +44,3 @@ class TiffSlideReader(SlideReader):
         if arr.shape[2] == 4:
             arr = arr[..., :3]
         return pad_to(np.ascontiguousarray(arr, dtype=np.uint8), height, width)
-
-    def close(self) -> None:
-        self._slide.close()
