@@ -73,6 +73,38 @@ def atomic_open(dest: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         os.fsync(fh.fileno())
 
 
+class AtomicWriter:
+    """Context-manager protocol of our streaming writers (TFRecords, bags).
+
+    Subclasses implement `close()` (commit: move into place, metadata last), `abort()` (discard
+    the temporary output) and the `finished` property. An exception inside the `with` block, or a
+    writer dropped without being closed, aborts: nothing half-written ever looks finished.
+    """
+
+    @property
+    def finished(self) -> bool:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def close(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def __del__(self) -> None:
+        if not getattr(self, "finished", True):  # partially built objects count as finished
+            self.abort()
+
+
 def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (indent 2, keys sorted for byte-identical reruns)."""
     with atomic_open(dest, "w") as fh:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import atomic_open, is_temporary
+from .atomic import AtomicWriter, atomic_open, is_temporary
 
 log = logging.getLogger("slideflow")
 
@@ -341,7 +341,7 @@ def write_pt_index(index: Path, centres: np.ndarray, sidecar: Mapping[str, Any])
         _save_npz(fh, arrays)
 
 
-class BagWriter:
+class BagWriter(AtomicWriter):
     """Streaming sink for one slide's bag; becomes visible only on `close()`.
 
     `append(features (B, D) float32, coords (B, 2) int64 top-left)` any number of times, then
@@ -410,18 +410,9 @@ class BagWriter:
             with contextlib.suppress(Exception):
                 self._sink.abort()
 
-    def __enter__(self) -> BagWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def __del__(self) -> None:  # never closed: not finished, so it must not look finished
-        if not getattr(self, "closed", True):
-            self.abort()
+    @property
+    def finished(self) -> bool:
+        return self.closed
 
 
 # -- reading ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import TFRecordError
 from ..slide.geometry import tile_um_label
 from . import imgcodec, protobuf
-from .atomic import atomic_open, tmp_path_for
+from .atomic import AtomicWriter, atomic_open, tmp_path_for
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def verify(path: str | os.PathLike) -> int:
 # --------------------------------------------------------------------------- writing
 
 
-class TFRecordWriter:
+class TFRecordWriter(AtomicWriter):
     """Write tiles to `<slide>.tfrecords` under a temporary name; renamed on a clean close.
 
     Use as a context manager: on an exception the temporary file is removed and any existing
@@ -322,18 +322,9 @@ class TFRecordWriter:
         self._fh.close()
         self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> TFRecordWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def __del__(self) -> None:  # never closed: not finished, so it must not look finished
-        if not getattr(self, "_done", True):
-            self.abort()
+    @property
+    def finished(self) -> bool:
+        return self._done
 
 
 def write_records(path: str | os.PathLike, records: Iterable[Any], *,
