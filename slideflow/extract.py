@@ -105,15 +105,9 @@ class ExtractOptions(TileSelection):
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         if self.max_tiles is not None and int(self.max_tiles) < 1:
             raise ValueError(f"max_tiles must be >= 1 or None, got {self.max_tiles}")
-        if isinstance(self.normalizer, str):
-            try:
-                from .norm import autoselect
-            except ImportError as exc:
-                raise SlideflowError(f"normalizer={self.normalizer!r}: stain normalisers are "
-                                     f"not available ({exc})") from exc
-            self.normalizer = autoselect(self.normalizer)
-        if self.normalizer is not None and not hasattr(self.normalizer, "transform"):
-            raise TypeError("normalizer must be a method name or an object with .transform()")
+        from .norm import resolve
+
+        self.normalizer = resolve(self.normalizer)
 
     def qc_label(self) -> Any:
         def one(q: Any) -> Any:

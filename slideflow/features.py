@@ -63,14 +63,6 @@ def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
     return extractor
 
 
-def resolve_normalizer(normalizer: Any) -> Any:
-    if normalizer is None or not isinstance(normalizer, str):
-        return normalizer
-    from .norm import autoselect
-
-    return autoselect(normalizer)
-
-
 def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
                 selection: TileSelection, fmt: str) -> dict[str, Any]:
     """Slideflow-layout bags_config.json plus a provenance block (ours)."""
@@ -177,9 +169,12 @@ def generate_bags(
     """Featurise every job into `outdir`; one failing slide is reported, the rest go on."""
     from .io.bags import BagWriter
     from .io.bags_config import check_compatible, write_bags_config
+    from .pipeline import run_features
 
     extractor = resolve_extractor(extractor)
-    normalizer = resolve_normalizer(normalizer)
+    from .norm import resolve
+
+    normalizer = resolve(normalizer)
     selection = selection or TileSelection()
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +203,6 @@ def generate_bags(
                                "tile_px": tile_px, "tile_um": tile_um}
                 with BagWriter(outdir, job.name, fmt, num_features=extractor.num_features,
                                patch_size_level0=extent, meta=writer_meta) as writer:
-                    from .pipeline import run_features
 
                     def sink(f, c, _w=writer):
                         _w.append(f, c)

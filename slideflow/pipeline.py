@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,6 @@ class RunStats:
     seconds: float = 0.0
     model_seconds: float = 0.0
     wait_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tiles_per_second(self) -> float:
@@ -200,17 +199,12 @@ class FeatureGrid(np.ma.MaskedArray):
         self.rows = getattr(obj, "rows", None)
 
 
-def wsi_source(wsi: Any, batch_size: int = 64, num_threads: int | None = None) -> Iterator[Batch]:
-    """Tiles of a WSI in `wsi.coords` order."""
-    return wsi.tiles(batch_size=batch_size, num_threads=num_threads)
-
-
 def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
                  num_threads: int | None = None) -> FeatureGrid:
     """Features for every kept tile of `wsi`, as a masked grid (see `FeatureGrid`)."""
     collector = RowCollector(extractor.num_features)
-    run_features(extractor, wsi_source(wsi, extractor.batch_size, num_threads), collector,
-                 normalizer=normalizer)
+    run_features(extractor, wsi.tiles(batch_size=extractor.batch_size, num_threads=num_threads),
+                 collector, normalizer=normalizer)
     feats, coords = collector.result()
     grid = wsi.grid
     data = np.zeros((*grid.shape, extractor.num_features), np.float32)

@@ -36,7 +36,7 @@ METHODS: dict[str, type[Normalizer]] = {
 __all__ = [
     "DEFAULT_PRESET", "FIT_PRESETS", "METHODS", "MacenkoNormalizer", "Normalizer",
     "NormalizerError", "ReinhardNormalizer", "VahadaneNormalizer", "autoselect", "from_config",
-    "list_methods",
+    "list_methods", "resolve",
 ]
 
 
@@ -57,6 +57,18 @@ def autoselect(method: str, *, backend: str = "numpy", preset: str | None = None
         raise NormalizerError(
             f"unknown stain normalisation method {method!r}; choose from {choices}")
     return cls(method, backend=backend, preset=preset, **kwargs)
+
+
+def resolve(normalizer: str | Normalizer | None) -> Normalizer | None:
+    """What extraction and feature code accept as `normalizer=`: None, a method name (default
+    preset), or any object with `.transform()` (a fitted normaliser)."""
+    if normalizer is None:
+        return None
+    if isinstance(normalizer, str):
+        return autoselect(normalizer)
+    if not hasattr(normalizer, "transform"):
+        raise TypeError("normalizer must be a method name or an object with .transform()")
+    return normalizer
 
 
 def from_config(cfg: dict[str, Any] | None, *, backend: str = "numpy") -> Normalizer | None:

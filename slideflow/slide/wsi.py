@@ -286,7 +286,10 @@ class WSI:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"{self.name}: tile {i} out of range (0..{n - 1})")
-        return self._wrap_read(lambda: self._tile_reader().read_indices([i % n])[0])
+        try:
+            return self._tile_reader().read_indices([i % n])[0]
+        except Exception as exc:
+            raise self._read_error(exc) from exc
 
     def tiles(self, batch_size: int = 64, num_threads: int | None = None,
               coords: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -300,16 +303,13 @@ class WSI:
                 except StopIteration:
                     return
                 except Exception as exc:
-                    raise SlideReadError(f"{self.path}: tile read failed: {exc}") from exc
+                    raise self._read_error(exc) from exc
                 yield batch
         finally:
             it.close()
 
-    def _wrap_read(self, fn):
-        try:
-            return fn()
-        except Exception as exc:
-            raise SlideReadError(f"{self.path}: tile read failed: {exc}") from exc
+    def _read_error(self, exc: Exception) -> SlideReadError:
+        return SlideReadError(f"{self.path}: tile read failed: {exc}")
 
     # -- pictures -------------------------------------------------------------------------------
     def thumbnail(self, width: int = 1024):
