@@ -32,10 +32,13 @@ class TileSelection:
 
     def __post_init__(self) -> None:
         qcs = self.qc if isinstance(self.qc, (list, tuple)) else [self.qc]
+        from .slide.mask import BinaryMask, is_mask_image
+
         for q in qcs:
-            if q is not None and not callable(q) and q not in QC_METHODS:
-                raise ValueError(f"qc must be None, 'otsu', 'blur', 'both', a callable or a "
-                                 f"list of them; got {q!r}")
+            if q is not None and not callable(q) and q not in QC_METHODS and not (
+                    is_mask_image(q) or isinstance(q, BinaryMask)):
+                raise ValueError(f"qc must be None, 'otsu', 'blur', 'both', a callable, a mask "
+                                 f"image path (.png/.tif) or a list of them; got {q!r}")
         if self.roi_method not in ROI_METHODS:
             raise ValueError(f"roi_method must be one of {ROI_METHODS}, got {self.roi_method!r}")
 
@@ -43,8 +46,9 @@ class TileSelection:
         """The options that decide the tiles, JSON-ready (callables recorded by name)."""
         d = {k: getattr(self, k) for k in TileSelection.__dataclass_fields__ if k != "backend"}
         qcs = d["qc"] if isinstance(d["qc"], (list, tuple)) else [d["qc"]]
-        names = [q if q is None or isinstance(q, str) else getattr(q, "__name__", "callable")
-                 for q in qcs]
+        from .slide.tissue import qc_method_name
+
+        names = [q if q is None else qc_method_name(q) for q in qcs]
         d["qc"] = names if isinstance(d["qc"], (list, tuple)) else names[0]
         return d
 

@@ -39,7 +39,8 @@ def draw_preview(wsi: WSI, width: int = 1024, show_tiles: bool = True, show_rois
             cv2.rectangle(thumb, p0, p1, (0, 160, 0), 1)
     if show_rois and wsi.rois:
         for roi in wsi.rois:
-            geoms = getattr(roi.geometry, "geoms", [roi.geometry])
+            geom = roi.geometry(wsi.dimensions) if callable(roi.geometry) else roi.geometry
+            geoms = getattr(geom, "geoms", [geom])
             for g in geoms:
                 pts = (np.asarray(g.exterior.coords) * scale).astype(np.int32)
                 cv2.polylines(thumb, [pts], True, (30, 60, 220), 2)

@@ -1,9 +1,14 @@
-"""Regions of interest: QuPath GeoJSON and slideflow CSV -> shapely geometries -> tile masks."""
+"""Regions of interest: QuPath GeoJSON, slideflow CSV and binary mask images -> tile masks.
+
+Polygons (GeoJSON/CSV) become shapely geometries; mask images stay pixels
+(`slideflow.slide.mask.BinaryMask`) and are tested per tile without tracing outlines.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +28,16 @@ class ROI:
     label: str | None = None
 
 
-def load_rois(path: str | Path) -> list[ROI]:
-    """Read ROIs from a `.geojson`/`.json` (QuPath export) or a slideflow `.csv`."""
+def load_rois(path: str | Path) -> list[Any]:
+    """Read ROIs from a `.geojson`/`.json` (QuPath export), a slideflow `.csv` or a binary mask
+    image (`.png`/`.tif`/...: one `BinaryMask` ROI scaled to the slide)."""
+    from .mask import is_mask_image, load_mask
+
     path = Path(path)
     if not path.exists():
         raise ROIError(f"{path}: ROI file not found")
+    if is_mask_image(path):
+        return [load_mask(path)]
     try:
         if path.suffix.lower() == ".csv":
             return _load_csv(path)
@@ -95,15 +105,76 @@ def _load_geojson(path: Path) -> list[ROI]:
     return rois
 
 
+RoiLike = str | Path | ROI | Any
+
+
+def coerce_rois(rois: RoiLike | Iterable[RoiLike] | None) -> list[Any]:
+    """ROIs from Slideflow's spellings: a path, a list of paths (GeoJSON, CSV and mask images
+    mixed), ROI objects, BinaryMask objects, or a mix of these."""
+    from .mask import BinaryMask
+
+    if rois is None:
+        return []
+    if isinstance(rois, (str, Path)):
+        return load_rois(rois)
+    if isinstance(rois, (ROI, BinaryMask)):
+        return [rois]
+    if isinstance(rois, np.ndarray):
+        return [BinaryMask(rois)]
+    if not isinstance(rois, Iterable):
+        raise TypeError(f"rois must be a path, a list of paths or ROI objects, got "
+                        f"{type(rois).__name__}")
+    out: list[Any] = []
+    for item in rois:
+        if isinstance(item, (str, Path)):
+            out.extend(load_rois(item))
+        elif isinstance(item, (ROI, BinaryMask)):
+            out.append(item)
+        elif hasattr(item, "geometry") and hasattr(item, "name"):
+            out.append(ROI(str(item.name), item.geometry, getattr(item, "label", None)))
+        else:
+            raise TypeError(f"rois: cannot use {item!r} ({type(item).__name__}); give GeoJSON/"
+                            "CSV/mask-image paths or ROI objects")
+    return out
+
+
 def roi_keep_mask(
-    rois: list[ROI], grid: TileGrid, method: str = "inside", filter_method: str | float = "center"
+    rois: list[Any], grid: TileGrid, method: str = "inside", filter_method: str | float = "center"
 ) -> np.ndarray:
-    """Bool grid mask of tiles kept by the ROIs.
+    """Bool grid mask of tiles kept by the ROIs (polygon ROIs and mask images together).
 
     `method`: 'inside' keeps tiles in the ROIs, 'outside' keeps the others.
     `filter_method`: 'center' tests the tile centre; a float f in (0, 1] keeps tiles whose
-    area inside the ROIs is at least f.
+    area inside the ROIs is at least f (for mask images: the covered fraction of mask pixels).
     """
+    from .mask import BinaryMask
+
+    gh, gw = grid.shape
+    masks = [r for r in rois if isinstance(r, BinaryMask)]
+    polygons = [r for r in rois if not isinstance(r, BinaryMask)]
+    inside = _polygon_inside(polygons, grid, filter_method)
+    for m in masks:
+        if gh == 0 or gw == 0:
+            break
+        if filter_method == "center":
+            inside |= m.centres_inside(grid)
+        else:
+            inside |= m.tile_fractions(grid) >= _fraction(filter_method) - 1e-6
+    if method == "inside":
+        return inside
+    if method == "outside":
+        return ~inside
+    raise ValueError(f"roi_method must be 'inside', 'outside', 'ignore' or 'auto', got {method!r}")
+
+
+def _fraction(filter_method: str | float) -> float:
+    frac = float(filter_method)
+    if not 0 < frac <= 1:
+        raise ValueError(f"roi_filter_method must be 'center' or in (0, 1], got {frac}")
+    return frac
+
+
+def _polygon_inside(rois: list[ROI], grid: TileGrid, filter_method: str | float) -> np.ndarray:
     import shapely
 
     gh, gw = grid.shape
@@ -118,14 +189,8 @@ def roi_keep_mask(
             half = grid.extent / 2.0
             inside = shapely.contains_xy(union, X + half, Y + half)
         else:
-            frac = float(filter_method)
-            if not 0 < frac <= 1:
-                raise ValueError(f"roi_filter_method must be 'center' or in (0, 1], got {frac}")
+            frac = _fraction(filter_method)
             boxes = shapely.box(X, Y, X + grid.extent, Y + grid.extent)
             area = shapely.area(shapely.intersection(boxes, union))
             inside = area >= frac * grid.extent**2 - 1e-6
-    if method == "inside":
-        return inside
-    if method == "outside":
-        return ~inside
-    raise ValueError(f"roi_method must be 'inside', 'outside', 'ignore' or 'auto', got {method!r}")
+    return inside

@@ -8,6 +8,8 @@ exact box averages over that image, computed with a summed-area table.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,22 +60,25 @@ def grayspace_map(rgb: np.ndarray, threshold: float = 0.05) -> np.ndarray:
     return saturation(rgb).astype(np.float32) / 255.0 < threshold
 
 
-def tile_fractions(mask: np.ndarray, grid: TileGrid, scale: float) -> np.ndarray:
+def tile_fractions(mask: np.ndarray, grid: TileGrid,
+                   scale: float | tuple[float, float]) -> np.ndarray:
     """Fraction of True pixels of `mask` under every grid tile (grid_h x grid_w, float32).
 
-    `scale` is QC-image pixels per level-0 pixel. Tile boxes are rounded to QC pixels and
-    clipped to the image; a tile with no QC pixel inside gets 0.
+    `scale` is mask pixels per level-0 pixel (one value, or (x, y) for a mask whose sides were
+    rounded separately). Tile boxes are rounded to mask pixels and clipped to the image; a tile
+    with no mask pixel inside gets 0.
     """
+    sx, sy = (scale, scale) if np.isscalar(scale) else scale
     gh, gw = grid.shape
     if gh == 0 or gw == 0:
         return np.zeros((gh, gw), np.float32)
     sat = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_64F)  # (h+1, w+1)
     h, w = mask.shape
     xs, ys = grid.origins()
-    x0 = np.clip(np.round(xs * scale).astype(int), 0, w)
-    x1 = np.clip(np.round((xs + grid.extent) * scale).astype(int), 0, w)
-    y0 = np.clip(np.round(ys * scale).astype(int), 0, h)
-    y1 = np.clip(np.round((ys + grid.extent) * scale).astype(int), 0, h)
+    x0 = np.clip(np.round(xs * sx).astype(int), 0, w)
+    x1 = np.clip(np.round((xs + grid.extent) * sx).astype(int), 0, w)
+    y0 = np.clip(np.round(ys * sy).astype(int), 0, h)
+    y1 = np.clip(np.round((ys + grid.extent) * sy).astype(int), 0, h)
     x1 = np.maximum(x1, np.minimum(x0 + 1, w))
     y1 = np.maximum(y1, np.minimum(y0 + 1, h))
     total = (
@@ -88,6 +93,15 @@ def tile_fractions(mask: np.ndarray, grid: TileGrid, scale: float) -> np.ndarray
 
 QCMethod = str | Callable[[np.ndarray], np.ndarray]
 
+
+def qc_method_name(method: Any) -> str:
+    """How a QC method is recorded: its name, a mask image's path, or the callable's name."""
+    if isinstance(method, (str, Path)):
+        return str(method)
+    if getattr(method, "path", None) is not None:  # a BinaryMask read from a file
+        return str(method.path)
+    return getattr(method, "__name__", type(method).__name__)
+
 _BUILTIN: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "otsu": otsu_mask,
     "blur": blur_mask,
@@ -98,16 +112,25 @@ def qc_mask(rgb: np.ndarray, method: QCMethod | list[QCMethod]) -> np.ndarray:
     """Combined keep-mask (True = keep) for one QC method, 'both', a callable, or a list.
 
     A callable takes the RGB QC image and returns a bool mask of the same height/width
-    with True where tissue should be kept.
+    with True where tissue should be kept. A mask image (a path with an image suffix, or a
+    `slideflow.slide.mask.BinaryMask`) of the whole slide, any size, is scaled to the QC image.
     """
+    from .mask import BinaryMask, as_mask, is_mask_image
+
     methods = method if isinstance(method, (list, tuple)) else [method]
     keep = np.ones(rgb.shape[:2], bool)
     for m in methods:
-        if m == "both":
+        if is_mask_image(m) or isinstance(m, BinaryMask):
+            mask = as_mask(m)
+            h, w = keep.shape
+            mask.scales((w, h))  # aspect check, naming the file
+            keep &= mask.resized(w, h)
+        elif m == "both":
             keep &= otsu_mask(rgb) & blur_mask(rgb)
         elif isinstance(m, str):
             if m not in _BUILTIN:
-                raise ValueError(f"unknown QC method {m!r}; use 'otsu', 'blur', 'both' or a callable")
+                raise ValueError(f"unknown QC method {m!r}; use 'otsu', 'blur', 'both', a "
+                                 "callable or a mask image path (.png/.tif)")
             keep &= _BUILTIN[m](rgb)
         elif callable(m):
             out = np.asarray(m(rgb))

@@ -15,7 +15,8 @@ from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
 from .reader import TileReader
-from .roi import ROI, load_rois, roi_keep_mask
+from .roi import ROI, coerce_rois, roi_keep_mask
+from .tissue import qc_method_name
 
 
 class WSI:
@@ -36,7 +37,7 @@ class WSI:
         *,
         mpp: float | None = None,
         backend: str = "auto",
-        rois: str | Path | list[ROI] | None = None,
+        rois: str | Path | ROI | list[str | Path | ROI] | None = None,
         roi_method: str = "auto",
         roi_filter_method: str | float = "center",
         use_edge_tiles: bool = False,
@@ -51,8 +52,9 @@ class WSI:
         self.mpp_source = "override" if mpp else "file"
         self.mpp = float(mpp) if mpp else self.reader.mpp
         if not self.mpp:
+            why = getattr(self.reader, "mpp_note", None) or "the file records no microns-per-pixel"
             raise MissingMPPError(
-                f"{self.path}: the file records no microns-per-pixel. Pass it explicitly, e.g. "
+                f"{self.path}: {why}. Pass the resolution explicitly, e.g. "
                 f"sf.WSI(..., mpp=0.5), or add an 'mpp' column to the project annotations."
             )
         try:
@@ -64,7 +66,10 @@ class WSI:
             )
         except ValueError as exc:
             raise SlideReadError(f"{self.path}: {exc}") from exc
-        self.rois: list[ROI] = self._load_rois(rois)
+        self.rois: list[ROI] = coerce_rois(rois)
+        for roi in self.rois:  # mask images: check they fit the slide now, naming the file
+            if hasattr(roi, "scales"):
+                roi.scales(self.dimensions)
         self.roi_method = self._resolve_roi_method(roi_method)
         self.roi_filter_method = roi_filter_method
         self._base_mask = self._roi_mask()
@@ -148,13 +153,6 @@ class WSI:
         )
 
     # -- masks ----------------------------------------------------------------------------------
-    def _load_rois(self, rois: str | Path | list[ROI] | None) -> list[ROI]:
-        if rois is None:
-            return []
-        if isinstance(rois, (str, Path)):
-            return load_rois(rois)
-        return list(rois)
-
     def _resolve_roi_method(self, method: str) -> str:
         if method == "auto":
             return "inside" if self.rois else "ignore"
@@ -220,8 +218,7 @@ class WSI:
             keep = tissue.qc_mask(self.qc_image, method)
             self._qc_keep = self.tile_fractions(keep) >= threshold
             methods = method if isinstance(method, (list, tuple)) else [method]
-            self.qc_methods = [m if isinstance(m, str) else getattr(m, "__name__", "callable")
-                               for m in methods]
+            self.qc_methods = [qc_method_name(m) for m in methods]
             self.qc_threshold = threshold
         self._update()
         return self

@@ -14,8 +14,11 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "tiffslide": ("slideflow.slide.backends.tiffslide_backend", "TiffSlideReader"),
     "dicom": ("slideflow.slide.backends.dicom_backend", "DicomReader"),
     "vips": ("slideflow.slide.backends.vips_backend", "VipsReader"),
+    "image": ("slideflow.slide.backends.image_backend", "ImageReader"),
 }
-AUTO_ORDER = ("openslide", "tiffslide", "dicom")
+AUTO_ORDER = ("openslide", "tiffslide", "dicom", "image")
+#: plain image formats: opened by the 'image' backend only (no WSI library reads them)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def _is_dicom(path: Path) -> bool:
@@ -45,7 +48,12 @@ def open_reader(path: str | Path, backend: str = "auto") -> SlideReader:
                 f"{path}: unknown backend {backend!r}; choose one of {sorted(BACKENDS)} or 'auto'"
             )
         return _open_with(path, backend, explicit=True)
-    order = ("dicom", "openslide") if _is_dicom(path) else AUTO_ORDER
+    if _is_dicom(path):
+        order: tuple[str, ...] = ("dicom", "openslide")
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        order = ("image",)
+    else:
+        order = AUTO_ORDER
     errors = []
     for name in order:
         try:
