@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from slideflow.model.extractors.spec import ExtractorSpec, hf
+from slideflow.model.extractors.spec import ExtractorSpec, WeightsSource, hf
 
 DISTRIBUTION = "slideflow-gpl"
 
 _CTRANSPATH = ("Wang X. et al. Transformer-based unsupervised contrastive learning for "
                "histopathological image classification. Medical Image Analysis 2022.")
+_CHIEF = ("@article{wang2024chief, title={A pathology foundation model for cancer diagnosis and "
+          "prognosis prediction}, author={Wang, Xiyue and Zhao, Junhan and Marostica, Eliana "
+          "and others}, journal={Nature}, volume={634}, pages={970--978}, year={2024}}")
 _RETCCL = ("Wang X. et al. RetCCL: Clustering-guided contrastive learning for whole-slide image "
            "retrieval. Medical Image Analysis 2023.")
 
@@ -35,5 +38,24 @@ def specs() -> list[ExtractorSpec]:
             description="RetCCL ResNet-50 (torchvision layout, classifier removed), 2048-d",
             reference="github.com/Xiyue-Wang/RetCCL get_feature.py (Resize(256), ImageNet "
                       "mean/std, fc = Identity, strict load)",
+        ),        ExtractorSpec(
+            name="chief_ctranspath", family="swin", dim=768, input_px=224,
+            license="GPL-3.0 + non-commercial academic use only (CHIEF README)",
+            citation=_CHIEF, aliases=("chief", "chief-ctranspath"), interpolation="bilinear",
+            antialias=True, builder="slideflow_gpl.ctranspath:build",
+            distribution=DISTRIBUTION,
+            weights=WeightsSource("none", url="CHIEF_CTransPath.pth from "
+                                  "github.com/hms-dbmi/CHIEF, or the Hugging Face dataset "
+                                  "MahmoodLab/hest-bench, fm_v1/ctranspath/"
+                                  "CHIEF_CTransPath.pth (a dataset repo: pass the file with "
+                                  "weights=)"),
+            checkpoint_keys=("model", "state_dict"),
+            expected_unexpected=("*attn_mask", "*relative_position_index", "head.*"),
+            description="CHIEF's tile encoder: the CTransPath architecture with CHIEF "
+                        "weights, 768-d average-pooled tokens",
+            reference="github.com/hms-dbmi/CHIEF Get_CHIEF_patch_feature.py (ctranspath(), "
+                      "head = Identity, td['model'], Resize(224), ImageNet mean/std) and README "
+                      "(GPLv3, non-commercial academic); TRIDENT load.py (Resize((224, 224)) "
+                      "bilinear; hf dataset MahmoodLab/hest-bench fm_v1/ctranspath)",
         ),
     ]

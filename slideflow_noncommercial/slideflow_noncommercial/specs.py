@@ -7,7 +7,7 @@ explicit act of accepting non-commercial terms. Sources: docs/extractors.md.
 
 from __future__ import annotations
 
-from slideflow.model.extractors.spec import ExtractorSpec, hf
+from slideflow.model.extractors.spec import ExtractorSpec, WeightsSource, hf
 
 DISTRIBUTION = "slideflow-noncommercial"
 
@@ -33,6 +33,36 @@ _GIGAPATH_KW = {"img_size": 224, "in_chans": 3, "patch_size": 16, "embed_dim": 1
                 "depth": 40, "num_heads": 24, "init_values": 1e-5, "mlp_ratio": 5.33334,
                 "dynamic_img_size": True}
 _TRIDENT = "mahmoodlab/TRIDENT trident/patch_encoder_models/load.py"
+_CONCH = ("@article{lu2024conch, title={A visual-language foundation model for computational "
+          "pathology}, author={Lu, Ming Y. and Chen, Bowen and Williamson, Drew F. K. and "
+          "others}, journal={Nature Medicine}, volume={30}, pages={863--874}, year={2024}}")
+_TITAN = ("@article{ding2024titan, title={Multimodal Whole Slide Foundation Model for Pathology}, "
+          "author={Ding, Tong and Wagner, Sophia J. and Song, Andrew H. and others}, "
+          "journal={arXiv preprint arXiv:2411.19666}, year={2024}}")
+_KAIKO = ("@article{aben2024kaiko, title={Towards Large-Scale Training of Pathology Foundation "
+          "Models}, author={Aben, Nanne and others}, journal={arXiv preprint "
+          "arXiv:2404.15217}, year={2024}}")
+_LUNIT = ("@inproceedings{kang2023benchmarking, title={Benchmarking Self-Supervised Learning on "
+          "Diverse Pathology Datasets}, author={Kang, Mingu and Song, Heon and Park, Seonwook "
+          "and Yoo, Donggeun and Pereira, S{\\'e}rgio}, booktitle={CVPR}, year={2023}}")
+_PLIP = ("@article{huang2023plip, title={A visual-language foundation model for pathology image "
+         "analysis using medical Twitter}, author={Huang, Zhi and Bianchi, Federico and "
+         "Yuksekgonul, Mert and Montine, Thomas J. and Zou, James}, journal={Nature Medicine}, "
+         "volume={29}, pages={2307--2316}, year={2023}}")
+_GPFM = ("@article{ma2024gpfm, title={Towards A Generalizable Pathology Foundation Model via "
+         "Unified Knowledge Distillation}, author={Ma, Jiabo and others}, journal={arXiv "
+         "preprint arXiv:2407.18449}, year={2024}}")
+_HOPTIMUS1 = ("@software{hoptimus1, title={H-optimus-1}, author={Bioptimus}, year={2025}, "
+              "url={https://huggingface.co/bioptimus/H-optimus-1}}")
+_HOPT_MEAN, _HOPT_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
+_LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
+_LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
+_OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+_KAIKO_LIC = "Kaiko Non-Commercial Public License v1"
+_KAIKO_REL = "https://github.com/kaiko-ai/towards_large_pathology_fms/releases/download/0.0.1/"
+_LUNIT_REL = "https://github.com/lunit-io/benchmark-ssl-pathology/releases/download/pretrained-weights/"
+_CORE = "slideflow.model.extractors."
 
 
 def specs() -> list[ExtractorSpec]:
@@ -112,4 +142,140 @@ def specs() -> list[ExtractorSpec]:
             reference=_TRIDENT + " (Resize(224) + CenterCrop(224), ImageNet mean/std); "
                       "huggingface.co/owkin/phikon-v2 (Owkin non-commercial licence)",
             **nc),
+        ExtractorSpec(
+            name="conch", family="coca", dim=512, input_px=448, license="CC-BY-NC-ND-4.0",
+            citation=_CONCH, aliases=("conch_v1", "conch_v1_0"), mean=_OPENAI_MEAN,
+            std=_OPENAI_STD, resize_px=448, center_crop=448, interpolation="bicubic",
+            builder=_CORE + "coca_family:build_conch",
+            weights=hf("MahmoodLab/CONCH", "pytorch_model.bin"), gated=True,
+            strip_prefixes=("module.", "visual."),
+            expected_unexpected=("text.*", "text_decoder.*", "logit_scale",
+                                 "attn_pool_caption.*", "ln_caption.*"),
+            description="CONCH v1 image tower: ViT-B/16 at 448 px + attentional pooler + "
+                        "LayerNorm, 512-d (encode_image(proj_contrast=False, normalize=False)); "
+                        "proj_contrast=True applies the contrastive projection",
+            reference="github.com/mahmoodlab/CONCH open_clip_custom/{coca_model,vision_tower,"
+                      "transformer,transform,factory}.py and conch_ViT-B-16.json (448 px, "
+                      "Resize(448, bicubic) + CenterCrop, OpenAI CLIP mean/std); " + _TRIDENT,
+            **nc),
+        ExtractorSpec(
+            name="conch_v15", family="coca", dim=768, input_px=448, license="CC-BY-NC-ND-4.0",
+            citation=_TITAN, aliases=("conch_v1_5", "conchv1_5", "conch1.5"),
+            resize_px=448, center_crop=448, interpolation="bilinear",
+            builder=_CORE + "coca_family:build_conch_v15",
+            weights=hf("MahmoodLab/conchv1_5", "pytorch_model_vision.bin"), gated=True,
+            description="CONCH v1.5 image tower (TITAN's patch encoder): ViT-L/16 with "
+                        "LayerScale + attentional pooler + LayerNorm, 768-d, 448 px",
+            reference=_TRIDENT + " Conchv15InferenceEncoder and model_zoo/conchv1_5/conchv1_5.py "
+                      "(vit_large init_values 1.0, AttentionalPooler(768, 1024, 8 heads, 1 "
+                      "query), Resize(448, bilinear) + CenterCrop(448), ImageNet mean/std)",
+            **nc),
+        ExtractorSpec(
+            name="h_optimus_1", family="timm", dim=1536, input_px=224,
+            license="H-optimus-1 licence (gated; non-commercial, commercial licence from "
+                    "Bioptimus)", citation=_HOPTIMUS1, aliases=("hoptimus1", "h-optimus-1"),
+            mean=_HOPT_MEAN, std=_HOPT_STD, interpolation="bilinear",
+            build={"timm_class": "VisionTransformer", "kwargs": {
+                "patch_size": 14, "embed_dim": 1536, "depth": 40, "num_heads": 24,
+                "init_values": 1e-5, "mlp_ratio": 5.33334, "mlp_layer": "glu_silu",
+                "act_layer": "silu", "reg_tokens": 4, "no_embed_class": True, "img_size": 224,
+                "num_classes": 0, "in_chans": 3, "dynamic_img_size": True}, "meta_init": True},
+            weights=hf("bioptimus/H-optimus-1"), gated=True,
+            description="H-optimus-1 ViT-g/14 with 4 registers (same architecture as "
+                        "H-optimus-0), 1536-d class token",
+            reference=_TRIDENT + " HOptimus1InferenceEncoder (vit_giant_patch14_reg4_dinov2, "
+                      "init_values 1e-5, Resize(224), H-optimus mean/std); HF discussions "
+                      "(academic access only, commercial via Bioptimus)",
+            **nc),
+        ExtractorSpec(
+            name="gpfm", family="dino", dim=1024, input_px=224,
+            license="unverified (no licence found; treated as non-commercial)",
+            citation=_GPFM, interpolation="bicubic",
+            builder=_CORE + "dino_family:build",
+            build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
+                   "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "hf"},
+            weights=hf("majiabo/GPFM", "GPFM.pth"),
+            expected_unexpected=("mask_token",),
+            description="GPFM ViT-L/14 (DINOv2 layout), 1024-d class token",
+            reference=_TRIDENT + " GPFMInferenceEncoder (vit_large_patch14_dinov2, img 224, "
+                      "init_values 1e-5, Resize((224, 224)) bicubic, ImageNet mean/std)",
+            **nc),
+        ExtractorSpec(
+            name="plip", family="clip", dim=512, input_px=224,
+            license="PLIP terms (no licence file found; research use)", citation=_PLIP,
+            mean=_OPENAI_MEAN, std=_OPENAI_STD, resize_px=224, center_crop=224,
+            interpolation="bicubic", builder=_CORE + "clip_family:build",
+            build={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                   "num_attention_heads": 12, "image_size": 224, "patch_size": 32,
+                   "projection_dim": 512, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
+            weights=hf("vinid/plip", "pytorch_model.bin", "model.safetensors"),
+            expected_unexpected=("text_model.*", "text_projection.*", "logit_scale",
+                                 "vision_model.embeddings.position_ids"),
+            description="PLIP image tower: CLIP ViT-B/32, 512-d projected image embedding "
+                        "(CLIPModel.get_image_features, not normalised)",
+            reference="PLIP paper (CLIP ViT-B/32 fine-tuned on OpenPath); CLIPProcessor "
+                      "(shorter side 224 bicubic, center crop 224, OpenAI CLIP mean/std)",
+            **nc),
+        _kaiko("vits16", "vit_small_patch16_224", 384),
+        _kaiko("vits8", "vit_small_patch8_224", 384),
+        _kaiko("vitb16", "vit_base_patch16_224", 768),
+        _kaiko("vitb8", "vit_base_patch8_224", 768),
+        ExtractorSpec(
+            name="kaiko_vitl14", family="dino", dim=1024, input_px=224, license=_KAIKO_LIC,
+            citation=_KAIKO, aliases=("kaiko-vitl14",), mean=HALF3, std=HALF3,
+            resize_px=224, center_crop=224, interpolation="bilinear",
+            builder=_CORE + "dino_family:build",
+            build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 4,
+                   "layerscale": 1e-5, "ffn": "mlp", "native_px": 518, "pos_mode": "hf"},
+            weights=WeightsSource("hf", repo_id="1aurent/vit_large_patch14_reg4_dinov2."
+                                  "kaiko_ai_towards_large_pathology_fms",
+                                  filenames=("model.safetensors",), url=_KAIKO_REL + "vitl14.pth"),
+            expected_unexpected=("mask_token",),
+            description="kaiko.ai ViT-L/14 with 4 registers (DINOv2), built at 518 px and run "
+                        "at 224 px with timm's position resampling, as TRIDENT does; 1024-d "
+                        "class token",
+            reference="kaiko-ai/towards_large_pathology_fms hubconf.py "
+                      "(vit_large_patch14_reg4_dinov2, _convert_dinov2); " + _TRIDENT +
+                      " (img_size 518, dynamic_img_size, Resize + CenterCrop 224, mean = std "
+                      "= 0.5); LICENSE (Kaiko Non-Commercial)",
+            **nc),
+        _lunit(16, "dino_vit_small_patch16_ep200.torch"),
+        _lunit(8, "dino_vit_small_patch8_ep200.torch"),
     ]
+
+
+HALF3 = (0.5, 0.5, 0.5)
+
+
+def _kaiko(tag: str, timm_name: str, dim: int) -> ExtractorSpec:
+    repo = f"1aurent/{timm_name}.kaiko_ai_towards_large_pathology_fms"
+    return ExtractorSpec(
+        name=f"kaiko_{tag}", family="timm", dim=dim, input_px=224, license=_KAIKO_LIC,
+        citation=_KAIKO, aliases=(f"kaiko-{tag}",), mean=HALF3, std=HALF3, resize_px=224,
+        center_crop=224, interpolation="bilinear",
+        build={"timm": timm_name, "kwargs": {"dynamic_img_size": True}},
+        weights=WeightsSource("hf", repo_id=repo, filenames=("model.safetensors",),
+                              url=_KAIKO_REL + f"{tag}.pth"),
+        expected_unexpected=("head.*",), distribution=DISTRIBUTION,
+        description=f"kaiko.ai {timm_name} (DINO/DINOv2 on TCGA), {dim}-d class token",
+        reference="kaiko-ai/towards_large_pathology_fms hubconf.py (timm name, "
+                  "dynamic_img_size, strict load) and LICENSE; " + _TRIDENT +
+                  " KaikoInferenceEncoder (Resize + CenterCrop 224 bilinear, mean = std = 0.5)")
+
+
+def _lunit(patch: int, filename: str) -> ExtractorSpec:
+    return ExtractorSpec(
+        name=f"lunit_vits{patch}", family="timm", dim=384, input_px=224,
+        license="Lunit non-commercial public licence", citation=_LUNIT,
+        aliases=(f"lunit-vits{patch}", f"lunit_dino_p{patch}"), mean=_LUNIT_MEAN,
+        std=_LUNIT_STD, interpolation="bilinear",
+        build={"timm_class": "VisionTransformer", "kwargs": {
+            "img_size": 224, "patch_size": patch, "embed_dim": 384, "num_heads": 6,
+            "num_classes": 0, "dynamic_img_size": True}},
+        weights=WeightsSource("hf", repo_id=f"1aurent/vit_small_patch{patch}_224.lunit_dino",
+                              filenames=("model.safetensors",), url=_LUNIT_REL + filename),
+        distribution=DISTRIBUTION,
+        description=f"Lunit DINO ViT-S/{patch} (19M TCGA patches), 384-d class token",
+        reference="github.com/lunit-io/benchmark-ssl-pathology README (timm "
+                  "VisionTransformer(img 224, embed 384, 6 heads), release files) and LICENSE; "
+                  "Lunit mean/std as used with these weights (Resize((224, 224)))")

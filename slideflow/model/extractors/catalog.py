@@ -24,6 +24,18 @@ _HOPTIMUS = ("Saillard C. et al. H-optimus-0. 2024. "
 _VIRCHOW = ("Vorontsov E. et al. A foundation model for clinical-grade computational pathology and "
             "rare cancers detection. Nature Medicine 2024.")
 
+_HIBOU = ("@misc{nechaev2024hibou, title={Hibou: A Family of Foundational Vision Transformers "
+          "for Pathology}, author={Nechaev, Dmitry and Pchelnikov, Alexey and Ivanova, "
+          "Ekaterina}, year={2024}, eprint={2406.05074}, archivePrefix={arXiv}}")
+_MIDNIGHT = ("@article{karasikov2025midnight, title={Training state-of-the-art pathology "
+             "foundation models with orders of magnitude less data}, author={Karasikov, "
+             "Mikhail and others}, journal={arXiv preprint arXiv:2504.05186}, year={2025}}")
+_DINOV2_BIB = ("@article{oquab2024dinov2, title={DINOv2: Learning Robust Visual Features "
+               "without Supervision}, author={Oquab, Maxime and others}, journal={Transactions "
+               "on Machine Learning Research}, year={2024}}")
+_HIBOU_MEAN, _HIBOU_STD = (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)
+_DINO_KEYS = ("embeddings.mask_token", "mask_token")
+
 _LITE0_FILE = "models/efficientnet-lite0-57934424.pth"
 _LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
@@ -155,7 +167,72 @@ def specs() -> list[ExtractorSpec]:
                         "of the patch tokens (2 x 1280)",
             reference="huggingface.co/paige-ai/Virchow model card (licence apache-2.0); "
                       "mahmoodlab/TRIDENT patch_encoder_models/load.py (timm kwargs, "
-                      "Resize(224, bicubic), ImageNet mean/std)",
+                      "Resize(224, bicubic), ImageNet mean/std, class token + mean of "
+                      "output[:, 1:]; output='cls' gives the 1280-d class token alone)",
+        ),
+        ExtractorSpec(
+            name="dinov2_vitl14", family="dino", dim=1024, input_px=224,
+            license="Apache-2.0", citation=_DINOV2_BIB, aliases=("dinov2_large",),
+            resize_px=256, center_crop=224, interpolation="bicubic",
+            builder="slideflow.model.extractors.dino_family:build",
+            build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
+                   "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "dinov2"},
+            weights=hf("timm/vit_large_patch14_dinov2.lvd142m"),
+            expected_unexpected=_DINO_KEYS,
+            description="Meta DINOv2 ViT-L/14 (LVD-142M), 1024-d class token after the final "
+                        "norm (output='cls_mean' adds the mean patch token); the 37x37 "
+                        "position grid is resampled to 16x16 as the dinov2 hub model does "
+                        "at 224 px (bicubic, scale (16 + 0.1) / 37)",
+            reference="facebookresearch/dinov2 hubconf / vision_transformer.py "
+                      "(interpolate_offset 0.1, no antialias) and data/transforms.py "
+                      "make_classification_eval_transform (Resize(256, bicubic), "
+                      "CenterCrop(224), ImageNet); also loads dinov2_vitl14_pretrain.pth",
+        ),
+        ExtractorSpec(
+            name="hibou_b", family="dino", dim=768, input_px=224, license="Apache-2.0",
+            citation=_HIBOU, aliases=("hibou-b", "hiboub"), mean=_HIBOU_MEAN,
+            std=_HIBOU_STD, interpolation="bicubic",
+            builder="slideflow.model.extractors.dino_family:build",
+            build={"embed_dim": 768, "depth": 12, "heads": 12, "patch": 14, "regs": 4,
+                   "layerscale": 1e-5, "ffn": "swiglu", "pos_mode": "hf"},
+            weights=hf("histai/hibou-b"), expected_unexpected=_DINO_KEYS + ("pooler.*",),
+            description="Hibou-B: DINOv2 ViT-B/14 with 4 registers and SwiGLU, 768-d class "
+                        "token after the final norm (transformers pooler_output)",
+            reference="github.com/HistAI/hibou hibou/models/__init__.py build_model defaults "
+                      "(vit_base, patch 14, layerscale 1e-5, swiglufused, 4 registers) and "
+                      "README (Apache-2.0); TRIDENT load.py (Resize((224, 224)) bicubic, "
+                      "mean/std, pooler_output)",
+        ),
+        ExtractorSpec(
+            name="hibou_l", family="dino", dim=1024, input_px=224, license="Apache-2.0",
+            citation=_HIBOU, aliases=("hibou-l", "hiboul"), mean=_HIBOU_MEAN,
+            std=_HIBOU_STD, interpolation="bicubic", gated=True,
+            builder="slideflow.model.extractors.dino_family:build",
+            build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 4,
+                   "layerscale": 1e-5, "ffn": "swiglu", "pos_mode": "hf"},
+            weights=hf("histai/hibou-L"), expected_unexpected=_DINO_KEYS + ("pooler.*",),
+            description="Hibou-L: DINOv2 ViT-L/14 with 4 registers and SwiGLU, 1024-d class "
+                        "token after the final norm (transformers pooler_output)",
+            reference="mahmoodlab/TRIDENT load.py HibouLInferenceEncoder (Resize((224, 224)) "
+                      "bicubic, hibou mean/std, pooler_output); registers/SwiGLU assumed as "
+                      "Hibou-B (HistAI/hibou), not checked against hibou-L config.json",
+        ),
+        ExtractorSpec(
+            name="midnight", family="dino", dim=3072, input_px=224, license="MIT",
+            citation=_MIDNIGHT, aliases=("midnight12k", "midnight_12k"), mean=HALF, std=HALF,
+            resize_px=224, center_crop=224, interpolation="bilinear",
+            builder="slideflow.model.extractors.dino_family:build",
+            build={"embed_dim": 1536, "depth": 40, "heads": 24, "patch": 14, "regs": 0,
+                   "layerscale": 1e-5, "ffn": "swiglu", "pos_mode": "hf",
+                   "output": "cls_mean", "meta_init": True},
+            weights=hf("kaiko-ai/midnight"), expected_unexpected=_DINO_KEYS + ("pooler.*",),
+            description="Midnight-12k (kaiko.ai): DINOv2 ViT-g/14 in the transformers Dinov2 "
+                        "layout; class token concatenated with the mean patch token (2 x "
+                        "1536, the card's classification feature); output='cls' gives the "
+                        "1536-d class token TRIDENT uses by default",
+            reference="huggingface.co/kaiko-ai/midnight card (Resize(224), CenterCrop(224), "
+                      "mean = std = 0.5, CLS + mean patch tokens; MIT); TRIDENT load.py "
+                      "Midnight12kInferenceEncoder (return_type cls_token | cls+mean)",
         ),
     ]
 

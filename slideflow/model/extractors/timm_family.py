@@ -6,8 +6,11 @@
   ``timm_class``  'VisionTransformer' to construct timm's class directly;
   ``kwargs``      constructor options; layer names are strings resolved here
                   ('swiglu_packed', 'glu_silu', 'silu', 'gelu');
-  ``output``      'pooled' (default: the model's pooled pre-logits features) or 'cls_mean'
-                  (class token concatenated with the mean of the patch tokens, as Virchow);
+  ``output``      'pooled' (default: the model's pooled pre-logits features), 'cls' (the
+                  class token after the final norm) or 'cls_mean' (class token concatenated
+                  with the mean of the patch tokens, registers excluded, as Virchow);
+                  ``build_feature_extractor(name, output=...)`` overrides it (e.g.
+                  ``output='cls'`` gives Virchow's 1280-d class token alone);
   ``dynamic``     the spec came from 'timm:<name>': dim / input size / normalisation are read
                   from timm's pretrained config for that name.
 """
@@ -23,6 +26,7 @@ from torch import nn
 from .base import Built
 from .spec import ExtractorSpec
 
+OUTPUTS = ("pooled", "cls", "cls_mean")
 
 def _layer(name: Any) -> Any:
     if not isinstance(name, str):
@@ -69,13 +73,17 @@ def build(spec: ExtractorSpec, **kwargs: Any) -> Built:
     import timm
 
     b = spec.build
+    kwargs = dict(kwargs)
+    requested = kwargs.pop("output", None)
+    output = requested or b.get("output", "pooled")
+    if output not in OUTPUTS:
+        raise ValueError(f"{spec.name}: output must be one of {OUTPUTS}, not {output!r}")
     kw = dict(b.get("kwargs", {}))
     kw.update(kwargs)
     for key in ("mlp_layer", "act_layer"):
         if key in kw:
             kw[key] = _layer(kw[key])
-    output = b.get("output", "pooled")
-    if output == "cls_mean":
+    if output in ("cls_mean", "cls"):
         kw.setdefault("global_pool", "")
     if b.get("timm_class") == "VisionTransformer":
         from timm.models.vision_transformer import VisionTransformer
@@ -96,7 +104,10 @@ def build(spec: ExtractorSpec, **kwargs: Any) -> Built:
         features = net
         dim = getattr(net, "head_hidden_size", None) or net.num_features
 
-    info: dict[str, Any] = {"config": dict(kwargs)}
+    config = dict(kwargs)
+    if requested and requested != b.get("output", "pooled"):
+        config["output"] = requested
+    info: dict[str, Any] = {"config": config}
     if b.get("dynamic"):
         cfg = getattr(net, "pretrained_cfg", {}) or {}
         size = cfg.get("input_size", (3, spec.input_px, spec.input_px))[-1]
@@ -106,10 +117,10 @@ def build(spec: ExtractorSpec, **kwargs: Any) -> Built:
             mean=tuple(cfg.get("mean", spec.mean)), std=tuple(cfg.get("std", spec.std)),
             interpolation=interp if interp in ("bilinear", "bicubic", "nearest") else "bicubic",
             cnn=_is_cnn(net))
-    elif spec.dim is not None and dim != spec.dim and not kwargs:
+    elif spec.dim is not None and dim != spec.dim and not config:
         raise RuntimeError(f"{spec.name}: architecture gives {dim} features but the spec "
                            f"declares {spec.dim}")
-    elif kwargs and dim != spec.dim:
+    elif config and dim != spec.dim:
         info["spec"] = spec.with_(dim=dim)
     return Built(model=net, features=features, layers_root=net, info=info)
 

@@ -172,6 +172,7 @@ _HF_LAYER = {
     "attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1",
     "output.dense": "mlp.fc2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
     "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+    "mlp.weights_in": "mlp.fc1", "mlp.weights_out": "mlp.fc2",  # Dinov2 SwiGLU
 }
 
 

@@ -150,10 +150,11 @@ def _default(spec: ExtractorSpec) -> ResolvedWeights:
                            f"{src.url} there or pass weights=")
     if src.kind == "hf":
         return _from_hub(spec, src.repo_id or "", src.filenames)
+    where = f" Download: {src.url}." if src.url else ""
     raise WeightsError(
         f"{spec.name} has no default weights: pass weights='/path/to/checkpoint' (a .pth, .pt, "
         ".bin or .safetensors file, or a folder), or pretrained=False for a random "
-        "initialisation.")
+        f"initialisation.{where}")
 
 
 def _torch_hub_dir() -> Path:
