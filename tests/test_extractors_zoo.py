@@ -320,3 +320,15 @@ def test_kaiko_official_timm_layout_loads(tmp_path):
     again = sf.build_feature_extractor("kaiko_vits16", weights=path, device="cpu")
     tiles = torch.randint(0, 256, (1, 224, 224, 3), dtype=torch.uint8).numpy()
     assert abs(again(tiles) - ext(tiles)).max() < 1e-5
+
+
+def test_external_entries_agree_with_the_plugin_specs():
+    """Core lists the licence-split names when their package is missing; the facts it shows
+    must be the installed specs' own."""
+    from slideflow.model.extractors.catalog import EXTERNAL
+
+    specs = registry._discover()
+    for entry in EXTERNAL:
+        spec = specs[registry.normalize(entry.name)]
+        assert (spec.dim, spec.input_px, spec.gated, spec.distribution) == (
+            entry.dim, entry.input_px, entry.gated, entry.distribution), entry.name

@@ -259,4 +259,27 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
                   "hf:owkin/phikon/pytorch_model.bin"),
     ExternalEntry("phikon_v2", *_NC, "Owkin non-commercial", 1024, 224, "hf_vit", False,
                   "hf:owkin/phikon-v2/model.safetensors"),
-)
+    ExternalEntry("chief_ctranspath", *_GPL, "GPL-3.0 + non-commercial academic use", 768,
+                  224, "swin", False, "weights= CHIEF_CTransPath.pth"),
+    ExternalEntry("conch", *_NC, "CC-BY-NC-ND-4.0", 512, 448, "coca", True,
+                  "hf:MahmoodLab/CONCH/pytorch_model.bin"),
+    ExternalEntry("conch_v15", *_NC, "CC-BY-NC-ND-4.0", 768, 448, "coca", True,
+                  "hf:MahmoodLab/conchv1_5/pytorch_model_vision.bin"),
+    ExternalEntry("h_optimus_1", *_NC, "Bioptimus non-commercial", 1536, 224, "timm", True,
+                  "hf:bioptimus/H-optimus-1"),
+    ExternalEntry("gpfm", *_NC, "unverified (treated as non-commercial)", 1024, 224, "dino",
+                  False, "hf:majiabo/GPFM/GPFM.pth"),
+    ExternalEntry("plip", *_NC, "PLIP terms (research)", 512, 224, "clip", False,
+                  "hf:vinid/plip"),
+    ExternalEntry("lunit_vits16", *_NC, "Lunit non-commercial", 384, 224, "timm", False,
+                  "hf:1aurent/vit_small_patch16_224.lunit_dino"),
+    ExternalEntry("lunit_vits8", *_NC, "Lunit non-commercial", 384, 224, "timm", False,
+                  "hf:1aurent/vit_small_patch8_224.lunit_dino"),
+) + tuple(
+    ExternalEntry(f"kaiko_{tag}", *_NC, "Kaiko Non-Commercial v1", dim, 224, "timm", False,
+                  f"hf:1aurent/{timm}.kaiko_ai_towards_large_pathology_fms")
+    for tag, timm, dim in (("vits16", "vit_small_patch16_224", 384),
+                           ("vits8", "vit_small_patch8_224", 384),
+                           ("vitb16", "vit_base_patch16_224", 768),
+                           ("vitb8", "vit_base_patch8_224", 768),
+                           ("vitl14", "vit_large_patch14_reg4_dinov2", 1024)))
