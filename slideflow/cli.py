@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -114,12 +115,15 @@ def features(
     """Feature bags straight from slides (no TFRecords needed)."""
     from .features import TileSelection, generate_bags, jobs_from_paths
     from .model import build_feature_extractor, load_plugin
+    from .slide.geometry import check_tile_geometry
+    from .validate import positive_int
 
+    check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
     if feature_plugin:
         load_plugin(feature_plugin)
     kwargs = {"weights": weights} if weights else {}
-    if batch_size:
-        kwargs["batch_size"] = batch_size
+    if batch_size is not None:
+        kwargs["batch_size"] = positive_int(batch_size, "--batch-size")
     ext = build_feature_extractor(extractor, **kwargs)
     paths = shard(_expand(slides), shard_spec)
     jobs = jobs_from_paths(paths, mpp=mpp)
@@ -160,8 +164,22 @@ def extractors() -> None:
 
 
 def main() -> None:
+    from .errors import SlideflowError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    app()
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.Exit as exc:  # typer.Exit
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:  # usage errors: click's own message, exit 2
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        typer.echo("Aborted.", err=True)
+        raise SystemExit(130) from None
+    except SlideflowError as exc:  # a clear message, never a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2 if isinstance(exc, ValueError) else 1) from None
 
 
 if __name__ == "__main__":

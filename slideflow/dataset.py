@@ -94,10 +94,14 @@ class Dataset:
                 raise DatasetError(f"unknown source(s) {unknown}; configured: "
                                    f"{sorted(all_sources)} (add one with P.add_source)")
         self._sources = {n: all_sources[n] for n in names}
-        self.tile_px = int(tile_px) if tile_px is not None else None
-        self.tile_um = tile_um
         if (tile_px is None) != (tile_um is None):
             raise DatasetError("give both tile_px and tile_um, or neither")
+        if tile_px is not None:
+            from .slide.geometry import check_tile_geometry
+
+            tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
+        self.tile_px = int(tile_px) if tile_px is not None else None
+        self.tile_um = tile_um
         self.label = None
         if tile_px is not None:
             from .io.tfrecord import get_tfrecord_label
@@ -151,7 +155,9 @@ class Dataset:
     def with_geometry(self, tile_px: int, tile_um: int | float | str) -> Dataset:
         """The same selection at another tile geometry."""
         from .io.tfrecord import get_tfrecord_label
+        from .slide.geometry import check_tile_geometry
 
+        tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
         return self._copy(tile_px=int(tile_px), tile_um=tile_um,
                           label=get_tfrecord_label(tile_px, tile_um))
 

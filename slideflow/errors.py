@@ -80,3 +80,12 @@ class ProjectError(SlideflowError):
 
 class DatasetError(SlideflowError):
     """A dataset selection is invalid (unknown column, no slides, ...)."""
+
+
+class InvalidArgumentError(SlideflowError, ValueError):
+    """An argument is out of range or of the wrong kind (checked where it enters)."""
+
+
+class OutputConflictError(SlideflowError):
+    """Two inputs would share one output, or a folder already belongs to another run's
+    configuration."""

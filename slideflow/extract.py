@@ -48,6 +48,8 @@ from .io import imgcodec
 from .io.atomic import TMP_MARK, write_json_atomic
 from .io.tfrecord import TFRecordWriter, build_index, get_tfrecord_label, read_index
 from .selection import TileSelection, open_wsi
+from .slide.geometry import check_tile_geometry
+from .validate import optional_positive_int, positive_int
 
 log = logging.getLogger("slideflow")
 
@@ -103,8 +105,8 @@ class ExtractOptions(TileSelection):
         self.img_format = "jpg" if fmt == "jpeg" else fmt
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if self.max_tiles is not None and int(self.max_tiles) < 1:
-            raise ValueError(f"max_tiles must be >= 1 or None, got {self.max_tiles}")
+        self.max_tiles = optional_positive_int(self.max_tiles, "max_tiles")
+        self.batch_size = positive_int(self.batch_size, "batch_size")
         from .norm import resolve
 
         self.normalizer = resolve(self.normalizer)
@@ -582,6 +584,7 @@ def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile
     """
     from .slide import slide_name
 
+    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
     opt = ExtractOptions(**options)
     path = Path(slide_path)
     job = ExtractJob(name or slide_name(path), path, Path(outdir),
@@ -604,6 +607,7 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
     from .progress import track_slides
 
     start = time.perf_counter()
+    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     summary = ExtractionSummary(int(tile_px), tile_um)
     total = len(jobs) + len(failed or {})
     threads = max(1, num_threads or imgcodec.default_threads())

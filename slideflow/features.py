@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .errors import BagsConfigMismatchError, SlideflowError
+from .errors import BagsConfigMismatchError, InvalidArgumentError, SlideflowError
 from .selection import TileSelection, open_wsi
+from .slide.geometry import check_tile_geometry
+from .validate import optional_positive_int, positive_int
 
 log = logging.getLogger("slideflow")
 
@@ -76,6 +78,7 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
             "slideflow_version": __version__,
             "extractor": extractor.name,
             "weights_sha256": getattr(extractor, "weights_sha256", None),
+            "weights_files": dict(getattr(extractor, "weights_files", None) or {}),
             "precision": getattr(extractor, "precision", "fp32"),
             "license": getattr(extractor, "license", None),
             "format": fmt,
@@ -171,6 +174,11 @@ def generate_bags(
     from .io.bags_config import check_compatible, write_bags_config
     from .pipeline import run_features
 
+    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
+    min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
+    max_tiles = optional_positive_int(max_tiles, "max_tiles")
+    if fmt not in ("pt", "h5", "zarr"):
+        raise InvalidArgumentError(f"format must be 'pt', 'h5' or 'zarr', got {fmt!r}")
     extractor = resolve_extractor(extractor)
     from .norm import resolve
 
@@ -204,7 +212,12 @@ def generate_bags(
                 with BagWriter(outdir, job.name, fmt, num_features=extractor.num_features,
                                patch_size_level0=extent, meta=writer_meta) as writer:
 
-                    def sink(f, c, _w=writer):
+                    def sink(f, c, _w=writer, _name=job.name):
+                        if not np.isfinite(f).all():  # a NaN bag must never look "done"
+                            raise SlideflowError(
+                                f"{_name}: {int((~np.isfinite(f)).any(axis=1).sum())} feature "
+                                "rows hold NaN/inf (non-finite weights or inputs); no bag "
+                                "written")
                         _w.append(f, c)
                         bar.advance_tiles(len(f))
 
@@ -252,10 +265,12 @@ def generate_feature_bags(
     `<first tfrecords folder>/../pt_files/<extractor name>` is left to the Project; a Dataset
     call without `outdir` raises.
     """
+    batch_size = optional_positive_int(batch_size, "batch_size")
+    num_workers = optional_positive_int(num_workers, "num_workers")
     kwargs = {"batch_size": batch_size} if batch_size and isinstance(extractor, str) else {}
     extractor = resolve_extractor(extractor, **kwargs)
     if batch_size and not kwargs:
-        extractor.batch_size = int(batch_size)
+        extractor.batch_size = batch_size
     if outdir is None:
         raise SlideflowError("generate_feature_bags needs outdir= (Project.generate_feature_bags "
                              "defaults it to <project>/pt_files/<extractor>)")

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .validate import positive_int
+
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 (B, H, W, 3), int64 (B, 2)
 Sink = Callable[[np.ndarray, np.ndarray], None]
 
@@ -135,6 +137,7 @@ def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
 
 def _rebatch(source: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
     """Re-chunk a stream of batches to exactly `batch_size` (the last may be shorter)."""
+    batch_size = positive_int(batch_size, "batch_size")  # 0 would loop forever
     tiles_buf: list[np.ndarray] = []
     coords_buf: list[np.ndarray] = []
     held = 0

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import InvalidArgumentError
+from .validate import finite, fraction, positive_int
+
 QC_METHODS = ("otsu", "blur", "both")
 ROI_METHODS = ("auto", "inside", "outside", "ignore")
 
@@ -37,10 +40,24 @@ class TileSelection:
         for q in qcs:
             if q is not None and not callable(q) and q not in QC_METHODS and not (
                     is_mask_image(q) or isinstance(q, BinaryMask)):
-                raise ValueError(f"qc must be None, 'otsu', 'blur', 'both', a callable, a mask "
-                                 f"image path (.png/.tif) or a list of them; got {q!r}")
+                raise InvalidArgumentError(
+                    f"qc must be None, 'otsu', 'blur', 'both', a callable, a mask image path "
+                    f"(.png/.tif) or a list of them; got {q!r}")
         if self.roi_method not in ROI_METHODS:
-            raise ValueError(f"roi_method must be one of {ROI_METHODS}, got {self.roi_method!r}")
+            raise InvalidArgumentError(f"roi_method must be one of {ROI_METHODS}, got "
+                                       f"{self.roi_method!r}")
+        self.qc_threshold = fraction(self.qc_threshold, "qc_threshold")
+        self.stride_div = positive_int(self.stride_div, "stride_div")
+        for name in ("whitespace_fraction", "grayspace_fraction"):
+            if getattr(self, name) is not None:
+                setattr(self, name, fraction(getattr(self, name), name))
+        self.whitespace_threshold = finite(self.whitespace_threshold, "whitespace_threshold")
+        self.grayspace_threshold = finite(self.grayspace_threshold, "grayspace_threshold")
+        rfm = self.roi_filter_method
+        if not (rfm == "center" or (not isinstance(rfm, str) and
+                                    0.0 < finite(rfm, "roi_filter_method") <= 1.0)):
+            raise InvalidArgumentError(f"roi_filter_method must be 'center' or a fraction in "
+                                       f"(0, 1], got {rfm!r}")
 
     def selection_dict(self) -> dict[str, Any]:
         """The options that decide the tiles, JSON-ready (callables recorded by name)."""

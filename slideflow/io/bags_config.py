@@ -37,7 +37,7 @@ PROVENANCE_KEYS = ("provenance", "slideflow_provenance")
 VOLATILE_KEYS = frozenset({
     "slideflow_version", "version", "package_version", "torch_version", "python_version",
     "created", "created_at", "timestamp", "date", "time", "seconds", "elapsed", "duration",
-    "hostname", "host", "user", "platform", "command", "argv",
+    "hostname", "host", "user", "platform", "command", "argv", "weights_files",
     "license", "citation", "format",
 })
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import TFRecordError
 from ..slide.geometry import tile_um_label
+from ..validate import positive_int
 from . import imgcodec, protobuf
 from .atomic import AtomicWriter, atomic_open, tmp_path_for
 
@@ -488,6 +489,7 @@ class TFRecord:
         Decoding runs in a thread pool (the codecs release the GIL) while the next batch is
         read, so reading and decoding overlap.
         """
+        batch_size = positive_int(batch_size, "batch_size")
         threads = num_threads if num_threads else imgcodec.default_threads()
         with ThreadPoolExecutor(threads, thread_name_prefix="sf-tfr-decode") as pool:
             pending = None

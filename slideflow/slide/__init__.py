@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+log = logging.getLogger("slideflow")
 
 #: file suffixes recognised as slides (DICOM folders are recognised by their .dcm files)
 SLIDE_SUFFIXES = (
@@ -25,19 +28,36 @@ def slide_name(path: str | Path) -> str:
 
 
 def is_slide(path: str | Path) -> bool:
-    """True for a file with a slide suffix or a folder of DICOM instances."""
+    """True for a regular file with a slide suffix or a folder of DICOM instances.
+
+    FIFOs, sockets and devices are never slides: opening one could block forever.
+    """
     path = Path(path)
     if path.is_dir():
         return any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file())
-    return path.suffix.lower() in SLIDE_SUFFIXES
+    return path.suffix.lower() in SLIDE_SUFFIXES and path.is_file()
 
 
 def find_slides(folder: str | Path) -> list[Path]:
-    """Slides under `folder`, recursively, sorted; a DICOM folder counts as one slide."""
+    """Slides under `folder`, recursively, sorted; a DICOM folder counts as one slide.
+
+    Linked folders are followed once: a folder already visited (a link cycle, or two links to
+    one folder) is skipped with a warning. Entries that are not regular files (FIFOs, sockets,
+    broken links) are skipped with a warning, never opened.
+    """
     folder = Path(folder)
     found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
 
     def walk(d: Path) -> None:
+        try:
+            st = d.stat()
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("%s: folder already searched (link cycle or duplicate link); skipped", d)
+            return
+        seen.add((st.st_dev, st.st_ino))
         entries = sorted(d.iterdir())
         dcm = [p for p in entries if p.is_file() and p.suffix.lower() == ".dcm"]
         if len(dcm) > 1:  # a multi-instance DICOM WSI: the folder is the slide
@@ -47,7 +67,11 @@ def find_slides(folder: str | Path) -> list[Path]:
             if p.is_dir():
                 walk(p)
             elif p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith("."):
-                found.append(p)
+                if p.is_file():
+                    found.append(p)
+                else:
+                    log.warning("%s: not a regular file (FIFO, socket, device or broken link); "
+                                "skipped", p)
 
     if folder.is_dir():
         walk(folder)

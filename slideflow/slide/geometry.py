@@ -9,8 +9,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..validate import positive_float, positive_int
 
 #: relative tolerance within which a pyramid level is read as-is (no resampling)
 LEVEL_TOLERANCE = 0.05
@@ -45,9 +49,31 @@ def tile_um_to_microns(tile_px: int, tile_um: float | int | str) -> float:
                 ) from None
         else:
             return tile_px * magnification_to_mpp(mag)
-    if not tile_um or tile_um <= 0:
-        raise ValueError(f"tile_um must be positive, got {tile_um!r}")
+    if not tile_um or not tile_um > 0 or not math.isfinite(tile_um):
+        raise ValueError(f"tile_um must be a finite number > 0, got {tile_um!r}")
     return float(tile_um)
+
+
+def check_tile_geometry(tile_px: Any, tile_um: Any, stride_div: Any = 1
+                        ) -> tuple[int, float | int | str, int]:
+    """(tile_px, tile_um, stride_div) checked once where they enter (API, CLI, configs).
+
+    tile_px and stride_div are integers >= 1; tile_um is finite microns > 0 or a magnification
+    string ('20x'). Raises `InvalidArgumentError` (a ValueError) naming the bad value.
+    """
+    px = positive_int(tile_px, "tile_px")
+    div = positive_int(stride_div, "stride_div")
+    if isinstance(tile_um, str):
+        try:
+            microns = tile_um_to_microns(px, tile_um)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"tile_um={tile_um!r}: {exc}") from None
+        positive_float(microns, f"tile_um={tile_um!r} (in microns)")
+    else:
+        positive_float(tile_um, "tile_um")
+        if isinstance(tile_um, np.generic):
+            tile_um = tile_um.item()
+    return px, tile_um, div
 
 
 def tile_um_label(tile_px: int, tile_um: float | int | str) -> str:
@@ -175,8 +201,8 @@ def make_grid(
     use_edge_tiles: bool = False,
 ) -> TileGrid:
     """Tile grid for a slide of level-0 `dimensions` (W, H) at `mpp` µm/px."""
-    if stride_div < 1:
-        raise ValueError(f"stride_div must be >= 1, got {stride_div}")
+    tile_px, tile_um, stride_div = check_tile_geometry(tile_px, tile_um, stride_div)
+    mpp = positive_float(mpp, "mpp")
     microns = tile_um_to_microns(tile_px, tile_um)
     extent = int(round(microns / mpp))
     if extent < 1:

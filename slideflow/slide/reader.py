@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..validate import positive_int
 from .backends.base import SlideReader
 from .geometry import LevelChoice
 
@@ -98,6 +99,7 @@ class TileReader:
 
         Closing the generator early cancels pending reads and joins the threads.
         """
+        batch_size = positive_int(batch_size, "batch_size")
         runs = plan_runs(self.coords, self.stride)
         if not runs:
             return

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError
+from ..validate import positive_float, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
@@ -44,9 +45,11 @@ class WSI:
         level_tolerance: float = geometry.LEVEL_TOLERANCE,
     ):
         self.path = Path(path)
-        self.tile_px = int(tile_px)
-        self.tile_um = tile_um
-        self.stride_div = int(stride_div)
+        # checked before the file is opened: a bad argument is the caller's error, not the slide's
+        self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
+            tile_px, tile_um, stride_div)
+        if mpp is not None:
+            mpp = positive_float(mpp, "mpp")
         self.reader: SlideReader = open_reader(self.path, backend)
         self.reader.check_channels()
         self.mpp_source = "override" if mpp else "file"
@@ -291,6 +294,7 @@ class WSI:
     def tiles(self, batch_size: int = 64, num_threads: int | None = None,
               coords: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (uint8 (B, tile_px, tile_px, 3), int64 (B, 2) top-left coords) in coords order."""
+        batch_size = positive_int(batch_size, "batch_size")
         reader = self._tile_reader(coords)
         it = reader.iter_batches(batch_size=batch_size, num_threads=num_threads)
         try:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...validate import positive_int
 from .preprocess import Preprocess
 from .spec import EXTRACTOR_CLASS, ExtractorSpec
 
@@ -134,7 +135,7 @@ class FeatureExtractor:
         self._preprocess = preprocess
         self.num_features = int(num_features)
         self.device = device
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.license = spec.license
         self.citation = spec.citation
         self.pretrained = pretrained
@@ -171,6 +172,15 @@ class FeatureExtractor:
             return "fp16", torch.float16
         raise ValueError(f"mixed_precision must be None, a bool, 'bf16', 'fp16' or 'fp32', "
                          f"not {mixed!r}")
+
+    @property
+    def batch_size(self) -> int:
+        """Tiles per forward pass; an integer >= 1 (0 would loop forever in the engine)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: Any) -> None:
+        self._batch_size = positive_int(value, "batch_size")
 
     @property
     def input_px(self) -> int:
@@ -214,7 +224,7 @@ class FeatureExtractor:
         x = _as_nchw_uint8(batch)
         n = x.shape[0]
         out = np.empty((n, self.num_features), np.float32)
-        step = int(batch_size or self.batch_size)
+        step = self.batch_size if batch_size is None else positive_int(batch_size, "batch_size")
         for start in range(0, n, step):
             chunk = x[start:start + step].to(self.device, non_blocking=True)
             feats = self.forward_preprocessed(self.preprocess(chunk))

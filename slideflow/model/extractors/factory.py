@@ -9,7 +9,7 @@ import logging
 import os
 from typing import Any
 
-from ...errors import WeightsError
+from ...errors import InvalidArgumentError, WeightsError
 from .registry import get_spec, normalize, resolve_builder
 from .spec import ExtractorSpec
 
@@ -80,6 +80,12 @@ def build_feature_extractor(
 
     spec = get_spec(name)
     dev = _device(device)
+    if "checkpoint_path" in model_kwargs:  # timm would load it behind our back: no provenance
+        ckpt = model_kwargs.pop("checkpoint_path")
+        if ckpt:
+            if weights is not None:
+                raise InvalidArgumentError("give weights= or checkpoint_path=, not both")
+            weights = ckpt
     if isinstance(layers, str):
         layers = [layers]
     if not pretrained and weights is not None:

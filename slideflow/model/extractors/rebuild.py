@@ -76,8 +76,12 @@ def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str
         path = path / "bags_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no bags_config.json at {path}")
-    with open(path) as f:
-        cfg = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UnsafeConfigError(f"{path}: not valid JSON ({exc}); fix it or regenerate the "
+                                "bags") from None
     if not isinstance(cfg, dict):
         raise UnsafeConfigError(f"{path}: not a JSON object")
     return cfg

@@ -42,6 +42,9 @@ def open_reader(path: str | Path, backend: str = "auto") -> SlideReader:
     path = Path(path)
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such slide file or folder")
+    if not (path.is_file() or path.is_dir()):  # a FIFO would block the format probe forever
+        raise UnsupportedSlideError(f"{path}: not a regular file or a DICOM folder (a FIFO, "
+                                    "socket or device); copy the slide to a regular file")
     if backend != "auto":
         if backend not in BACKENDS:
             raise UnsupportedSlideError(

@@ -1,0 +1,57 @@
+"""Argument checks shared by every entry point (Python API, CLI, configs).
+
+Each concept is checked once, where it enters, with one error that names the argument, the
+value and the fix (`InvalidArgumentError`, a `ValueError`). Geometry (tile_px / tile_um /
+stride_div) is checked by `slideflow.slide.geometry.check_tile_geometry`, built on these.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from .errors import InvalidArgumentError
+
+
+def positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+    """`value` as an int >= `minimum`; bools, fractions, NaN and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, numbers.Real)):
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        if not math.isfinite(value) or not float(value).is_integer():
+            raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def optional_positive_int(value: Any, name: str, *, minimum: int = 1) -> int | None:
+    """None, or `positive_int(value)`."""
+    return None if value is None else positive_int(value, name, minimum=minimum)
+
+
+def positive_float(value: Any, name: str) -> float:
+    """`value` as a finite float > 0 (inf, NaN, 0 and negatives are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def fraction(value: Any, name: str) -> float:
+    """`value` as a float in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not 0.0 <= float(value) <= 1.0:
+        raise InvalidArgumentError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def finite(value: Any, name: str) -> float:
+    """`value` as a finite float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(float(value)):
+        raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
