@@ -65,6 +65,28 @@ def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
     return extractor
 
 
+def resolve_normalizer(normalizer: Any, source: str | Path | None = None) -> Any:
+    """A normaliser from Slideflow's ``normalizer=`` / ``normalizer_source=`` pair: the source
+    is a preset name ('v1'...'v4') or an image file the method is fitted to."""
+    from .norm import autoselect, resolve
+
+    if source is None:
+        return resolve(normalizer)
+    if not isinstance(normalizer, str):
+        raise TypeError("normalizer_source= needs normalizer= as a method name")
+    path = Path(source)
+    if path.is_file():
+        from PIL import Image
+
+        norm = autoselect(normalizer)
+        with Image.open(path) as img:
+            norm.fit(np.asarray(img.convert("RGB")))
+        return norm
+    if path.suffix:
+        raise FileNotFoundError(f"normalizer_source {source}: no such image")
+    return autoselect(normalizer, preset=str(source))
+
+
 def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
                 selection: TileSelection, fmt: str) -> dict[str, Any]:
     """Slideflow-layout bags_config.json plus a provenance block (ours)."""
@@ -301,35 +323,97 @@ def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
 class DatasetFeatures:
     """In-memory features of a dataset: {slide: (features (N, D), coords (N, 2) top-left)}.
 
-    Build from an extractor and a Dataset (`DatasetFeatures(extractor, dataset)`) or from a bag
-    folder (`DatasetFeatures.from_bags(dir)`).
+    Build from an extractor and a Dataset (`DatasetFeatures(extractor, dataset)`, Slideflow's
+    spelling) or from a bag folder (`DatasetFeatures.from_bags(dir)`). Keyword arguments:
+    ``normalizer`` (method name or fitted normaliser) and ``normalizer_source`` (a preset such
+    as 'v3' or an image path to fit to), ``batch_size``, ``num_workers``, ``layers`` (with an
+    extractor name), ``labels`` (kept as `.labels`), ``progress``, and the tile-selection
+    options of `generate_feature_bags` (``qc``, ``roi_method``...). Anything else raises
+    TypeError: a misspelt option must not silently change the features.
     """
 
-    def __init__(self, extractor: Any = None, dataset: Any = None, **kwargs: Any):
+    _SF3_UNSUPPORTED = {
+        "cache": "the PKL cache is not supported; write bags with .to_torch(dir) and load them "
+                 "with DatasetFeatures.from_bags(dir)",
+        "annotations": "deprecated in Slideflow 3; pass labels=",
+        "augment": "test-time augmentation is not supported",
+    }
+
+    def __init__(self, extractor: Any = None, dataset: Any = None, *, normalizer: Any = None,
+                 normalizer_source: str | Path | None = None, batch_size: int | None = None,
+                 num_workers: int | None = None, layers: Any = None,
+                 include_preds: bool | None = None, labels: Any = None,
+                 progress: bool = True, **selection: Any):
         self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.patch_sizes: dict[str, int | None] = {}
         self.extractor = None
+        self.normalizer = None
+        self.labels = labels
         self.num_features = 0
-        if extractor is not None and dataset is not None:
-            from .pipeline import RowCollector, run_features
+        self.tile_px: int | None = None
+        self.tile_um: Any = None
+        self.selection = TileSelection()
+        self.config: dict[str, Any] | None = None  # bags_config of from_bags folders
+        for key, why in self._SF3_UNSUPPORTED.items():
+            if key in selection:
+                raise TypeError(f"DatasetFeatures: {key}= {why}")
+        unknown = set(selection) - set(TileSelection.__dataclass_fields__)
+        if unknown:
+            raise TypeError(
+                f"DatasetFeatures: unknown keyword arguments {sorted(unknown)}; valid: "
+                "normalizer, normalizer_source, batch_size, num_workers, layers, labels, "
+                f"progress and the tile-selection options {sorted(TileSelection.__dataclass_fields__)}")
+        if include_preds:
+            raise TypeError("DatasetFeatures: include_preds=True (model predictions) is not "
+                            "supported for feature extractors; features only")
+        if (extractor is None) != (dataset is None):
+            raise TypeError("DatasetFeatures needs both an extractor and a dataset (or "
+                            "neither, then use DatasetFeatures.from_bags)")
+        if extractor is None:
+            return
+        kwargs: dict[str, Any] = {}
+        if layers is not None:
+            if not isinstance(extractor, str):
+                raise TypeError("layers= needs an extractor name (it configures the build)")
+            kwargs["layers"] = layers
+        if batch_size and isinstance(extractor, str):
+            kwargs["batch_size"] = int(batch_size)
+        self.extractor = resolve_extractor(extractor, **kwargs)
+        if batch_size and not isinstance(extractor, str):
+            self.extractor.batch_size = int(batch_size)
+        self.normalizer = resolve_normalizer(normalizer, normalizer_source)
+        self.num_features = self.extractor.num_features
+        self.tile_px, self.tile_um = dataset.tile_px, dataset.tile_um
+        self.selection = TileSelection(**selection)
+        self._generate(dataset, num_workers, progress)
 
-            self.extractor = resolve_extractor(extractor)
-            self.num_features = self.extractor.num_features
-            selection = TileSelection(**{k: v for k, v in kwargs.items()
-                                         if k in TileSelection.__dataclass_fields__})
-            for job in dataset.feature_jobs():
+    def _generate(self, dataset: Any, num_workers: int | None, progress: bool) -> None:
+        from .pipeline import RowCollector, run_features
+        from .progress import track_slides
+
+        jobs = dataset.feature_jobs()
+        with track_slides(len(jobs), "features", enabled=progress) as bar:
+            for job in jobs:
                 collector = RowCollector(self.num_features)
-                source, extent, _ = _job_source(job, dataset.tile_px, dataset.tile_um, selection,
-                                                self.extractor.batch_size, None, None, 0)
-                run_features(self.extractor, source, collector)
+                source, extent, _ = _job_source(job, self.tile_px, self.tile_um,
+                                                self.selection, self.extractor.batch_size,
+                                                num_workers, None, 0)
+                stats = run_features(self.extractor, source, collector,
+                                     normalizer=self.normalizer)
                 self.bags[job.name] = collector.result()
                 self.patch_sizes[job.name] = extent
+                bar.slide_done(job.name, stats.tiles)
 
     @classmethod
     def from_bags(cls, folder: str | Path) -> DatasetFeatures:
         from .io.bags import list_bags, read_bag, slide_of
+        from .io.bags_config import config_path
 
         obj = cls()
+        cfg_file = config_path(folder)
+        if cfg_file.is_file():
+            obj.config = json.loads(cfg_file.read_text())
+            obj.tile_px, obj.tile_um = obj.config.get("tile_px"), obj.config.get("tile_um")
         for path in list_bags(folder):
             bag = read_bag(path)
             obj.bags[slide_of(path)] = (bag.features, bag.coords)
@@ -340,14 +424,30 @@ class DatasetFeatures:
     def slides(self) -> list[str]:
         return sorted(self.bags)
 
+    def bags_config(self) -> dict[str, Any] | None:
+        """The bags_config.json of these features (None when the extractor is unknown)."""
+        if self.extractor is not None:
+            return bags_config(self.extractor, self.normalizer, self.tile_px, self.tile_um,
+                               self.selection, "pt")
+        return dict(self.config) if self.config else None
+
     def to_torch(self, outdir: str | Path) -> Path:
-        """Write .pt bags (+ .index.npz) for every slide; returns the folder."""
+        """Write .pt bags (+ .index.npz) for every slide, then bags_config.json (so that
+        `rebuild_extractor(outdir)` rebuilds the extractor and normaliser); returns the
+        folder."""
         from .io.bags import write_bag
+        from .io.bags_config import write_bags_config
 
         outdir = Path(outdir)
+        cfg = self.bags_config()
         for name, (feats, coords) in self.bags.items():
             write_bag(outdir / f"{name}.pt", feats, coords,
                       patch_size_level0=self.patch_sizes.get(name))
+        if cfg is not None:
+            write_bags_config(outdir, cfg)  # metadata last
+        else:
+            log.warning("%s: no bags_config.json written (features loaded without their "
+                        "extractor's config)", outdir)
         return outdir
 
     def to_df(self):

@@ -14,12 +14,13 @@ from .registry import (
     register_extractor,
     unregister_extractor,
 )
+from .sf3 import register_torch, unregister_torch
 from .spec import EXTRACTOR_CLASS, ExtractorSpec, WeightsSource, hf
 
 __all__ = [
     "EXTRACTOR_CLASS", "ExtractorSpec", "WeightsSource", "build_feature_extractor", "get_spec",
     "hf", "list_extractors", "load_plugin", "rebuild_extractor", "refresh",
-    "register_extractor", "unregister_extractor",
+    "register_extractor", "register_torch", "unregister_extractor", "unregister_torch",
 ]
 
 
@@ -32,4 +33,8 @@ def __getattr__(name: str):
         from .base import FeatureExtractor
 
         return FeatureExtractor
+    if name == "TorchFeatureExtractor":
+        from ._factory_torch import TorchFeatureExtractor
+
+        return TorchFeatureExtractor
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

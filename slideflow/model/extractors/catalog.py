@@ -49,14 +49,19 @@ def _tv(arch: str, dim: int, ckpt: str, head: str, aliases: tuple[str, ...] = ()
     return ExtractorSpec(
         name=f"{arch}_imagenet", family="torchvision", dim=dim, input_px=224,
         license="BSD-3-Clause (torchvision weights)", citation=citation, aliases=aliases,
-        interpolation="bilinear", cnn=True, build={"arch": arch},
+        interpolation="bilinear", antialias=False, resize=False, cnn=True,
+        build={"arch": arch},
         weights=WeightsSource("torch_hub", path=ckpt, repo_id=f"timm/{arch}.tv_in1k",
                               filenames=("model.safetensors", "pytorch_model.bin"),
                               url=f"https://download.pytorch.org/models/{ckpt}"),
         expected_unexpected=(f"{head}.*",),
-        description=f"torchvision {arch}, ImageNet-1k (IMAGENET1K_V1)",
+        description=f"torchvision {arch}, ImageNet-1k (IMAGENET1K_V1); runs at the tile size "
+                    "(no resize) like Slideflow 3's TorchImagenetLayerExtractor; resize=True "
+                    "gives torchvision's 224 px",
         reference="torchvision.models weights enum; timm pretrained_cfg "
-                  f"'{arch}.tv_in1k'",
+                  f"'{arch}.tv_in1k'; Slideflow 3 _factory_torch.TorchImagenetLayerExtractor "
+                  "(build_transform(img_size=tile_px): no resize/crop, bilinear without "
+                  "antialias when a resize is asked for)",
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from ...errors import InvalidArgumentError, WeightsError
 from .registry import get_spec, normalize, resolve_builder
+from .sf3 import wraps_build
 from .spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ def build_feature_extractor(
             (``pooling=None`` with ``resize=False``); defaults to ``input_px``.
         **model_kwargs: family options (e.g. ``config=`` for dinov2, ``size=`` for vit,
             ``arch=`` for simclr, ``img_size=``...).
+
+    Slideflow 3 spellings work too (docs/porting.md): ``backend='torch'``, ``'gigapath.tile'``,
+    ``cfg=`` for dinov2, ``ckpt=`` for simclr, ``layers='postconv'``, names registered with
+    ``@register_torch``.
     """
     import torch
 
@@ -170,6 +175,11 @@ def build_feature_extractor(
         pretrained=resolved is not None, config_kwargs=config, backbone=built.model)
 
 
+# Slideflow 3 spellings (backend=, cfg=, ckpt=, '<name>.tile', @register_torch names) are
+# translated before the build; see sf3.py
+build_feature_extractor = wraps_build(build_feature_extractor)
+
+
 def _as_built(built: Any, name: str = ""):
     import torch
 
@@ -217,7 +227,8 @@ def _preprocess_kwargs(spec: ExtractorSpec, resize, center_crop, interpolation, 
                        norm_mean, norm_std, order) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "input_px": spec.input_px, "mean": tuple(spec.mean), "std": tuple(spec.std),
-        "resize_px": spec.resize_px, "resize": True, "center_crop": spec.center_crop,
+        "resize_px": spec.resize_px if spec.resize else None, "resize": spec.resize,
+        "center_crop": spec.center_crop,
         "order": spec.order, "interpolation": spec.interpolation, "antialias": spec.antialias,
     }
     if resize is not None:

@@ -141,6 +141,8 @@ def get_spec(name: str) -> ExtractorSpec:
     alias = _alias_index(specs).get(key)
     if alias is not None:
         return specs[alias]
+    if key.endswith((".tile", ".slide")):
+        return _suffixed(name, key)
     ext = _external().get(key)
     if ext is not None:
         raise ExtractorNotFound(
@@ -158,6 +160,19 @@ def get_spec(name: str) -> ExtractorSpec:
     raise ExtractorNotFound(
         f"unknown feature extractor {name!r}.{hint} See slideflow.list_extractors() for every "
         f"known name, or use 'timm:<model name>' with a local checkpoint.{broken}")
+
+
+def _suffixed(name: str, key: str) -> ExtractorSpec:
+    """Slideflow's '<name>.tile' is the tile encoder '<name>'; '<name>.slide' (a slide-level
+    encoder) is refused naming the tile encoder, unless registered under that exact name."""
+    base, _, kind = key.rpartition(".")
+    if kind == "tile":
+        return get_spec(base)
+    spec = get_spec(base)  # ExtractorNotFound when the base is unknown too
+    raise ExtractorNotFound(
+        f"{name!r} is a slide-level encoder; build_feature_extractor builds tile encoders. "
+        f"Use {spec.name!r} (or {spec.name + '.tile'!r}) for tile features; no slide encoder "
+        f"is registered under {name!r}.")
 
 
 def timm_spec(model_name: str) -> ExtractorSpec:

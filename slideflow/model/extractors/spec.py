@@ -83,7 +83,9 @@ class ExtractorSpec:
     Preprocessing (see `preprocess.Preprocess`): uint8 tiles are optionally resized so the
     shorter side is ``resize_px`` (or squashed to ``input_px`` when ``resize_px`` is None and
     the size differs), center-cropped to ``center_crop``, in the order ``order``, then scaled to
-    [0, 1] and normalised with ``mean``/``std``.
+    [0, 1] and normalised with ``mean``/``std``. ``resize=False`` runs the model at the tiles'
+    own size unless the caller asks for a resize (Slideflow's ImageNet CNNs: a 299 px tile runs
+    at 299 px).
     """
 
     name: str
@@ -100,6 +102,7 @@ class ExtractorSpec:
     center_crop: int | None = None
     order: str = "resize_crop"
     antialias: bool = True
+    resize: bool = True
     weights: WeightsSource = NO_WEIGHTS
     gated: bool = False
     distribution: str = "slideflow"
