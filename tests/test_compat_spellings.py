@@ -180,3 +180,41 @@ def test_register_torch_builds_by_name(registered, tmp_path):
     np.testing.assert_allclose(again(TILES), ext(TILES), rtol=1e-6)
     with pytest.raises(ValueError, match="Unrecognized"):
         MyFeatureExtractor.__bases__[0](colour=True)
+
+
+# ---------------------------------------------------------------------------- citations
+def _bibtex_entries(text: str) -> list[str]:
+    """Split BibTeX text into entries, checking braces balance (a parse, not a prefix test)."""
+    import re
+
+    entries, depth, start = [], 0, None
+    for i, ch in enumerate(text):
+        if ch == "@" and depth == 0:
+            start = i
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            assert depth >= 0, text
+            if depth == 0 and start is not None:
+                entries.append(text[start:i + 1])
+                start = None
+    assert depth == 0 and entries, text
+    for e in entries:
+        assert re.match(r"@(article|inproceedings|misc|software|book)\{[\w:-]+,", e), e
+        assert re.search(r"\btitle=\{", e) and re.search(r"\byear=\{\d{4}\}", e), e
+    return entries
+
+
+@pytest.mark.parametrize("name", sorted(sf.list_extractors(installed_only=True)["name"]))
+def test_every_citation_is_bibtex(name):
+    from slideflow.model.extractors.registry import get_spec
+
+    _bibtex_entries(get_spec(name).citation)
+
+
+def test_extractor_citation_attribute_is_bibtex():
+    ext = sf.build_feature_extractor("resnet18_imagenet", pretrained=False, device="meta")
+    assert _bibtex_entries(ext.citation)[0].startswith("@inproceedings{he2016resnet,")
+    timm = sf.build_feature_extractor("timm:resnet18", pretrained=False, device="meta")
+    assert _bibtex_entries(timm.citation)[0].startswith("@misc{rw2019timm,")

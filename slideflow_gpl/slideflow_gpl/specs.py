@@ -6,13 +6,17 @@ from slideflow.model.extractors.spec import ExtractorSpec, WeightsSource, hf
 
 DISTRIBUTION = "slideflow-gpl"
 
-_CTRANSPATH = ("Wang X. et al. Transformer-based unsupervised contrastive learning for "
-               "histopathological image classification. Medical Image Analysis 2022.")
+_CTRANSPATH = ("@article{wang2022ctranspath, title={Transformer-based unsupervised contrastive "
+               "learning for histopathological image classification}, author={Wang, Xiyue and "
+               "Yang, Sen and Zhang, Jun and others}, journal={Medical Image Analysis}, "
+               "volume={81}, pages={102559}, year={2022}, doi={10.1016/j.media.2022.102559}}")
+_RETCCL = ("@article{wang2023retccl, title={RetCCL: Clustering-guided contrastive learning for "
+           "whole-slide image retrieval}, author={Wang, Xiyue and Du, Yuexi and Yang, Sen and "
+           "others}, journal={Medical Image Analysis}, volume={83}, pages={102645}, "
+           "year={2023}, doi={10.1016/j.media.2022.102645}}")
 _CHIEF = ("@article{wang2024chief, title={A pathology foundation model for cancer diagnosis and "
           "prognosis prediction}, author={Wang, Xiyue and Zhao, Junhan and Marostica, Eliana "
           "and others}, journal={Nature}, volume={634}, pages={970--978}, year={2024}}")
-_RETCCL = ("Wang X. et al. RetCCL: Clustering-guided contrastive learning for whole-slide image "
-           "retrieval. Medical Image Analysis 2023.")
 
 
 def specs() -> list[ExtractorSpec]:

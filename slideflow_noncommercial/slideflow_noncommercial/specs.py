@@ -11,16 +11,26 @@ from slideflow.model.extractors.spec import ExtractorSpec, WeightsSource, hf
 
 DISTRIBUTION = "slideflow-noncommercial"
 
-_UNI = ("Chen R.J. et al. Towards a general-purpose foundation model for computational "
-        "pathology. Nature Medicine 30, 850-862 (2024).")
-_VIRCHOW2 = ("Zimmermann E. et al. Virchow2: Scaling Self-Supervised Mixed Magnification Models "
-             "in Pathology. arXiv:2408.00738 (2024).")
-_GIGAPATH = ("Xu H. et al. A whole-slide foundation model for digital pathology from real-world "
-             "data. Nature 630, 181-188 (2024).")
-_PHIKON = ("Filiot A. et al. Scaling Self-Supervised Learning for Histopathology with Masked "
-           "Image Modeling. medRxiv 2023.07.21.23292757.")
-_PHIKON2 = ("Filiot A. et al. Phikon-v2, A large and public feature extractor for biomarker "
-            "prediction. arXiv:2409.09173 (2024).")
+_UNI = ("@article{chen2024uni, title={Towards a general-purpose foundation model for "
+        "computational pathology}, author={Chen, Richard J. and Ding, Tong and Lu, Ming Y. and "
+        "others}, journal={Nature Medicine}, volume={30}, number={3}, pages={850--862}, "
+        "year={2024}, doi={10.1038/s41591-024-02857-3}}")
+_VIRCHOW2 = ("@article{zimmermann2024virchow2, title={Virchow2: Scaling Self-Supervised Mixed "
+             "Magnification Models in Pathology}, author={Zimmermann, Eric and Vorontsov, Eugene "
+             "and Viret, Julian and others}, journal={arXiv preprint arXiv:2408.00738}, "
+             "year={2024}}")
+_GIGAPATH = ("@article{xu2024gigapath, title={A whole-slide foundation model for digital "
+             "pathology from real-world data}, author={Xu, Hanwen and Usuyama, Naoto and Bagga, "
+             "Jaspreet and others}, journal={Nature}, volume={630}, pages={181--188}, "
+             "year={2024}, doi={10.1038/s41586-024-07441-w}}")
+_PHIKON = ("@article{filiot2023phikon, title={Scaling Self-Supervised Learning for "
+           "Histopathology with Masked Image Modeling}, author={Filiot, Alexandre and Ghermi, "
+           "Ridouane and Olivier, Antoine and others}, journal={medRxiv}, "
+           "year={2023}, doi={10.1101/2023.07.21.23292757}}")
+_PHIKON2 = ("@article{filiot2024phikonv2, title={Phikon-v2, A large and public feature extractor "
+            "for biomarker prediction}, author={Filiot, Alexandre and Jacob, Paul and Mac Kain, "
+            "Alice and Saillard, Charlie}, journal={arXiv preprint arXiv:2409.09173}, "
+            "year={2024}}")
 
 _UNI2_KW = {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24,
             "init_values": 1e-5, "embed_dim": 1536, "mlp_ratio": 2.66667 * 2,

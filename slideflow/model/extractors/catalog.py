@@ -9,20 +9,52 @@ from __future__ import annotations
 
 from .spec import HALF, IMAGENET_MEAN, IMAGENET_STD, ExternalEntry, ExtractorSpec, WeightsSource, hf
 
-_EFFNET = "Tan M., Le Q. EfficientNet: Rethinking Model Scaling for CNNs. ICML 2019."
-_RESNET = "He K. et al. Deep Residual Learning for Image Recognition. CVPR 2016."
-_DENSENET = "Huang G. et al. Densely Connected Convolutional Networks. CVPR 2017."
-_CONVNEXT = "Liu Z. et al. A ConvNet for the 2020s. CVPR 2022."
-_VIT = ("Dosovitskiy A. et al. An Image is Worth 16x16 Words. ICLR 2021; Steiner A. et al. "
-        "How to train your ViT? TMLR 2022.")
-_DINOV2 = "Oquab M. et al. DINOv2: Learning Robust Visual Features without Supervision. TMLR 2024."
-_DINO = "Caron M. et al. Emerging Properties in Self-Supervised Vision Transformers. ICCV 2021."
-_SIMCLR = ("Chen T. et al. A Simple Framework for Contrastive Learning of Visual "
-           "Representations. ICML 2020.")
-_HOPTIMUS = ("Saillard C. et al. H-optimus-0. 2024. "
-             "https://github.com/bioptimus/releases/tree/main/models/h-optimus/v0")
-_VIRCHOW = ("Vorontsov E. et al. A foundation model for clinical-grade computational pathology and "
-            "rare cancers detection. Nature Medicine 2024.")
+_EFFNET = ("@inproceedings{tan2019efficientnet, title={EfficientNet: Rethinking Model Scaling "
+           "for Convolutional Neural Networks}, author={Tan, Mingxing and Le, Quoc}, "
+           "booktitle={Proceedings of the 36th International Conference on Machine Learning}, "
+           "pages={6105--6114}, year={2019}}")
+_RESNET = ("@inproceedings{he2016resnet, title={Deep Residual Learning for Image Recognition}, "
+           "author={He, Kaiming and Zhang, Xiangyu and Ren, Shaoqing and Sun, Jian}, "
+           "booktitle={IEEE Conference on Computer Vision and Pattern Recognition (CVPR)}, "
+           "pages={770--778}, year={2016}}")
+_DENSENET = ("@inproceedings{huang2017densenet, title={Densely Connected Convolutional Networks}, "
+             "author={Huang, Gao and Liu, Zhuang and van der Maaten, Laurens and Weinberger, "
+             "Kilian Q.}, booktitle={IEEE Conference on Computer Vision and Pattern Recognition "
+             "(CVPR)}, pages={4700--4708}, year={2017}}")
+_CONVNEXT = ("@inproceedings{liu2022convnext, title={A ConvNet for the 2020s}, author={Liu, Zhuang "
+             "and Mao, Hanzi and Wu, Chao-Yuan and Feichtenhofer, Christoph and Darrell, Trevor "
+             "and Xie, Saining}, booktitle={IEEE/CVF Conference on Computer Vision and Pattern "
+             "Recognition (CVPR)}, pages={11976--11986}, year={2022}}")
+_VIT = ("@inproceedings{dosovitskiy2021vit, title={An Image is Worth 16x16 Words: Transformers for "
+        "Image Recognition at Scale}, author={Dosovitskiy, Alexey and Beyer, Lucas and Kolesnikov, "
+        "Alexander and others}, booktitle={International Conference on Learning Representations "
+        "(ICLR)}, year={2021}}\n"
+        "@article{steiner2022howtotrain, title={How to train your ViT? Data, Augmentation, and "
+        "Regularization in Vision Transformers}, author={Steiner, Andreas and Kolesnikov, "
+        "Alexander and Zhai, Xiaohua and Wightman, Ross and Uszkoreit, Jakob and Beyer, Lucas}, "
+        "journal={Transactions on Machine Learning Research}, year={2022}}")
+_DINOV2 = ("@article{oquab2024dinov2, title={DINOv2: Learning Robust Visual Features without "
+           "Supervision}, author={Oquab, Maxime and Darcet, Timoth{\\'e}e and Moutakanni, "
+           "Th{\\'e}o and others}, journal={Transactions on Machine Learning Research}, "
+           "year={2024}}")
+_DINO = ("@inproceedings{caron2021dino, title={Emerging Properties in Self-Supervised Vision "
+         "Transformers}, author={Caron, Mathilde and Touvron, Hugo and Misra, Ishan and J{\\'e}gou, "
+         "Herv{\\'e} and Mairal, Julien and Bojanowski, Piotr and Joulin, Armand}, "
+         "booktitle={IEEE/CVF International Conference on Computer Vision (ICCV)}, "
+         "pages={9650--9660}, year={2021}}")
+_SIMCLR = ("@inproceedings{chen2020simclr, title={A Simple Framework for Contrastive Learning of "
+           "Visual Representations}, author={Chen, Ting and Kornblith, Simon and Norouzi, "
+           "Mohammad and Hinton, Geoffrey}, booktitle={Proceedings of the 37th International "
+           "Conference on Machine Learning}, pages={1597--1607}, year={2020}}")
+_HOPTIMUS = ("@software{hoptimus0, author={Saillard, Charlie and Jenatton, Rodolphe and "
+             "Llinares-L{\\'o}pez, Felipe and Mariet, Zelda and Cahan{\\'e}, David and Durand, "
+             "Eric and Vert, Jean-Philippe}, title={H-optimus-0}, "
+             "url={https://github.com/bioptimus/releases/tree/main/models/h-optimus/v0}, "
+             "year={2024}}")
+_VIRCHOW = ("@article{vorontsov2024virchow, title={A foundation model for clinical-grade "
+            "computational pathology and rare cancers detection}, author={Vorontsov, Eugene and "
+            "Bozkurt, Alican and Casson, Adam and others}, journal={Nature Medicine}, "
+            "volume={30}, pages={2924--2935}, year={2024}, doi={10.1038/s41591-024-03141-0}}")
 
 _HIBOU = ("@misc{nechaev2024hibou, title={Hibou: A Family of Foundational Vision Transformers "
           "for Pathology}, author={Nechaev, Dmitry and Pchelnikov, Alexey and Ivanova, "

@@ -25,6 +25,9 @@ from .spec import ExternalEntry, ExtractorSpec
 log = logging.getLogger(__name__)
 
 GROUP = "slideflow.extractors"
+TIMM_BIBTEX = ("@misc{rw2019timm, author={Wightman, Ross}, title={PyTorch Image Models}, "
+               "year={2019}, publisher={GitHub}, doi={10.5281/zenodo.4414861}, "
+               "howpublished={https://github.com/huggingface/pytorch-image-models}}")
 TIMM_PREFIX = "timm:"
 
 _lock = threading.RLock()
@@ -183,7 +186,7 @@ def timm_spec(model_name: str) -> ExtractorSpec:
     arch = model_name.split(".")[0]
     return ExtractorSpec(
         name=f"{TIMM_PREFIX}{model_name}", family="timm", dim=None, input_px=224,
-        license="see the checkpoint's licence", citation="Wightman R. PyTorch Image Models.",
+        license="see the checkpoint's licence", citation=TIMM_BIBTEX,
         interpolation="bicubic", build={"timm": arch, "kwargs": {}, "dynamic": True},
         weights=_timm_hub_source(model_name),
         expected_unexpected=("head.*", "fc.*", "classifier.*", "head.fc.*", "last_linear.*"),
