@@ -62,9 +62,6 @@ _HIBOU = ("@misc{nechaev2024hibou, title={Hibou: A Family of Foundational Vision
 _MIDNIGHT = ("@article{karasikov2025midnight, title={Training state-of-the-art pathology "
              "foundation models with orders of magnitude less data}, author={Karasikov, "
              "Mikhail and others}, journal={arXiv preprint arXiv:2504.05186}, year={2025}}")
-_DINOV2_BIB = ("@article{oquab2024dinov2, title={DINOv2: Learning Robust Visual Features "
-               "without Supervision}, author={Oquab, Maxime and others}, journal={Transactions "
-               "on Machine Learning Research}, year={2024}}")
 _HIBOU_MEAN, _HIBOU_STD = (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)
 _DINO_KEYS = ("embeddings.mask_token", "mask_token")
 
@@ -209,7 +206,7 @@ def specs() -> list[ExtractorSpec]:
         ),
         ExtractorSpec(
             name="dinov2_vitl14", family="dino", dim=1024, input_px=224,
-            license="Apache-2.0", citation=_DINOV2_BIB, aliases=("dinov2_large",),
+            license="Apache-2.0", citation=_DINOV2, aliases=("dinov2_large",),
             resize_px=256, center_crop=224, interpolation="bicubic",
             builder="slideflow.model.extractors.dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
