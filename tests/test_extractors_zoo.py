@@ -123,6 +123,21 @@ def test_conch_pooler_matches_multihead_attention_by_hand():
     assert torch.allclose(out, ref, atol=1e-5)
 
 
+def test_conch_v15_pooler_is_scaled_dot_product_attention_by_hand():
+    torch.manual_seed(4)
+    pool = coca_family.LinearPooler(16, 24, 4)
+    x = torch.randn(3, 10, 24)
+    q = pool.to_q(pool.ln_q(pool.query))                       # 1, 16
+    k, v = pool.to_kv(pool.ln_k(x)).chunk(2, dim=-1)           # 3, 10, 16
+    heads = []
+    for h in range(4):
+        s = slice(4 * h, 4 * h + 4)
+        w = (q[:, s] @ k[..., s].transpose(1, 2) * 4 ** -0.5).softmax(-1)
+        heads.append(w @ v[..., s])
+    ref = pool.to_out(torch.cat(heads, -1))
+    assert torch.allclose(pool(x), ref, atol=1e-5)
+
+
 def test_conch_v15_official_layout_and_position_grid():
     spec = registry.get_spec("conch_v15")
     with torch.device("meta"):
