@@ -347,3 +347,67 @@ def test_external_entries_agree_with_the_plugin_specs():
         spec = specs[registry.normalize(entry.name)]
         assert (spec.dim, spec.input_px, spec.gated, spec.distribution) == (
             entry.dim, entry.input_px, entry.gated, entry.distribution), entry.name
+
+
+# ---------------------------------------------------------------------------- MUSK
+def _musk_small(**kw):
+    from slideflow.model.extractors import musk_family
+
+    return musk_family.MUSKVision(img=32, patch=16, dim=16, depth=2, heads=2, hidden=24, **kw)
+
+
+def test_musk_official_layout_loads_ignoring_text_experts():
+    spec = registry.get_spec("musk")
+    from slideflow.model.extractors import musk_family
+
+    with torch.device("meta"):
+        full = musk_family.build(spec).model
+    names = set(full.state_dict())
+    assert "beit3.encoder.embed_positions.A.weight" in names
+    assert full.state_dict()["beit3.encoder.embed_positions.A.weight"].shape == (579, 1024)
+    for key in ("beit3.vision_embed.proj.weight", "beit3.vision_embed.cls_token",
+                "beit3.encoder.layers.23.self_attn.q_proj.A.weight",
+                "beit3.encoder.layers.0.self_attn.inner_attn_ln.A.bias",
+                "beit3.encoder.layers.0.self_attn_layer_norm.A.weight",
+                "beit3.encoder.layers.0.ffn.A.fc1.weight",
+                "beit3.encoder.layers.0.ffn.A.ffn_layernorm.weight",
+                "beit3.encoder.layers.0.final_layer_norm.A.weight",
+                "beit3.encoder.layer_norm.A.weight", "vision_head.weight"):
+        assert key in names, key
+    sd = _meta_sd(full)
+    for k in list(sd):  # the released file also holds the text experts and heads
+        if ".A." in k:
+            sd[k.replace(".A.", ".B.")] = sd[k]
+    sd.update({"beit3.text_embed.weight": torch.empty(64010, 1024, device="meta"),
+               "language_head.weight": torch.empty(1024, 1024, device="meta"),
+               "logit_scale": torch.empty((), device="meta"),
+               "beit3.vision_embed.mask_token": torch.empty(1, 1, 1024, device="meta")})
+    W.check_state_dict(full, sd, expected_unexpected=spec.expected_unexpected)
+    assert spec.dim == 1024 and spec.input_px == 384 and spec.gated
+    assert (spec.mean, spec.std, spec.interpolation) == ((0.5,) * 3, (0.5,) * 3, "bicubic")
+
+
+def test_musk_layer_is_subln_prenorm_by_hand():
+    torch.manual_seed(5)
+    m = _musk_small().eval()
+    x = torch.randn(2, 3, 32, 32)
+    tok = m.beit3.vision_embed(x)
+    tok = tok + m.beit3.encoder.embed_positions.A.weight[2:2 + tok.shape[1]]
+    for layer in m.beit3.encoder.layers:
+        a = layer.self_attn
+        h = layer.self_attn_layer_norm.A(tok)
+        q, k, v = (p.A(h).view(2, 5, 2, 8).transpose(1, 2) for p in (a.q_proj, a.k_proj,
+                                                                      a.v_proj))
+        w = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1)
+        o = (w @ v).transpose(1, 2).reshape(2, 5, 16)
+        tok = tok + a.out_proj.A(a.inner_attn_ln.A(o))
+        f = layer.ffn.A
+        h = f.fc1(layer.final_layer_norm.A(tok))
+        tok = tok + f.fc2(f.ffn_layernorm(torch.nn.functional.gelu(h)))
+    ref = m.beit3.encoder.layer_norm.A(tok)[:, 0]
+    with torch.no_grad():
+        assert torch.allclose(m(x), ref, atol=1e-5)
+        headed = _musk_small(with_head=True, out_norm=True).eval()
+        headed.load_state_dict(m.state_dict())
+        want = torch.nn.functional.normalize(m.vision_head(ref), dim=-1)
+        assert torch.allclose(headed(x), want, atol=1e-5)

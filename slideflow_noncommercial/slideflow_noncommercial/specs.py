@@ -62,6 +62,9 @@ _PLIP = ("@article{huang2023plip, title={A visual-language foundation model for 
 _GPFM = ("@article{ma2024gpfm, title={Towards A Generalizable Pathology Foundation Model via "
          "Unified Knowledge Distillation}, author={Ma, Jiabo and others}, journal={arXiv "
          "preprint arXiv:2407.18449}, year={2024}}")
+_MUSK = ("@article{xiang2025musk, title={A vision-language foundation model for precision "
+         "oncology}, author={Xiang, Jinxi and Wang, Xiyue and Zhang, Xiaoming and others}, "
+         "journal={Nature}, volume={638}, pages={769--778}, year={2025}}")
 _HOPTIMUS1 = ("@software{hoptimus1, title={H-optimus-1}, author={Bioptimus}, year={2025}, "
               "url={https://huggingface.co/bioptimus/H-optimus-1}}")
 _HOPT_MEAN, _HOPT_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
@@ -248,6 +251,27 @@ def specs() -> list[ExtractorSpec]:
                       "(vit_large_patch14_reg4_dinov2, _convert_dinov2); " + _TRIDENT +
                       " (img_size 518, dynamic_img_size, Resize + CenterCrop 224, mean = std "
                       "= 0.5); LICENSE (Kaiko Non-Commercial)",
+            **nc),
+        ExtractorSpec(
+            name="musk", family="musk", dim=1024, input_px=384, license="CC-BY-NC-ND-4.0",
+            citation=_MUSK, aliases=("musk_large_patch16_384",), mean=HALF3, std=HALF3,
+            resize_px=384, center_crop=384, interpolation="bicubic",
+            builder=_CORE + "musk_family:build",
+            build={"img_size": 384, "patch": 16, "embed_dim": 1024, "depth": 24, "heads": 16,
+                   "ffn_dim": 4096, "ln_eps": 1e-5, "meta_init": True},
+            weights=hf("xiangjx/musk"), gated=True,
+            checkpoint_keys=("model", "module", "state_dict"),
+            expected_unexpected=("*.B.*", "beit3.text_embed.*", "language_head.*",
+                                 "logit_scale", "beit3.vision_embed.mask_token"),
+            description="MUSK image path: BEiT-3 multiway ViT-L/16 at 384 px (vision "
+                        "experts), 1024-d class token after the final LayerNorm; "
+                        "with_head=True / out_norm=True as in MUSK's retrieval usage",
+            reference="github.com/lilab-stanford/MUSK musk/modeling.py (_get_large_config, "
+                      "MUSK.forward), musk/torchscale/{model/BEiT3.py,architecture/encoder.py} "
+                      "and microsoft/torchscale components (subln, fairseq positions from 2); "
+                      "README (CC-BY-NC-ND 4.0, with_head off for classification/MIL); "
+                      + _TRIDENT + " MuskInferenceEncoder (Resize(384, bicubic) + "
+                      "CenterCrop(384), inception mean = std = 0.5, out_norm off, ms_aug off)",
             **nc),
         _lunit(16, "dino_vit_small_patch16_ep200.torch"),
         _lunit(8, "dino_vit_small_patch8_ep200.torch"),

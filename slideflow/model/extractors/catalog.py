@@ -303,6 +303,7 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
                   "hf:bioptimus/H-optimus-1"),
     ExternalEntry("gpfm", *_NC, "unverified (treated as non-commercial)", 1024, 224, "dino",
                   False, "hf:majiabo/GPFM/GPFM.pth"),
+    ExternalEntry("musk", *_NC, "CC-BY-NC-ND-4.0", 1024, 384, "musk", True, "hf:xiangjx/musk"),
     ExternalEntry("plip", *_NC, "PLIP terms (research)", 512, 224, "clip", False,
                   "hf:vinid/plip"),
     ExternalEntry("lunit_vits16", *_NC, "Lunit non-commercial", 384, 224, "timm", False,

@@ -1,0 +1,147 @@
+"""MUSK's image path: the vision branch of a BEiT-3 multiway transformer (torchscale layout).
+
+Written for slideflow from the architecture as published (lilab-stanford/MUSK
+``musk_large_patch16_384``: torchscale ``EncoderConfig(multiway=True, subln=True,
+normalize_before=True, no_scale_embedding=True, layernorm_embedding=False,
+normalize_output=True)``, ViT-L/16 width at 384 px). An image-only forward routes every token
+through the multiway ``A`` experts, so only those are built; the checkpoint's ``B`` (text)
+experts, text embedding, language head and logit scale are ignored when loading.
+
+Per layer (pre-norm, sub-LayerNorm): ``x + out_proj(inner_attn_ln(attn(self_attn_layer_norm
+(x))))`` then ``x + fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x)))))``; tokens = [CLS,
+patches] + position embeddings read from index 2 on (fairseq offset); the final
+``encoder.layer_norm``. Feature: the class token (1024-d). ``with_head=True`` applies the
+bias-free ``vision_head``, ``out_norm=True`` L2-normalises (MUSK's README enables both for
+retrieval; TRIDENT extracts with both off, the default here). MUSK's multi-scale test-time
+augmentation (``ms_aug``) is not provided.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Built
+from .spec import ExtractorSpec
+
+
+class _A(nn.Module):
+    """Holds the multiway 'A' expert under the checkpoint's name."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.A = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.A(x)
+
+
+class _Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, eps: float):
+        super().__init__()
+        self.heads = heads
+        self.scaling = (dim // heads) ** -0.5
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (
+            _A(nn.Linear(dim, dim)) for _ in range(4))
+        self.inner_attn_ln = _A(nn.LayerNorm(dim, eps=eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.heads
+        q = (self.q_proj(x) * self.scaling).view(b, n, h, -1).transpose(1, 2)
+        k = self.k_proj(x).view(b, n, h, -1).transpose(1, 2)
+        v = self.v_proj(x).view(b, n, h, -1).transpose(1, 2)
+        attn = F.softmax(q @ k.transpose(-1, -2), dim=-1, dtype=torch.float32).type_as(q)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.out_proj(self.inner_attn_ln(out))
+
+
+class _FFN(nn.Module):
+    def __init__(self, dim: int, hidden: int, eps: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.ffn_layernorm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc1(x)
+        y = F.gelu(y.float()).type_as(y)
+        return self.fc2(self.ffn_layernorm(y))
+
+
+class _Layer(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.self_attn = _Attention(dim, heads, eps)
+        self.self_attn_layer_norm = _A(nn.LayerNorm(dim, eps=eps))
+        self.ffn = _A(_FFN(dim, hidden, eps))
+        self.final_layer_norm = _A(nn.LayerNorm(dim, eps=eps))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.ffn(self.final_layer_norm(x))
+
+
+class _VisionEmbed(nn.Module):
+    def __init__(self, img: int, patch: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.num_patches = (img // patch) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, n_pos: int, dim: int, depth: int, heads: int, hidden: int, eps: float):
+        super().__init__()
+        self.embed_positions = _A(nn.Embedding(n_pos, dim))
+        self.layers = nn.ModuleList(_Layer(dim, heads, hidden, eps) for _ in range(depth))
+        self.layer_norm = _A(nn.LayerNorm(dim, eps=eps))
+
+
+class _BEiT3Vision(nn.Module):
+    def __init__(self, img: int, patch: int, dim: int, depth: int, heads: int, hidden: int,
+                 eps: float):
+        super().__init__()
+        self.vision_embed = _VisionEmbed(img, patch, dim)
+        # fairseq convention: positions start at 2, hence num_patches + 1 (cls) + 2 rows
+        self.encoder = _Encoder(self.vision_embed.num_patches + 3, dim, depth, heads, hidden,
+                                eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.vision_embed(x)
+        pos = torch.arange(2, x.shape[1] + 2, device=x.device)
+        x = x + self.encoder.embed_positions.A.weight[pos].unsqueeze(0)
+        for layer in self.encoder.layers:
+            x = layer(x)
+        return self.encoder.layer_norm(x)
+
+
+class MUSKVision(nn.Module):
+    def __init__(self, img: int = 384, patch: int = 16, dim: int = 1024, depth: int = 24,
+                 heads: int = 16, hidden: int = 4096, eps: float = 1e-5,
+                 with_head: bool = False, out_norm: bool = False):
+        super().__init__()
+        self.beit3 = _BEiT3Vision(img, patch, dim, depth, heads, hidden, eps)
+        self.vision_head = nn.Linear(dim, dim, bias=False)
+        self.with_head, self.out_norm = with_head, out_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = self.beit3(x)[:, 0]
+        if self.with_head:
+            cls = self.vision_head(cls)
+        return F.normalize(cls, dim=-1) if self.out_norm else cls
+
+
+def build(spec: ExtractorSpec, with_head: bool = False, out_norm: bool = False) -> Built:
+    b = dict(spec.build)
+    model = MUSKVision(img=int(b.get("img_size", spec.input_px)), patch=int(b["patch"]),
+                       dim=int(b["embed_dim"]), depth=int(b["depth"]), heads=int(b["heads"]),
+                       hidden=int(b["ffn_dim"]), eps=float(b.get("ln_eps", 1e-5)),
+                       with_head=bool(with_head), out_norm=bool(out_norm))
+    config = {k: True for k, v in (("with_head", with_head), ("out_norm", out_norm)) if v}
+    return Built(model=model, layers_root=model.beit3, info={"config": config})
