@@ -176,6 +176,7 @@ def specs() -> list[ExtractorSpec]:
             citation=_TITAN, aliases=("conch_v1_5", "conchv1_5", "conch1.5"),
             resize_px=448, center_crop=448, interpolation="bilinear",
             builder=_CORE + "coca_family:build_conch_v15",
+            build={"meta_init": True},
             weights=hf("MahmoodLab/conchv1_5", "pytorch_model_vision.bin"), gated=True,
             description="CONCH v1.5 image tower (TITAN's patch encoder): ViT-L/16 with "
                         "LayerScale + attentional pooler + LayerNorm, 768-d, 448 px",
@@ -206,7 +207,7 @@ def specs() -> list[ExtractorSpec]:
             citation=_GPFM, interpolation="bicubic",
             builder=_CORE + "dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
-                   "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "hf"},
+                   "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "hf", "meta_init": True},
             weights=hf("majiabo/GPFM", "GPFM.pth"),
             expected_unexpected=("mask_token",),
             description="GPFM ViT-L/14 (DINOv2 layout), 1024-d class token",
@@ -239,7 +240,8 @@ def specs() -> list[ExtractorSpec]:
             resize_px=224, center_crop=224, interpolation="bilinear",
             builder=_CORE + "dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 4,
-                   "layerscale": 1e-5, "ffn": "mlp", "native_px": 518, "pos_mode": "hf"},
+                   "layerscale": 1e-5, "ffn": "mlp", "native_px": 518, "pos_mode": "hf",
+                   "meta_init": True},
             weights=WeightsSource("hf", repo_id="1aurent/vit_large_patch14_reg4_dinov2."
                                   "kaiko_ai_towards_large_pathology_fms",
                                   filenames=("model.safetensors",), url=_KAIKO_REL + "vitl14.pth"),

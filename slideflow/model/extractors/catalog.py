@@ -210,7 +210,7 @@ def specs() -> list[ExtractorSpec]:
             resize_px=256, center_crop=224, interpolation="bicubic",
             builder="slideflow.model.extractors.dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
-                   "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "dinov2"},
+                   "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "dinov2", "meta_init": True},
             weights=hf("timm/vit_large_patch14_dinov2.lvd142m"),
             expected_unexpected=_DINO_KEYS,
             description="Meta DINOv2 ViT-L/14 (LVD-142M), 1024-d class token after the final "
@@ -243,13 +243,14 @@ def specs() -> list[ExtractorSpec]:
             std=_HIBOU_STD, interpolation="bicubic", gated=True,
             builder="slideflow.model.extractors.dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 4,
-                   "layerscale": 1e-5, "ffn": "swiglu", "pos_mode": "hf"},
+                   "layerscale": 1e-5, "ffn": "swiglu", "pos_mode": "hf", "meta_init": True},
             weights=hf("histai/hibou-L"), expected_unexpected=_DINO_KEYS + ("pooler.*",),
             description="Hibou-L: DINOv2 ViT-L/14 with 4 registers and SwiGLU, 1024-d class "
                         "token after the final norm (transformers pooler_output)",
             reference="mahmoodlab/TRIDENT load.py HibouLInferenceEncoder (Resize((224, 224)) "
-                      "bicubic, hibou mean/std, pooler_output); registers/SwiGLU assumed as "
-                      "Hibou-B (HistAI/hibou), not checked against hibou-L config.json",
+                      "bicubic, hibou mean/std, pooler_output); kaiko-ai/eva backbones/pathology/"
+                      "histai.py (4 register tokens); SwiGLU and LayerScale assumed as Hibou-B "
+                      "(HistAI/hibou), not checked against hibou-L config.json",
         ),
         ExtractorSpec(
             name="midnight", family="dino", dim=3072, input_px=224, license="MIT",
