@@ -9,7 +9,6 @@ out in plan order, so results are deterministic whatever the thread timing.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,8 +50,10 @@ def plan_runs(coords: np.ndarray, stride: int, max_run: int = MAX_RUN) -> list[R
 
 
 def default_threads() -> int:
-    """Reader threads: the core count, at most 4 (decode is the bottleneck, not I/O)."""
-    return max(1, min(4, os.cpu_count() or 1))
+    """Reader threads: the usable cores (decode is the bottleneck and releases the GIL)."""
+    from .stored_reader import usable_cores
+
+    return usable_cores()
 
 
 class TileReader:

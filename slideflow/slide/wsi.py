@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import MissingMPPError, SlideReadError
+from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
 from ..validate import positive_float, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
@@ -18,6 +18,9 @@ from .backends.base import SlideReader
 from .reader import TileReader
 from .roi import ROI, coerce_rois, roi_keep_mask
 from .tissue import qc_method_name
+
+#: how tiles are read: stored JPEG tiles decoded by slideflow, or the backend's read_region
+TILE_READERS = ("auto", "stored", "region")
 
 
 class WSI:
@@ -27,6 +30,10 @@ class WSI:
     `qc()` and `filter_tiles()` remove background only when asked. `grid` is a bool
     (grid_h, grid_w) mask, rows first; `coords` holds the level-0 top-left (x, y) of each kept
     tile in row-major order, and `tiles()` / `read_tile()` follow that order.
+
+    `tile_reader`: 'auto' reads JPEG-tiled TIFF/SVS/DICOM levels through the stored-tile reader
+    (each stored tile decoded once by slideflow) and everything else through the backend's
+    `read_region`; 'stored' or 'region' force one (for tests and comparisons).
     """
 
     def __init__(
@@ -43,8 +50,12 @@ class WSI:
         roi_filter_method: str | float = "center",
         use_edge_tiles: bool = False,
         level_tolerance: float = geometry.LEVEL_TOLERANCE,
+        tile_reader: str = "auto",
     ):
+        if tile_reader not in TILE_READERS:
+            raise ValueError(f"tile_reader must be one of {TILE_READERS}, got {tile_reader!r}")
         self.path = Path(path)
+        self.tile_reader = tile_reader
         # checked before the file is opened: a bad argument is the caller's error, not the slide's
         self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
             tile_px, tile_um, stride_div)
@@ -277,9 +288,34 @@ class WSI:
         }
 
     # -- pixels ---------------------------------------------------------------------------------
-    def _tile_reader(self, coords: np.ndarray | None = None) -> TileReader:
-        return TileReader(self.reader, self._coords if coords is None else coords,
-                          self.full_extract_px, self.stride_px, self.level_choice)
+    @cached_property
+    def _stored(self):
+        """(StoredLevel or None, reason) for the level tiles are read from."""
+        if self.tile_reader == "region":
+            return None, "tile_reader='region'"
+        from .stored import open_stored_level
+
+        layout, why = open_stored_level(self.reader, self.level_choice.level)
+        if layout is None and self.tile_reader == "stored":
+            raise UnsupportedSlideError(
+                f"{self.path}: cannot read stored tiles ({why}); use tile_reader='auto' or "
+                "'region' to read through the backend")
+        return layout, why
+
+    @property
+    def read_path(self) -> str:
+        """'stored' when tiles are decoded from the stored JPEG tiles, else 'region'."""
+        return "stored" if self._stored[0] is not None else "region"
+
+    def _tile_reader(self, coords: np.ndarray | None = None, decoder: Any = "cpu"):
+        coords = self._coords if coords is None else coords
+        layout = self._stored[0]
+        if layout is not None:
+            from .stored_reader import StoredTileReader
+
+            return StoredTileReader(layout, coords, self.level_choice, decoder)
+        return TileReader(self.reader, coords, self.full_extract_px, self.stride_px,
+                          self.level_choice)
 
     def read_tile(self, i: int) -> np.ndarray:
         """uint8 (tile_px, tile_px, 3) of the i-th kept tile."""
@@ -292,11 +328,25 @@ class WSI:
             raise self._read_error(exc) from exc
 
     def tiles(self, batch_size: int = 64, num_threads: int | None = None,
-              coords: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (uint8 (B, tile_px, tile_px, 3), int64 (B, 2) top-left coords) in coords order."""
+              coords: np.ndarray | None = None, decoder: Any = "cpu"
+              ) -> Iterator[tuple[Any, np.ndarray]]:
+        """Yield (uint8 (B, tile_px, tile_px, 3) tiles, int64 (B, 2) top-left coords) in coords
+        order.
+
+        `decoder='cpu'` (default): tiles are numpy arrays. `decoder='cuda'` (or 'cuda:N', or a
+        `slideflow.slide.decode.TorchDecoder`): tiles are torch uint8 tensors on that device,
+        decoded and resampled there on the stored-tile path (uploaded once on the region path).
+        `num_threads` defaults to the usable cores.
+        """
+        from .decode import make_decoder
+
         batch_size = positive_int(batch_size, "batch_size")
-        reader = self._tile_reader(coords)
+
+        dec = make_decoder(decoder)
+        reader = self._tile_reader(coords, dec)
         it = reader.iter_batches(batch_size=batch_size, num_threads=num_threads)
+        if dec.kind == "torch" and isinstance(reader, TileReader):
+            it = _to_device(it, dec.device)
         try:
             while True:
                 try:
@@ -329,6 +379,9 @@ class WSI:
         return draw_preview(self, width=width, **kwargs)
 
     def close(self) -> None:
+        layout = self.__dict__.get("_stored", (None, ""))[0]
+        if layout is not None:
+            layout.close()
         self.reader.close()
 
     def __enter__(self) -> WSI:
@@ -336,3 +389,15 @@ class WSI:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _to_device(it: Iterator[tuple[np.ndarray, np.ndarray]], device: Any
+               ) -> Iterator[tuple[Any, np.ndarray]]:
+    """Region-path batches uploaded to `device` (keeps the decoder='cuda' contract)."""
+    import torch
+
+    try:
+        for tiles, coords in it:
+            yield torch.from_numpy(tiles).to(device), coords
+    finally:
+        it.close()

@@ -1,0 +1,279 @@
+"""Where a pyramid level's JPEG tiles are stored: byte offsets, tile grid and JPEG headers.
+
+The stored-tile reader reads compressed tiles straight from the file and decodes them itself,
+so it needs, for one pyramid level: the tile size and grid, each tile's (offset, byte count),
+and the bytes that turn a stored tile into a complete JPEG stream (shared JPEGTables for Aperio
+SVS, an Adobe marker where the TIFF says the JPEG holds raw RGB). Two families are supported:
+
+- tiled TIFF / BigTIFF with JPEG compression (Aperio SVS, generic pyramidal TIFF), found with
+  tifffile for the backends that read them with openslide's own pixel grid;
+- DICOM VL whole-slide images with TILED_FULL frames in JPEG baseline (pydicom).
+
+Everything else (JPEG 2000, LZW, NDPI, MRXS, ...) returns a reason instead of a layout and is
+read by the backend's `read_region`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends.base import SlideReader
+
+SOI, EOI = b"\xff\xd8", b"\xff\xd9"
+#: APP14 'Adobe' marker with transform 0: tells libjpeg the 3 components are RGB, not YCbCr
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
+#: openslide vendors whose levels are plain tiled TIFF pages (same pixel grid as the file)
+TIFF_VENDORS = ("aperio", "generic-tiff")
+JPEG_BASELINE_UIDS = ("1.2.840.10008.1.2.4.50",)
+
+
+@dataclass
+class StoredLevel:
+    """One pyramid level stored as a grid of JPEG tiles in one file.
+
+    `offsets`/`counts` are row-major over the (rows, cols) tile grid; a count of 0 is a missing
+    tile (read as white background, as openslide does). `header` + stored[2:] is a complete
+    JPEG stream (the stored tile's own SOI is replaced by a header carrying the shared tables).
+    """
+
+    path: Path
+    width: int
+    height: int
+    tile_w: int
+    tile_h: int
+    offsets: np.ndarray
+    counts: np.ndarray
+    header: bytes = SOI
+    source: str = "tiff"
+    _fd: int | None = None
+
+    @property
+    def cols(self) -> int:
+        return -(-self.width // self.tile_w)
+
+    @property
+    def rows(self) -> int:
+        return -(-self.height // self.tile_h)
+
+    def fd(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return self._fd
+
+    def read(self, keys: list[int] | np.ndarray) -> dict[int, bytes | None]:
+        """Compressed bytes of the tiles `keys` (flat indices), one read per contiguous span.
+
+        Missing tiles map to None.
+        """
+        keys = sorted(int(k) for k in keys)
+        out: dict[int, bytes | None] = {}
+        span: list[int] = []
+
+        def flush() -> None:
+            if not span:
+                return
+            start = int(self.offsets[span[0]])
+            end = int(self.offsets[span[-1]] + self.counts[span[-1]])
+            data = os.pread(self.fd(), end - start, start)
+            if len(data) != end - start:
+                raise OSError(f"{self.path}: file truncated (tile bytes {start}..{end} missing)")
+            for k in span:
+                a = int(self.offsets[k]) - start
+                out[k] = data[a:a + int(self.counts[k])]
+            span.clear()
+
+        for k in keys:
+            if self.counts[k] == 0:
+                out[k] = None
+                continue
+            if span and self.offsets[span[-1]] + self.counts[span[-1]] != self.offsets[k]:
+                flush()
+            span.append(k)
+        flush()
+        return out
+
+    def stream(self, stored: bytes) -> bytes:
+        """A complete JPEG stream for one stored tile."""
+        if not stored.startswith(SOI):
+            raise ValueError(f"{self.path}: stored tile is not a JPEG stream")
+        return self.header + stored[2:] if self.header != SOI else stored
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def open_stored_level(reader: SlideReader, level: int) -> tuple[StoredLevel | None, str]:
+    """The stored layout of `reader`'s `level`, or (None, why the region path must be used)."""
+    try:
+        if reader.name == "openslide":
+            vendor = reader.vendor
+            if vendor not in TIFF_VENDORS:
+                return None, f"openslide vendor {vendor!r} is not a plain tiled TIFF"
+            return _tiff_level(reader.path, reader.level_dimensions[level])
+        if reader.name == "dicom":
+            return _dicom_level(reader.path, reader.level_dimensions[level])
+    except Exception as exc:  # noqa: BLE001 - any parse problem means: use the region path
+        return None, f"stored tiles unreadable ({type(exc).__name__}: {exc})"
+    return None, f"backend {reader.name!r} has no stored-tile layout"
+
+
+# -- TIFF -------------------------------------------------------------------------------------
+def _tiff_level(path: Path, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        if tf.is_ndpi or tf.is_scn or tf.is_philips or tf.is_qpi:
+            return None, "NDPI/SCN/Philips/QPTIFF layouts are read through the backend"
+        pages = [p for p in tf.pages if (p.imagewidth, p.imagelength) == tuple(dims)]
+        if not pages:
+            return None, f"no TIFF page of size {dims[0]}x{dims[1]}"
+        page = pages[0]
+        why = _tiff_unsupported(page)
+        if why:
+            return None, why
+        offsets = np.asarray(page.dataoffsets, np.int64)
+        counts = np.asarray(page.databytecounts, np.int64)
+        tables = page.jpegtables
+        photometric = int(page.photometric)
+        first = next((int(i) for i in np.flatnonzero(counts)), None)
+        sample = b""
+        if first is not None:
+            with open(path, "rb") as fh:
+                fh.seek(int(offsets[first]))
+                sample = fh.read(min(int(counts[first]), 4096))
+    layout = StoredLevel(Path(path), int(dims[0]), int(dims[1]), int(page.tilewidth),
+                         int(page.tilelength), offsets, counts, source="tiff")
+    if len(offsets) != layout.rows * layout.cols:
+        return None, f"{len(offsets)} tiles stored for a {layout.cols}x{layout.rows} grid"
+    layout.header = _header(bytes(tables) if tables else None, sample, rgb=photometric == 2)
+    return layout, "tiff"
+
+
+def _tiff_unsupported(page) -> str | None:
+    if not page.is_tiled:
+        return "the level is stored in strips, not tiles"
+    if int(page.compression) != 7:
+        return f"compression {getattr(page.compression, 'name', page.compression)} is not JPEG"
+    if page.samplesperpixel != 3 or page.bitspersample != 8 or int(page.planarconfig) != 1:
+        return "not 8-bit interleaved RGB"
+    if int(page.photometric) not in (2, 6):  # RGB, YCbCr
+        return f"photometric {page.photometric!r} is not RGB/YCbCr"
+    if getattr(page, "tiledepth", 1) not in (1, None) or page.imagedepth not in (1, None):
+        return "volumetric tiles"
+    return None
+
+
+def _markers(stream: bytes) -> set[int]:
+    """JPEG marker codes before the first SOS/SOF (APPn, DQT, ...)."""
+    found: set[int] = set()
+    i = 2 if stream.startswith(SOI) else 0
+    while i + 4 <= len(stream) and stream[i] == 0xFF:
+        code = stream[i + 1]
+        found.add(code)
+        if code in (0xDA, 0xD9):
+            break
+        i += 2 + int.from_bytes(stream[i + 2:i + 4], "big")
+    return found
+
+
+def _header(tables: bytes | None, sample: bytes, rgb: bool) -> bytes:
+    """SOI [+ Adobe RGB marker] [+ shared tables]: prefix for stored[2:].
+
+    A TIFF with photometric RGB stores raw R, G, B components; libjpeg assumes YCbCr unless the
+    stream says otherwise (JFIF, Adobe marker, or component ids 'R','G','B'), so the Adobe
+    marker is added where needed, which reproduces what openslide/libtiff decode.
+    """
+    body = tables[2:-2] if tables and tables.startswith(SOI) and tables.endswith(EOI) else b""
+    head = SOI
+    if rgb:
+        codes = _markers(sample) | _markers((tables or b"")[:4096])
+        if 0xE0 not in codes and 0xEE not in codes and not _rgb_component_ids(sample):
+            head += ADOBE_RGB
+    return head + body
+
+
+def _rgb_component_ids(stream: bytes) -> bool:
+    i = stream.find(b"\xff\xc0")
+    if i < 0:
+        i = stream.find(b"\xff\xc1")
+    if i < 0 or i + 19 > len(stream):
+        return False
+    return stream[i + 10] == ord("R") and stream[i + 13] == ord("G") and stream[i + 16] == ord("B")
+
+
+# -- DICOM ------------------------------------------------------------------------------------
+def _dicom_level(path: Path, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
+    import pydicom
+
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    reasons = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, defer_size=1024)
+        except Exception:  # noqa: BLE001 - not a DICOM file: skip it
+            continue
+        if "VOLUME" not in [str(v).upper() for v in ds.get("ImageType", [])]:
+            continue
+        size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
+                int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+        if size != tuple(dims):
+            continue
+        why = _dicom_unsupported(ds)
+        if why:
+            reasons.append(why)
+            continue
+        layout = StoredLevel(Path(f), size[0], size[1], int(ds.Columns), int(ds.Rows),
+                             np.zeros(0, np.int64), np.zeros(0, np.int64), source="dicom")
+        offsets, counts = _dicom_fragments(f, int(ds.get_item("PixelData").file_tell))
+        if len(offsets) != int(ds.get("NumberOfFrames", 1)) or len(offsets) != \
+                layout.rows * layout.cols:
+            reasons.append(f"{len(offsets)} fragments for a {layout.cols}x{layout.rows} grid")
+            continue
+        layout.offsets, layout.counts = offsets, counts
+        with open(f, "rb") as fh:
+            fh.seek(int(offsets[0]))
+            sample = fh.read(min(int(counts[0]), 4096))
+        layout.header = _header(None, sample, rgb=ds.PhotometricInterpretation == "RGB")
+        return layout, "dicom"
+    return None, "; ".join(reasons) or f"no DICOM VOLUME instance of size {dims[0]}x{dims[1]}"
+
+
+def _dicom_unsupported(ds) -> str | None:
+    if str(ds.file_meta.TransferSyntaxUID) not in JPEG_BASELINE_UIDS:
+        return f"transfer syntax {ds.file_meta.TransferSyntaxUID} is not JPEG baseline"
+    if str(ds.get("DimensionOrganizationType", "TILED_FULL")) != "TILED_FULL":
+        return "frames are TILED_SPARSE"
+    if int(ds.get("SamplesPerPixel", 3)) != 3 or int(ds.get("BitsAllocated", 8)) != 8:
+        return "not 8-bit RGB"
+    if int(ds.get("TotalPixelMatrixFocalPlanes", 1)) != 1 or \
+            int(ds.get("NumberOfOpticalPaths", 1)) != 1 or "ConcatenationUID" in ds:
+        return "several focal planes, optical paths or concatenated instances"
+    return None
+
+
+def _dicom_fragments(path: Path, value_at: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, counts) of the encapsulated Pixel Data fragments (one per frame)."""
+    offsets, counts = [], []
+    with open(path, "rb") as fh:
+        fh.seek(value_at)
+        head = fh.read(8)
+        if head[:4] != b"\xfe\xff\x00\xe0":
+            raise ValueError("pixel data is not encapsulated (no basic offset table item)")
+        fh.seek(int.from_bytes(head[4:], "little"), 1)
+        while True:
+            head = fh.read(8)
+            if len(head) < 8 or head[:4] == b"\xfe\xff\xdd\xe0":
+                break
+            if head[:4] != b"\xfe\xff\x00\xe0":
+                raise ValueError("malformed pixel data item")
+            length = int.from_bytes(head[4:], "little")
+            offsets.append(fh.tell())
+            counts.append(length)
+            fh.seek(length, 1)
+    return np.asarray(offsets, np.int64), np.asarray(counts, np.int64)

@@ -1,0 +1,294 @@
+"""Stored-tile reader: decode each stored JPEG tile once, cut and resample the output tiles.
+
+For a JPEG-tiled level (see `stored.py`) the reader works out which stored tiles cover every
+output tile, reads their compressed bytes (one read per contiguous span of the file), decodes
+each stored tile exactly once per pass, even when several output tiles overlap it, and cuts the
+output tiles from the decoded pixels, with the same INTER_AREA downscale as the region reader.
+
+Output tile i covers the level pixels [round(x_i / ds), + read_px) in both axes (the level's
+own pixel grid, as the DICOM and libvips backends read). Pixels past the level's edge and
+missing tiles are white, as the region reader returns them.
+
+Batches come out as `(tiles, coords)` in coords order, whatever the thread count:
+
+- CPU decoder: tiles is a numpy uint8 (B, tile_px, tile_px, 3) array. Reads, decodes and cuts
+  run in a thread pool (simplejpeg and cv2 release the GIL).
+- torch decoder: tiles is a torch uint8 (B, tile_px, tile_px, 3) contiguous tensor on the
+  decoder's device; cutting (a gather) and area resampling run there, so a CUDA decoder hands
+  tiles to the model without a host round trip.
+
+coords is always a numpy int64 (B, 2) array of level-0 top-left corners.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .decode import CpuDecoder, TorchDecoder, area_resize_torch, make_decoder
+from .geometry import LevelChoice
+from .stored import StoredLevel
+
+#: stored tiles per read+decode task (one contiguous row segment)
+GROUP = 4
+#: output tiles per cut task
+CUT_CHUNK = 16
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (affinity/cgroup-aware where the OS says)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class StoredTileReader:
+    """Reads the tiles at `coords` (level-0 top-left) from a JPEG-tiled level."""
+
+    def __init__(self, layout: StoredLevel, coords: np.ndarray, choice: LevelChoice,
+                 decoder: Any = "cpu"):
+        self.layout = layout
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.choice = choice
+        self.decoder = make_decoder(decoder)
+        ds = choice.downsample
+        self.lx = np.rint(self.coords[:, 0] / ds).astype(np.int64)
+        self.ly = np.rint(self.coords[:, 1] / ds).astype(np.int64)
+        r, lay = choice.read_px, layout
+        self.c0 = np.minimum(self.lx // lay.tile_w, lay.cols)
+        self.c1 = np.minimum((self.lx + r - 1) // lay.tile_w, lay.cols - 1)
+        self.r0 = np.minimum(self.ly // lay.tile_h, lay.rows)
+        self.r1 = np.minimum((self.ly + r - 1) // lay.tile_h, lay.rows - 1)
+
+    # -- planning -------------------------------------------------------------------------
+    def keys(self, i: int) -> list[int]:
+        """Flat indices of the stored tiles output tile i overlaps (row-major)."""
+        cols = self.layout.cols
+        return [r * cols + c for r in range(int(self.r0[i]), int(self.r1[i]) + 1)
+                for c in range(int(self.c0[i]), int(self.c1[i]) + 1)]
+
+    def batch_keys(self, start: int, stop: int) -> list[int]:
+        seen: dict[int, None] = {}
+        for i in range(start, stop):
+            for k in self.keys(i):
+                seen[k] = None
+        return list(seen)
+
+    def _groups(self, keys: list[int]) -> list[list[int]]:
+        """Sorted keys split into runs of neighbours in one stored row, at most GROUP long."""
+        groups: list[list[int]] = []
+        cols = self.layout.cols
+        for k in sorted(keys):
+            g = groups[-1] if groups else None
+            if g and k == g[-1] + 1 and k // cols == g[-1] // cols and len(g) < GROUP:
+                g.append(k)
+            else:
+                groups.append([k])
+        return groups
+
+    # -- CPU path -------------------------------------------------------------------------
+    def _decode_group(self, keys: list[int]) -> dict[int, np.ndarray | None]:
+        raw = self.layout.read(keys)
+        out: dict[int, np.ndarray | None] = {}
+        for k in keys:
+            data = raw[k]
+            if data is None:
+                out[k] = None
+                continue
+            try:
+                out[k] = self.decoder.decode(self.layout.stream(data))
+            except Exception as exc:
+                raise OSError(self._tile_error(k, exc)) from exc
+        return out
+
+    def _tile_error(self, k: int, exc: Exception) -> str:
+        cols = self.layout.cols
+        return (f"stored tile (col {k % cols}, row {k // cols}) of level {self.choice.level} "
+                f"cannot be decoded: {exc}")
+
+    def cut(self, i: int, tiles: dict[int, Any]) -> np.ndarray:
+        """Output tile i (tile_px, tile_px, 3) from decoded stored tiles (numpy)."""
+        r = self.choice.read_px
+        region = np.empty((r, r, 3), np.uint8)
+        if self._paste(i, tiles, region) != r * r:  # edge or missing tile: white background
+            region[:] = 255
+            self._paste(i, tiles, region)
+        if self.choice.needs_resize:
+            px = self.choice.tile_px
+            return cv2.resize(region, (px, px), interpolation=cv2.INTER_AREA)
+        return region
+
+    def _paste(self, i: int, tiles: dict[int, Any], region: np.ndarray) -> int:
+        """Copy the parts of the stored tiles inside output tile i; returns pixels covered."""
+        lay, r = self.layout, self.choice.read_px
+        lx, ly = int(self.lx[i]), int(self.ly[i])
+        covered = 0
+        for k in self.keys(i):
+            tile = tiles[k]
+            if tile is None:
+                continue
+            tx, ty = (k % lay.cols) * lay.tile_w, (k // lay.cols) * lay.tile_h
+            xa, xb = max(lx, tx), min(lx + r, tx + tile.shape[1], lay.width)
+            ya, yb = max(ly, ty), min(ly + r, ty + tile.shape[0], lay.height)
+            if xb <= xa or yb <= ya:
+                continue
+            region[ya - ly:yb - ly, xa - lx:xb - lx] = tile[ya - ty:yb - ty, xa - tx:xb - tx]
+            covered += (xb - xa) * (yb - ya)
+        return covered
+
+    def read_indices(self, indices: list[int] | np.ndarray) -> np.ndarray:
+        """Read arbitrary tiles in the calling thread (random access), numpy output."""
+        px = self.choice.tile_px
+        out = np.empty((len(indices), px, px, 3), np.uint8)
+        cpu = self.decoder if isinstance(self.decoder, CpuDecoder) else CpuDecoder()
+        saved, self.decoder = self.decoder, cpu
+        try:
+            for n, i in enumerate(indices):
+                decoded = self._decode_group(self.keys(int(i)))
+                out[n] = self.cut(int(i), decoded)
+        finally:
+            self.decoder = saved
+        return out
+
+    def _cut_chunk(self, out: np.ndarray, start: int, stop: int, base: int,
+                   futs: dict[int, Future]) -> None:
+        cache: dict[int, Any] = {}
+        for i in range(start, stop):
+            for k in self.keys(i):
+                if k not in cache:
+                    cache[k] = futs[k].result()[k]
+            out[i - base] = self.cut(i, cache)
+
+    def iter_batches(self, batch_size: int = 64, num_threads: int | None = None,
+                     read_ahead: int | None = None) -> Iterator[tuple[Any, np.ndarray]]:
+        """Yield (tiles, coords (B, 2) int64) in coords order (see the module docstring)."""
+        if isinstance(self.decoder, TorchDecoder):
+            yield from self._iter_torch(batch_size)
+            return
+        n = len(self.coords)
+        if n == 0:
+            return
+        threads = num_threads or usable_cores()
+        window = read_ahead or 2
+        px = self.choice.tile_px
+        bounds = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        last_use: dict[int, int] = {}
+        batch_keys = []
+        for b, (a, z) in enumerate(bounds):
+            ks = self.batch_keys(a, z)
+            batch_keys.append(ks)
+            for k in ks:
+                last_use[k] = b
+        owner: dict[int, Future] = {}
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sf-stored")
+        pending: deque[tuple[int, np.ndarray, list[Future]]] = deque()
+        # FIFO pool: a cut task is queued after every decode it waits on, so it cannot deadlock
+        chunk = max(1, min(CUT_CHUNK, -(-batch_size // threads)))
+        next_b = 0
+        try:
+            while next_b < len(bounds) or pending:
+                while next_b < len(bounds) and len(pending) < window:
+                    a, z = bounds[next_b]
+                    new = [k for k in batch_keys[next_b] if k not in owner]
+                    for g in self._groups(new):
+                        f = pool.submit(self._decode_group, g)
+                        for k in g:
+                            owner[k] = f
+                    out = np.empty((z - a, px, px, 3), np.uint8)
+                    cuts = []
+                    for s in range(a, z, chunk):
+                        e = min(s + chunk, z)
+                        deps = {k: owner[k] for i in range(s, e) for k in self.keys(i)}
+                        cuts.append(pool.submit(self._cut_chunk, out, s, e, a, deps))
+                    pending.append((next_b, out, cuts))
+                    next_b += 1
+                b, out, cuts = pending.popleft()
+                for f in cuts:
+                    f.result()
+                for k in batch_keys[b]:
+                    if last_use[k] == b:
+                        owner.pop(k, None)
+                a, z = bounds[b]
+                yield out, self.coords[a:z].copy()
+        finally:
+            for _, _, cuts in pending:
+                for f in cuts:
+                    f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- torch path -----------------------------------------------------------------------
+    def _iter_torch(self, batch_size: int) -> Iterator[tuple[Any, np.ndarray]]:
+        import torch
+
+        dec: TorchDecoder = self.decoder  # type: ignore[assignment]
+        lay = self.layout
+        n = len(self.coords)
+        white = torch.full((lay.tile_h, lay.tile_w, 3), 255, dtype=torch.uint8, device=dec.device)
+        held: dict[int, Any] = {}
+        last_use: dict[int, int] = {}
+        bounds = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        keys_of = [self.batch_keys(a, z) for a, z in bounds]
+        for b, ks in enumerate(keys_of):
+            for k in ks:
+                last_use[k] = b
+        mats: dict = {}
+        for b, (a, z) in enumerate(bounds):
+            new = [k for k in keys_of[b] if k not in held]
+            raw = lay.read(new)
+            present = [k for k in new if raw[k] is not None]
+            try:
+                decoded = dec.decode_many([lay.stream(raw[k]) for k in present])
+            except Exception as exc:
+                raise OSError(f"stored tiles of level {self.choice.level} cannot be decoded "
+                              f"on {dec.device}: {exc}") from exc
+            for k in new:
+                held[k] = None
+            for k, t in zip(present, decoded):
+                held[k] = _pad_hwc(t.permute(1, 2, 0), lay.tile_h, lay.tile_w)
+            tiles = self._gather(a, z, keys_of[b], held, white)
+            if self.choice.needs_resize:
+                tiles = area_resize_torch(tiles, self.choice.tile_px, mats)
+            for k in keys_of[b]:
+                if last_use[k] == b:
+                    del held[k]
+            yield tiles.contiguous(), self.coords[a:z].copy()
+
+    def _gather(self, a: int, z: int, keys: list[int], held: dict[int, Any], white: Any) -> Any:
+        """uint8 (z - a, read_px, read_px, 3) regions cut from the held tiles by one gather."""
+        import torch
+
+        lay, r, dev = self.layout, self.choice.read_px, white.device
+        stack = torch.stack([held[k] if held[k] is not None else white for k in keys] + [white])
+        lut = torch.full((lay.rows * lay.cols,), len(keys), dtype=torch.int64)
+        lut[torch.as_tensor(keys, dtype=torch.int64)] = torch.arange(len(keys))
+        lut = lut.to(dev)
+        step = torch.arange(r, device=dev)
+        gx = torch.as_tensor(self.lx[a:z], device=dev)[:, None] + step  # (B, r)
+        gy = torch.as_tensor(self.ly[a:z], device=dev)[:, None] + step
+        col = torch.clamp(gx // lay.tile_w, max=lay.cols - 1)
+        row = torch.clamp(gy // lay.tile_h, max=lay.rows - 1)
+        idx = lut[row[:, :, None] * lay.cols + col[:, None, :]]  # (B, r, r)
+        outside = (gy >= lay.height)[:, :, None] | (gx >= lay.width)[:, None, :]
+        idx = torch.where(outside, len(keys), idx)
+        iy = (gy % lay.tile_h)[:, :, None].expand_as(idx)
+        ix = (gx % lay.tile_w)[:, None, :].expand_as(idx)
+        return stack[idx, iy, ix]
+
+
+def _pad_hwc(t: Any, h: int, w: int) -> Any:
+    """A decoded (H, W, 3) tile padded with white to the stored tile size (short edge frames)."""
+    if t.shape[0] == h and t.shape[1] == w:
+        return t
+    import torch
+
+    out = torch.full((h, w, 3), 255, dtype=torch.uint8, device=t.device)
+    out[: min(h, t.shape[0]), : min(w, t.shape[1])] = t[:h, :w]
+    return out
