@@ -50,9 +50,14 @@ class TorchDecoder:
     kind = "torch"
 
     def __init__(self, device: Any = "cuda") -> None:
+        import warnings
+
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        # torchvision 0.29 marks its codecs deprecated in favour of torchcodec; they still work
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities",
+                                category=DeprecationWarning)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("decoder='cuda' needs a CUDA device; use decoder='cpu'")

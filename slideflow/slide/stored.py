@@ -209,8 +209,20 @@ def _rgb_component_ids(stream: bytes) -> bool:
 
 # -- DICOM ------------------------------------------------------------------------------------
 def _dicom_level(path: Path, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
+    import logging
+
     import pydicom
 
+    quiet = logging.getLogger("pydicom")  # converters' over-long UIDs are harmless here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return _dicom_scan(path, dims, pydicom)
+    finally:
+        quiet.setLevel(level)
+
+
+def _dicom_scan(path: Path, dims: tuple[int, int], pydicom) -> tuple[StoredLevel | None, str]:
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     reasons = []
     for f in files:

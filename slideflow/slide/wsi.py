@@ -92,6 +92,8 @@ class WSI:
         self.qc_methods: list[Any] = []
         self.filter_settings: dict[str, Any] = {}
         self._update()
+        if tile_reader == "stored":
+            self._stored  # noqa: B018 - fail now, naming why, rather than at the first read
 
     # -- identity and metadata ----------------------------------------------------------------
     @property
