@@ -163,6 +163,15 @@ def extractors() -> None:
     typer.echo(list_extractors().to_string())
 
 
+def _register_extra_commands() -> None:
+    from .cli_encode import register
+
+    register(app)
+
+
+_register_extra_commands()
+
+
 def main() -> None:
     from .errors import SlideflowError
 

@@ -89,3 +89,11 @@ class InvalidArgumentError(SlideflowError, ValueError):
 class OutputConflictError(SlideflowError):
     """Two inputs would share one output, or a folder already belongs to another run's
     configuration."""
+
+
+class SlideEncoderNotFound(ExtractorNotFound):
+    """Unknown slide-encoder name, or its distribution is not installed."""
+
+
+class TileMismatchError(SlideflowError):
+    """Tile features do not fit a slide encoder (other extractor, width or tile geometry)."""

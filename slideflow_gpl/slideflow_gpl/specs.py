@@ -63,3 +63,37 @@ def specs() -> list[ExtractorSpec]:
                       "bilinear; hf dataset MahmoodLab/hest-bench fm_v1/ctranspath)",
         ),
     ]
+
+
+_CHIEF_BIB = """@article{wang2024chief,
+  title={A pathology foundation model for cancer diagnosis and prognosis prediction},
+  author={Wang, Xiyue and Zhao, Junhan and Marostica, Eliana and Yuan, Wei and Jin, Jietian
+          and others and Yu, Kun-Hsing},
+  journal={Nature},
+  volume={634},
+  pages={970--978},
+  year={2024}
+}"""
+
+
+def slide_encoder_specs():
+    """GPL slide encoders (read by slideflow.model.slide_encoders.registry)."""
+    from slideflow.model.extractors.spec import WeightsSource
+    from slideflow.model.slide_encoders.spec import SlideEncoderSpec
+
+    return [
+        SlideEncoderSpec(
+            name="chief", family="chief", dim=512, tile_extractor="chief_ctranspath",
+            tile_features=768, license="GPL-3.0 (non-commercial academic use)",
+            citation=_CHIEF_BIB, distribution=DISTRIBUTION,
+            build={"size": [768, 512, 256], "n_classes": 2, "n_organs": 19, "text_dim": 768},
+            weights=WeightsSource("none", url="https://drive.google.com/drive/folders/"
+                                              "1uRv9A1HuTW5m_pJoyMzdN31bE1i-tDaV "
+                                              "(CHIEF_pretraining.pth)"),
+            description="CHIEF slide encoder: gated attention MIL (768 -> 512) over "
+                        "CHIEF-CTransPath features; WSI_feature is 512-d",
+            reference="hms-dbmi/CHIEF models/CHIEF.py (size 'small' [768, 512, 256], gated, "
+                      "organ_embedding buffer 19x768, WSI_feature = softmax(A) @ h) and README "
+                      "(GPLv3, non-commercial academic); TRIDENT load.py declares 768 but the "
+                      "code gives 512"),
+    ]

@@ -315,3 +315,77 @@ def _lunit(patch: int, filename: str) -> ExtractorSpec:
         reference="github.com/lunit-io/benchmark-ssl-pathology README (timm "
                   "VisionTransformer(img 224, embed 384, 6 heads), release files) and LICENSE; "
                   "Lunit mean/std as used with these weights (Resize((224, 224)))")
+
+
+# ---------------------------------------------------------------------------- slide encoders
+_TITAN_BIB = """@article{ding2024titan,
+  title={Multimodal Whole Slide Foundation Model for Pathology},
+  author={Ding, Tong and Wagner, Sophia J. and Song, Andrew H. and Chen, Richard J. and
+          Lu, Ming Y. and Zhang, Andrew and Vaidya, Anurag J. and Jaume, Guillaume and
+          others and Mahmood, Faisal},
+  journal={arXiv preprint arXiv:2411.19666},
+  year={2024}
+}"""
+_FEATHER_BIB = """@inproceedings{shao2025do,
+  title={Do Multiple Instance Learning Models Transfer?},
+  author={Shao, Daniel and Chen, Richard J and Song, Andrew H and Runevic, Joel and
+          Lu, Ming Y. and Ding, Tong and Mahmood, Faisal},
+  booktitle={International Conference on Machine Learning},
+  year={2025}
+}"""
+_MADELEINE_BIB = """@inproceedings{jaume2024multistain,
+  title={Multistain Pretraining for Slide Representation Learning in Pathology},
+  author={Jaume, Guillaume and Vaidya, Anurag Jayant and Zhang, Andrew and Song, Andrew H and
+          Chen, Richard J. and Sahai, Sharifa and Mo, Dandan and Madrigal, Emilio and
+          Le, Long Phi and Mahmood, Faisal},
+  booktitle={European Conference on Computer Vision},
+  year={2024}
+}"""
+_TRIDENT_SLIDE = "mahmoodlab/TRIDENT trident/slide_encoder_models/load.py"
+
+
+def slide_encoder_specs():
+    """Non-commercial slide encoders (read by slideflow.model.slide_encoders.registry)."""
+    from slideflow.model.slide_encoders.spec import SlideEncoderSpec
+
+    nc = {"distribution": DISTRIBUTION, "license": "CC-BY-NC-ND-4.0", "gated": True}
+    return [
+        SlideEncoderSpec(
+            name="titan", family="titan", dim=768, tile_extractor="conch_v15",
+            tile_features=768, tile_px=512, tile_um="20x", geometry_strict=True,
+            positional="grid", citation=_TITAN_BIB,
+            build={"in_dim": 768, "dim": 768, "depth": 6, "heads": 12, "mlp_ratio": 4.0,
+                   "pool_heads": 8, "pool_queries": 128},
+            weights=hf("MahmoodLab/TITAN", "model.safetensors", "pytorch_model.bin"),
+            expected_unexpected=("text_encoder.*",),
+            description="TITAN slide encoder: ViT (6 blocks, 768-d) over the 2-D grid of "
+                        "CONCH v1.5 features with 2-D ALiBi, contrastive attentional pooling",
+            reference="huggingface.co/MahmoodLab/TITAN vision_transformer.py, "
+                      "modeling_titan.py, config.json vision_config (depth 6, 12 heads, "
+                      "alibi, attn_pooler 8 heads); " + _TRIDENT_SLIDE + " (conch_v15, "
+                      "--mag 20 --patch_size 512, CC-BY-NC-ND 4.0)", **nc),
+        SlideEncoderSpec(
+            name="feather", family="feather", dim=512, tile_extractor="conch_v15",
+            tile_features=768, citation=_FEATHER_BIB, aliases=("feather_24k",),
+            build={"in_dim": 768, "embed_dim": 512, "attn_dim": 384, "num_heads": 1},
+            weights=hf("MahmoodLab/abmil.base.conch_v15.pc108-24k", "model.safetensors"),
+            description="FEATHER-24K: gated ABMIL (512-d, 1 head) pretrained on PC-108 over "
+                        "CONCH v1.5 features; no classification head",
+            reference="mahmoodlab/MIL-Lab src/models/abmil.py + model_configs/abmil/base.yaml "
+                      "(gate, embed 512, attn 384, 1 fc layer) + README (FEATHER-24K weights, "
+                      "no head, CC-BY-NC-ND 4.0); " + _TRIDENT_SLIDE + " (feather -> "
+                      "conch_v15, forward_features)", **nc),
+        SlideEncoderSpec(
+            name="madeleine", family="madeleine", dim=512, tile_extractor="conch",
+            tile_features=512, tile_px=256, tile_um="10x", citation=_MADELEINE_BIB,
+            build={"in_dim": 512, "hidden": 512, "n_heads": 4, "attn_hidden": 512,
+                   "token_dim": 128},
+            weights=hf("MahmoodLab/madeleine", "model.pt"),
+            description="MADELEINE (BRCA, H&E branch): multi-head gated ABMIL over CONCH v1 "
+                        "features of 256-px tiles at 10x",
+            reference="mahmoodlab/MADELEINE madeleine/models/Model.py (encode_he), "
+                      "core/models/abmil.py, scripts/launch_pretrain_withoutStainEncodings.sh "
+                      "(n_heads 4, patch_embedding_dim 512, hidden 512, softmax), "
+                      "bin/extract_patch_embeddings.py (10x, 256 px), README (CONCH, "
+                      "CC-BY-NC-ND 4.0); gated flag assumed like other MahmoodLab repos", **nc),
+    ]

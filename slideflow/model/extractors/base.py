@@ -191,6 +191,39 @@ class FeatureExtractor:
         """The preprocessing pipeline (printable)."""
         return self._preprocess
 
+    # -------------------------------------------------------------- two-stage / ViT outputs
+    @property
+    def tile(self) -> FeatureExtractor:
+        """This tile extractor (Slideflow's ``gigapath.tile`` spelling)."""
+        return self
+
+    @property
+    def slide(self):
+        """The slide encoder paired with this tile extractor (built on first use)."""
+        if getattr(self, "_slide", None) is None:
+            from ..slide_encoders.factory import build_slide_encoder
+            from ..slide_encoders.registry import paired_slide_encoder
+
+            spec = paired_slide_encoder(self.name)
+            if spec is None:
+                raise AttributeError(f"{self.name}: no slide encoder is paired with this tile "
+                                     "extractor; use slideflow.build_slide_encoder(name)")
+            self._slide = build_slide_encoder(spec.name, device=self.device)
+        return self._slide
+
+    def dense(self, batch: Any) -> np.ndarray:
+        """(B, D, h, w) patch tokens of a ViT extractor (see `vit_outputs.dense`)."""
+        from .vit_outputs import dense
+
+        return dense(self, batch)
+
+    def attention(self, batch: Any, blocks: Sequence[int] = (-1,)) -> np.ndarray:
+        """(B, heads, h, w) class-token attention, exact under fused kernels
+        (see `vit_outputs.attention`)."""
+        from .vit_outputs import attention
+
+        return attention(self, batch, blocks)
+
     def __repr__(self) -> str:
         weights = self.weights_source if self.pretrained else "RANDOM INIT (pretrained=False)"
         return (f"<FeatureExtractor {self.name}: {self.num_features}-d, input "

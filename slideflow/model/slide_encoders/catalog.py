@@ -1,0 +1,40 @@
+"""Core slide encoders (permissive) and the names that live in licence-split distributions.
+
+Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE) are in
+``slideflow_noncommercial.specs:slide_encoder_specs``, CHIEF (GPL-3.0) in
+``slideflow_gpl.specs:slide_encoder_specs``.
+"""
+
+from __future__ import annotations
+
+from .spec import ExternalSlideEntry, SlideEncoderSpec
+
+MEAN_CITATION = ("@article{ilse2018attention,\n  title={Attention-based Deep Multiple Instance "
+                 "Learning},\n  author={Ilse, Maximilian and Tomczak, Jakub and Welling, Max},\n"
+                 "  journal={ICML},\n  year={2018}\n}")
+
+
+def slide_encoder_specs() -> list[SlideEncoderSpec]:
+    return [
+        SlideEncoderSpec(
+            name="mean", family="mean", dim=None, license="Apache-2.0",
+            aliases=("mean_pool", "avg"),
+            description="mean of the tile features of any tile extractor (no weights); its "
+                        "width is the tile extractor's",
+            reference="TRIDENT slide_encoder_models/load.py MeanSlideEncoder "
+                      "(features.mean over tiles)",
+        ),
+    ]
+
+
+_GPL = ("slideflow-gpl", "pip install ./slideflow_gpl  (from a slideflow checkout)")
+_NC = ("slideflow-noncommercial",
+       "pip install ./slideflow_noncommercial  (from a slideflow checkout)")
+
+EXTERNAL: tuple[ExternalSlideEntry, ...] = (
+    ExternalSlideEntry("chief", *_GPL, "GPL-3.0 (non-commercial academic use)", 512,
+                       "chief_ctranspath"),
+    ExternalSlideEntry("titan", *_NC, "CC-BY-NC-ND-4.0", 768, "conch_v15"),
+    ExternalSlideEntry("feather", *_NC, "CC-BY-NC-ND-4.0", 512, "conch_v15"),
+    ExternalSlideEntry("madeleine", *_NC, "CC-BY-NC-ND-4.0", 512, "conch"),
+)

@@ -1,0 +1,268 @@
+"""Slide embeddings of tile bags: fit checks, per-slide files and their config (no slides here).
+
+Outputs: ``<outdir>/<slide>.pt`` (float32 (D,) tensor, ``torch.load(weights_only=True)``),
+or ``<outdir>/<slide>.h5`` with ``slide_features/<encoder>`` (several encoders may share one
+file), and ``slide_embeddings.json`` (written last) with, per encoder, its config
+(`rebuild_slide_encoders` rebuilds registered names only), the tile bags' config and
+provenance. A bag folder is used only when its recorded tile extractor and tile geometry are
+what the encoder was trained on (`check_bags_fit`). The engine-level entry point that also
+makes missing bags is `slideflow.slide_embeddings.generate_slide_embeddings`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import __version__
+from ...errors import BagError, SlideflowError, TileMismatchError
+
+log = logging.getLogger("slideflow")
+
+CONFIG_NAME = "slide_embeddings.json"
+FORMATS = ("pt", "h5")
+
+
+@dataclass
+class SlideEmbeddingsReport:
+    outdir: Path
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    bags: Any = None  # the BagsReport of the tile stage, when it ran
+    seconds: float = 0.0
+
+    def __repr__(self) -> str:
+        return (f"SlideEmbeddingsReport({self.outdir}: {len(self.done)} embedded, "
+                f"{len(self.skipped)} existing, {len(self.failed)} failed)")
+
+
+def resolve_slide_encoder(encoder: Any, **kwargs: Any):
+    if isinstance(encoder, str):
+        from .factory import build_slide_encoder
+
+        return build_slide_encoder(encoder, **kwargs)
+    return encoder
+
+
+def canonical_extractor(name: str | None) -> str | None:
+    if name is None:
+        return None
+    from ..extractors.registry import get_spec, normalize
+
+    try:
+        return normalize(get_spec(name).name)
+    except Exception:  # not registered here: compare spellings
+        return normalize(name)
+
+
+def _bags_extractor(cfg: dict[str, Any]) -> str | None:
+    prov = cfg.get("provenance") or cfg.get("slideflow_provenance") or {}
+    return prov.get("extractor") or ((cfg.get("extractor") or {}).get("kwargs") or {}).get("name")
+
+
+def check_geometry(encoder: Any, tile_px: Any, tile_um: Any, where: str) -> None:
+    """Refuse (strict encoders) or warn about tiles of another size than the encoder's."""
+    from .spec import tile_microns
+
+    spec = encoder.spec
+    if spec.tile_px is None:
+        return
+    got = tile_microns(int(tile_px), tile_um) if tile_px is not None else None
+    same = (tile_px is not None and int(tile_px) == int(spec.tile_px) and got is not None
+            and math.isclose(got, spec.tile_microns, rel_tol=1e-3))
+    if same:
+        return
+    msg = (f"{where}: {spec.name} was trained on {spec.tile_px}-px tiles at {spec.tile_um} "
+           f"({spec.tile_microns:g} um), these tiles are {tile_px}-px / {tile_um!r}; make "
+           f"tile bags with tile_px={spec.tile_px}, tile_um={spec.tile_um!r}")
+    if spec.geometry_strict:
+        raise TileMismatchError(msg)
+    log.warning("%s (continuing: %s does not require it)", msg, spec.name)
+
+
+def check_bags_fit(cfg: dict[str, Any], encoder: Any, where: str) -> None:
+    """Raise TileMismatchError when a bag folder cannot feed `encoder` (extractor, geometry)."""
+    need = encoder.tile_extractor
+    have = _bags_extractor(cfg)
+    if need is not None and canonical_extractor(have) != canonical_extractor(need):
+        raise TileMismatchError(f"{where}: bags were made with extractor {have!r}, "
+                                f"{encoder.name} needs {need!r} features; generate bags with "
+                                f"extractor={need!r}")
+    if cfg.get("num_features") is not None:
+        encoder.check_features(int(cfg["num_features"]), where)
+    check_geometry(encoder, cfg.get("tile_px"), cfg.get("tile_um"), where)
+
+
+# ------------------------------------------------------------------------------- sources
+def bag_files(source: Any, encoder: Any) -> tuple[list[Path], dict[str, Any] | None]:
+    from ...io.bags import list_bags
+    from ...io.bags_config import read_bags_config
+
+    if isinstance(source, (list, tuple)):
+        files = [Path(p) for p in source]
+        folders = sorted({p.parent for p in files})
+    else:
+        files = list_bags(source)
+        folders = [Path(source)]
+    cfg = None
+    for folder in folders:
+        c = read_bags_config(folder, missing_ok=True)
+        if c is not None:
+            check_bags_fit(c, encoder, str(folder))
+            cfg = cfg or c
+        elif encoder.tile_extractor is not None:
+            log.warning("%s: no bags_config.json; cannot check that these bags hold %s "
+                        "features", folder, encoder.tile_extractor)
+    return files, cfg
+
+
+# ------------------------------------------------------------------------------- writing
+def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.ndarray,
+                          fmt: str, meta: dict[str, Any]) -> Path:
+    """`<outdir>/<slide>.pt` (or `.h5` with `slide_features/<encoder>`), atomically."""
+    import torch
+
+    from ...io.atomic import atomic_path, tmp_path_for
+
+    vec = np.asarray(vec, np.float32).reshape(-1)
+    if fmt == "pt":
+        dest = outdir / f"{slide}.pt"
+        with atomic_path(dest) as tmp:
+            torch.save(torch.from_numpy(vec.copy()), tmp)
+        return dest
+    import shutil
+
+    import h5py
+
+    from ...io.bags import dumps_meta
+
+    dest = outdir / f"{slide}.h5"
+    tmp = tmp_path_for(dest)
+    try:
+        if dest.exists():
+            shutil.copyfile(dest, tmp)
+        with h5py.File(tmp, "a") as h5:
+            group = h5.require_group("slide_features")
+            if encoder_name in group:
+                del group[encoder_name]
+            ds = group.create_dataset(encoder_name, data=vec)
+            ds.attrs["meta"] = dumps_meta(meta)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def read_slide_embedding(path: str | os.PathLike, encoder: str | None = None) -> np.ndarray:
+    """A saved slide embedding (.pt tensor, or `slide_features/<encoder>` of an .h5)."""
+    path = Path(path)
+    if path.suffix == ".pt":
+        import torch
+
+        return torch.load(path, map_location="cpu", weights_only=True).numpy()
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        group = h5["slide_features"]
+        names = sorted(group)
+        if encoder is None:
+            if len(names) != 1:
+                raise BagError(f"{path}: holds {names}; pass encoder=")
+            encoder = names[0]
+        return np.asarray(group[encoder][...])
+
+
+def embedding_exists(outdir: Path, slide: str, name: str, fmt: str) -> bool:
+    if fmt == "pt":
+        return (outdir / f"{slide}.pt").exists()
+    p = outdir / f"{slide}.h5"
+    if not p.exists():
+        return False
+    import h5py
+
+    with h5py.File(p, "r") as h5:
+        return name in h5.get("slide_features", {})
+
+
+def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbeddingsReport, *,
+               bags_config: dict[str, Any] | None, fmt: str = "pt", overwrite: bool = False
+               ) -> SlideEmbeddingsReport:
+    """Embed each bag file into `outdir` (existing outputs kept unless `overwrite`); the
+    config is written last."""
+    from ...io.bags import read_bag, slide_of
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    outdir.mkdir(parents=True, exist_ok=True)
+    meta = {"encoder": encoder.name, "slideflow_version": __version__}
+    for path in files:
+        slide = slide_of(path)
+        if not overwrite and embedding_exists(outdir, slide, encoder.name, fmt):
+            report.skipped.append(slide)
+            continue
+        try:
+            bag = read_bag(path)
+            if len(bag) == 0:
+                raise BagError(f"{path}: empty bag")
+            vec = encoder(bag.features, bag.coords, bag.patch_size_level0)
+            write_slide_embedding(outdir, slide, encoder.name, vec, fmt,
+                                  {**meta, "tiles": len(bag), "bag": str(path)})
+            report.done.append(slide)
+        except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, TileMismatchError):
+                raise
+            report.failed[slide] = f"{type(exc).__name__}: {exc}"
+            log.warning("%s: no slide embedding (%s)", slide, exc)
+    _write_config(outdir, encoder, bags_config, files, fmt)
+    return report
+
+
+def embed_bag_folder(source: Any, encoder: Any, outdir: str | os.PathLike, *, fmt: str = "pt",
+                     overwrite: bool = False) -> SlideEmbeddingsReport:
+    """Slide embeddings of a bag folder or a list of bag files (Slideflow's
+    ``generate_and_save``)."""
+    files, cfg = bag_files(source, encoder)
+    return embed_bags(files, encoder, Path(outdir), SlideEmbeddingsReport(Path(outdir)),
+                      bags_config=cfg, fmt=fmt, overwrite=overwrite)
+
+
+def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,
+                  files: list[Path], fmt: str) -> None:
+    from ...io.atomic import write_json_atomic
+    from ...io.bags import to_json
+
+    path = outdir / CONFIG_NAME
+    entry = {
+        "slide_encoder": encoder.dump_config(),
+        "num_features": encoder.num_features,
+        "tile_bags": sorted({str(p.parent.resolve()) for p in files}),
+        "tile_bags_config": bags_cfg,
+        "format": fmt,
+        "provenance": {"slideflow_version": __version__, "encoder": encoder.name,
+                       "weights_sha256": encoder.weights_sha256,
+                       "weights_source": encoder.weights_source, "license": encoder.license},
+    }
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    encoders = dict(existing.get("encoders", {}))
+    encoders[encoder.name] = entry
+    write_json_atomic(path, to_json({"encoders": encoders}))
+
+
+def rebuild_slide_encoders(outdir_or_config: str | os.PathLike, device: Any = None) -> dict:
+    """{name: SlideEncoder} rebuilt from a `slide_embeddings.json` (registered names only)."""
+    from .factory import rebuild_slide_encoder
+
+    p = Path(outdir_or_config)
+    p = p if p.suffix == ".json" else p / CONFIG_NAME
+    cfg = json.loads(p.read_text())
+    return {name: rebuild_slide_encoder(e["slide_encoder"], device=device)
+            for name, e in cfg.get("encoders", {}).items()}
