@@ -90,13 +90,18 @@ def encode_slide(
     paths = _expand(slides)
     jobs = jobs_from_paths(paths, mpp=mpp)
     bags = outdir / "tile_bags" / tile_name
+    geo = next(((e.spec.tile_px, e.spec.tile_um) for e in encoders if e.spec.tile_px), None)
+    px = tile_px if tile_px is not None else (geo[0] if geo else None)
+    um = _tile_um(tile_um) if tile_um is not None else (geo[1] if geo else None)
+    if px is None or um is None:
+        raise typer.BadParameter("these slide encoders take any tile geometry: pass --tile-px "
+                                 "and --tile-um")
     failed = 0
     for enc in encoders:
         dest = outdir if fmt == "h5" else outdir / enc.name
         report = generate_slide_embeddings(
             [j.slide_path for j in jobs], enc, dest, format=fmt, overwrite=overwrite,
-            bags_dir=bags, tile_extractor=tile_name, tile_px=tile_px,
-            tile_um=_tile_um(tile_um), qc=None if qc in (None, "none") else qc, progress=False)
+            bags_dir=bags, tile_extractor=tile_name, tile_px=px, tile_um=um, qc=None if qc in (None, "none") else qc, progress=False)
         typer.echo(f"{enc.name}: {report!r}")
         for name, why in report.failed.items():
             typer.echo(f"FAILED {name}: {why}", err=True)
