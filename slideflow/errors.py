@@ -70,6 +70,10 @@ class UnsafeConfigError(SlideflowError):
     """A bags_config.json names something that is not a registered extractor."""
 
 
+class BagsConfigError(BagError, UnsafeConfigError):
+    """A bags_config.json that is not a readable JSON object (the message names the file)."""
+
+
 class NormalizerError(SlideflowError):
     """A stain normaliser cannot be fitted or applied."""
 

@@ -111,13 +111,6 @@ class ExtractOptions(TileSelection):
 
         self.normalizer = resolve(self.normalizer)
 
-    def qc_label(self) -> Any:
-        def one(q: Any) -> Any:
-            return q if q is None or isinstance(q, str) else \
-                f"callable:{getattr(q, '__name__', type(q).__name__)}"
-
-        return [one(q) for q in self.qc] if isinstance(self.qc, (list, tuple)) else one(self.qc)
-
     def normalizer_config(self) -> Any:
         n = self.normalizer
         if n is None:
@@ -134,15 +127,9 @@ class ExtractOptions(TileSelection):
             "tile_px": int(tile_px), "tile_um": tile_um, "stride_div": int(self.stride_div),
             "use_edge_tiles": bool(self.use_edge_tiles), "backend": self.backend,
             "mpp_override": mpp,
-            "qc": self.qc_label(), "qc_threshold": self.qc_threshold if self.qc else None,
+            **self.request_record(),
             "roi_method": self.roi_method, "roi_filter_method": self.roi_filter_method,
             "roi_file": _file_digest(roi) if roi is not None else None,
-            "whitespace_fraction": self.whitespace_fraction,
-            "whitespace_threshold": self.whitespace_threshold
-            if self.whitespace_fraction is not None else None,
-            "grayspace_fraction": self.grayspace_fraction,
-            "grayspace_threshold": self.grayspace_threshold
-            if self.grayspace_fraction is not None else None,
             "img_format": self.img_format,
             "jpeg_quality": int(self.jpeg_quality) if self.img_format == "jpg" else None,
             "normalizer": self.normalizer_config(),

@@ -40,7 +40,7 @@ def _settings_rows(opt: ExtractOptions | None) -> str:
     keys = ("qc", "qc_threshold", "roi_method", "whitespace_fraction", "whitespace_threshold",
             "grayspace_fraction", "grayspace_threshold", "img_format", "jpeg_quality",
             "max_tiles", "shuffle", "seed", "stride_div", "use_edge_tiles", "save_tiles")
-    rows = [(k, opt.qc_label() if k == "qc" else getattr(opt, k)) for k in keys]
+    rows = [(k, opt.request_record()["qc"] if k == "qc" else getattr(opt, k)) for k in keys]
     rows.append(("normalizer", opt.normalizer_config()))
     return "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows)
 

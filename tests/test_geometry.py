@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from slideflow.slide import geometry as g
+from slideflow.units import tile_um_label
 
 
 def test_tile_um_parsing():
@@ -10,10 +11,10 @@ def test_tile_um_parsing():
     assert g.tile_um_to_microns(224, "2.5x") == pytest.approx(224 * 4.0)
     with pytest.raises(ValueError, match="magnification"):
         g.tile_um_to_microns(256, "twenty")
-    assert g.tile_um_label(256, 128) == "256px_128um"
-    assert g.tile_um_label(256, 128.0) == "256px_128um"
-    assert g.tile_um_label(256, 302.5) == "256px_302.5um"
-    assert g.tile_um_label(256, "20X") == "256px_20x"
+    assert tile_um_label(256, 128) == "256px_128um"
+    assert tile_um_label(256, 128.0) == "256px_128um"
+    assert tile_um_label(256, 302.5) == "256px_302.5um"
+    assert tile_um_label(256, "20X") == "256px_20x"
 
 
 def test_choose_level_tolerance_rule():

@@ -17,7 +17,7 @@ from typing import Any
 TMP_MARK = ".tmp-"
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask, read without changing it (os.umask would race other threads)."""
     try:
         with open("/proc/self/status") as fh:
@@ -39,7 +39,7 @@ def tmp_path_for(dest: str | os.PathLike) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=dest.name + TMP_MARK, dir=dest.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~umask())
     finally:
         os.close(fd)
     return Path(name)

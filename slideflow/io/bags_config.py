@@ -27,9 +27,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import BagError, BagsConfigMismatchError
+from ..errors import BagError, BagsConfigError, BagsConfigMismatchError
 from .atomic import write_json_atomic
-from .bags import to_json
+from .base import to_json
 
 CONFIG_NAME = "bags_config.json"
 SLIDEFLOW_KEYS = ("extractor", "normalizer", "num_features", "tile_px", "tile_um")
@@ -80,14 +80,14 @@ def read_bags_config(outdir_or_file: str | os.PathLike, *,
             return None
         raise BagError(f"{path}: not found (a bag folder made by generate_feature_bags "
                        "has one)") from None
-    except OSError as e:
-        raise BagError(f"{path}: unreadable ({e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise BagsConfigError(f"{path}: unreadable ({e})") from e
     try:
         cfg = json.loads(text)
     except ValueError as e:
-        raise BagError(f"{path}: not valid JSON ({e}); fix or delete it") from e
+        raise BagsConfigError(f"{path}: not valid JSON ({e}); fix or delete it") from e
     if not isinstance(cfg, dict):
-        raise BagError(f"{path}: expected a JSON object")
+        raise BagsConfigError(f"{path}: expected a JSON object")
     return cfg
 
 

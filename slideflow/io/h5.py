@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import BagError
 from .atomic import tmp_path_for
-from .bags import (
+from .base import (
     CHUNK_ROWS,
     GEOMETRY_KEYS,
     Bag,

@@ -124,11 +124,6 @@ def _feature_parts(feature: FeatureLike) -> tuple[list[Any], int]:
     return [head, *parts], len(head) + body
 
 
-def encode_feature(feature: FeatureLike) -> bytes:
-    """Serialize one `tf.train.Feature` (numbers packed, as protobuf itself writes them)."""
-    return b"".join(_feature_parts(feature)[0])
-
-
 def encode_example(features: Mapping[str, FeatureLike]) -> bytes:
     """Serialize a `tf.train.Example` with its features in sorted key order (deterministic).
 

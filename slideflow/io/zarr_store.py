@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import TMP_MARK, _umask
-from .bags import CHUNK_ROWS, Bag, ChunkedSink, geometry_attrs, parse_geometry, to_json
+from .atomic import TMP_MARK, umask
+from .base import CHUNK_ROWS, Bag, ChunkedSink, geometry_attrs, parse_geometry, to_json
 
 FEATURE_KEYS = ("features", "probabilities")  # ours, TIAToolbox's
 
@@ -35,7 +35,7 @@ FEATURE_KEYS = ("features", "probabilities")  # ours, TIAToolbox's
 def _tmp_dir_for(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + TMP_MARK, dir=dest.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~umask())
     return tmp
 
 

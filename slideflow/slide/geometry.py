@@ -7,25 +7,17 @@ corners in level-0 pixels; conversion to tile centres happens only at the TFReco
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..units import parse_magnification
 from ..validate import positive_float, positive_int
 
 #: relative tolerance within which a pyramid level is read as-is (no resampling)
 LEVEL_TOLERANCE = 0.05
-
-_MAG_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[xX]\s*$")
-
-
-def parse_magnification(value: str) -> float | None:
-    """'20x' -> 20.0; anything else -> None."""
-    m = _MAG_RE.match(value) if isinstance(value, str) else None
-    return float(m.group(1)) if m else None
 
 
 def magnification_to_mpp(mag: float) -> float:
@@ -74,33 +66,6 @@ def check_tile_geometry(tile_px: Any, tile_um: Any, stride_div: Any = 1
         if isinstance(tile_um, np.generic):
             tile_um = tile_um.item()
     return px, tile_um, div
-
-
-def tile_um_label(tile_px: int, tile_um: float | int | str) -> str:
-    """Slideflow folder label: '256px_128um' (microns) or '256px_20x' (magnification).
-
-    Int-valued floats are written as ints (302.0 -> '302um') so one geometry maps to one folder
-    (Slideflow 3 would write '302.0um' for a float).
-    """
-    if isinstance(tile_um, str):
-        text = tile_um.strip().lower()
-        if text.endswith("x"):
-            mag = parse_magnification(text)
-            if mag is None or mag <= 0:
-                raise ValueError(f"bad magnification {tile_um!r}; use e.g. '20x'")
-            return f"{int(tile_px)}px_{text}"
-        try:
-            tile_um = float(text)
-        except ValueError:
-            raise ValueError(f"tile_um {tile_um!r} is neither microns nor a magnification "
-                             "like '20x'") from None
-    if isinstance(tile_um, bool) or not isinstance(tile_um, (int, float, np.integer,
-                                                             np.floating)):
-        raise TypeError(f"tile_um must be a number or a magnification string, got {tile_um!r}")
-    um = float(tile_um)
-    if not um > 0 or not np.isfinite(um):
-        raise ValueError(f"tile_um must be positive, got {tile_um!r}")
-    return f"{int(tile_px)}px_{int(um) if um.is_integer() else um}um"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from ..validate import positive_float, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
+from .qc import FILTER_FIELDS, QCSettings
 from .reader import TileReader
 from .roi import ROI, coerce_rois, roi_keep_mask
 from .tissue import qc_method_name
@@ -89,8 +90,8 @@ class WSI:
         self._base_mask = self._roi_mask()
         self._qc_keep: np.ndarray | None = None
         self._filter_keep: np.ndarray | None = None
-        self.qc_methods: list[Any] = []
-        self.filter_settings: dict[str, Any] = {}
+        self.qc_settings = QCSettings()  # what qc() and filter_tiles() last applied
+        self._filtered = False
         self._update()
         if tile_reader == "stored":
             self._stored  # noqa: B018 - fail now, naming why, rather than at the first read
@@ -222,29 +223,28 @@ class WSI:
         return tissue.tile_fractions(pixel_mask, self.grid_spec, self._qc_scale)
 
     # -- QC and filters -------------------------------------------------------------------------
-    def qc(self, method: Any = "otsu", threshold: float = 0.4) -> WSI:
+    def qc(self, method: Any = "otsu", threshold: float = QCSettings.qc_threshold) -> WSI:
         """Keep tiles whose tissue fraction (by `method` on the QC image) is >= `threshold`.
 
         `method`: 'otsu', 'blur', 'both', a callable (RGB -> bool keep mask) or a list of them;
         None removes QC. Calling again replaces the previous QC.
         """
         if method is None:
-            self._qc_keep, self.qc_methods = None, []
+            self._qc_keep = None
+            self.qc_settings.qc = None
         else:
             keep = tissue.qc_mask(self.qc_image, method)
             self._qc_keep = self.tile_fractions(keep) >= threshold
-            methods = method if isinstance(method, (list, tuple)) else [method]
-            self.qc_methods = [qc_method_name(m) for m in methods]
-            self.qc_threshold = threshold
+            self.qc_settings.qc, self.qc_settings.qc_threshold = method, threshold
         self._update()
         return self
 
     def filter_tiles(
         self,
         whitespace_fraction: float | None = None,
-        whitespace_threshold: float = 230,
+        whitespace_threshold: float = QCSettings.whitespace_threshold,
         grayspace_fraction: float | None = None,
-        grayspace_threshold: float = 0.05,
+        grayspace_threshold: float = QCSettings.grayspace_threshold,
     ) -> WSI:
         """Slideflow-style background filters, evaluated on the QC image (no tile is read).
 
@@ -261,17 +261,16 @@ class WSI:
             keep &= gs <= grayspace_fraction
         self._filter_keep = None if whitespace_fraction is None and grayspace_fraction is None \
             else keep
-        self.filter_settings = {
-            "whitespace_fraction": whitespace_fraction,
-            "whitespace_threshold": whitespace_threshold,
-            "grayspace_fraction": grayspace_fraction,
-            "grayspace_threshold": grayspace_threshold,
-        }
+        q = self.qc_settings
+        q.whitespace_fraction, q.whitespace_threshold = whitespace_fraction, whitespace_threshold
+        q.grayspace_fraction, q.grayspace_threshold = grayspace_fraction, grayspace_threshold
+        self._filtered = True
         self._update()
         return self
 
     def settings(self) -> dict[str, Any]:
         """Everything that decides which tiles are read and how (for resume checks)."""
+        q = self.qc_settings
         return {
             "tile_px": self.tile_px,
             "tile_um": self.tile_um,
@@ -284,9 +283,9 @@ class WSI:
             "roi_method": self.roi_method,
             "roi_filter_method": self.roi_filter_method,
             "num_rois": len(self.rois),
-            "qc": self.qc_methods,
-            "qc_threshold": getattr(self, "qc_threshold", None) if self.qc_methods else None,
-            **self.filter_settings,
+            "qc": [qc_method_name(m) for m in q.qc_methods()] if q.qc else [],
+            "qc_threshold": q.qc_threshold if q.qc else None,
+            **({k: getattr(q, k) for k in FILTER_FIELDS} if self._filtered else {}),
         }
 
     # -- pixels ---------------------------------------------------------------------------------

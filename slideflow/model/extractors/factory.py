@@ -10,15 +10,13 @@ import os
 from typing import Any
 
 from ...errors import InvalidArgumentError, WeightsError
-from .registry import get_spec, normalize, resolve_builder
+from .registry import get_spec, resolve_builder
 from .sf3 import wraps_build
 from .spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
-_PREPROCESS_KEYS = ("resize", "center_crop", "interpolation", "antialias", "norm_mean",
-                    "norm_std", "order")
 
 
 def build_feature_extractor(
@@ -263,12 +261,3 @@ def _infer_dim(module, preprocess, dev, tile_px: int) -> int:
     with torch.inference_mode():
         out = module(x)
     return int(out.flatten(1).shape[1])
-
-
-def spec_of(name: str) -> ExtractorSpec:
-    """The spec a name resolves to (no building)."""
-    return get_spec(name)
-
-
-def canonical_name(name: str) -> str:
-    return normalize(get_spec(name).name)

@@ -7,14 +7,13 @@ ever imported from a class path written in a file. Anything else raises `UnsafeC
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ...errors import ExtractorNotFound, NormalizerError, UnsafeConfigError, WeightsError
+from ...io.bags_config import read_bags_config
 from .factory import build_feature_extractor
 from .registry import get_spec
 from .spec import EXTRACTOR_CLASS
@@ -68,23 +67,11 @@ SF3_UNSUPPORTED = {
 
 
 def load_config(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """The bags config: a bag folder, a ``bags_config.json`` path or a dict."""
+    """The bags config: a bag folder, a ``bags_config.json`` path or a dict (a missing or
+    malformed file raises `BagError` naming it)."""
     if isinstance(path_or_dict, Mapping):
         return dict(path_or_dict)
-    path = Path(path_or_dict)
-    if path.is_dir():
-        path = path / "bags_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no bags_config.json at {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise UnsafeConfigError(f"{path}: not valid JSON ({exc}); fix it or regenerate the "
-                                "bags") from None
-    if not isinstance(cfg, dict):
-        raise UnsafeConfigError(f"{path}: not a JSON object")
-    return cfg
+    return read_bags_config(path_or_dict)
 
 
 def extractor_arguments(ext_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -220,9 +207,3 @@ def _normalizer(norm_cfg: Any):
         raise NormalizerError(f"the bags used stain normalisation {norm_cfg!r} but "
                               f"slideflow.norm is unavailable: {exc}") from None
     return from_config(norm_cfg)
-
-
-def is_safe_class(cls: str) -> bool:
-    """Whether a config class path is one rebuild_extractor accepts."""
-    return cls == EXTRACTOR_CLASS or cls in SF3_CLASSES or cls in (SF3_IMAGENET, SF3_VIT,
-                                                                    SF3_DINOV2)

@@ -279,11 +279,6 @@ def load_plugin(path: str | Path) -> list[str]:
     return added
 
 
-def installed_distributions() -> dict[str, bool]:
-    """Which distributions provide specs right now."""
-    return {s.distribution: True for s in _discover().values()}
-
-
 def list_extractors(installed_only: bool = False):
     """A pandas DataFrame of every known extractor, including those whose distribution is not
     installed (``installed`` False, with the command to install it)."""

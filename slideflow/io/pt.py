@@ -1,0 +1,148 @@
+"""Slideflow's feature-bag format: `<slide>.pt` (a float32 (N, D) tensor, loadable with
+`torch.load(weights_only=True)`) and `<slide>.index.npz` beside it.
+
+The index's `arr_0` holds tile CENTRES (Slideflow's convention); we add `patch_size_level0` and
+a JSON `slideflow` member (geometry attrs + meta) so coordinates convert back to top-left
+corners. The .pt is moved into place first and the index written last (it is the metadata).
+torch is imported only when a .pt is written or read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BagError
+from .atomic import atomic_open
+from .bags_config import provenance_of, read_bags_config
+from .base import Bag, geometry_attrs, to_json
+from .npz import index_path_for, save_npz
+
+log = logging.getLogger("slideflow")
+
+
+class PtSink:
+    """A .pt bag is one tensor, so rows accumulate in a growing float32 buffer (amortised 2x)."""
+
+    def __init__(self, path: Path, num_features: int, patch_size_level0: int,
+                 meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None,
+                 expected_rows: int | None = None):
+        self.path = path
+        self.num_features = int(num_features)
+        self.patch_size_level0 = int(patch_size_level0)
+        self.meta = dict(meta or {})
+        self.attrs = geometry_attrs(patch_size_level0, meta, attrs)
+        cap = max(int(expected_rows or 0), 1024)
+        self._f = np.empty((cap, self.num_features), np.float32)
+        self._c = np.empty((cap, 2), np.int64)
+        self.rows = 0
+
+    def append(self, f: np.ndarray, c: np.ndarray) -> None:
+        need = self.rows + len(f)
+        if need > len(self._f):
+            cap = max(need, 2 * len(self._f))
+            self._f.resize((cap, self.num_features), refcheck=False)  # realloc, no extra copy
+            self._c.resize((cap, 2), refcheck=False)
+        self._f[self.rows:need] = f
+        self._c[self.rows:need] = c
+        self.rows = need
+
+    def close(self) -> Path:
+        import torch
+
+        n = self.rows
+        self._f.resize((n, self.num_features), refcheck=False)  # torch.save writes the storage
+        tensor = torch.from_numpy(self._f)
+        centres = self._c[:n] + self.patch_size_level0 // 2
+        index = index_path_for(self.path)
+        with atomic_open(self.path, "wb") as fh:  # a file object: fixed archive name, so
+            torch.save(tensor, fh)                 # reruns are byte-identical
+            index.unlink(missing_ok=True)          # no stale index beside the new .pt
+        sidecar = {"format_version": 1, "coord_origin_arr_0": "centre",
+                   "patch_size_level0": self.patch_size_level0, "attrs": self.attrs,
+                   "meta": to_json(self.meta)}
+        write_pt_index(index, centres, sidecar)  # metadata last
+        return self.path
+
+    def abort(self) -> None:
+        self._f = self._c = np.empty((0, 2))
+
+
+def write_pt_index(index: Path, centres: np.ndarray, sidecar: Mapping[str, Any]) -> None:
+    """Slideflow index: `arr_0` = (N, 2) centres; our extras (1-element arrays):
+    `patch_size_level0` int64 and `slideflow` (JSON: attrs + meta). No pickled objects."""
+    arrays = {"arr_0": np.ascontiguousarray(centres, np.int64).reshape(-1, 2),
+              "patch_size_level0": np.asarray([sidecar["patch_size_level0"]], np.int64),
+              "slideflow": np.asarray([json.dumps(to_json(dict(sidecar)), sort_keys=True)])}
+    with atomic_open(index, "wb") as fh:
+        save_npz(fh, arrays)  # fixed zip timestamps -> byte-identical reruns
+
+
+def load_pt_index(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    index = index_path_for(path)
+    if not index.exists():
+        raise BagError(f"{path}: its index {index.name} is missing (interrupted write?); "
+                       "regenerate the bag")
+    try:
+        with np.load(index, allow_pickle=False) as z:
+            centres = np.asarray(z["arr_0"], np.int64)
+            sidecar = (json.loads(str(z["slideflow"].reshape(-1)[0]))
+                       if "slideflow" in z.files else {})
+            if "patch_size_level0" in z.files and "patch_size_level0" not in sidecar:
+                sidecar["patch_size_level0"] = int(z["patch_size_level0"].reshape(-1)[0])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise BagError(f"{index}: unreadable bag index ({e}); regenerate the bag") from e
+    return centres.reshape(-1, 2), sidecar
+
+
+def _folder_patch_size(folder: Path) -> int | None:
+    with contextlib.suppress(BagError):
+        cfg = read_bags_config(folder, missing_ok=True) or {}
+        prov = provenance_of(cfg)
+        value = prov.get("patch_size_level0", (prov.get("geometry") or {}).get("patch_size_level0"))
+        return int(value) if value else None
+    return None
+
+
+def read_pt(path: Path, patch_size_level0: int | None = None) -> Bag:
+    import pickle
+
+    import torch
+
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as e:
+        raise BagError(f"{path}: not a readable .pt bag ({type(e).__name__}: {e})") from e
+    if not isinstance(t, torch.Tensor) or t.ndim != 2:
+        raise BagError(f"{path}: expected a 2-D tensor (N, D), got "
+                       f"{getattr(t, 'shape', type(t).__name__)}")
+    features = t.float().numpy() if t.dtype != torch.float32 else t.numpy()
+    centres, sidecar = load_pt_index(path)
+    if len(centres) != len(features):
+        raise BagError(f"{path}: {len(features)} rows but its index has {len(centres)}")
+    size = patch_size_level0 or sidecar.get("patch_size_level0") or _folder_patch_size(path.parent)
+    attrs: dict[str, Any] = {**sidecar.get("attrs", {}), "meta": sidecar.get("meta", {}),
+                             "format": "pt"}
+    if size:
+        attrs["patch_size_level0"] = int(size)
+        attrs["coord_origin"] = "top_left"
+        coords = centres - int(size) // 2
+    else:
+        log.warning("%s: tile size in level-0 px unknown (no patch_size_level0 in its index or "
+                    "bags_config.json); coords are Slideflow tile centres", path)
+        attrs["coord_origin"] = "centre"
+        coords = centres
+    return Bag(np.ascontiguousarray(features), coords, attrs, path)
+
+
+def read_pt_meta(path: Path) -> dict[str, Any] | None:
+    """The `meta` stored in a finished .pt bag's index, or None when there is no bag."""
+    return load_pt_index(path)[1].get("meta") if path.exists() else None
