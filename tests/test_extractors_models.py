@@ -229,7 +229,7 @@ def test_dinov2_config_and_teacher_checkpoint(tmp_path):
 def test_hf_vit_conversion_round_trip():
     from timm.models.vision_transformer import VisionTransformer
 
-    from slideflow.model.extractors.vit_family import convert_hf_vit
+    from slideflow.model.extractors.families.vit_family import convert_hf_vit
     from slideflow.model.extractors.weights import load_strict
 
     def tiny():
@@ -271,7 +271,7 @@ def test_hf_vit_conversion_round_trip():
 def test_cls_mean_excludes_registers():
     from timm.models.vision_transformer import VisionTransformer
 
-    from slideflow.model.extractors.timm_family import ClsMeanFeatures
+    from slideflow.model.extractors.families.timm_family import ClsMeanFeatures
 
     net = VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2,
                             num_classes=0, reg_tokens=4, global_pool="").eval()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
+from importlib.metadata import entry_points
 
 import pytest
 
 import slideflow as sf
 from slideflow.errors import ExtractorNotFound, SlideflowError
-from slideflow.model.extractors import registry
+from slideflow.model.extractors import catalog, families, registry
 from slideflow.model.extractors.spec import ExtractorSpec
 
 
@@ -177,3 +179,41 @@ def test_register_rejects_builtin_names_and_bad_builders():
     with pytest.raises(ValueError, match="builder"):
         sf.register_extractor(ExtractorSpec(name="nobuilder", family="unknown", dim=1,
                                             input_px=8, license="MIT"))
+
+
+@pytest.mark.parametrize("package,distribution", [("slideflow_gpl", "slideflow-gpl"),
+                                                  ("slideflow_noncommercial",
+                                                   "slideflow-noncommercial")])
+def test_install_hints_match_the_installed_distributions(package, distribution):
+    """The core's hints for licence-split names are checked against the real specs, both ways,
+    so they cannot drift (name, licence, Slideflow 3 class)."""
+    specs_module = importlib.import_module(f"{package}.specs")
+    real = {s.name: s for s in specs_module.specs()}
+    assert all(s.distribution == distribution for s in real.values())
+    hints = {e.name: e for e in catalog.EXTERNAL if e.distribution == distribution}
+    assert set(hints) == set(real), "catalog.EXTERNAL lists other names than the distribution"
+    for name, hint in hints.items():
+        assert (hint.license, hint.sf3_class) == (real[name].license, real[name].sf3_class), name
+    assert distribution in catalog.INSTALL and f"./{package}" in catalog.INSTALL[distribution]
+    eps = {ep.value.split(":")[0] for ep in entry_points(group=registry.GROUP)}
+    assert f"{package}.specs" in eps, f"{package} is not registered as an entry point"
+
+
+def test_sf3_classes_are_derived_from_specs(monkeypatch):
+    table = registry.sf3_classes()
+    assert table["slideflow.model.extractors.virchow.VirchowFeatures"] == "virchow"
+    assert table["slideflow.model.extractors.uni.UNIFeatures"] == "uni"
+    core = {k: v for k, v in registry._discover().items() if v.distribution == "slideflow"}
+    monkeypatch.setattr(registry, "_discovered", core)  # uninstalled: the hint still maps it
+    assert registry.sf3_classes()["slideflow.model.extractors.uni.UNIFeatures"] == "uni"
+    with pytest.raises(ExtractorNotFound, match="pip install ./slideflow_noncommercial"):
+        sf.rebuild_extractor({"class": "slideflow.model.extractors.uni.UNIFeatures",
+                              "kwargs": {}})
+
+
+def test_every_core_family_has_a_registered_builder():
+    for spec in catalog.specs():
+        assert spec.builder is None and callable(families.family_builder(spec.family)), spec.name
+    assert families.import_failures() == {}
+    with pytest.raises(ValueError, match="registered twice"):
+        families.register_family("timm")(lambda spec: None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slideflow.model.extractors.spec import ExtractorSpec, WeightsSource, hf
+from slideflow.model.extractors.spec import SF3_MODULE, ExtractorSpec, WeightsSource, hf
 
 DISTRIBUTION = "slideflow-gpl"
 
@@ -26,6 +26,7 @@ def specs() -> list[ExtractorSpec]:
             citation=_CTRANSPATH, resize_px=224, interpolation="bilinear", antialias=True,
             builder="slideflow_gpl.ctranspath:build", distribution=DISTRIBUTION,
             weights=hf("jamesdolezal/CTransPath", "ctranspath.pth"),
+            sf3_class=SF3_MODULE + "ctranspath.CTransPathFeatures",
             checkpoint_keys=("model", "state_dict"),
             expected_unexpected=("*attn_mask", "*relative_position_index", "head.*"),
             description="CTransPath: Swin-T (window 7) with a convolutional stem, 768-d "
@@ -38,6 +39,7 @@ def specs() -> list[ExtractorSpec]:
             citation=_RETCCL, resize_px=256, interpolation="bilinear", antialias=True,
             cnn=True, build={"arch": "resnet50"}, distribution=DISTRIBUTION,
             weights=hf("jamesdolezal/RetCCL", "retccl.pth"),
+            sf3_class=SF3_MODULE + "retccl.RetCCLFeatures",
             expected_unexpected=("fc.*",),
             description="RetCCL ResNet-50 (torchvision layout, classifier removed), 2048-d",
             reference="github.com/Xiyue-Wang/RetCCL get_feature.py (Resize(256), ImageNet "

@@ -7,7 +7,7 @@ explicit act of accepting non-commercial terms. Sources: docs/extractors.md.
 
 from __future__ import annotations
 
-from slideflow.model.extractors.spec import ExtractorSpec, WeightsSource, hf
+from slideflow.model.extractors.spec import SF3_MODULE, ExtractorSpec, WeightsSource, hf
 
 DISTRIBUTION = "slideflow-noncommercial"
 
@@ -89,6 +89,7 @@ def specs() -> list[ExtractorSpec]:
                 "img_size": 224, "patch_size": 16, "init_values": 1e-5,
                 "dynamic_img_size": True}},
             weights=hf("MahmoodLab/uni", "pytorch_model.bin"), gated=True,
+            sf3_class=SF3_MODULE + "uni.UNIFeatures",
             description="UNI ViT-L/16 (DINOv2 on Mass-100K), 1024-d class token",
             reference="github.com/mahmoodlab/UNI README (timm kwargs, Resize(224) + "
                       "CenterCrop(224), ImageNet mean/std, CC-BY-NC-ND 4.0); " + _TRIDENT,
@@ -100,6 +101,7 @@ def specs() -> list[ExtractorSpec]:
             build={"timm": "vit_giant_patch14_224", "kwargs": dict(_UNI2_KW),
                    "meta_init": True},
             weights=hf("MahmoodLab/UNI2-h", "pytorch_model.bin"), gated=True,
+            sf3_class=SF3_MODULE + "uni2.UNI2Features",
             description="UNI2-h ViT-H/14 with 8 registers (SwiGLU), 1536-d class token",
             reference="github.com/mahmoodlab/UNI README (UNI2-h timm_kwargs, transforms)",
             **nc),
@@ -109,7 +111,7 @@ def specs() -> list[ExtractorSpec]:
             build={"timm": "vit_huge_patch14_224", "kwargs": dict(_VIRCHOW2_KW),
                    "output": "cls_mean", "meta_init": True},
             weights=hf("paige-ai/Virchow2", "model.safetensors", "pytorch_model.bin"),
-            gated=True,
+            gated=True, sf3_class=SF3_MODULE + "virchow2.Virchow2Features",
             description="Virchow2 ViT-H/14 with 4 registers; class token concatenated with the "
                         "mean of the patch tokens (registers excluded), 2 x 1280",
             reference=_TRIDENT + " (timm kwargs, output[:, 5:] mean, Resize(224, bicubic)); "
@@ -123,6 +125,9 @@ def specs() -> list[ExtractorSpec]:
             build={"timm": "vit_giant_patch14_dinov2", "kwargs": dict(_GIGAPATH_KW),
                    "meta_init": True},
             weights=hf("prov-gigapath/prov-gigapath", "pytorch_model.bin"), gated=True,
+            sf3_class=SF3_MODULE + "gigapath.GigapathTileFeatures",
+            sf3_transforms={"resize": 256, "center_crop": 224, "order": "resize_crop",
+                            "interpolation": "bicubic"},
             description="Prov-GigaPath tile encoder, ViT-g/16 (SwiGLU), 1536-d class token",
             reference=_TRIDENT + " (timm kwargs; Resize(256, bicubic) + CenterCrop(224), "
                       "ImageNet mean/std); github.com/prov-gigapath/prov-gigapath LICENSE",
@@ -134,6 +139,7 @@ def specs() -> list[ExtractorSpec]:
             build={"patch_size": 16, "embed_dim": 768, "depth": 12, "num_heads": 12,
                    "ln_eps": 1e-6},
             weights=hf("owkin/phikon", "pytorch_model.bin"),
+            sf3_class=SF3_MODULE + "phikon.PhikonFeatures",
             checkpoint_keys=("teacher", "model", "state_dict"),
             strip_prefixes=("module.", "backbone."),
             expected_unexpected=("pooler.*", "embeddings.mask_token", "head.*",
@@ -150,6 +156,9 @@ def specs() -> list[ExtractorSpec]:
             build={"patch_size": 16, "embed_dim": 1024, "depth": 24, "num_heads": 16,
                    "init_values": 1e-5, "ln_eps": 1e-6},
             weights=hf("owkin/phikon-v2", "model.safetensors"),
+            sf3_class=SF3_MODULE + "phikonv2.PhikonV2Features",
+            sf3_transforms={"resize": None, "center_crop": None, "order": None,
+                            "interpolation": None, "antialias": None},
             expected_unexpected=("pooler.*", "embeddings.mask_token", "mask_token"),
             description="Phikon-v2 ViT-L/16 (DINOv2 on PANCAN-XL), 1024-d class token",
             reference=_TRIDENT + " (Resize(224) + CenterCrop(224), ImageNet mean/std); "

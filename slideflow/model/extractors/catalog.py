@@ -7,7 +7,16 @@ preprocessing fact are listed in docs/extractors.md.
 
 from __future__ import annotations
 
-from .spec import HALF, IMAGENET_MEAN, IMAGENET_STD, ExternalEntry, ExtractorSpec, WeightsSource, hf
+from .spec import (
+    HALF,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SF3_MODULE,
+    ExternalEntry,
+    ExtractorSpec,
+    WeightsSource,
+    hf,
+)
 
 _EFFNET = ("@inproceedings{tan2019efficientnet, title={EfficientNet: Rethinking Model Scaling "
            "for Convolutional Neural Networks}, author={Tan, Mingxing and Le, Quoc}, "
@@ -184,6 +193,9 @@ def specs() -> list[ExtractorSpec]:
                 "act_layer": "silu", "reg_tokens": 4, "no_embed_class": True, "img_size": 224,
                 "num_classes": 0, "in_chans": 3}, "meta_init": True},
             weights=hf("bioptimus/H-optimus-0"), gated=True,
+            sf3_class=SF3_MODULE + "hoptimus0.Hoptimus0Features",
+            sf3_transforms={"norm_mean": (0.707223, 0.578729, 0.703617),
+                            "norm_std": (0.211883, 0.230117, 0.177517)},
             description="H-optimus-0 ViT-g/14 with 4 registers, 1536-d class token; expects "
                         "224 px tiles at 0.5 um/px",
             reference="github.com/bioptimus/releases models/h-optimus/v0/README.md (config, "
@@ -196,7 +208,7 @@ def specs() -> list[ExtractorSpec]:
             build={"timm": "vit_huge_patch14_224", "kwargs": dict(_VIRCHOW_KW),
                    "output": "cls_mean", "meta_init": True},
             weights=hf("paige-ai/Virchow", "model.safetensors", "pytorch_model.bin"),
-            gated=True,
+            gated=True, sf3_class=SF3_MODULE + "virchow.VirchowFeatures",
             description="Virchow ViT-H/14; feature = class token concatenated with the mean "
                         "of the patch tokens (2 x 1280)",
             reference="huggingface.co/paige-ai/Virchow model card (licence apache-2.0); "
@@ -272,50 +284,35 @@ def specs() -> list[ExtractorSpec]:
     ]
 
 
-# names that live in the licence-split distributions; listed even when those are not installed
-_GPL = ("slideflow-gpl", "pip install ./slideflow_gpl  (from a slideflow checkout)")
-_NC = ("slideflow-noncommercial",
-       "pip install ./slideflow_noncommercial  (from a slideflow checkout)")
+# Names that live in the licence-split distributions, listed even when those are not
+# installed. Their specs are read from the distributions' entry points; these hints only say
+# what to install, and tests/test_extractors_registry.py checks them against the real specs.
+INSTALL = {
+    "slideflow-gpl": "pip install ./slideflow_gpl  (from a slideflow checkout)",
+    "slideflow-noncommercial": "pip install ./slideflow_noncommercial  (from a slideflow "
+                               "checkout)",
+}
+_GPL, _NC = "slideflow-gpl", "slideflow-noncommercial"
 
 EXTERNAL: tuple[ExternalEntry, ...] = (
-    ExternalEntry("ctranspath", *_GPL, "GPL-3.0", 768, 224, "swin", False,
-                  "hf:jamesdolezal/CTransPath/ctranspath.pth"),
-    ExternalEntry("retccl", *_GPL, "GPL-3.0", 2048, 256, "torchvision", False,
-                  "hf:jamesdolezal/RetCCL/retccl.pth"),
-    ExternalEntry("uni", *_NC, "CC-BY-NC-ND-4.0", 1024, 224, "timm", True,
-                  "hf:MahmoodLab/uni/pytorch_model.bin"),
-    ExternalEntry("uni2", *_NC, "CC-BY-NC-ND-4.0", 1536, 224, "timm", True,
-                  "hf:MahmoodLab/UNI2-h/pytorch_model.bin"),
-    ExternalEntry("virchow2", *_NC, "CC-BY-NC-ND-4.0", 2560, 224, "timm", True,
-                  "hf:paige-ai/Virchow2"),
-    ExternalEntry("gigapath", *_NC, "Prov-GigaPath licence (non-commercial research)", 1536,
-                  224, "timm", True, "hf:prov-gigapath/prov-gigapath/pytorch_model.bin"),
-    ExternalEntry("phikon", *_NC, "Owkin non-commercial", 768, 224, "hf_vit", False,
-                  "hf:owkin/phikon/pytorch_model.bin"),
-    ExternalEntry("phikon_v2", *_NC, "Owkin non-commercial", 1024, 224, "hf_vit", False,
-                  "hf:owkin/phikon-v2/model.safetensors"),
-    ExternalEntry("chief_ctranspath", *_GPL, "GPL-3.0 + non-commercial academic use", 768,
-                  224, "swin", False, "weights= CHIEF_CTransPath.pth"),
-    ExternalEntry("conch", *_NC, "CC-BY-NC-ND-4.0", 512, 448, "coca", True,
-                  "hf:MahmoodLab/CONCH/pytorch_model.bin"),
-    ExternalEntry("conch_v15", *_NC, "CC-BY-NC-ND-4.0", 768, 448, "coca", True,
-                  "hf:MahmoodLab/conchv1_5/pytorch_model_vision.bin"),
-    ExternalEntry("h_optimus_1", *_NC, "Bioptimus non-commercial", 1536, 224, "timm", True,
-                  "hf:bioptimus/H-optimus-1"),
-    ExternalEntry("gpfm", *_NC, "unverified (treated as non-commercial)", 1024, 224, "dino",
-                  False, "hf:majiabo/GPFM/GPFM.pth"),
-    ExternalEntry("musk", *_NC, "CC-BY-NC-ND-4.0", 1024, 384, "musk", True, "hf:xiangjx/musk"),
-    ExternalEntry("plip", *_NC, "PLIP terms (research)", 512, 224, "clip", False,
-                  "hf:vinid/plip"),
-    ExternalEntry("lunit_vits16", *_NC, "Lunit non-commercial", 384, 224, "timm", False,
-                  "hf:1aurent/vit_small_patch16_224.lunit_dino"),
-    ExternalEntry("lunit_vits8", *_NC, "Lunit non-commercial", 384, 224, "timm", False,
-                  "hf:1aurent/vit_small_patch8_224.lunit_dino"),
-) + tuple(
-    ExternalEntry(f"kaiko_{tag}", *_NC, "Kaiko Non-Commercial v1", dim, 224, "timm", False,
-                  f"hf:1aurent/{timm}.kaiko_ai_towards_large_pathology_fms")
-    for tag, timm, dim in (("vits16", "vit_small_patch16_224", 384),
-                           ("vits8", "vit_small_patch8_224", 384),
-                           ("vitb16", "vit_base_patch16_224", 768),
-                           ("vitb8", "vit_base_patch8_224", 768),
-                           ("vitl14", "vit_large_patch14_reg4_dinov2", 1024)))
+    ExternalEntry("ctranspath", _GPL, "GPL-3.0", SF3_MODULE + "ctranspath.CTransPathFeatures"),
+    ExternalEntry("retccl", _GPL, "GPL-3.0", SF3_MODULE + "retccl.RetCCLFeatures"),
+    ExternalEntry("chief_ctranspath", _GPL, "GPL-3.0 + non-commercial academic use"),
+    ExternalEntry("uni", _NC, "CC-BY-NC-ND-4.0", SF3_MODULE + "uni.UNIFeatures"),
+    ExternalEntry("uni2", _NC, "CC-BY-NC-ND-4.0", SF3_MODULE + "uni2.UNI2Features"),
+    ExternalEntry("virchow2", _NC, "CC-BY-NC-ND-4.0", SF3_MODULE + "virchow2.Virchow2Features"),
+    ExternalEntry("gigapath", _NC, "Prov-GigaPath licence (non-commercial research only)",
+                  SF3_MODULE + "gigapath.GigapathTileFeatures"),
+    ExternalEntry("phikon", _NC, "Owkin non-commercial", SF3_MODULE + "phikon.PhikonFeatures"),
+    ExternalEntry("phikon_v2", _NC, "Owkin non-commercial",
+                  SF3_MODULE + "phikonv2.PhikonV2Features"),
+    ExternalEntry("conch", _NC, "CC-BY-NC-ND-4.0"),
+    ExternalEntry("conch_v15", _NC, "CC-BY-NC-ND-4.0"),
+    ExternalEntry("h_optimus_1", _NC, "Bioptimus non-commercial"),
+    ExternalEntry("gpfm", _NC, "unverified (treated as non-commercial)"),
+    ExternalEntry("musk", _NC, "CC-BY-NC-ND-4.0"),
+    ExternalEntry("plip", _NC, "PLIP terms (research)"),
+    ExternalEntry("lunit_vits16", _NC, "Lunit non-commercial"),
+    ExternalEntry("lunit_vits8", _NC, "Lunit non-commercial"),
+) + tuple(ExternalEntry(f"kaiko_{tag}", _NC, "Kaiko Non-Commercial v1")
+          for tag in ("vits16", "vits8", "vitb16", "vitb8", "vitl14"))

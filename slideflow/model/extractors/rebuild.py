@@ -1,8 +1,9 @@
 """Rebuild the extractor (and stain normaliser) that made a folder of feature bags.
 
-Only registered extractors can be rebuilt: the ``class`` in a config selects an entry of the
-tables below (ours, or a Slideflow 3 class path mapped onto a registry name) and nothing is
-ever imported from a class path written in a file. Anything else raises `UnsafeConfigError`.
+Only registered extractors can be rebuilt: the ``class`` in a config selects a registered
+spec (ours, or a Slideflow 3 class path that a spec declares as its `sf3_class`, see
+`registry.sf3_classes`) or one of the Slideflow 3 generic classes below, and nothing is ever
+imported from a class path written in a file. Anything else raises `UnsafeConfigError`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any
 from ...errors import ExtractorNotFound, NormalizerError, UnsafeConfigError, WeightsError
 from ...io.bags_config import read_bags_config
 from .factory import build_feature_extractor
-from .registry import get_spec
-from .spec import EXTRACTOR_CLASS
+from .registry import get_spec, sf3_classes
+from .spec import EXTRACTOR_CLASS, SF3_MODULE
 
 log = logging.getLogger(__name__)
 
-_SF3 = "slideflow.model.extractors."
 _SF3_TRANSFORM_KEYS = ("center_crop", "resize", "interpolation", "antialias", "norm_mean",
                        "norm_std")
 # Slideflow 3 TorchFeatureExtractor.get_transforms defaults: crop then resize, only when asked,
@@ -29,39 +29,18 @@ _SF3_DEFAULTS = {"resize": False, "center_crop": False, "order": "crop_resize",
                  "interpolation": "bilinear", "antialias": False,
                  "norm_mean": (0.485, 0.456, 0.406), "norm_std": (0.229, 0.224, 0.225)}
 
-# Slideflow 3 class path -> (registry name, img_size its transforms used, preprocessing defaults)
-SF3_CLASSES: dict[str, tuple[str, int, dict[str, Any]]] = {
-    _SF3 + "retccl.RetCCLFeatures": ("retccl", 256, {}),
-    _SF3 + "ctranspath.CTransPathFeatures": ("ctranspath", 224, {}),
-    _SF3 + "uni.UNIFeatures": ("uni", 224, {}),
-    _SF3 + "uni2.UNI2Features": ("uni2", 224, {}),
-    _SF3 + "virchow.VirchowFeatures": ("virchow", 224, {}),
-    _SF3 + "virchow2.Virchow2Features": ("virchow2", 224, {}),
-    _SF3 + "hoptimus0.Hoptimus0Features": ("h_optimus_0", 224, {
-        "norm_mean": (0.707223, 0.578729, 0.703617),
-        "norm_std": (0.211883, 0.230117, 0.177517)}),
-    _SF3 + "phikon.PhikonFeatures": ("phikon", 224, {}),
-    _SF3 + "phikonv2.PhikonV2Features": ("phikon_v2", 224, {"resize": None,
-                                                            "center_crop": None,
-                                                            "order": None,
-                                                            "interpolation": None,
-                                                            "antialias": None}),
-    _SF3 + "gigapath.GigapathTileFeatures": ("gigapath", 224, {
-        "resize": 256, "center_crop": 224, "order": "resize_crop",
-        "interpolation": "bicubic"}),
-}
-SF3_IMAGENET = _SF3 + "TorchImagenetLayerExtractor"
+SF3_IMAGENET = SF3_MODULE + "TorchImagenetLayerExtractor"
 SF3_IMAGENET_NAMES = {"resnet18": "resnet18_imagenet", "resnet34": "resnet34_imagenet",
                       "resnet50": "resnet50_imagenet", "densenet": "densenet121_imagenet",
                       "densenet121": "densenet121_imagenet"}
-SF3_VIT = _SF3 + "vit.ViTFeatures"
-SF3_DINOV2 = _SF3 + "dinov2.DinoV2Features"
+SF3_VIT = SF3_MODULE + "vit.ViTFeatures"
+SF3_DINOV2 = SF3_MODULE + "dinov2.DinoV2Features"
 SF3_UNSUPPORTED = {
-    _SF3 + "simclr.SimCLR_Features": "a TensorFlow SimCLR model (Slideflow 3's simclr); "
+    SF3_MODULE + "simclr.SimCLR_Features": "a TensorFlow SimCLR model (Slideflow 3's simclr); "
                                      "TensorFlow models are not supported",
-    _SF3 + "TensorflowImagenetLayerExtractor": "a TensorFlow ImageNet model; TensorFlow "
+    SF3_MODULE + "TensorflowImagenetLayerExtractor": "a TensorFlow ImageNet model; TensorFlow "
                                                "models are not supported",
-    _SF3 + "gigapath.GigapathFeatures": "a slide-level Prov-GigaPath encoder; only the tile "
+    SF3_MODULE + "gigapath.GigapathFeatures": "a slide-level Prov-GigaPath encoder; only the tile "
                                         "encoder ('gigapath') is supported",
 }
 
@@ -90,13 +69,14 @@ def extractor_arguments(ext_cfg: Mapping[str, Any]) -> dict[str, Any]:
         return dict(kwargs)
     if cls in SF3_UNSUPPORTED:
         raise ExtractorNotFound(f"the bags were made with {cls}, {SF3_UNSUPPORTED[cls]}")
-    if cls in SF3_CLASSES:
-        name, img_size, defaults = SF3_CLASSES[cls]
-        out = _sf3_transforms(kwargs, img_size, defaults)
+    sf3_names = sf3_classes()
+    if cls in sf3_names:
+        spec = get_spec(sf3_names[cls])  # ExtractorNotFound (with install hint) if absent
+        out = _sf3_transforms(kwargs, spec.input_px, spec.sf3_transforms)
         weights = kwargs.get("weights", kwargs.get("ckpt"))
         if weights is not None:
             out["weights"] = weights
-        return {"name": name, **out}
+        return {"name": spec.name, **out}
     if cls == SF3_IMAGENET:
         return _sf3_imagenet(kwargs)
     if cls == SF3_VIT:

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ExtractorNotFound
-from .spec import ExternalEntry, ExtractorSpec
+from .catalog import EXTERNAL, INSTALL
+from .catalog import specs as core_specs
+from .families import family_builder, import_failures
+from .spec import NO_WEIGHTS, ExternalEntry, ExtractorSpec, hf
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,6 @@ def _discover() -> dict[str, ExtractorSpec]:
                             exc)
         if not any(s.distribution == "slideflow" for s in found.values()):
             # running from a source tree whose entry-point metadata is not installed
-            from .catalog import specs as core_specs
-
             for spec in core_specs():
                 found.setdefault(normalize(spec.name), spec)
         _discovered = found
@@ -105,9 +106,18 @@ def _alias_index(specs: Mapping[str, ExtractorSpec]) -> dict[str, str]:
 
 
 def _external() -> dict[str, ExternalEntry]:
-    from .catalog import EXTERNAL
-
     return {normalize(e.name): e for e in EXTERNAL}
+
+
+def sf3_classes() -> dict[str, str]:
+    """Slideflow 3 extractor class path -> registry name, from the specs (installed or not).
+
+    Derived, not listed by hand: a spec declares its `sf3_class`; names of distributions that
+    are not installed come from the install hints, so rebuilding their bags names the package.
+    """
+    out = {e.sf3_class: e.name for e in EXTERNAL if e.sf3_class}
+    out.update({s.sf3_class: s.name for s in _all_specs().values() if s.sf3_class})
+    return out
 
 
 def known_names() -> list[str]:
@@ -151,7 +161,7 @@ def get_spec(name: str) -> ExtractorSpec:
         raise ExtractorNotFound(
             f"extractor {ext.name!r} lives in the {ext.distribution!r} distribution "
             f"(licence: {ext.license}), which is not installed. Install it with:\n"
-            f"    {ext.install}\n"
+            f"    {INSTALL[ext.distribution]}\n"
             f"or `pip install {ext.distribution}`; then call slideflow.model.refresh() or "
             "restart Python."
             + (f" (entry points that failed to load: {_load_errors})" if _load_errors else ""))
@@ -195,8 +205,6 @@ def timm_spec(model_name: str) -> ExtractorSpec:
 
 
 def _timm_hub_source(model_name: str):
-    from .spec import NO_WEIGHTS, hf
-
     return hf(f"timm/{model_name}") if "." in model_name else NO_WEIGHTS
 
 
@@ -218,7 +226,7 @@ def register_extractor(spec: ExtractorSpec | Mapping[str, Any],
         if not replace and (key in _discover() or key in _plugins):
             raise ValueError(f"extractor {spec.name!r} is already registered; pass "
                              "replace=True to override it")
-        if builder is None and spec.builder_path is None:
+        if builder is None and spec.builder is None and family_builder(spec.family) is None:
             raise ValueError(f"{spec.name}: give a builder (family {spec.family!r} is not a "
                              "built-in family)")
         if isinstance(builder, str):
@@ -248,12 +256,18 @@ def resolve_builder(spec: ExtractorSpec) -> tuple[Callable[..., Any], bool]:
     key = normalize(spec.name)
     if key in _plugin_builders:
         return _plugin_builders[key], True
-    path = spec.builder_path
-    if not path or ":" not in path:
-        raise ExtractorNotFound(f"{spec.name}: no builder for family {spec.family!r}")
-    module_name, attr = path.split(":", 1)
-    module = importlib.import_module(module_name)
-    return getattr(module, attr), False
+    if spec.builder:
+        if ":" not in spec.builder:
+            raise ExtractorNotFound(f"{spec.name}: builder {spec.builder!r} is not "
+                                    "'module:callable'")
+        module_name, attr = spec.builder.split(":", 1)
+        return getattr(importlib.import_module(module_name), attr), False
+    builder = family_builder(spec.family)
+    if builder is None:
+        failed = import_failures()
+        hint = f" (family modules that failed to import: {failed})" if failed else ""
+        raise ExtractorNotFound(f"{spec.name}: no builder for family {spec.family!r}{hint}")
+    return builder, False
 
 
 def load_plugin(path: str | Path) -> list[str]:
@@ -299,10 +313,10 @@ def list_extractors(installed_only: bool = False):
             if key in specs:
                 continue
             rows.append({
-                "name": ext.name, "dim": ext.dim, "input_px": ext.input_px,
+                "name": ext.name, "dim": None, "input_px": None,
                 "license": ext.license, "distribution": ext.distribution, "installed": False,
-                "plugin": False, "gated": ext.gated, "family": ext.family,
-                "weights": ext.weights, "aliases": "", "install": ext.install,
+                "plugin": False, "gated": None, "family": "", "weights": "", "aliases": "",
+                "install": INSTALL[ext.distribution],
             })
     df = pd.DataFrame(rows, columns=["name", "dim", "input_px", "license", "distribution",
                                      "installed", "plugin", "gated", "family", "weights",

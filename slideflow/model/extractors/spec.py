@@ -23,15 +23,8 @@ EXTRACTOR_CLASS = "slideflow.model.FeatureExtractor"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
 ORDERS = ("resize_crop", "crop_resize")
 
-# family -> "module:callable" building the model; a spec may name its own builder instead
-FAMILY_BUILDERS = {
-    "timm": "slideflow.model.extractors.timm_family:build",
-    "torchvision": "slideflow.model.extractors.torchvision_family:build",
-    "efficientnet_lite0": "slideflow.model.extractors.efficientnet_lite0:build",
-    "dinov2": "slideflow.model.extractors.vit_family:build_dinov2",
-    "vit": "slideflow.model.extractors.vit_family:build_vit",
-    "hf_vit": "slideflow.model.extractors.vit_family:build_hf_vit",
-}
+# Slideflow 3 wrote its extractor classes under this module path into bags_config.json
+SF3_MODULE = "slideflow.model.extractors."
 
 
 @dataclass(frozen=True)
@@ -107,7 +100,9 @@ class ExtractorSpec:
     gated: bool = False
     distribution: str = "slideflow"
     build: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
-    builder: str | None = None  # "module:callable"; defaults to FAMILY_BUILDERS[family]
+    # "module:callable" building the model, for families outside core (a licence-split
+    # distribution); core families register with @register_family (extractors/families/)
+    builder: str | None = None
     cnn: bool = False
     checkpoint_keys: tuple[str, ...] = ("state_dict", "model", "model_state_dict", "teacher")
     strip_prefixes: tuple[str, ...] = ("module.",)
@@ -115,6 +110,10 @@ class ExtractorSpec:
     expected_unexpected: tuple[str, ...] = ()  # fnmatch patterns ignored in checkpoints
     description: str = ""
     reference: str = ""  # where the config / preprocessing facts come from
+    # Slideflow 3 class path whose bags_config.json rebuilds into this extractor, and the
+    # transform defaults of that class that differ from Slideflow 3's base class
+    sf3_class: str | None = None
+    sf3_transforms: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -131,16 +130,13 @@ class ExtractorSpec:
         if isinstance(self.weights, Mapping):
             object.__setattr__(self, "weights", WeightsSource(**dict(self.weights)))
 
-    @property
-    def builder_path(self) -> str | None:
-        return self.builder or FAMILY_BUILDERS.get(self.family)
-
     def with_(self, **changes: Any) -> ExtractorSpec:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["build"] = dict(self.build)
+        out["sf3_transforms"] = dict(self.sf3_transforms)
         return out
 
     @classmethod
@@ -154,14 +150,10 @@ class ExtractorSpec:
 
 @dataclass(frozen=True)
 class ExternalEntry:
-    """A name known to live in a distribution that may not be installed."""
+    """A name known to live in a licence-split distribution that may not be installed: enough
+    to list it and to say what to install (tests check it against the installed specs)."""
 
     name: str
     distribution: str
-    install: str
     license: str
-    dim: int
-    input_px: int
-    family: str = ""
-    gated: bool = False
-    weights: str = ""
+    sf3_class: str | None = None

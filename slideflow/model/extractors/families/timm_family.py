@@ -23,12 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Built
-from .spec import ExtractorSpec
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
 
 OUTPUTS = ("pooled", "cls", "cls_mean")
 
-def _layer(name: Any) -> Any:
+
+def resolve_layer(name: Any) -> Any:
+    """A timm layer class from its spec name (specs stay plain data); classes pass through."""
     if not isinstance(name, str):
         return name
     from timm.layers import GluMlp, SwiGLUPacked
@@ -69,6 +72,7 @@ class ClsFeatures(nn.Module):
         return self.net.forward_features(x)[:, 0]
 
 
+@register_family("timm")
 def build(spec: ExtractorSpec, **kwargs: Any) -> Built:
     import timm
 
@@ -82,7 +86,7 @@ def build(spec: ExtractorSpec, **kwargs: Any) -> Built:
     kw.update(kwargs)
     for key in ("mlp_layer", "act_layer"):
         if key in kw:
-            kw[key] = _layer(kw[key])
+            kw[key] = resolve_layer(kw[key])
     if output in ("cls_mean", "cls"):
         kw.setdefault("global_pool", "")
     if b.get("timm_class") == "VisionTransformer":

@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import WeightsError
-from .base import Built
-from .spec import ExtractorSpec
+from ....errors import WeightsError
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
 
 NUM_TENSORS = 247  # without the 49 BatchNorm num_batches_tracked counters
 _SKIP = "num_batches_tracked"
@@ -37,6 +38,7 @@ class PooledFeatures(nn.Module):
         return self.net(x)
 
 
+@register_family("efficientnet_lite0")
 def build(spec: ExtractorSpec, **kwargs) -> Built:
     if kwargs:
         raise TypeError(f"{spec.name} takes no model options, got {sorted(kwargs)}")

@@ -12,8 +12,9 @@ import re
 import torch
 from torch import nn
 
-from .base import Built
-from .spec import ExtractorSpec
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
 
 ARCHS = {  # arch -> (pooled feature dim, classifier attribute)
     "resnet18": (512, "fc"), "resnet34": (512, "fc"), "resnet50": (2048, "fc"),
@@ -28,6 +29,7 @@ _DENSENET_OLD = re.compile(
     r"running_var))$")
 
 
+@register_family("torchvision")
 def build(spec: ExtractorSpec, arch: str | None = None, **kwargs) -> Built:
     if kwargs:
         raise TypeError(f"{spec.name}: unknown options {sorted(kwargs)} (torchvision family "

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import WeightsError
-from .base import Built
-from .spec import ExtractorSpec
-from .timm_family import ClsMeanFeatures, _layer
+from ....errors import WeightsError
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
+from .timm_family import ClsMeanFeatures, resolve_layer
 
 SIZES = {  # name -> (embed_dim, depth, heads)
     "vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12),
@@ -43,6 +44,7 @@ def _vit(**kw: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- DINO ViT
+@register_family("vit")
 def build_vit(spec: ExtractorSpec, size: str | None = None, patch_size: int | None = None,
               img_size: int | None = None) -> Built:
     size = size or spec.build.get("size", "small")
@@ -98,6 +100,7 @@ def dinov2_options(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@register_family("dinov2")
 def build_dinov2(spec: ExtractorSpec, config: str | os.PathLike | Mapping | None = None,
                  **overrides: Any) -> Built:
     opts = dinov2_options(_load_config(config))
@@ -117,8 +120,8 @@ def build_dinov2(spec: ExtractorSpec, config: str | os.PathLike | Mapping | None
     else:
         hidden = (int(dim * 4 * 2 / 3) + 7) // 8 * 8  # dinov2 SwiGLUFFNFused width
         kw["mlp_ratio"] = (2 * hidden + 0.5) / dim  # fc1 packs both halves
-        kw["mlp_layer"] = _layer("swiglu_packed")
-        kw["act_layer"] = _layer("silu")
+        kw["mlp_layer"] = resolve_layer("swiglu_packed")
+        kw["act_layer"] = resolve_layer("silu")
     net = _vit(**kw)
     config_out: dict[str, Any] = dict(overrides)
     if config is not None:
@@ -150,6 +153,7 @@ def convert_dinov2(sd: dict[str, torch.Tensor], num_registers: int) -> dict[str,
 
 
 # ---------------------------------------------------------------------------- HF transformers
+@register_family("hf_vit")
 def build_hf_vit(spec: ExtractorSpec, img_size: int | None = None) -> Built:
     b = dict(spec.build)
     img = int(img_size or b.get("img_size", spec.input_px))
