@@ -13,7 +13,7 @@ import torch
 
 import slideflow as sf
 from slideflow.errors import WeightsError
-from slideflow.model.extractors import efficientnet_lite0
+from slideflow.model.extractors.families import efficientnet_lite0
 
 torch.set_num_threads(1)
 
