@@ -24,10 +24,12 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m ruff check slideflow slideflow_gpl slideflow_noncommercial tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -x tests
 
 lint: venv
 	$(BIN)/python -m ruff check slideflow slideflow_gpl slideflow_noncommercial tests bench
+	$(BIN)/lint-imports
 
 bench: venv
 	$(BIN)/python bench/run_all.py

@@ -42,7 +42,6 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .errors import NoTissueError, ROIError, SlideflowError
 from .io import imgcodec
 from .io.atomic import TMP_MARK, write_json_atomic
@@ -50,6 +49,7 @@ from .io.tfrecord import TFRecordWriter, build_index, get_tfrecord_label, read_i
 from .selection import TileSelection, open_wsi
 from .slide.geometry import check_tile_geometry
 from .validate import optional_positive_int, positive_int
+from .version import __version__
 
 log = logging.getLogger("slideflow")
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .errors import BagsConfigMismatchError, InvalidArgumentError, SlideflowError
 from .selection import TileSelection, open_wsi
 from .slide.geometry import check_tile_geometry
 from .validate import optional_positive_int, positive_int
+from .version import __version__
 
 log = logging.getLogger("slideflow")
 
