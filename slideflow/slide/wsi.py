@@ -268,6 +268,12 @@ class WSI:
         self._update()
         return self
 
+    @property
+    def qc_methods(self) -> list[str]:
+        """The QC methods applied, as recorded in outputs (names, mask paths)."""
+        q = self.qc_settings
+        return [qc_method_name(m) for m in q.qc_methods()] if q.qc else []
+
     def settings(self) -> dict[str, Any]:
         """Everything that decides which tiles are read and how (for resume checks)."""
         q = self.qc_settings
@@ -283,7 +289,7 @@ class WSI:
             "roi_method": self.roi_method,
             "roi_filter_method": self.roi_filter_method,
             "num_rois": len(self.rois),
-            "qc": [qc_method_name(m) for m in q.qc_methods()] if q.qc else [],
+            "qc": self.qc_methods,
             "qc_threshold": q.qc_threshold if q.qc else None,
             **({k: getattr(q, k) for k in FILTER_FIELDS} if self._filtered else {}),
         }
