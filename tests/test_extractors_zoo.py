@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import slideflow as sf
-from slideflow.model.extractors import coca_family, dino_family, registry
+from slideflow.model.extractors import registry
 from slideflow.model.extractors import weights as W
+from slideflow.model.extractors.families import coca_family, dino_family
 from slideflow.model.extractors.spec import ExtractorSpec
 
 torch.set_num_threads(1)
@@ -180,7 +181,6 @@ def test_offset_position_interpolation_is_the_ibot_rule():
 # ---------------------------------------------------------------------------- DINOv2 family
 def _tiny_dino(regs: int, swiglu: bool, native: int, pos_mode: str = "hf", output="cls"):
     spec = ExtractorSpec(name="tiny", family="dino", dim=32, input_px=56, license="x",
-                         builder="slideflow.model.extractors.dino_family:build",
                          build={"embed_dim": 32, "depth": 2, "heads": 2, "patch": 14,
                                 "regs": regs, "layerscale": 1e-5,
                                 "ffn": "swiglu" if swiglu else "mlp", "native_px": native,
@@ -287,7 +287,7 @@ def test_dinov2_hub_position_rule():
 def test_plip_full_clip_checkpoint_loads_and_matches_get_image_features():
     import transformers as tf
 
-    from slideflow.model.extractors import clip_family
+    from slideflow.model.extractors.families import clip_family
 
     torch.manual_seed(3)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -343,22 +343,22 @@ def test_external_entries_agree_with_the_plugin_specs():
     from slideflow.model.extractors.catalog import EXTERNAL
 
     specs = registry._discover()
-    for entry in EXTERNAL:
+    for entry in EXTERNAL:  # core keeps only the name, licence and Slideflow 3 class
         spec = specs[registry.normalize(entry.name)]
-        assert (spec.dim, spec.input_px, spec.gated, spec.distribution) == (
-            entry.dim, entry.input_px, entry.gated, entry.distribution), entry.name
+        assert (spec.license, spec.distribution, spec.sf3_class) == (
+            entry.license, entry.distribution, entry.sf3_class), entry.name
 
 
 # ---------------------------------------------------------------------------- MUSK
 def _musk_small(**kw):
-    from slideflow.model.extractors import musk_family
+    from slideflow.model.extractors.families import musk_family
 
     return musk_family.MUSKVision(img=32, patch=16, dim=16, depth=2, heads=2, hidden=24, **kw)
 
 
 def test_musk_official_layout_loads_ignoring_text_experts():
     spec = registry.get_spec("musk")
-    from slideflow.model.extractors import musk_family
+    from slideflow.model.extractors.families import musk_family
 
     with torch.device("meta"):
         full = musk_family.build(spec).model

@@ -75,7 +75,6 @@ _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _KAIKO_LIC = "Kaiko Non-Commercial Public License v1"
 _KAIKO_REL = "https://github.com/kaiko-ai/towards_large_pathology_fms/releases/download/0.0.1/"
 _LUNIT_REL = "https://github.com/lunit-io/benchmark-ssl-pathology/releases/download/pretrained-weights/"
-_CORE = "slideflow.model.extractors."
 
 
 def specs() -> list[ExtractorSpec]:
@@ -168,7 +167,6 @@ def specs() -> list[ExtractorSpec]:
             name="conch", family="coca", dim=512, input_px=448, license="CC-BY-NC-ND-4.0",
             citation=_CONCH, aliases=("conch_v1", "conch_v1_0"), mean=_OPENAI_MEAN,
             std=_OPENAI_STD, resize_px=448, center_crop=448, interpolation="bicubic",
-            builder=_CORE + "coca_family:build_conch",
             weights=hf("MahmoodLab/CONCH", "pytorch_model.bin"), gated=True,
             strip_prefixes=("module.", "visual."),
             expected_unexpected=("text.*", "text_decoder.*", "logit_scale",
@@ -181,10 +179,9 @@ def specs() -> list[ExtractorSpec]:
                       "Resize(448, bicubic) + CenterCrop, OpenAI CLIP mean/std); " + _TRIDENT,
             **nc),
         ExtractorSpec(
-            name="conch_v15", family="coca", dim=768, input_px=448, license="CC-BY-NC-ND-4.0",
+            name="conch_v15", family="coca_v15", dim=768, input_px=448, license="CC-BY-NC-ND-4.0",
             citation=_TITAN, aliases=("conch_v1_5", "conchv1_5", "conch1.5"),
             resize_px=448, center_crop=448, interpolation="bilinear",
-            builder=_CORE + "coca_family:build_conch_v15",
             build={"meta_init": True},
             weights=hf("MahmoodLab/conchv1_5", "pytorch_model_vision.bin"), gated=True,
             description="CONCH v1.5 image tower (TITAN's patch encoder): ViT-L/16 with "
@@ -214,7 +211,6 @@ def specs() -> list[ExtractorSpec]:
             name="gpfm", family="dino", dim=1024, input_px=224,
             license="unverified (no licence found; treated as non-commercial)",
             citation=_GPFM, interpolation="bicubic",
-            builder=_CORE + "dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
                    "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "hf", "meta_init": True},
             weights=hf("majiabo/GPFM", "GPFM.pth"),
@@ -227,7 +223,7 @@ def specs() -> list[ExtractorSpec]:
             name="plip", family="clip", dim=512, input_px=224,
             license="PLIP terms (no licence file found; research use)", citation=_PLIP,
             mean=_OPENAI_MEAN, std=_OPENAI_STD, resize_px=224, center_crop=224,
-            interpolation="bicubic", builder=_CORE + "clip_family:build",
+            interpolation="bicubic",
             build={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
                    "num_attention_heads": 12, "image_size": 224, "patch_size": 32,
                    "projection_dim": 512, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5},
@@ -247,7 +243,6 @@ def specs() -> list[ExtractorSpec]:
             name="kaiko_vitl14", family="dino", dim=1024, input_px=224, license=_KAIKO_LIC,
             citation=_KAIKO, aliases=("kaiko-vitl14",), mean=HALF3, std=HALF3,
             resize_px=224, center_crop=224, interpolation="bilinear",
-            builder=_CORE + "dino_family:build",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 4,
                    "layerscale": 1e-5, "ffn": "mlp", "native_px": 518, "pos_mode": "hf",
                    "meta_init": True},
@@ -267,7 +262,6 @@ def specs() -> list[ExtractorSpec]:
             name="musk", family="musk", dim=1024, input_px=384, license="CC-BY-NC-ND-4.0",
             citation=_MUSK, aliases=("musk_large_patch16_384",), mean=HALF3, std=HALF3,
             resize_px=384, center_crop=384, interpolation="bicubic",
-            builder=_CORE + "musk_family:build",
             build={"img_size": 384, "patch": 16, "embed_dim": 1024, "depth": 24, "heads": 16,
                    "ffn_dim": 4096, "ln_eps": 1e-5, "meta_init": True},
             weights=hf("xiangjx/musk"), gated=True,

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Built
-from .spec import ExtractorSpec
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
 
 CLIP_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
              "image_size", "patch_size", "projection_dim", "hidden_act", "layer_norm_eps")
@@ -30,6 +31,7 @@ class ImageEmbeds(nn.Module):
         return self.model(pixel_values=x).image_embeds
 
 
+@register_family("clip")
 def build(spec: ExtractorSpec) -> Built:
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 

@@ -34,10 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import WeightsError
-from .base import Built
-from .spec import ExtractorSpec
-from .timm_family import ClsMeanFeatures, _layer
+from ....errors import WeightsError
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
+from .timm_family import ClsMeanFeatures, resolve_layer
 from .vit_family import convert_dinov2, convert_hf_vit
 
 OUTPUTS = ("cls", "cls_mean")
@@ -50,6 +51,7 @@ def swiglu_ratio(dim: int) -> float:
     return (2 * hidden + 0.5) / dim
 
 
+@register_family("dino")
 def build(spec: ExtractorSpec, output: str | None = None) -> Built:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -65,8 +67,8 @@ def build(spec: ExtractorSpec, output: str | None = None) -> Built:
         num_classes=0, global_pool="token", dynamic_img_size=True,
         norm_layer=partial(nn.LayerNorm, eps=1e-6))
     if b.get("ffn", "mlp") == "swiglu":
-        kw.update(mlp_ratio=swiglu_ratio(dim), mlp_layer=_layer("swiglu_packed"),
-                  act_layer=_layer("silu"))
+        kw.update(mlp_ratio=swiglu_ratio(dim), mlp_layer=resolve_layer("swiglu_packed"),
+                  act_layer=resolve_layer("silu"))
     net = VisionTransformer(**kw)
     grid = kw["img_size"] // kw["patch_size"]
     features = ClsMeanFeatures(net) if output == "cls_mean" else None

@@ -29,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Built
-from .spec import ExtractorSpec
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
 
 
 def _offset_pos_vit():
@@ -117,6 +118,7 @@ class CoCaVision(nn.Module):
         return pooled @ self.proj_contrast if self.use_proj else pooled
 
 
+@register_family("coca")
 def build_conch(spec: ExtractorSpec, proj_contrast: bool = False) -> Built:
     from timm.models.vision_transformer import VisionTransformer
 
@@ -129,6 +131,7 @@ def build_conch(spec: ExtractorSpec, proj_contrast: bool = False) -> Built:
     return Built(model=model, layers_root=trunk, info={"config": config})
 
 
+@register_family("coca_v15")
 def build_conch_v15(spec: ExtractorSpec) -> Built:
     trunk = _offset_pos_vit()(img_size=224, patch_size=16, embed_dim=1024, depth=24,
                               num_heads=16, mlp_ratio=4.0, qkv_bias=True, init_values=1.0,

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Built
-from .spec import ExtractorSpec
+from ..base import Built
+from ..spec import ExtractorSpec
+from . import register_family
 
 
 class _A(nn.Module):
@@ -137,6 +138,7 @@ class MUSKVision(nn.Module):
         return F.normalize(cls, dim=-1) if self.out_norm else cls
 
 
+@register_family("musk")
 def build(spec: ExtractorSpec, with_head: bool = False, out_norm: bool = False) -> Built:
     b = dict(spec.build)
     model = MUSKVision(img=int(b.get("img_size", spec.input_px)), patch=int(b["patch"]),
