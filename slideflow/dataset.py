@@ -28,6 +28,8 @@ from .annotations import (
 )
 from .errors import DatasetError, SlideflowError
 from .io.atomic import is_temporary
+from .io.tfrecord import TFRecord, get_tfrecord_label, read_index
+from .slide.geometry import check_tile_geometry
 from .sources import Source, load_sources
 
 log = logging.getLogger("slideflow")
@@ -97,15 +99,11 @@ class Dataset:
         if (tile_px is None) != (tile_um is None):
             raise DatasetError("give both tile_px and tile_um, or neither")
         if tile_px is not None:
-            from .slide.geometry import check_tile_geometry
-
             tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
         self.tile_px = int(tile_px) if tile_px is not None else None
         self.tile_um = tile_um
         self.label = None
         if tile_px is not None:
-            from .io.tfrecord import get_tfrecord_label
-
             self.label = get_tfrecord_label(tile_px, tile_um)
         self._files = _Files(self._sources)
         if isinstance(annotations, pd.DataFrame):
@@ -154,9 +152,6 @@ class Dataset:
 
     def with_geometry(self, tile_px: int, tile_um: int | float | str) -> Dataset:
         """The same selection at another tile geometry."""
-        from .io.tfrecord import get_tfrecord_label
-        from .slide.geometry import check_tile_geometry
-
         tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
         return self._copy(tile_px=int(tile_px), tile_um=tile_um,
                           label=get_tfrecord_label(tile_px, tile_um))
@@ -460,8 +455,6 @@ def _norm_filters(filters: Mapping[str, Any] | None) -> dict[str, list[str]]:
 
 
 def _counts(tfrecords: Mapping[str, Path]) -> dict[str, int]:
-    from .io.tfrecord import TFRecord, read_index
-
     out = {}
     for name, path in tfrecords.items():
         try:

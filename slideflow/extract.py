@@ -46,7 +46,11 @@ from .errors import NoTissueError, ROIError, SlideflowError
 from .io import imgcodec
 from .io.atomic import TMP_MARK, write_json_atomic
 from .io.tfrecord import TFRecordWriter, build_index, get_tfrecord_label, read_index
+from .norm import resolve
+from .progress import track_slides
+from .report import summary_table_html, write_report
 from .selection import TileSelection, open_wsi
+from .slide import slide_name
 from .slide.geometry import check_tile_geometry
 from .validate import optional_positive_int, positive_int
 from .version import __version__
@@ -107,8 +111,6 @@ class ExtractOptions(TileSelection):
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         self.max_tiles = optional_positive_int(self.max_tiles, "max_tiles")
         self.batch_size = positive_int(self.batch_size, "batch_size")
-        from .norm import resolve
-
         self.normalizer = resolve(self.normalizer)
 
     def normalizer_config(self) -> Any:
@@ -234,8 +236,6 @@ class ExtractionSummary:
                 f"{self.seconds:.1f} s, {rate:.0f} tiles/s)")
 
     def _repr_html_(self) -> str:
-        from .report import summary_table_html
-
         return summary_table_html(self)
 
 
@@ -569,8 +569,6 @@ def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile
     `options` are those of `ExtractOptions` (qc, img_format, max_tiles, ...). Loose tiles
     (`save_tiles=True`) go to `<tiles_dir>/<name>/`.
     """
-    from .slide import slide_name
-
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
     opt = ExtractOptions(**options)
     path = Path(slide_path)
@@ -591,8 +589,6 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
              progress: bool | None = True, failed: dict[str, str] | None = None,
              on_result: Callable[[SlideResult], None] | None = None) -> ExtractionSummary:
     """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
-    from .progress import track_slides
-
     start = time.perf_counter()
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     summary = ExtractionSummary(int(tile_px), tile_um)
@@ -681,8 +677,6 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
     summary = run_jobs(jobs, dataset.tile_px, dataset.tile_um, opt, num_threads=num_threads,
                        slides_in_flight=slides_in_flight, progress=progress, failed=failed)
     if opt.report:
-        from .report import write_report
-
         by_dir: dict[Path, list[str]] = {}
         for j in jobs:
             by_dir.setdefault(j.outdir, []).append(j.name)

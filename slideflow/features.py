@@ -18,8 +18,16 @@ from typing import Any
 import numpy as np
 
 from .errors import BagsConfigMismatchError, InvalidArgumentError, SlideflowError
+from .io.bags import BagWriter, bag_path, list_bags, read_bag, read_bag_meta, slide_of, write_bag
+from .io.bags_config import check_compatible, config_path, normalize, write_bags_config
+from .model import build_feature_extractor
+from .norm import autoselect, resolve
+from .pipeline import RowCollector, run_features, tfrecord_source
+from .progress import track_slides
 from .selection import TileSelection, open_wsi
-from .slide.geometry import check_tile_geometry
+from .slide import slide_name
+from .slide.geometry import check_tile_geometry, make_grid
+from .slide.wsi import WSI
 from .validate import optional_positive_int, positive_int
 from .version import __version__
 
@@ -59,8 +67,6 @@ class BagsReport:
 def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
     """An extractor object, building it from a registry name when given a string."""
     if isinstance(extractor, str):
-        from .model import build_feature_extractor
-
         return build_feature_extractor(extractor, **kwargs)
     return extractor
 
@@ -68,8 +74,6 @@ def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
 def resolve_normalizer(normalizer: Any, source: str | Path | None = None) -> Any:
     """A normaliser from Slideflow's ``normalizer=`` / ``normalizer_source=`` pair: the source
     is a preset name ('v1'...'v4') or an image file the method is fitted to."""
-    from .norm import autoselect, resolve
-
     if source is None:
         return resolve(normalizer)
     if not isinstance(normalizer, str):
@@ -112,8 +116,6 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
 def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection,
                 batch_size: int, num_threads: int | None, max_tiles: int | None, seed: int):
     """(batches iterator, patch_size_level0, slide meta) for one job; coords are top-left."""
-    from .pipeline import tfrecord_source
-
     if job.tfrecord is not None:
         extent = _tfrecord_extent(job, tile_px, tile_um)
         half = extent // 2
@@ -148,9 +150,6 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
         if extent:
             return int(extent)
     if job.slide_path is not None:
-        from .slide.geometry import make_grid
-        from .slide.wsi import WSI
-
         mpp = job.mpp or WSI(job.slide_path, tile_px, tile_um, mpp=job.mpp).mpp
         return make_grid((1, 1), mpp, tile_px, tile_um).extent
     raise SlideflowError(
@@ -160,12 +159,8 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
 
 
 def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any]) -> bool:
-    from .io.bags import bag_path, read_bag_meta
-
     if not bag_path(outdir, name, fmt).exists():
         return False
-    from .io.bags_config import normalize
-
     meta = read_bag_meta(outdir, name, fmt) or {}
     recorded = meta.get("request")
     if recorded != normalize(request):
@@ -192,18 +187,12 @@ def generate_bags(
     progress: bool = True,
 ) -> BagsReport:
     """Featurise every job into `outdir`; one failing slide is reported, the rest go on."""
-    from .io.bags import BagWriter
-    from .io.bags_config import check_compatible, write_bags_config
-    from .pipeline import run_features
-
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
     max_tiles = optional_positive_int(max_tiles, "max_tiles")
     if fmt not in ("pt", "h5", "zarr"):
         raise InvalidArgumentError(f"format must be 'pt', 'h5' or 'zarr', got {fmt!r}")
     extractor = resolve_extractor(extractor)
-    from .norm import resolve
-
     normalizer = resolve(normalizer)
     selection = selection or TileSelection()
     outdir = Path(outdir)
@@ -216,8 +205,6 @@ def generate_bags(
                "selection": selection.selection_dict(), "max_tiles": max_tiles, "seed": seed}
     report = BagsReport(outdir)
     start = time.perf_counter()
-    from .progress import track_slides
-
     with track_slides(len(jobs), "features", enabled=progress) as bar:
         for job in jobs:
             if not force_regenerate and _bag_is_current(outdir, job.name, fmt, request):
@@ -311,8 +298,6 @@ def generate_feature_bags(
 def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
                     rois: dict[str, Path] | None = None) -> list[SlideJob]:
     """Jobs for loose slide files / DICOM folders (the CLI path)."""
-    from .slide import slide_name
-
     jobs = []
     for p in paths:
         name = slide_name(p)
@@ -388,9 +373,6 @@ class DatasetFeatures:
         self._generate(dataset, num_workers, progress)
 
     def _generate(self, dataset: Any, num_workers: int | None, progress: bool) -> None:
-        from .pipeline import RowCollector, run_features
-        from .progress import track_slides
-
         jobs = dataset.feature_jobs()
         with track_slides(len(jobs), "features", enabled=progress) as bar:
             for job in jobs:
@@ -406,9 +388,6 @@ class DatasetFeatures:
 
     @classmethod
     def from_bags(cls, folder: str | Path) -> DatasetFeatures:
-        from .io.bags import list_bags, read_bag, slide_of
-        from .io.bags_config import config_path
-
         obj = cls()
         cfg_file = config_path(folder)
         if cfg_file.is_file():
@@ -435,9 +414,6 @@ class DatasetFeatures:
         """Write .pt bags (+ .index.npz) for every slide, then bags_config.json (so that
         `rebuild_extractor(outdir)` rebuilds the extractor and normaliser); returns the
         folder."""
-        from .io.bags import write_bag
-        from .io.bags_config import write_bags_config
-
         outdir = Path(outdir)
         cfg = self.bags_config()
         for name, (feats, coords) in self.bags.items():

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .io.tfrecord import TFRecord
 from .validate import positive_int
 
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 (B, H, W, 3), int64 (B, 2)
@@ -222,8 +223,6 @@ def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
 def tfrecord_source(path: Any, batch_size: int = 64, num_threads: int | None = None
                     ) -> Iterator[Batch]:
     """Decoded tiles of one TFRecord in record order, with the stored (centre) locations."""
-    from .io.tfrecord import TFRecord
-
     return TFRecord(path).iter_batches(batch_size, num_threads=num_threads)
 
 

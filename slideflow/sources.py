@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import ProjectError
 from .io.atomic import write_json_atomic
+from .slide import find_slides, slide_name
 
 log = logging.getLogger("slideflow")
 
@@ -87,8 +88,6 @@ def discover_slides(folder: str | os.PathLike) -> dict[str, Path]:
     When two files share a name (e.g. `A.svs` and `sub/A.ndpi`) the first in sorted order is
     used and a warning names both.
     """
-    from .slide import find_slides, slide_name
-
     folder = Path(folder)
     if not folder.is_dir():
         if folder.exists():

@@ -13,8 +13,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import ExtractorNotFound, NormalizerError, UnsafeConfigError, WeightsError
+from ...errors import ExtractorNotFound, UnsafeConfigError, WeightsError
 from ...io.bags_config import read_bags_config
+from ...norm import from_config
 from .factory import build_feature_extractor
 from .registry import get_spec, sf3_classes
 from .spec import EXTRACTOR_CLASS, SF3_MODULE
@@ -179,11 +180,4 @@ def rebuild_extractor(path_or_dict: str | os.PathLike | Mapping[str, Any], *,
 
 
 def _normalizer(norm_cfg: Any):
-    if not norm_cfg:
-        return None
-    try:
-        from ...norm import from_config
-    except ImportError as exc:
-        raise NormalizerError(f"the bags used stain normalisation {norm_cfg!r} but "
-                              f"slideflow.norm is unavailable: {exc}") from None
-    return from_config(norm_cfg)
+    return from_config(norm_cfg) if norm_cfg else None
