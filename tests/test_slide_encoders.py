@@ -43,6 +43,18 @@ def test_specs_carry_their_tile_needs_and_licences():
         assert spec.citation.startswith("@") and spec.reference, name
 
 
+def test_external_entries_agree_with_the_plugin_specs():
+    from slideflow.model.slide_encoders.catalog import EXTERNAL
+    from slideflow.model.slide_encoders.registry import get_slide_spec
+
+    for entry in EXTERNAL:
+        spec = get_slide_spec(entry.name)
+        assert (spec.distribution, spec.license, spec.dim, spec.tile_extractor) == (
+            entry.distribution, entry.license, entry.dim, entry.tile_extractor), entry.name
+    df = sf.list_slide_encoders().set_index("name")
+    assert df.loc["mean", "weights"] == "none (no parameters)"
+
+
 def test_unknown_name_suggests():
     with pytest.raises(SlideEncoderNotFound, match="titan"):
         sf.build_slide_encoder("titen")

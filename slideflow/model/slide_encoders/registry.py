@@ -173,7 +173,8 @@ def list_slide_encoders(installed_only: bool = False):
             "tile_um": None if s.tile_um is None else str(s.tile_um),
             "positional": s.positional, "license": s.license, "distribution": s.distribution,
             "installed": True, "plugin": key in _plugins, "gated": s.gated,
-            "weights": s.weights.describe(), "install": "",
+            "weights": s.weights.describe() if s.family != "mean" else "none (no parameters)",
+            "install": "",
         })
     if not installed_only:
         for key, e in _external().items():
