@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
 from ...errors import BagError, SlideflowError, TileMismatchError
+from ...version import __version__
 
 log = logging.getLogger("slideflow")
 
