@@ -142,7 +142,7 @@ def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.n
 
     import h5py
 
-    from ...io.bags import dumps_meta
+    from ...io.base import dumps_meta
 
     dest = outdir / f"{slide}.h5"
     tmp = tmp_path_for(dest)
@@ -238,7 +238,7 @@ def embed_bag_folder(source: Any, encoder: Any, outdir: str | os.PathLike, *, fm
 def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,
                   files: list[Path], fmt: str) -> None:
     from ...io.atomic import write_json_atomic
-    from ...io.bags import to_json
+    from ...io.base import to_json
 
     path = outdir / CONFIG_NAME
     entry = {
