@@ -32,13 +32,15 @@ def _tile_um(value: str) -> float | str:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
-def _expand(paths: list[Path]) -> list[Path]:
+def _expand(paths: list[Path], recursive: bool = True) -> list[Path]:
+    """Slide files and DICOM folders given, plus the slides inside the folders given."""
     from .slide import find_slides, is_slide
 
     out: list[Path] = []
     for p in paths:
         if p.is_dir() and not is_slide(p):
-            out.extend(find_slides(p))
+            out.extend(find_slides(p) if recursive else
+                       sorted(c for c in p.iterdir() if is_slide(c)))
         else:
             out.append(p)
     return out
@@ -93,49 +95,183 @@ def preview(
     typer.echo(f"{wsi}\nwrote {output}")
 
 
+def _stride_div(overlap: float | None, stride_div: int | None) -> int:
+    """--overlap (fraction of a tile shared with the next) or --stride-div -> stride_div."""
+    if overlap is None:
+        return stride_div or 1
+    if stride_div is not None:
+        raise typer.BadParameter("give --overlap or --stride-div, not both")
+    if not 0 <= overlap < 1:
+        raise typer.BadParameter(f"--overlap {overlap}: a fraction in [0, 1)")
+    div = round(1 / (1 - overlap))
+    if abs(1 - 1 / div - overlap) > 1e-6:
+        raise typer.BadParameter(f"--overlap {overlap}: tiles step by tile/n, so the overlap "
+                                 "must be 1 - 1/n (0, 0.5, 0.75, ...)")
+    return div
+
+
+def _read_mpp_csv(path: Path) -> dict[str, float]:
+    """{slide name or file name: mpp} from a CSV with columns `wsi,mpp`."""
+    import csv
+
+    from .io.manifest import parse_spacing
+
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"wsi", "mpp"} <= set(rows[0]):
+        raise typer.BadParameter(f"{path}: --mpp-csv needs the columns wsi,mpp")
+    out = {}
+    for i, r in enumerate(rows, start=2):
+        mpp = parse_spacing(r["mpp"], f"{path}, line {i}")
+        if mpp is not None:
+            out[r["wsi"].strip()] = mpp
+    return out
+
+
+def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float | None,
+          mpp_csv: Path | None) -> list:
+    from .features import SlideJob
+    from .slide import slide_name
+
+    jobs = []
+    if manifest is not None:
+        from .io.manifest import read_manifest
+
+        for row in read_manifest(manifest):
+            jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
+                                 mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path))
+    for p in _expand(slides, recursive):
+        jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp))
+    if mpp_csv is not None:
+        table = _read_mpp_csv(mpp_csv)
+        for j in jobs:
+            found = table.get(j.name, table.get(j.slide_path.name))
+            if found is not None:
+                j.mpp = found
+    names = [j.name for j in jobs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise typer.BadParameter(f"several slides share the name(s) {dup}: outputs are named by "
+                                 "slide, so rename them or list them in a --manifest with "
+                                 "distinct sample_id")
+    return jobs
+
+
+def _ray_arg(value: str | None) -> object:
+    if value is None:
+        return None
+    return True if value in ("", "auto-local") else value
+
+
 @app.command()
 def features(
-    slides: Annotated[list[Path], typer.Argument(help="slide files, DICOM folders or folders")],
-    extractor: Annotated[str, typer.Option("-e", "--extractor")] = "efficientnet_lite0_imagenet",
+    slides: Annotated[list[Path] | None, typer.Argument(
+        help="slide files, DICOM folders or folders of slides")] = None,
+    extractor: Annotated[str, typer.Option("-e", "--extractor", help="name, or several "
+                                           "comma-separated (one pass over the tiles)")
+                         ] = "efficientnet_lite0_imagenet",
     outdir: Annotated[Path, typer.Option("-o", "--outdir")] = Path("bags"),
+    manifest: Annotated[Path | None, typer.Option(
+        help="CSV: sample_id,image_path[,mask_path][,spacing_at_level_0][,patient_id]")] = None,
+    recursive: Annotated[bool, typer.Option(help="look for slides in sub-folders")] = False,
     tile_px: Annotated[int, typer.Option()] = 224,
-    tile_um: Annotated[str, typer.Option()] = "112",
+    tile_um: Annotated[str, typer.Option(help="microns (112) or magnification (20x)")] = "112",
+    overlap: Annotated[float | None, typer.Option(help="fraction shared by neighbouring tiles "
+                                                  "(0, 0.5, 0.75...)")] = None,
+    stride_div: Annotated[int | None, typer.Option(help="tiles step by tile/stride_div")] = None,
     fmt: Annotated[str, typer.Option("--format", help="pt, h5 or zarr")] = "pt",
     qc: Annotated[str | None, typer.Option(help="otsu, blur, both or none")] = "otsu",
+    tissue_thresh: Annotated[float, typer.Option(help="minimum tissue fraction per tile")] = 0.4,
     weights: Annotated[str | None, typer.Option(help="local weights file or folder")] = None,
     feature_plugin: Annotated[Path | None, typer.Option(help="python file registering "
                                                         "extractors")] = None,
     normalizer: Annotated[str | None, typer.Option()] = None,
     mpp: Annotated[float | None, typer.Option(help="override the slides' MPP")] = None,
+    mpp_csv: Annotated[Path | None, typer.Option(help="CSV wsi,mpp of per-slide MPPs")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    devices: Annotated[str | None, typer.Option(help="one worker per device: 0,1 or "
+                                                "cuda:0,cuda:1")] = None,
+    ray: Annotated[str | None, typer.Option(help="run on Ray: an address (auto, "
+                                            "ray://host:10001) or '' for a local cluster")
+                   ] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (GPU)")] = None,
+    workers: Annotated[int | None, typer.Option(help="reader threads")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_tiles: Annotated[int | None, typer.Option()] = None,
+    save_images: Annotated[bool, typer.Option(help="also save the tiles as PNG in "
+                                              "<outdir>/<slide>.images/")] = False,
     shard_spec: Annotated[str | None, typer.Option("--shard", help="i/n for array jobs")] = None,
-    force: Annotated[bool, typer.Option(help="regenerate existing bags")] = False,
+    force: Annotated[bool, typer.Option("--force/--skip-existing",
+                                        help="regenerate existing bags")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Feature bags straight from slides (no TFRecords needed)."""
-    from .features import TileSelection, generate_bags, jobs_from_paths
+    """Feature bags straight from slides (no TFRecords needed).
+
+    Safe to run several times at once on the same folders (each slide is done once); writes
+    failures.csv and summary.json to the output folder; exits 1 when any slide failed.
+    """
+    import time
+
+    from .errors import SlideflowError
+    from .features import TileSelection, generate_bags
+    from .io.runlog import human_summary, run_summary, write_run_files
     from .model import build_feature_extractor, load_plugin
     from .slide.geometry import check_tile_geometry
     from .validate import positive_int
 
+    _set_verbosity(quiet, verbose)
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
+    if not slides and manifest is None:
+        raise typer.BadParameter("give slides (files or folders) or --manifest")
+    if precision not in (None, "fp32", "fp16", "bf16"):
+        raise typer.BadParameter(f"--precision {precision!r}: fp32, fp16 or bf16")
+    names = [n.strip() for n in extractor.split(",") if n.strip()]
+    if weights and len(names) > 1:
+        raise typer.BadParameter("--weights applies to one extractor; build the others from "
+                                 "their default weights or run them separately")
     if feature_plugin:
         load_plugin(feature_plugin)
-    kwargs = {"weights": weights} if weights else {}
+    jobs = shard(_jobs(slides or [], manifest, recursive, mpp, mpp_csv), shard_spec)
+    selection = TileSelection(qc=None if qc in (None, "none") else qc,
+                              qc_threshold=tissue_thresh,
+                              stride_div=_stride_div(overlap, stride_div))
+    kwargs: dict = {}
+    if weights:
+        kwargs["weights"] = weights
     if batch_size is not None:
         kwargs["batch_size"] = positive_int(batch_size, "--batch-size")
-    ext = build_feature_extractor(extractor, **kwargs)
-    paths = shard(_expand(slides), shard_spec)
-    jobs = jobs_from_paths(paths, mpp=mpp)
-    qc_value = None if qc in (None, "none") else qc
-    report = generate_bags(jobs, ext, outdir, tile_px, _tile_um(tile_um), fmt=fmt,
-                           normalizer=normalizer, selection=TileSelection(qc=qc_value),
-                           force_regenerate=force, max_tiles=max_tiles)
-    typer.echo(repr(report))
-    for name, why in report.failed.items():
-        typer.echo(f"FAILED {name}: {why}", err=True)
-    if report.failed and not report.done and not report.skipped:
+    if device:
+        kwargs["device"] = device
+    if precision:
+        kwargs["mixed_precision"] = precision
+    start = time.perf_counter()
+    try:
+        exts = [build_feature_extractor(n, **kwargs) for n in names]
+        report = generate_bags(jobs, exts if len(exts) > 1 else exts[0], outdir, tile_px,
+                               _tile_um(tile_um), fmt=fmt, normalizer=normalizer,
+                               selection=selection, force_regenerate=force, max_tiles=max_tiles,
+                               num_threads=workers, progress=not quiet, devices=devices,
+                               ray=_ray_arg(ray), save_images=save_images)
+    except SlideflowError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    summary = run_summary(report.outcomes, time.perf_counter() - start,
+                          extractors=names, outdir=str(outdir))
+    write_run_files(outdir, report.outcomes, summary)
+    for o in report.outcomes:
+        if o.status == "failed":
+            typer.echo(f"FAILED {o.slide}: {o.error_type}: {o.error}", err=True)
+    if not quiet or summary["failed"]:
+        typer.echo(human_summary(summary))
+    if summary["failed"]:
+        typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
         raise typer.Exit(1)
+
+
+def _set_verbosity(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.getLogger("slideflow").setLevel(level)
 
 
 @app.command("extract-tiles")
@@ -172,12 +308,27 @@ def _register_extra_commands() -> None:
 _register_extra_commands()
 
 
+def ray_argv(argv: list[str]) -> list[str]:
+    """Let `--ray` be given without an address: a bare `--ray` (last, before another option,
+    or before an existing path) means a local Ray cluster."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--ray":
+            nxt = out[i + 1] if i + 1 < len(out) else None
+            if nxt is None or nxt.startswith("-") or os.path.exists(nxt):
+                out.insert(i + 1, "")
+            break
+    return out
+
+
 def main() -> None:
+    import sys
+
     from .errors import SlideflowError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        app(standalone_mode=False)
+        app(args=ray_argv(sys.argv[1:]), prog_name="slideflow", standalone_mode=False)
     except click.exceptions.Exit as exc:  # typer.Exit
         raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:  # usage errors: click's own message, exit 2

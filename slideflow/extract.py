@@ -23,7 +23,6 @@ random subset (still in row-major order). `loc_x`/`loc_y` are tile CENTRES in le
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import io
 import json
@@ -44,7 +43,8 @@ import numpy as np
 
 from .errors import NoTissueError, ROIError, SlideflowError
 from .io import imgcodec
-from .io.atomic import TMP_MARK, write_json_atomic
+from .io.atomic import tmp_prefix, write_json_atomic
+from .io.locks import SlideLock, clean_stale_temps
 from .io.tfrecord import TFRecordWriter, build_index, get_tfrecord_label, read_index
 from .norm import resolve
 from .progress import track_slides
@@ -299,16 +299,10 @@ def check_existing(job: ExtractJob, request: dict[str, Any], save_tiles: bool
 
 
 def _remove_leftovers(job: ExtractJob) -> None:
-    """Temporary files of a killed run for this slide (they never look finished)."""
-    name = glob.escape(job.name)
-    for pattern in (f"{name}.tfrecords{TMP_MARK}*", f"{name}.index.npz{TMP_MARK}*",
-                    f"{name}{SIDECAR_SUFFIX}{TMP_MARK}*", f"{name}.unordered{TMP_MARK}*"):
-        for p in job.outdir.glob(pattern):
-            with contextlib.suppress(OSError):
-                p.unlink()
-    if job.tiles_dir is not None and job.tiles_dir.is_dir():
-        for p in job.tiles_dir.glob(f"{name}{TMP_MARK}*"):
-            shutil.rmtree(p, ignore_errors=True)
+    """Temporary files of dead runs for this slide (never those of a live process)."""
+    clean_stale_temps(job.outdir, job.name)
+    if job.tiles_dir is not None:
+        clean_stale_temps(job.tiles_dir, job.name)
 
 
 def _encode_chunk(tiles: np.ndarray, fmt: str, quality: int) -> tuple[list[bytes], float]:
@@ -337,21 +331,25 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
     res = SlideResult(job.name, "failed", tfrecord=job.tfrecord)
     try:
         request = opt.request(tile_px, tile_um, job.slide_path, job.mpp, job.roi)
-        reuse, why = check_existing(job, request, opt.save_tiles)
-        if opt.skip_extracted and reuse:
-            meta = read_sidecar(job.tfrecord) or {}
-            res.status, res.reason = "skipped", why
-            res.tiles = int(meta.get("tiles") or _count(job.tfrecord))
-            if "another tool" in why:
-                res.warnings.append(why)
-            return res
-        if job.tfrecord.exists():
-            log.info("%s: extracting again: %s", job.name,
-                     why if opt.skip_extracted else "skip_extracted=False")
-        res.reason = why if opt.skip_extracted else "skip_extracted=False"
-        _extract(job, tile_px, tile_um, opt, request, res, encode_pool, encode_threads,
-                 read_threads, progress, stop, preview_width)
-        res.status = "done"
+        with SlideLock(job.outdir, job.name) as lock:  # other processes skip this slide
+            if not lock.acquired:
+                res.status, res.reason = "skipped", f"busy: locked by {lock.holder()}"
+                return res
+            reuse, why = check_existing(job, request, opt.save_tiles)
+            if opt.skip_extracted and reuse:
+                meta = read_sidecar(job.tfrecord) or {}
+                res.status, res.reason = "skipped", why
+                res.tiles = int(meta.get("tiles") or _count(job.tfrecord))
+                if "another tool" in why:
+                    res.warnings.append(why)
+                return res
+            if job.tfrecord.exists():
+                log.info("%s: extracting again: %s", job.name,
+                         why if opt.skip_extracted else "skip_extracted=False")
+            res.reason = why if opt.skip_extracted else "skip_extracted=False"
+            _extract(job, tile_px, tile_um, opt, request, res, encode_pool, encode_threads,
+                     read_threads, progress, stop, preview_width)
+            res.status = "done"
     except _Stopped:
         raise
     except Exception as exc:  # one bad slide never stops the batch
@@ -476,10 +474,10 @@ def _write_tiles(job: ExtractJob, wsi: Any, coords: np.ndarray, order: np.ndarra
     loose: Path | None = None
     if opt.save_tiles and job.tiles_dir is not None:
         job.tiles_dir.mkdir(parents=True, exist_ok=True)
-        loose = Path(tempfile.mkdtemp(prefix=job.name + TMP_MARK, dir=job.tiles_dir))
+        loose = Path(tempfile.mkdtemp(prefix=tmp_prefix(job.name), dir=job.tiles_dir))
     unordered = None
     if order is not None:  # shuffled: stage encoded tiles in read order, then write permuted
-        fd, name = tempfile.mkstemp(prefix=f"{job.name}.unordered{TMP_MARK}", dir=job.outdir)
+        fd, name = tempfile.mkstemp(prefix=tmp_prefix(f"{job.name}.unordered"), dir=job.outdir)
         unordered = (os.fdopen(fd, "w+b"), Path(name), [])
     n = 0
     try:

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BagsConfigMismatchError, InvalidArgumentError, SlideflowError
-from .io.bags import BagWriter, bag_path, list_bags, read_bag, read_bag_meta, slide_of, write_bag
-from .io.bags_config import check_compatible, config_path, normalize, write_bags_config
+from .errors import InvalidArgumentError, SlideflowError
+from .io.bags import bag_path, list_bags, read_bag, read_bag_meta, slide_of, write_bag
+from .io.bags_config import config_path, normalize, write_bags_config
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
 from .pipeline import RowCollector, run_features, tfrecord_source
@@ -43,6 +43,7 @@ class SlideJob:
     tfrecord: Path | None = None
     rois: Path | None = None
     mpp: float | None = None
+    mask: Path | None = None  # binary tissue-mask image used instead of the QC method
 
 
 @dataclass
@@ -54,14 +55,18 @@ class BagsReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    busy: list[str] = field(default_factory=list)  # held by another live process: skipped
+    outcomes: list[Any] = field(default_factory=list, repr=False)  # bag_runner.SlideOutcome
 
     @property
     def tiles(self) -> int:
         return sum(v["tiles"] for v in self.done.values())
 
     def __repr__(self) -> str:
-        return (f"BagsReport({self.outdir}: {len(self.done)} done, {len(self.skipped)} reused, "
-                f"{len(self.failed)} failed, {self.tiles} tiles in {self.seconds:.1f} s)")
+        busy = f", {len(self.busy)} busy" if self.busy else ""
+        return (f"BagsReport({self.outdir}: {len(self.done)} done, {len(self.skipped)} reused"
+                f"{busy}, {len(self.failed)} failed, {self.tiles} tiles in "
+                f"{self.seconds:.1f} s)")
 
 
 def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
@@ -138,7 +143,18 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
 
 
 def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):
-    return open_wsi(job.slide_path, tile_px, tile_um, selection, mpp=job.mpp, rois=job.rois)
+    if job.mask is None:
+        return open_wsi(job.slide_path, tile_px, tile_um, selection, mpp=job.mpp, rois=job.rois)
+    from dataclasses import replace
+
+    wsi = open_wsi(job.slide_path, tile_px, tile_um, replace(selection, qc=None), mpp=job.mpp,
+                   rois=job.rois)
+    try:  # the mask replaces QC; background filters stay
+        wsi.qc(str(job.mask), threshold=selection.qc_threshold)
+    except BaseException:
+        wsi.close()
+        raise
+    return wsi
 
 
 def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
@@ -185,66 +201,62 @@ def generate_bags(
     seed: int = 0,
     num_threads: int | None = None,
     progress: bool = True,
+    devices: Sequence[Any] | None = None,
+    ray: Any = None,
+    save_images: bool = False,
 ) -> BagsReport:
-    """Featurise every job into `outdir`; one failing slide is reported, the rest go on."""
+    """Featurise every job into `outdir`; one failing slide is reported, the rest go on.
+
+    `extractor` may be a list: each tile batch is read once and fed to every extractor, whose
+    bags go to `outdir/<extractor name>/`. Slides locked by another live process are skipped
+    (`report.busy`). `devices` (e.g. `['cuda:0', 'cuda:1']`) runs one worker process per
+    device; `ray` (True for a local cluster, or an address) runs the slides on a Ray cluster
+    (see docs/cli.md). `save_images` also writes the tiles as PNG to `<outdir>/<slide>.images/`.
+    """
+    from .bag_runner import BagOptions, make_target, run_serial
+
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
     max_tiles = optional_positive_int(max_tiles, "max_tiles")
     if fmt not in ("pt", "h5", "zarr"):
         raise InvalidArgumentError(f"format must be 'pt', 'h5' or 'zarr', got {fmt!r}")
-    extractor = resolve_extractor(extractor)
+    many = isinstance(extractor, (list, tuple))
+    extractors = [resolve_extractor(e) for e in (extractor if many else [extractor])]
+    names = [e.name for e in extractors]
+    if len(set(names)) != len(names):
+        raise ValueError(f"extractors given twice: {names}")
     normalizer = resolve(normalizer)
-    selection = selection or TileSelection()
+    opts = BagOptions(int(tile_px), tile_um, selection or TileSelection(), force_regenerate,
+                      min_tiles, max_tiles, seed, num_threads, save_images)
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    cfg = bags_config(extractor, normalizer, tile_px, tile_um, selection, fmt)
-    if not force_regenerate:
-        check_compatible(outdir, cfg)  # raises BagsConfigMismatchError listing the keys
-    request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
-                                              "tile_px", "tile_um")},
-               "selection": selection.selection_dict(), "max_tiles": max_tiles, "seed": seed}
-    report = BagsReport(outdir)
+    targets = [make_target(e, outdir / e.name if many else outdir, normalizer, opts, fmt)
+               for e in extractors]
     start = time.perf_counter()
-    with track_slides(len(jobs), "features", enabled=progress) as bar:
-        for job in jobs:
-            if not force_regenerate and _bag_is_current(outdir, job.name, fmt, request):
-                report.skipped.append(job.name)
-                bar.slide_skipped(job.name, "bag exists with the same settings")
-                continue
-            t0 = time.perf_counter()
-            try:
-                source, extent, meta = _job_source(job, tile_px, tile_um, selection,
-                                                   extractor.batch_size, num_threads,
-                                                   max_tiles, seed)
-                writer_meta = {**meta, "request": request, "extractor": extractor.name,
-                               "tile_px": tile_px, "tile_um": tile_um}
-                with BagWriter(outdir, job.name, fmt, num_features=extractor.num_features,
-                               patch_size_level0=extent, meta=writer_meta) as writer:
+    jobs = list(jobs)
+    if ray is not None and ray is not False:
+        from .distributed.ray_runner import run_ray
 
-                    def sink(f, c, _w=writer, _name=job.name):
-                        if not np.isfinite(f).all():  # a NaN bag must never look "done"
-                            raise SlideflowError(
-                                f"{_name}: {int((~np.isfinite(f)).any(axis=1).sum())} feature "
-                                "rows hold NaN/inf (non-finite weights or inputs); no bag "
-                                "written")
-                        _w.append(f, c)
-                        bar.advance_tiles(len(f))
+        outcomes = run_ray(jobs, targets, opts, normalizer=normalizer, ray=ray,
+                           progress=progress)
+    elif devices:
+        from .distributed.devices import run_devices
 
-                    stats = run_features(extractor, source, sink, normalizer=normalizer)
-                    if stats.tiles < max(min_tiles, 1):
-                        raise SlideflowError(
-                            f"{job.name}: {stats.tiles} tiles (< min_tiles={max(min_tiles, 1)}); "
-                            "no bag written")
-                report.done[job.name] = {"tiles": stats.tiles,
-                                         "seconds": time.perf_counter() - t0}
-                bar.slide_done(job.name, stats.tiles)
-            except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
-                if isinstance(exc, BagsConfigMismatchError):
-                    raise
-                report.failed[job.name] = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: skipped (%s)", job.name, exc)
-                bar.slide_failed(job.name, str(exc))
-    write_bags_config(outdir, cfg)  # metadata last
+        outcomes = run_devices(jobs, targets, opts, normalizer=normalizer, devices=devices,
+                               progress=progress)
+    else:
+        outcomes = run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress)
+    for t in targets:
+        write_bags_config(t.outdir, t.cfg)  # metadata last
+    report = BagsReport(outdir, outcomes=outcomes)
+    for o in outcomes:
+        if o.status == "done":
+            report.done[o.slide] = {"tiles": o.tiles, "seconds": o.seconds}
+        elif o.status == "reused":
+            report.skipped.append(o.slide)
+        elif o.status == "busy":
+            report.busy.append(o.slide)
+        else:
+            report.failed[o.slide] = f"{o.error_type}: {o.error}"
     report.seconds = time.perf_counter() - start
     return report
 
@@ -264,13 +276,16 @@ def generate_feature_bags(
     source: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    devices: Sequence[Any] | None = None,
+    ray: Any = None,
     **selection: Any,
 ) -> BagsReport:
     """Bags for every slide of `dataset`: from its TFRecords when they exist, otherwise straight
     from the slides with the same tile-selection options as `extract_tiles` (`qc`, ROIs,
     whitespace/grayspace...). `source='slides' | 'tfrecords'` forces one or the other.
 
-    `num_workers` sets the reader threads; `batch_size` the model batch. Default `outdir`:
+    `num_workers` sets the reader threads; `batch_size` the model batch. `devices` runs one
+    worker process per device, `ray` runs on a Ray cluster (see `generate_bags`). Default `outdir`:
     `<first tfrecords folder>/../pt_files/<extractor name>` is left to the Project; a Dataset
     call without `outdir` raises.
     """
@@ -291,7 +306,7 @@ def generate_feature_bags(
         dataset.feature_jobs(source), extractor, outdir, dataset.tile_px, dataset.tile_um,
         normalizer=normalizer, selection=TileSelection(**selection), fmt=format,
         force_regenerate=force_regenerate, min_tiles=min_tiles, max_tiles=max_tiles, seed=seed,
-        num_threads=num_workers, progress=progress,
+        num_threads=num_workers, progress=progress, devices=devices, ray=ray,
     )
 
 

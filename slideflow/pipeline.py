@@ -109,8 +109,6 @@ def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
     `source` yields uint8 NHWC batches with their coordinates; `sink` receives float32 (B, D)
     features and the same coordinates, in source order.
     """
-    import torch
-
     stats = RunStats()
     transform = normalizer.transform if normalizer is not None else None
     prefetch = _Prefetcher(_rebatch(source, extractor.batch_size), transform, queue_depth)
@@ -120,11 +118,7 @@ def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
         for tiles, coords in prefetch:
             t0 = time.perf_counter()
             stats.wait_seconds += t0 - t_wait
-            x = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
-            x = x.to(extractor.device, non_blocking=True)
-            with torch.inference_mode():
-                feats = extractor.forward_preprocessed(extractor.preprocess(x))
-            feats = feats.float().cpu().numpy()
+            feats = forward_batch(extractor, tiles)
             stats.model_seconds += time.perf_counter() - t0
             sink(feats, coords)
             stats.tiles += len(tiles)
@@ -134,6 +128,17 @@ def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
         prefetch.close()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def forward_batch(extractor: Any, tiles: np.ndarray) -> np.ndarray:
+    """Features (B, D) float32 of one uint8 NHWC batch (preprocess + model, no grad)."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
+    x = x.to(extractor.device, non_blocking=True)
+    with torch.inference_mode():
+        feats = extractor.forward_preprocessed(extractor.preprocess(x))
+    return feats.float().cpu().numpy()
 
 
 def _rebatch(source: Iterable[Batch], batch_size: int) -> Iterator[Batch]:

@@ -11,6 +11,7 @@ import torch
 import slideflow as sf
 from slideflow.errors import WeightsError
 from slideflow.model.extractors import registry
+from slideflow.model.extractors import weights as weights_module
 from slideflow.model.extractors.spec import ExtractorSpec, hf
 
 torch.set_num_threads(1)
@@ -178,10 +179,39 @@ def test_gated_repo_error_says_what_to_do(hub_spec, monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    monkeypatch.setattr(weights_module, "hub_unreachable", lambda *a, **k: None)  # "online"
     with pytest.raises(WeightsError) as info:
         sf.build_feature_extractor("test_hub_resnet18")
     msg = str(info.value)
     assert "gated" in msg and "accept the licence" in msg and "HF_TOKEN" in msg
+
+
+def test_unreachable_hub_fails_fast(hub_spec, tmp_path, monkeypatch):
+    """No network and no HF_HUB_OFFLINE: one short probe, then an error naming the fixes
+    (huggingface_hub alone retries for ~25 s per candidate file)."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as info:
+        sf.build_feature_extractor("test_hub_resnet18")
+    assert time.perf_counter() - t0 < 5
+    msg = str(info.value)
+    assert "http://127.0.0.1:9 is unreachable" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert str(tmp_path / "cache") in msg and "weights=" in msg
+
+
+def test_cached_hub_weights_need_no_network(source, hub_spec, tmp_path, monkeypatch):
+    _, sd, feats = source
+    cache = tmp_path / "hub"
+    _lay_out_hf_cache(cache, "acme/tiny-encoder", "model.safetensors", sd)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    ext = sf.build_feature_extractor("test_hub_resnet18")
+    np.testing.assert_array_equal(ext(TILES), feats)
 
 
 def test_no_default_weights_is_explicit():

@@ -1,20 +1,38 @@
 """Atomic outputs: write under a temporary name in the destination folder, then `os.replace`.
 
 A crash (or a kill) leaves at worst a `*.tmp-*` file that no reader mistakes for a finished
-output; the next run overwrites it. Metadata files are written last by the callers.
+output. Temporary names carry their owner (`<dest>.tmp-<pid>-<host hash>-<random>`), so a later
+run can tell leftovers of dead processes from the files a live process is writing
+(`slideflow.io.locks.clean_stale_temps`). Metadata files are written last by the callers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 TMP_MARK = ".tmp-"
+
+
+def host_tag(host: str | None = None) -> str:
+    """8 hex digits naming a host (hostnames may hold '-' and '.', which names need to avoid)."""
+    return hashlib.sha1((host or socket.gethostname()).encode()).hexdigest()[:8]
+
+
+def tmp_prefix(dest_name: str) -> str:
+    """Prefix of the temporary names of `dest_name`: `<dest_name>.tmp-<pid>-<host>-`.
+
+    Every temporary output uses it (mkstemp/mkdtemp add a random suffix) so that stale-file
+    cleanup can check whether the owner is still alive.
+    """
+    return f"{dest_name}{TMP_MARK}{os.getpid()}-{host_tag()}-"
 
 
 def umask() -> int:
@@ -37,7 +55,7 @@ def tmp_path_for(dest: str | os.PathLike) -> Path:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=dest.name + TMP_MARK, dir=dest.parent)
+    fd, name = tempfile.mkstemp(prefix=tmp_prefix(dest.name), dir=dest.parent)
     try:
         os.fchmod(fd, 0o666 & ~umask())
     finally:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import TMP_MARK, umask
+from .atomic import tmp_prefix, umask
 from .base import CHUNK_ROWS, Bag, ChunkedSink, geometry_attrs, parse_geometry, to_json
 
 FEATURE_KEYS = ("features", "probabilities")  # ours, TIAToolbox's
@@ -34,7 +34,7 @@ FEATURE_KEYS = ("features", "probabilities")  # ours, TIAToolbox's
 
 def _tmp_dir_for(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=dest.name + TMP_MARK, dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(dest.name), dir=dest.parent))
     os.chmod(tmp, 0o777 & ~umask())
     return tmp
 
@@ -47,7 +47,7 @@ def replace_dir(tmp: Path, dest: Path) -> None:
     """
     old = None
     if dest.exists() or dest.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=dest.name + TMP_MARK + "old-", dir=dest.parent))
+        old = Path(tempfile.mkdtemp(prefix=tmp_prefix(dest.name) + "old-", dir=dest.parent))
         old.rmdir()
         os.rename(dest, old)
     os.rename(tmp, dest)

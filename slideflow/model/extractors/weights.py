@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import importlib.util
@@ -196,6 +197,16 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
     how = (f"  - accept the licence on {page} (gated models need approval)\n"
            "  - authenticate: `huggingface-cli login`, or set HF_TOKEN\n"
            f"  - or download the file yourself and pass weights='/path/to/file'")
+    filenames = list(filenames)
+    if not offline:  # cached weights need no network (and no update check: sha256 pins them)
+        for filename in filenames:
+            with contextlib.suppress(Exception):  # any failure here: go on to the network
+                path = hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, token=token,
+                                           local_files_only=True)
+                return ResolvedWeights([Path(path).resolve()], f"hf:{repo_id}/{filename}")
+        down = hub_unreachable()
+        if down:
+            raise WeightsError(_no_hub_message(spec.name, repo_id, filenames, down, cache_dir))
     tried = []
     for filename in filenames:
         tried.append(filename)
@@ -203,6 +214,11 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
             path = hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, token=token,
                                        local_files_only=offline)
             return ResolvedWeights([Path(path).resolve()], f"hf:{repo_id}/{filename}")
+        except hub_errors.LocalEntryNotFoundError as exc:
+            if offline:
+                continue  # only the cache was searched: try the next candidate name
+            raise WeightsError(_no_hub_message(spec.name, repo_id, filenames, str(exc),
+                                               cache_dir)) from None
         except hub_errors.EntryNotFoundError:
             continue  # also covers LocalEntryNotFoundError: try the next candidate name
         except hub_errors.GatedRepoError:
@@ -218,6 +234,44 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
     mode = " (HF_HUB_OFFLINE is set, so only the local cache was searched)" if offline else ""
     raise WeightsError(f"{spec.name}: none of {tried} found for {repo_id} in {where}{mode}. "
                        f"To use it:\n{how}")
+
+
+HUB_PROBE_SECONDS = 3.0
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_SECONDS) -> str | None:
+    """None when the Hugging Face endpoint (or the HTTPS proxy) accepts a TCP connection within
+    `timeout` seconds, else why not. One short attempt: huggingface_hub itself retries a dead
+    endpoint for ~25 s per file before giving up."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    secure = endpoint.startswith("https")
+    proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")) if secure else \
+        (os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy"))
+    url = urlparse(proxy or endpoint)
+    if not url.hostname:
+        return f"cannot parse {proxy or endpoint!r}"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        via = f" (via proxy {proxy})" if proxy else ""
+        return f"{endpoint} is unreachable{via}: {exc}"
+    return None
+
+
+def _no_hub_message(name: str, repo_id: str, filenames: list[str], why: str,
+                    cache_dir: str | None) -> str:
+    import huggingface_hub.constants as hc
+
+    where = cache_dir or hc.HF_HUB_CACHE
+    return (f"{name}: cannot download {repo_id} ({why}), and none of {filenames} is in the "
+            f"Hugging Face cache at {where}. Either:\n"
+            "  - download it once on a machine with network access into that cache (HF_HOME or "
+            "HF_HUB_CACHE point to it), then set HF_HUB_OFFLINE=1 to use the cache only;\n"
+            "  - or pass weights='/path/to/file' (--weights on the command line).")
 
 
 # ---------------------------------------------------------------------------- reading

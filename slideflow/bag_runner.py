@@ -1,0 +1,276 @@
+"""One slide's feature bags, made safely next to other processes: the unit of work that the
+serial loop, the one-process-per-device runner and the Ray runner all share.
+
+`process_job` checks which bags are missing or stale, claims the slide with a lock file per
+output folder (`slideflow.io.locks`), removes temporary files of dead runs, reads the tiles
+once and feeds every extractor (`slideflow.fanout`), and writes each bag atomically. A slide
+locked by a live process comes back `busy` (skipped, not failed); a bad slide comes back
+`failed` with its error, never raising.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import BagsConfigMismatchError, SlideflowError
+from .features import SlideJob, _bag_is_current, _job_source, bags_config
+from .selection import TileSelection
+
+log = logging.getLogger("slideflow")
+
+#: outcome statuses
+DONE, REUSED, BUSY, FAILED = "done", "reused", "busy", "failed"
+
+
+@dataclass
+class BagTarget:
+    """One extractor and where its bags go. Picklable without the extractor (workers rebuild
+    it from `cfg` on their own device)."""
+
+    outdir: Path
+    fmt: str
+    cfg: dict[str, Any]
+    request: dict[str, Any]
+    extractor: Any = field(default=None, repr=False)
+    batch_size: int | None = None
+
+    def without_extractor(self) -> BagTarget:
+        """A copy to send to a worker process (which rebuilds the model from `cfg`)."""
+        bs = self.batch_size or getattr(self.extractor, "batch_size", None)
+        return replace(self, extractor=None, batch_size=bs)
+
+    def with_extractor(self, extractor: Any) -> BagTarget:
+        return replace(self, extractor=extractor)
+
+
+@dataclass
+class BagOptions:
+    """Everything but the extractors that decides a run (picklable, sent to workers)."""
+
+    tile_px: int
+    tile_um: Any
+    selection: TileSelection
+    force: bool = False
+    min_tiles: int = 0
+    max_tiles: int | None = None
+    seed: int = 0
+    num_threads: int | None = None
+    save_images: bool = False
+
+
+@dataclass
+class SlideOutcome:
+    """What happened to one slide: done, reused (bags current), busy (locked by a live
+    process) or failed."""
+
+    slide: str
+    status: str
+    tiles: int = 0
+    seconds: float = 0.0
+    error_type: str | None = None
+    error: str | None = None
+    worker: str | None = None
+
+
+def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOptions,
+                fmt: str) -> BagTarget:
+    """A target with its bags_config (checked against what the folder already holds)."""
+    from .io.bags_config import check_compatible
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    cfg = bags_config(extractor, normalizer, opts.tile_px, opts.tile_um, opts.selection, fmt)
+    if not opts.force:
+        check_compatible(outdir, cfg)  # raises BagsConfigMismatchError listing the keys
+    request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
+                                              "tile_px", "tile_um")},
+               "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
+               "seed": opts.seed}
+    return BagTarget(outdir, fmt, cfg, request, extractor)
+
+
+def job_cost(job: SlideJob) -> int:
+    """Bytes of a job's input: the scheduling key (longest first) for parallel runners."""
+    path = job.tfrecord if job.tfrecord is not None else job.slide_path
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except (OSError, AttributeError):
+        return 0
+
+
+def longest_first(jobs: list[SlideJob]) -> list[SlideJob]:
+    """Jobs by decreasing size (stable), so that the longest slides do not finish last."""
+    return sorted(jobs, key=job_cost, reverse=True)
+
+
+def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
+                normalizer: Any = None, on_tiles: Any = None) -> SlideOutcome:
+    """Make the missing bags of one slide (see module doc). Never raises for a bad slide."""
+    from .io.locks import SlideLock, clean_stale_temps
+
+    t0 = time.perf_counter()
+    out = SlideOutcome(job.name, REUSED)
+
+    def current(t: BagTarget) -> bool:
+        return _bag_is_current(t.outdir, job.name, t.fmt, t.request)
+
+    todo = targets if opts.force else [t for t in targets if not current(t)]
+    if not todo:
+        return out
+    with contextlib.ExitStack() as locks:
+        for t in todo:
+            lock = locks.enter_context(SlideLock(t.outdir, job.name))
+            if not lock.acquired:
+                out.status, out.error = BUSY, f"locked by {lock.holder()}"
+                return out
+        if not opts.force:  # another process may have finished it since we looked
+            todo = [t for t in todo if not current(t)]
+            if not todo:
+                return out
+        for t in todo:
+            for p in clean_stale_temps(t.outdir, job.name):
+                log.info("%s: removed %s left by a dead run", job.name, p.name)
+        try:
+            out.tiles = _write_bags(job, todo, opts, normalizer, on_tiles)
+            out.status = DONE
+        except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
+            if isinstance(exc, BagsConfigMismatchError):
+                raise
+            out.status, out.error_type, out.error = FAILED, type(exc).__name__, str(exc)
+            log.warning("%s: failed (%s: %s)", job.name, type(exc).__name__, exc)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normalizer: Any,
+                on_tiles: Any) -> int:
+    """Read the slide once, run every extractor, commit every bag; returns the tile count."""
+    from .fanout import run_features_many
+    from .io.bags import BagWriter
+
+    first = todo[0].extractor
+    source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
+                                       first.batch_size, opts.num_threads, opts.max_tiles,
+                                       opts.seed)
+    with contextlib.ExitStack() as writers:
+        if opts.save_images:  # committed after the bags (exit order), discarded on error
+            source = writers.enter_context(_ImageDir(todo[0].outdir, job.name)).tee(source)
+        sinks = []
+        for t in todo:
+            ext = t.extractor
+            writer_meta = {**meta, "request": t.request, "extractor": ext.name,
+                           "tile_px": opts.tile_px, "tile_um": opts.tile_um}
+            w = writers.enter_context(BagWriter(t.outdir, job.name, t.fmt,
+                                                num_features=ext.num_features,
+                                                patch_size_level0=extent, meta=writer_meta))
+            sinks.append(_finite_only(w.append, job.name))
+        counted = _count_tiles(sinks[0], on_tiles)
+        tiles = run_features_many([t.extractor for t in todo], source,
+                                  [counted, *sinks[1:]], normalizer=normalizer)
+        need = max(opts.min_tiles, 1)
+        if tiles < need:
+            raise SlideflowError(f"{job.name}: {tiles} tiles (< min_tiles={need}); no bag "
+                                 "written")
+    return tiles
+
+
+class _ImageDir:
+    """Tiles as PNG in `<outdir>/<slide>.images/<x>_<y>.png` (top-left level-0 px), built in
+    a temporary folder and moved into place with the bags."""
+
+    def __init__(self, outdir: Path, name: str):
+        import tempfile
+
+        from .io.atomic import tmp_prefix
+
+        self.dest = outdir / f"{name}.images"
+        self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(self.dest.name), dir=outdir))
+
+    def tee(self, source: Any) -> Any:
+        from .io import imgcodec
+
+        for tiles, coords in source:
+            for tile, (x, y) in zip(tiles, coords.tolist()):
+                (self.tmp / f"{x}_{y}.png").write_bytes(imgcodec.encode(tile, "png", 100))
+            yield tiles, coords
+
+    def __enter__(self) -> _ImageDir:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        import shutil
+
+        if exc_type is None:
+            if self.dest.exists():
+                shutil.rmtree(self.dest)
+            os.replace(self.tmp, self.dest)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _finite_only(sink: Any, name: str) -> Any:
+    """A sink that refuses NaN/inf rows: a NaN bag must never look finished."""
+    import numpy as np
+
+    def checked(f: Any, c: Any) -> None:
+        if not np.isfinite(f).all():
+            raise SlideflowError(f"{name}: {int((~np.isfinite(f)).any(axis=1).sum())} feature "
+                                 "rows hold NaN/inf (non-finite weights or inputs); no bag "
+                                 "written")
+        sink(f, c)
+
+    return checked
+
+
+def _count_tiles(sink: Any, on_tiles: Any) -> Any:
+    if on_tiles is None:
+        return sink
+
+    def counted(f: Any, c: Any) -> None:
+        sink(f, c)
+        on_tiles(len(f))
+
+    return counted
+
+
+def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
+               normalizer: Any = None, progress: bool = True) -> list[SlideOutcome]:
+    """Every job in this process, in the given order."""
+    from .progress import track_slides
+
+    outcomes = []
+    with track_slides(len(jobs), "features", enabled=progress) as bar:
+        for job in jobs:
+            o = process_job(job, targets, opts, normalizer=normalizer,
+                            on_tiles=bar.advance_tiles)
+            report_outcome(bar, o)
+            outcomes.append(o)
+    return outcomes
+
+
+def report_outcome(bar: Any, o: SlideOutcome) -> None:
+    """Forward one outcome to a `SlideProgress`."""
+    if o.status == DONE:
+        bar.slide_done(o.slide, o.tiles)
+    elif o.status == REUSED:
+        bar.slide_skipped(o.slide, "bag exists with the same settings")
+    elif o.status == BUSY:
+        bar.slide_skipped(o.slide, o.error or "locked by another process")
+    else:
+        bar.slide_failed(o.slide, f"{o.error_type}: {o.error}")
+
+
+def worker_name(device: Any = None) -> str:
+    """host:pid[/device], recorded with outcomes of parallel runs."""
+    import socket
+
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}/{device}" if device is not None else base

@@ -1,0 +1,269 @@
+"""Per-output lock files, so that many processes (a SLURM array, several GPUs, Ray workers,
+three shells started at once) can share one input list and one output folder and still do
+every slide exactly once.
+
+    with SlideLock(outdir, "slide-1") as lock:
+        if not lock.acquired:      # a live process is working on it: skip, do not fail
+            ...
+        clean_stale_temps(outdir, "slide-1")   # leftovers of dead runs only
+        ... write the outputs atomically ...
+
+A lock is `<outdir>/<name>.lock`, created with O_CREAT | O_EXCL (atomic on local filesystems
+and on NFSv3+), holding JSON: host, pid, the pid's start time (so a reused pid is not taken for
+the old owner), the wall-clock start and a random token. While held, a heartbeat thread touches
+the file every `stale_after / 4` seconds.
+
+A lock is stale when its owner is a dead process on this host, or (any host) when its
+heartbeat is older than `stale_after` (default 10 min; `SLIDEFLOW_LOCK_TIMEOUT` seconds). A
+live process on this host never loses its lock, whatever its age. Taking over is serialised by
+a second O_EXCL file, `<name>.lock.takeover`: only its holder may remove a stale lock, and it
+re-reads the lock under that mutex and removes it only if it is still the same stale lock
+(same token), by renaming it to a unique name first. So two processes that both find a stale
+lock never both take it, and a fresh lock created meanwhile is never removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .atomic import TMP_MARK, host_tag
+
+LOCK_SUFFIX = ".lock"
+TAKEOVER_SUFFIX = ".takeover"
+#: a takeover mutex older than this belongs to a process that died inside the critical section
+TAKEOVER_STALE_SECONDS = 30.0
+
+
+def default_timeout() -> float:
+    """Seconds without a heartbeat after which a lock of another host is stale."""
+    try:
+        return float(os.environ.get("SLIDEFLOW_LOCK_TIMEOUT", 600))
+    except ValueError:
+        return 600.0
+
+
+def _proc_start(pid: int) -> str | None:
+    """Start time of `pid` in clock ticks since boot (Linux), or None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def pid_alive(pid: int, start: str | None = None) -> bool:
+    """True when `pid` runs on this host (and, if `start` is given, is the same process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    if start is not None:
+        now = _proc_start(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused
+    return True
+
+
+def _owner_info() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(
+        os.getpid()), "started": time.time(), "token": secrets.token_hex(8)}
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}  # being written, or garbage: judged by age alone
+
+
+def _age(path: Path) -> float | None:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def is_stale(info: dict[str, Any], age: float, timeout: float) -> bool:
+    """Whether a lock with contents `info` and heartbeat `age` (s) may be taken over."""
+    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
+        return not pid_alive(info["pid"], info.get("pid_start"))
+    return age > timeout
+
+
+def _create(path: Path, info: dict[str, Any]) -> bool:
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def describe(path: str | os.PathLike) -> str:
+    """'host pid N since HH:MM:SS' for a lock file (for messages)."""
+    info = _read(Path(path)) or {}
+    when = time.strftime("%H:%M:%S", time.localtime(info.get("started", 0)))
+    return f"{info.get('host', '?')} pid {info.get('pid', '?')} since {when}"
+
+
+class SlideLock:
+    """An exclusive, crash-safe claim on one output name in one folder (see module doc).
+
+    `acquire()` returns False (never blocks) when a live process holds it. Use as a context
+    manager; `acquired` says whether this process holds it.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str, *, timeout: float | None = None):
+        self.path = Path(folder) / f"{name}{LOCK_SUFFIX}"
+        self.timeout = default_timeout() if timeout is None else float(timeout)
+        self.acquired = False
+        self.info: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        if self.acquired:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        info = _owner_info()
+        for _ in range(3):
+            if _create(self.path, info):
+                self._held(info)
+                return True
+            if not self._take_over_stale():
+                return False
+        return False
+
+    def _take_over_stale(self) -> bool:
+        """Remove the current lock if it is stale (serialised, see module doc)."""
+        seen, age = _read(self.path), _age(self.path)
+        if seen is None or age is None:
+            return True  # released meanwhile: try to create again
+        if not is_stale(seen, age, self.timeout):
+            return False
+        mutex = self.path.with_name(self.path.name + TAKEOVER_SUFFIX)
+        if not _create(mutex, _owner_info()):
+            m_info, m_age = _read(mutex), _age(mutex)
+            if m_age is not None and m_info is not None and (
+                    m_age > TAKEOVER_STALE_SECONDS or is_stale(m_info, 0.0, float("inf"))):
+                with contextlib.suppress(FileNotFoundError):
+                    mutex.unlink()
+            return False  # another process is taking over (or we retry on the next run)
+        try:
+            now = _read(self.path)
+            if now is None:
+                return True
+            if now.get("token") != seen.get("token") or not is_stale(
+                    now, _age(self.path) or 0.0, self.timeout):
+                return False  # replaced by a fresh lock meanwhile
+            grave = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+            try:
+                os.rename(self.path, grave)
+            except FileNotFoundError:
+                return True
+            grave.unlink(missing_ok=True)
+            return True
+        finally:
+            mutex.unlink(missing_ok=True)
+
+    def _held(self, info: dict[str, Any]) -> None:
+        self.acquired, self.info = True, info
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="sf-lock-heartbeat",
+                                      daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        period = max(0.05, self.timeout / 4)
+        while not self._stop.wait(period):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours."""
+        if not self.acquired:
+            return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        now = _read(self.path)
+        if now is not None and self.info is not None and now.get("token") == self.info["token"]:
+            self.path.unlink(missing_ok=True)
+        self.acquired = False
+
+    def holder(self) -> str:
+        """Who holds the lock, for messages."""
+        return describe(self.path)
+
+    def __enter__(self) -> SlideLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def temp_owner(path: str | os.PathLike) -> tuple[int, str] | None:
+    """(pid, host tag) encoded in a temporary name by `tmp_prefix`, or None (older names)."""
+    name = Path(path).name
+    if TMP_MARK not in name:
+        return None
+    parts = name.rsplit(TMP_MARK, 1)[1].split("-")
+    if len(parts) >= 3 and parts[0].isdigit() and len(parts[1]) == 8:
+        return int(parts[0]), parts[1]
+    return None
+
+
+def temp_is_stale(path: str | os.PathLike, timeout: float | None = None) -> bool:
+    """Whether a temporary output may be removed: its owner is a dead process on this host;
+    for other hosts or unnamed owners, untouched for longer than `timeout`."""
+    owner = temp_owner(path)
+    if owner is not None and owner[1] == host_tag():
+        return not pid_alive(owner[0])
+    age = _age(Path(path))
+    return age is not None and age > (default_timeout() if timeout is None else timeout)
+
+
+def clean_stale_temps(folder: str | os.PathLike, name: str | None = None, *,
+                      timeout: float | None = None) -> list[Path]:
+    """Remove temporary outputs of dead runs in `folder` (those of `name` only, if given).
+
+    A temporary file of a live process is never removed. Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        n = p.name
+        if TMP_MARK not in n or (name is not None and not n.startswith(name + ".")
+                                 and not n.startswith(name + TMP_MARK)):
+            continue
+        if not temp_is_stale(p, timeout):
+            continue
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
