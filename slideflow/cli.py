@@ -182,7 +182,8 @@ def features(
     fmt: Annotated[str, typer.Option("--format", help="pt, h5 or zarr")] = "pt",
     qc: Annotated[str | None, typer.Option(help="otsu, blur, both or none")] = "otsu",
     tissue_thresh: Annotated[float, typer.Option(help="minimum tissue fraction per tile")] = 0.4,
-    weights: Annotated[str | None, typer.Option(help="local weights file or folder")] = None,
+    weights: Annotated[str | None, typer.Option(help="local weights file or folder (NAME=PATH,"
+                                                "... with several extractors)")] = None,
     feature_plugin: Annotated[Path | None, typer.Option(help="python file registering "
                                                         "extractors")] = None,
     normalizer: Annotated[str | None, typer.Option()] = None,
@@ -227,9 +228,7 @@ def features(
     if precision not in (None, "fp32", "fp16", "bf16"):
         raise typer.BadParameter(f"--precision {precision!r}: fp32, fp16 or bf16")
     names = [n.strip() for n in extractor.split(",") if n.strip()]
-    if weights and len(names) > 1:
-        raise typer.BadParameter("--weights applies to one extractor; build the others from "
-                                 "their default weights or run them separately")
+    per_weights = _weights_map(weights, names)
     if feature_plugin:
         load_plugin(feature_plugin)
     jobs = shard(_jobs(slides or [], manifest, recursive, mpp, mpp_csv), shard_spec)
@@ -237,8 +236,6 @@ def features(
                               qc_threshold=tissue_thresh,
                               stride_div=_stride_div(overlap, stride_div))
     kwargs: dict = {}
-    if weights:
-        kwargs["weights"] = weights
     if batch_size is not None:
         kwargs["batch_size"] = positive_int(batch_size, "--batch-size")
     if device:
@@ -247,7 +244,9 @@ def features(
         kwargs["mixed_precision"] = precision
     start = time.perf_counter()
     try:
-        exts = [build_feature_extractor(n, **kwargs) for n in names]
+        exts = [build_feature_extractor(n, **kwargs, **({"weights": per_weights[n]}
+                                                        if n in per_weights else {}))
+                for n in names]
         report = generate_bags(jobs, exts if len(exts) > 1 else exts[0], outdir, tile_px,
                                _tile_um(tile_um), fmt=fmt, normalizer=normalizer,
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
@@ -267,6 +266,24 @@ def features(
     if summary["failed"]:
         typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
         raise typer.Exit(1)
+
+
+def _weights_map(weights: str | None, names: list[str]) -> dict[str, str]:
+    """--weights PATH (one extractor) or NAME=PATH[,NAME=PATH] -> {name: path}."""
+    if not weights:
+        return {}
+    if "=" not in weights:
+        if len(names) > 1:
+            raise typer.BadParameter("with several extractors, give --weights NAME=PATH[,...]")
+        return {names[0]: weights}
+    out = {}
+    for item in weights.split(","):
+        name, _, path = item.partition("=")
+        if name.strip() not in names:
+            raise typer.BadParameter(f"--weights {item!r}: {name.strip()!r} is not one of the "
+                                     f"extractors {names}")
+        out[name.strip()] = path.strip()
+    return out
 
 
 def _set_verbosity(quiet: bool, verbose: bool) -> None:

@@ -1,0 +1,135 @@
+"""Per-slide lock files and cleanup of temporary files of dead runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from slideflow.io.atomic import TMP_MARK, tmp_path_for, tmp_prefix
+from slideflow.io.locks import SlideLock, clean_stale_temps, pid_alive, temp_owner
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _fake_lock(folder: Path, name: str, **info) -> Path:
+    path = folder / f"{name}.lock"
+    path.write_text(json.dumps({"host": os.uname().nodename, "token": "old", **info}))
+    return path
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    a, b = SlideLock(tmp_path, "s1"), SlideLock(tmp_path, "s1")
+    assert a.acquire() and not b.acquire()
+    info = json.loads((tmp_path / "s1.lock").read_text())
+    assert info["pid"] == os.getpid() and info["host"] == os.uname().nodename
+    assert "started" in info and str(os.getpid()) in a.holder()
+    a.release()
+    assert not (tmp_path / "s1.lock").exists()
+    with b:
+        assert b.acquired
+    assert not (tmp_path / "s1.lock").exists()
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path):
+    _fake_lock(tmp_path, "s1", pid=_dead_pid(), started=time.time())
+    lock = SlideLock(tmp_path, "s1")
+    assert lock.acquire()
+    assert json.loads((tmp_path / "s1.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no takeover mutex, no grave
+
+
+def test_live_lock_is_never_taken_whatever_its_age(tmp_path):
+    path = _fake_lock(tmp_path, "s1", pid=os.getppid(), started=0)
+    old = time.time() - 10 * 86400
+    os.utime(path, (old, old))
+    assert not SlideLock(tmp_path, "s1", timeout=1).acquire()
+    assert path.exists()
+
+
+def test_reused_pid_does_not_keep_a_lock(tmp_path):
+    _fake_lock(tmp_path, "s1", pid=os.getppid(), pid_start="1")  # same pid, other process
+    assert SlideLock(tmp_path, "s1").acquire()
+
+
+def test_other_host_lock_is_stale_only_after_the_timeout(tmp_path):
+    path = tmp_path / "s1.lock"
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "x"}))
+    assert not SlideLock(tmp_path, "s1", timeout=60).acquire()
+    old = time.time() - 120
+    os.utime(path, (old, old))
+    assert SlideLock(tmp_path, "s1", timeout=60).acquire()
+
+
+def test_heartbeat_keeps_a_long_held_lock_fresh(tmp_path):
+    lock = SlideLock(tmp_path, "s1", timeout=0.4)
+    assert lock.acquire()
+    old = time.time() - 100
+    os.utime(lock.path, (old, old))
+    time.sleep(0.3)
+    assert time.time() - lock.path.stat().st_mtime < 1
+    lock.release()
+
+
+RACE = """
+import sys, time
+from slideflow.io.locks import SlideLock
+lock = SlideLock(sys.argv[1], "s1")
+while time.time() < float(sys.argv[2]):
+    pass
+print(int(lock.acquire()), flush=True)
+time.sleep(1.0)
+lock.release()
+"""
+
+
+def test_stale_takeover_race_has_one_winner(tmp_path):
+    """Six processes find the same stale lock at the same instant: exactly one takes it."""
+    _fake_lock(tmp_path, "s1", pid=_dead_pid())
+    start = time.time() + 2.0
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(tmp_path), str(start)],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(6)]
+    wins = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    assert sum(wins) == 1, wins
+    assert not (tmp_path / "s1.lock").exists()
+
+
+def test_temp_names_carry_their_owner(tmp_path):
+    tmp = tmp_path_for(tmp_path / "s1.pt")
+    assert tmp.name.startswith(tmp_prefix("s1.pt")) and TMP_MARK in tmp.name
+    assert temp_owner(tmp)[0] == os.getpid()
+    assert pid_alive(os.getpid()) and not pid_alive(_dead_pid())
+
+
+def test_clean_stale_temps_spares_live_processes(tmp_path):
+    mine = tmp_path_for(tmp_path / "s1.pt")  # this (live) process
+    dead_pid = _dead_pid()
+    dead = tmp_path / tmp_prefix("s1.pt").replace(f"{TMP_MARK}{os.getpid()}-",
+                                                  f"{TMP_MARK}{dead_pid}-")
+    dead = Path(str(dead) + "abc")
+    dead.write_bytes(b"partial")
+    dead_dir = tmp_path / (tmp_prefix("s1.zarr").replace(f"-{os.getpid()}-",
+                                                          f"-{dead_pid}-") + "xyz")
+    dead_dir.mkdir()
+    (dead_dir / "chunk").write_bytes(b"x")
+    other_host_recent = tmp_path / f"s1.h5{TMP_MARK}123-deadbeef-abc"
+    other_host_recent.write_bytes(b"x")
+    other_host_old = tmp_path / f"s1.index.npz{TMP_MARK}123-deadbeef-abc"
+    other_host_old.write_bytes(b"x")
+    old = time.time() - 7200
+    os.utime(other_host_old, (old, old))
+    other_slide = tmp_path / f"s2.pt{TMP_MARK}{dead_pid}-x"  # not asked for
+    other_slide.write_bytes(b"x")
+    removed = clean_stale_temps(tmp_path, "s1", timeout=3600)
+    assert sorted(p.name for p in removed) == sorted([dead.name, dead_dir.name,
+                                                      other_host_old.name])
+    assert mine.exists() and other_host_recent.exists() and other_slide.exists()
