@@ -26,6 +26,15 @@ def worker_extractors(targets: list[Any], device: Any) -> list[Any]:
     return out
 
 
+def driver_threads() -> int:
+    """Torch threads for CPU workers: the driver's own count. oneDNN results depend on the
+    thread count (1e-5 differences between 1 and 2 threads), so CPU workers use the count a
+    serial run would, and their bags equal its bags bit for bit. (GPU workers do not care.)"""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def device_list(spec: Any) -> list[str]:
     """`'0,1'` -> ['cuda:0', 'cuda:1']; names ('cpu', 'cuda:1', 'mps') are kept."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)

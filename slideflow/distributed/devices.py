@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import queue as queue_mod
 from typing import Any
 
@@ -27,7 +26,7 @@ from ..bag_runner import (
     worker_name,
 )
 from ..features import SlideJob
-from . import device_list, worker_extractors
+from . import device_list, driver_threads, worker_extractors
 
 log = logging.getLogger("slideflow")
 
@@ -75,8 +74,7 @@ def run_devices(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions
         job_q.put(job)
     for _ in devs:
         job_q.put(None)
-    cpu_workers = sum(d == "cpu" for d in devs)
-    threads = max(1, (os.cpu_count() or 1) // cpu_workers) if cpu_workers else None
+    threads = driver_threads()
     shipped = [t.without_extractor() for t in targets]
     procs = {}
     for i, d in enumerate(devs):

@@ -29,7 +29,7 @@ from ..bag_runner import (
     worker_name,
 )
 from ..features import SlideJob
-from . import worker_extractors
+from . import driver_threads, worker_extractors
 
 log = logging.getLogger("slideflow")
 
@@ -91,7 +91,7 @@ def run_ray(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
             device, threads = "cuda", None
         else:
             opts_kw["num_cpus"] = cpus_per_actor
-            device, threads = "cpu", cpus_per_actor
+            device, threads = "cpu", driver_threads()
         remote_cls = ray_mod.remote(**opts_kw)(BagActor)
         shipped = [t.without_extractor() for t in targets]
         pool = [remote_cls.remote(shipped, opts, normalizer, device, threads) for _ in range(n)]
