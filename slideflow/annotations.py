@@ -52,6 +52,7 @@ def validate_annotations(df: pd.DataFrame, origin: str | os.PathLike = "annotati
     df = df.fillna("").astype(str)
     for col in df.columns:
         df[col] = df[col].str.strip()
+    df = _from_manifest(df, origin)
     if SLIDE not in df.columns:
         lookalike = [c for c in df.columns if c.lower() in (SLIDE, *_SLIDE_LOOKALIKES)]
         hint = (f"rename column {lookalike[0]!r} to 'slide'" if lookalike else
@@ -81,6 +82,25 @@ def validate_annotations(df: pd.DataFrame, origin: str | os.PathLike = "annotati
                         int(missing.sum()))
             df.loc[missing, PATIENT] = df.loc[missing, SLIDE]
     return df.reset_index(drop=True)
+
+
+def _from_manifest(df: pd.DataFrame, origin: str | os.PathLike) -> pd.DataFrame:
+    """A slide2vec-style manifest (`sample_id,image_path[,mask_path][,spacing_at_level_0]
+    [,patient_id]`, see `slideflow.io.manifest`) read as annotations: `sample_id` is the slide
+    name, `patient_id` the patient and `spacing_at_level_0` the `mpp` column; the other columns
+    are kept as they are."""
+    from .io.manifest import is_manifest_columns
+
+    if not is_manifest_columns(list(df.columns)):
+        return df
+    renames = {"sample_id": SLIDE}
+    if "patient_id" in df.columns and PATIENT not in df.columns:
+        renames["patient_id"] = PATIENT
+    if "spacing_at_level_0" in df.columns and "mpp" not in df.columns:
+        renames["spacing_at_level_0"] = "mpp"
+    log.info("%s: manifest columns read as annotations (%s)", origin,
+             ", ".join(f"{a} -> {b}" for a, b in renames.items()))
+    return df.rename(columns=renames)
 
 
 def blank_annotations(slides: Iterable[str]) -> pd.DataFrame:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -182,3 +183,35 @@ def test_ray_flag_without_address():
     assert ray_argv(["features", "x.svs", "--ray"]) == ["features", "x.svs", "--ray", ""]
     assert ray_argv(["features", "--ray", "-o", "o"])[2] == ""
     assert ray_argv(["features", "--ray", "auto", "x"])[2] == "auto"
+
+
+def test_manifest_as_project_annotations(tmp_path, slides):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / CMU_TIFF.name).symlink_to(CMU_TIFF)
+    manifest = tmp_path / "cohort.csv"
+    manifest.write_text("sample_id,image_path,spacing_at_level_0,patient_id\n"
+                        f"CMU-1-Small-Region.jpeg,{CMU_TIFF},0.499,P1\n")
+    P = sf.create_project(tmp_path / "p", annotations=manifest, slides=folder)
+    ds = P.dataset(112, 224)
+    assert ds.slides() == ["CMU-1-Small-Region.jpeg"]
+    assert ds.annotation_mpp() == {"CMU-1-Small-Region.jpeg": 0.499}
+    assert list(ds.annotations["patient"]) == ["P1"]
+
+
+def test_manifest_mask_replaces_qc(tmp_path, slides):
+    from PIL import Image
+
+    w, h = sf.WSI(CMU, 112, 224).dimensions
+    mask = tmp_path / "mask.png"
+    arr = (255 * (np.arange(200)[None, :] < 100)).astype(np.uint8).repeat(267, axis=0)
+    Image.fromarray(arr).save(mask)  # left half of the slide, at a thumbnail size
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"sample_id,image_path,mask_path\ncase,{CMU},{mask.name}\n")
+    out = tmp_path / "bags"
+    res = runner.invoke(app, ["features", "--manifest", str(manifest), "-o", str(out),
+                              "--tile-px", "112", "--tile-um", "224"])
+    assert res.exit_code == 0, res.output
+    expected = sf.WSI(CMU, 112, 224).qc(str(mask)).coords
+    assert 0 < len(expected) < 24
+    np.testing.assert_array_equal(sf.io.read_bag(out / "case.pt").coords, expected)

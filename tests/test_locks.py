@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from slideflow.io.atomic import TMP_MARK, tmp_path_for, tmp_prefix
+from slideflow.io.atomic import TMP_MARK, host_tag, tmp_path_for, tmp_prefix
 from slideflow.io.locks import SlideLock, clean_stale_temps, pid_alive, temp_owner
 
 
@@ -133,3 +133,22 @@ def test_clean_stale_temps_spares_live_processes(tmp_path):
     assert sorted(p.name for p in removed) == sorted([dead.name, dead_dir.name,
                                                       other_host_old.name])
     assert mine.exists() and other_host_recent.exists() and other_slide.exists()
+
+
+def test_extract_tiles_skips_a_held_slide_and_cleans_dead_temps(tmp_path, slides):
+    from slideflow.extract import extract_slide
+
+    from conftest import CMU
+
+    out = tmp_path / "tfr"
+    with SlideLock(out, "CMU-1-Small-Region"):
+        r = extract_slide(CMU, out, 112, 224)
+    assert r.status == "skipped" and r.reason.startswith("busy: locked by")
+    assert not (out / "CMU-1-Small-Region.tfrecords").exists()
+    dead = out / f"CMU-1-Small-Region.tfrecords{TMP_MARK}{_dead_pid()}-{host_tag()}-x"
+    dead.write_bytes(b"half a record")
+    live = Path(str(tmp_path_for(out / "CMU-1-Small-Region.tfrecords")))  # ours: kept
+    r = extract_slide(CMU, out, 112, 224)
+    assert r.status == "done" and r.tiles == 24
+    assert not dead.exists() and live.exists()
+    assert not list(out.glob("*.lock"))
