@@ -306,6 +306,10 @@ def extract_tiles(
     result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
                              img_format=img_format)
     typer.echo(repr(result))
+    for name, why in result.failed.items():
+        typer.echo(f"FAILED {name}: {why}", err=True)
+    if result.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

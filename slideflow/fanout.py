@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from .pipeline import Batch, Sink, _Prefetcher, forward_batch, run_features
+from .validate import positive_int
 
 
 class Rebatcher:
     """Incremental re-chunking of (tiles, coords) batches to a fixed batch size."""
 
     def __init__(self, batch_size: int):
-        self.batch_size = int(batch_size)
+        self.batch_size = positive_int(batch_size, "batch_size")  # 0 would loop forever
         self._tiles: list[np.ndarray] = []
         self._coords: list[np.ndarray] = []
         self._held = 0

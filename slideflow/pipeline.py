@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from .io.tfrecord import TFRecord
-from .validate import positive_int
 
 Batch = tuple[np.ndarray, np.ndarray]  # uint8 (B, H, W, 3), int64 (B, 2)
 Sink = Callable[[np.ndarray, np.ndarray], None]
@@ -143,24 +142,12 @@ def forward_batch(extractor: Any, tiles: np.ndarray) -> np.ndarray:
 
 def _rebatch(source: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
     """Re-chunk a stream of batches to exactly `batch_size` (the last may be shorter)."""
-    batch_size = positive_int(batch_size, "batch_size")  # 0 would loop forever
-    tiles_buf: list[np.ndarray] = []
-    coords_buf: list[np.ndarray] = []
-    held = 0
+    from .fanout import Rebatcher
+
+    chunker = Rebatcher(batch_size)
     for tiles, coords in source:
-        if held == 0 and len(tiles) == batch_size:
-            yield tiles, coords
-            continue
-        tiles_buf.append(tiles)
-        coords_buf.append(coords)
-        held += len(tiles)
-        while held >= batch_size:
-            t, c = np.concatenate(tiles_buf), np.concatenate(coords_buf)
-            yield t[:batch_size], c[:batch_size]
-            tiles_buf, coords_buf = [t[batch_size:]], [c[batch_size:]]
-            held -= batch_size
-    if held:
-        yield np.concatenate(tiles_buf), np.concatenate(coords_buf)
+        yield from chunker.push(tiles, coords)
+    yield from chunker.flush()
 
 
 class RowCollector:
