@@ -9,7 +9,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import hooks
 from .version import __version__
+
+
+def _engine_call(extractor: Any, x: Any, **kwargs: Any) -> Any:
+    """`extractor(wsi)` / `extractor('x.tfrecords')`: handed to the engine (see `hooks`)."""
+    from .pipeline import call_extractor
+
+    return call_extractor(extractor, x, **kwargs)
+
+
+hooks.register_input_handler(_engine_call)
 
 # public name -> (module, attribute); attribute None means the module itself
 _LAZY: dict[str, tuple[str, str | None]] = {
@@ -23,7 +34,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "rebuild_extractor": ("slideflow.model", "rebuild_extractor"),
     "register_extractor": ("slideflow.model", "register_extractor"),
     "load_plugin": ("slideflow.model", "load_plugin"),
-    "DatasetFeatures": ("slideflow.features", "DatasetFeatures"),
+    "DatasetFeatures": ("slideflow.dataset_work", "DatasetFeatures"),
     "build_slide_encoder": ("slideflow.model.slide_encoders", "build_slide_encoder"),
     "list_slide_encoders": ("slideflow.model.slide_encoders", "list_slide_encoders"),
     "register_slide_encoder": ("slideflow.model.slide_encoders", "register_slide_encoder"),
@@ -56,7 +67,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from slideflow.dataset import Dataset
-    from slideflow.features import DatasetFeatures
+    from slideflow.dataset_work import DatasetFeatures
     from slideflow.model import (
         build_feature_extractor,
         list_extractors,

@@ -336,18 +336,22 @@ class Dataset:
     # -- work ----------------------------------------------------------------------------------
     def extract_tiles(self, **kwargs: Any):
         """Extract tiles of every slide to TFRecords; see `slideflow.extract.ExtractOptions`
-        and `extract_dataset` for the options. Returns an `ExtractionSummary`."""
-        from .extract import extract_dataset
+        and `slideflow.dataset_work.extract_dataset` for the options. Returns an
+        `ExtractionSummary`."""
+        from .dataset_work import extract_dataset
 
         self._need_label()
         return extract_dataset(self, **kwargs)
 
-    def generate_feature_bags(self, extractor: Any, outdir: str | os.PathLike, **kwargs: Any):
-        """Feature bags for every slide (from TFRecords when extracted, else from the slides);
-        see `slideflow.features.generate_feature_bags`. Returns a `BagsReport`."""
+    def generate_feature_bags(self, extractor: Any, outdir: str | os.PathLike | None = None, *,
+                              source: str = "auto", **kwargs: Any):
+        """Feature bags for every slide: from its TFRecord when extracted, else from the slide
+        (`source='slides' | 'tfrecords'` forces one); options as
+        `slideflow.features.generate_feature_bags`. Returns a `BagsReport`."""
         from .features import generate_feature_bags
 
-        return generate_feature_bags(self, extractor, outdir, **kwargs)
+        return generate_feature_bags(self.feature_jobs(source), extractor, outdir, self.tile_px,
+                                     self.tile_um, **kwargs)
 
     def feature_jobs(self, source: str = "auto") -> list[Any]:
         """`slideflow.features.SlideJob`s: from the TFRecord when it exists (`source='auto'`),

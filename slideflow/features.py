@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgumentError, SlideflowError
-from .io.bags import bag_path, list_bags, read_bag, read_bag_meta, slide_of, write_bag
-from .io.bags_config import config_path, normalize, write_bags_config
+from .io.bags import bag_path, read_bag_meta
+from .io.bags_config import normalize, write_bags_config
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
-from .pipeline import RowCollector, run_features, tfrecord_source
-from .progress import track_slides
+from .pipeline import RowCollector, default_decoder, run, tfrecord_source
 from .selection import TileSelection, open_wsi
 from .slide import slide_name
 from .slide.geometry import check_tile_geometry, make_grid
@@ -119,14 +118,20 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
 
 
 def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection,
-                batch_size: int, num_threads: int | None, max_tiles: int | None, seed: int):
-    """(batches iterator, patch_size_level0, slide meta) for one job; coords are top-left."""
+                batch_size: int, num_threads: int | None, max_tiles: int | None, seed: int,
+                extractor: Any = None):
+    """(batches iterator, patch_size_level0, slide meta) for one job; coords are top-left.
+
+    TFRecord tiles are decoded where `extractor` runs (nvJPEG on CUDA, see `default_decoder`).
+    """
     if job.tfrecord is not None:
         extent = _tfrecord_extent(job, tile_px, tile_um)
         half = extent // 2
 
         def shifted():
-            for tiles, locs in tfrecord_source(job.tfrecord, batch_size, num_threads):
+            for tiles, locs in tfrecord_source(job.tfrecord, batch_size, num_threads,
+                                               decoder=default_decoder(extractor),
+                                               device=getattr(extractor, "device", None)):
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
@@ -262,9 +267,11 @@ def generate_bags(
 
 
 def generate_feature_bags(
-    dataset: Any,
+    jobs: Sequence[SlideJob],
     extractor: Any,
-    outdir: str | Path | None = None,
+    outdir: str | Path | None,
+    tile_px: int,
+    tile_um: Any,
     *,
     normalizer: Any = None,
     force_regenerate: bool = False,
@@ -273,16 +280,15 @@ def generate_feature_bags(
     format: str = "pt",
     min_tiles: int = 0,
     max_tiles: int | None = None,
-    source: str = "auto",
     seed: int = 0,
     progress: bool = True,
     devices: Sequence[Any] | None = None,
     ray: Any = None,
     **selection: Any,
 ) -> BagsReport:
-    """Bags for every slide of `dataset`: from its TFRecords when they exist, otherwise straight
-    from the slides with the same tile-selection options as `extract_tiles` (`qc`, ROIs,
-    whitespace/grayspace...). `source='slides' | 'tfrecords'` forces one or the other.
+    """Bags for `jobs` with the same tile-selection options as `extract_tiles` (`qc`, ROIs,
+    whitespace/grayspace...). `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
+    when they exist, otherwise from the slides), so the engine never calls back into a Dataset.
 
     `num_workers` sets the reader threads; `batch_size` the model batch. `devices` runs one
     worker process per device, `ray` runs on a Ray cluster (see `generate_bags`). Default `outdir`:
@@ -303,7 +309,7 @@ def generate_feature_bags(
         raise TypeError(f"unknown tile-selection options {sorted(unknown)}; valid: "
                         f"{sorted(TileSelection.__dataclass_fields__)}")
     return generate_bags(
-        dataset.feature_jobs(source), extractor, outdir, dataset.tile_px, dataset.tile_um,
+        jobs, extractor, outdir, tile_px, tile_um,
         normalizer=normalizer, selection=TileSelection(**selection), fmt=format,
         force_regenerate=force_regenerate, min_tiles=min_tiles, max_tiles=max_tiles, seed=seed,
         num_threads=num_workers, progress=progress, devices=devices, ray=ray,
@@ -320,134 +326,15 @@ def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
     return jobs
 
 
-class DatasetFeatures:
-    """In-memory features of a dataset: {slide: (features (N, D), coords (N, 2) top-left)}.
-
-    Build from an extractor and a Dataset (`DatasetFeatures(extractor, dataset)`, Slideflow's
-    spelling) or from a bag folder (`DatasetFeatures.from_bags(dir)`). Keyword arguments:
-    ``normalizer`` (method name or fitted normaliser) and ``normalizer_source`` (a preset such
-    as 'v3' or an image path to fit to), ``batch_size``, ``num_workers``, ``layers`` (with an
-    extractor name), ``labels`` (kept as `.labels`), ``progress``, and the tile-selection
-    options of `generate_feature_bags` (``qc``, ``roi_method``...). Anything else raises
-    TypeError: a misspelt option must not silently change the features.
-    """
-
-    _SF3_UNSUPPORTED = {
-        "cache": "the PKL cache is not supported; write bags with .to_torch(dir) and load them "
-                 "with DatasetFeatures.from_bags(dir)",
-        "annotations": "deprecated in Slideflow 3; pass labels=",
-        "augment": "test-time augmentation is not supported",
-    }
-
-    def __init__(self, extractor: Any = None, dataset: Any = None, *, normalizer: Any = None,
-                 normalizer_source: str | Path | None = None, batch_size: int | None = None,
-                 num_workers: int | None = None, layers: Any = None,
-                 include_preds: bool | None = None, labels: Any = None,
-                 progress: bool = True, **selection: Any):
-        self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.patch_sizes: dict[str, int | None] = {}
-        self.extractor = None
-        self.normalizer = None
-        self.labels = labels
-        self.num_features = 0
-        self.tile_px: int | None = None
-        self.tile_um: Any = None
-        self.selection = TileSelection()
-        self.config: dict[str, Any] | None = None  # bags_config of from_bags folders
-        for key, why in self._SF3_UNSUPPORTED.items():
-            if key in selection:
-                raise TypeError(f"DatasetFeatures: {key}= {why}")
-        unknown = set(selection) - set(TileSelection.__dataclass_fields__)
-        if unknown:
-            raise TypeError(
-                f"DatasetFeatures: unknown keyword arguments {sorted(unknown)}; valid: "
-                "normalizer, normalizer_source, batch_size, num_workers, layers, labels, "
-                f"progress and the tile-selection options {sorted(TileSelection.__dataclass_fields__)}")
-        if include_preds:
-            raise TypeError("DatasetFeatures: include_preds=True (model predictions) is not "
-                            "supported for feature extractors; features only")
-        if (extractor is None) != (dataset is None):
-            raise TypeError("DatasetFeatures needs both an extractor and a dataset (or "
-                            "neither, then use DatasetFeatures.from_bags)")
-        if extractor is None:
-            return
-        kwargs: dict[str, Any] = {}
-        if layers is not None:
-            if not isinstance(extractor, str):
-                raise TypeError("layers= needs an extractor name (it configures the build)")
-            kwargs["layers"] = layers
-        if batch_size and isinstance(extractor, str):
-            kwargs["batch_size"] = int(batch_size)
-        self.extractor = resolve_extractor(extractor, **kwargs)
-        if batch_size and not isinstance(extractor, str):
-            self.extractor.batch_size = int(batch_size)
-        self.normalizer = resolve_normalizer(normalizer, normalizer_source)
-        self.num_features = self.extractor.num_features
-        self.tile_px, self.tile_um = dataset.tile_px, dataset.tile_um
-        self.selection = TileSelection(**selection)
-        self._generate(dataset, num_workers, progress)
-
-    def _generate(self, dataset: Any, num_workers: int | None, progress: bool) -> None:
-        jobs = dataset.feature_jobs()
-        with track_slides(len(jobs), "features", enabled=progress) as bar:
-            for job in jobs:
-                collector = RowCollector(self.num_features)
-                source, extent, _ = _job_source(job, self.tile_px, self.tile_um,
-                                                self.selection, self.extractor.batch_size,
-                                                num_workers, None, 0)
-                stats = run_features(self.extractor, source, collector,
-                                     normalizer=self.normalizer)
-                self.bags[job.name] = collector.result()
-                self.patch_sizes[job.name] = extent
-                bar.slide_done(job.name, stats.tiles)
-
-    @classmethod
-    def from_bags(cls, folder: str | Path) -> DatasetFeatures:
-        obj = cls()
-        cfg_file = config_path(folder)
-        if cfg_file.is_file():
-            obj.config = json.loads(cfg_file.read_text())
-            obj.tile_px, obj.tile_um = obj.config.get("tile_px"), obj.config.get("tile_um")
-        for path in list_bags(folder):
-            bag = read_bag(path)
-            obj.bags[slide_of(path)] = (bag.features, bag.coords)
-            obj.patch_sizes[slide_of(path)] = bag.patch_size_level0
-            obj.num_features = bag.features.shape[1]
-        return obj
-
-    def slides(self) -> list[str]:
-        return sorted(self.bags)
-
-    def bags_config(self) -> dict[str, Any] | None:
-        """The bags_config.json of these features (None when the extractor is unknown)."""
-        if self.extractor is not None:
-            return bags_config(self.extractor, self.normalizer, self.tile_px, self.tile_um,
-                               self.selection, "pt")
-        return dict(self.config) if self.config else None
-
-    def to_torch(self, outdir: str | Path) -> Path:
-        """Write .pt bags (+ .index.npz) for every slide, then bags_config.json (so that
-        `rebuild_extractor(outdir)` rebuilds the extractor and normaliser); returns the
-        folder."""
-        outdir = Path(outdir)
-        cfg = self.bags_config()
-        for name, (feats, coords) in self.bags.items():
-            write_bag(outdir / f"{name}.pt", feats, coords,
-                      patch_size_level0=self.patch_sizes.get(name))
-        if cfg is not None:
-            write_bags_config(outdir, cfg)  # metadata last
-        else:
-            log.warning("%s: no bags_config.json written (features loaded without their "
-                        "extractor's config)", outdir)
-        return outdir
-
-    def to_df(self):
-        """One row per slide: `slide`, `num_tiles` and the mean feature vector `activations`."""
-        import pandas as pd
-
-        rows = [{"slide": k, "num_tiles": len(f), "activations": f.mean(axis=0)}
-                for k, (f, _) in sorted(self.bags.items())]
-        return pd.DataFrame(rows)
-
-    def __repr__(self) -> str:
-        return f"DatasetFeatures({len(self.bags)} slides, {self.num_features} features)"
+def iter_job_features(jobs: Sequence[SlideJob], extractor: Any, tile_px: int, tile_um: Any,
+                      selection: TileSelection, *, normalizer: Any = None,
+                      num_threads: int | None = None
+                      ) -> Iterator[tuple[str, np.ndarray, np.ndarray, int, int]]:
+    """In-memory features, job by job: (name, features (N, D), top-left coords (N, 2),
+    patch_size_level0, tiles)."""
+    for job in jobs:
+        collector = RowCollector(extractor.num_features)
+        source, extent, _ = _job_source(job, tile_px, tile_um, selection, extractor.batch_size,
+                                        num_threads, None, 0, extractor)
+        stats = run(source, collector, extractor=extractor, normalizer=normalizer)
+        yield (job.name, *collector.result(), extent, stats.tiles)

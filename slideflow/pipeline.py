@@ -1,14 +1,20 @@
-"""The streaming engine: tiles -> (stain normalisation) -> preprocessing -> model -> sink.
+"""The streaming engine: one path from tiles to outputs for every entry point.
 
-Every feature path uses it: `extractor(wsi)`, `extractor('x.tfrecords')`,
-`generate_feature_bags` and the CLI differ only in their tile source and their sink.
+    source     slide reader (`wsi.tiles`) | TFRecord reader (`tfrecord_source`)
+               -> uint8 (B, H, W, 3) batches + coords, in plan order; numpy on the CPU decoder,
+                  torch tensors on the device with the nvJPEG decoder
+    prefetch   a thread runs the source and the optional stain normaliser, `queue_depth` ahead
+    model      optional: `BatchRunner` (pinned copies on a side stream, forward overlapped with
+               the next copy, features handed out `depth` batches later)
+    sink       TFRecord writer (`slideflow.extract.writer`) | bag writers | `RowCollector`
 
-    source (reader thread pool, bounded read-ahead)            uint8 (B, H, W, 3) + coords
-      -> prefetch thread: optional normaliser, bounded queue   (overlaps with the model)
-      -> main thread: torch.from_numpy -> NCHW view (channels_last memory) -> preprocess -> model
-      -> sink(features (B, D) float32, coords (B, 2))          rows in source order
+`run(source, sink)` is tile extraction (the sink gets uint8 tiles); `run(source, sink,
+extractor=...)` is feature extraction (the sink gets float32 (B, D) features). Rows reach the
+sink in source order. Memory stays flat: at most `queue_depth` batches wait between stages.
 
-Memory stays flat: at most `queue_depth` batches wait between stages, and sinks stream rows.
+Dispatch on input type (`extractor(wsi)`, `extractor('x.tfrecords')`) lives here:
+`call_extractor` is registered with `slideflow.hooks` by the package root, so the model layer
+never imports the engine or knows what a slide is.
 """
 
 from __future__ import annotations
@@ -18,14 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .io.tfrecord import TFRecord
 
-Batch = tuple[np.ndarray, np.ndarray]  # uint8 (B, H, W, 3), int64 (B, 2)
-Sink = Callable[[np.ndarray, np.ndarray], None]
+Batch = tuple[Any, np.ndarray]  # uint8 (B, H, W, 3) numpy or tensor, int64 (B, 2)
+Sink = Callable[[Any, np.ndarray], None]
 
 _DONE = object()
 
@@ -39,6 +46,7 @@ class RunStats:
     seconds: float = 0.0
     model_seconds: float = 0.0
     wait_seconds: float = 0.0
+    normalize_seconds: float = 0.0
 
     @property
     def tiles_per_second(self) -> float:
@@ -48,12 +56,13 @@ class RunStats:
 class _Prefetcher:
     """Runs `source` (and an optional per-batch transform) in a thread, `depth` batches ahead."""
 
-    def __init__(self, source: Iterable[Batch], transform: Callable[[np.ndarray], np.ndarray]
-                 | None, depth: int):
+    def __init__(self, source: Iterable[Batch], transform: Callable[[Any], Any] | None,
+                 depth: int, stats: RunStats | None = None):
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._source = source
         self._transform = transform
+        self._stats = stats if stats is not None else RunStats()
         self._thread = threading.Thread(target=self._run, name="sf-prefetch", daemon=True)
         self._thread.start()
 
@@ -71,7 +80,9 @@ class _Prefetcher:
         try:
             for tiles, coords in it:
                 if self._transform is not None and len(tiles):
+                    t0 = time.perf_counter()
                     tiles = self._transform(tiles)
+                    self._stats.normalize_seconds += time.perf_counter() - t0
                 if not self._put((tiles, coords)):
                     break
             self._put(_DONE)
@@ -101,43 +112,73 @@ class _Prefetcher:
         self._thread.join(timeout=30)
 
 
-def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
-                 normalizer: Any = None, queue_depth: int = 4) -> RunStats:
-    """Stream `source` through `extractor` into `sink`; returns timing statistics.
+def _normaliser(normalizer: Any) -> Callable[[Any], Any] | None:
+    if normalizer is None:
+        return None
 
-    `source` yields uint8 NHWC batches with their coordinates; `sink` receives float32 (B, D)
-    features and the same coordinates, in source order.
+    def transform(tiles: Any) -> Any:
+        out = normalizer.transform(tiles)
+        return np.ascontiguousarray(out, np.uint8) if isinstance(out, np.ndarray) else out
+
+    return transform
+
+
+def run(source: Iterable[Batch], sink: Sink, *, extractor: Any = None, normalizer: Any = None,
+        queue_depth: int = 4) -> RunStats:
+    """Stream `source` (-> normaliser) (-> extractor) into `sink`; returns timing statistics.
+
+    Without an extractor the sink receives the (normalised) uint8 tiles; with one it receives
+    float32 (B, D) features, `extractor.batch_size` rows at a time. Coordinates pass through.
     """
     stats = RunStats()
-    transform = normalizer.transform if normalizer is not None else None
-    prefetch = _Prefetcher(_rebatch(source, extractor.batch_size), transform, queue_depth)
+    if extractor is not None:
+        from .model.extractors.runner import BatchRunner
+
+        runner = BatchRunner(extractor)
+        source = _rebatch(source, extractor.batch_size)
+    prefetch = _Prefetcher(source, _normaliser(normalizer), queue_depth, stats)
     start = time.perf_counter()
     try:
         t_wait = time.perf_counter()
         for tiles, coords in prefetch:
             t0 = time.perf_counter()
             stats.wait_seconds += t0 - t_wait
-            feats = forward_batch(extractor, tiles)
-            stats.model_seconds += time.perf_counter() - t0
-            sink(feats, coords)
+            if extractor is None:
+                sink(tiles, coords)
+            else:
+                ready = runner.submit(tiles, coords)
+                stats.model_seconds += time.perf_counter() - t0
+                for feats, c in ready:
+                    sink(feats, c)
             stats.tiles += len(tiles)
             stats.batches += 1
             t_wait = time.perf_counter()
+        if extractor is not None:
+            t0 = time.perf_counter()
+            ready = runner.drain()
+            stats.model_seconds += time.perf_counter() - t0
+            for feats, c in ready:
+                sink(feats, c)
     finally:
         prefetch.close()
     stats.seconds = time.perf_counter() - start
     return stats
 
 
-def forward_batch(extractor: Any, tiles: np.ndarray) -> np.ndarray:
-    """Features (B, D) float32 of one uint8 NHWC batch (preprocess + model, no grad)."""
-    import torch
+def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
+                 normalizer: Any = None, queue_depth: int = 4) -> RunStats:
+    """Features configuration of `run`: sink receives float32 (B, D) features + coords."""
+    return run(source, sink, extractor=extractor, normalizer=normalizer,
+               queue_depth=queue_depth)
 
-    x = torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
-    x = x.to(extractor.device, non_blocking=True)
-    with torch.inference_mode():
-        feats = extractor.forward_preprocessed(extractor.preprocess(x))
-    return feats.float().cpu().numpy()
+
+def forward_batch(extractor: Any, tiles: Any) -> np.ndarray:
+    """Features (B, D) float32 of one uint8 NHWC batch (preprocess + model, no grad)."""
+    from .model.extractors.runner import BatchRunner
+
+    runner = BatchRunner(extractor)
+    ready = runner.submit(tiles) + runner.drain()
+    return ready[0][0]
 
 
 def _rebatch(source: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
@@ -199,8 +240,8 @@ def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
                  num_threads: int | None = None) -> FeatureGrid:
     """Features for every kept tile of `wsi`, as a masked grid (see `FeatureGrid`)."""
     collector = RowCollector(extractor.num_features)
-    run_features(extractor, wsi.tiles(batch_size=extractor.batch_size, num_threads=num_threads),
-                 collector, normalizer=normalizer)
+    run(wsi.tiles(batch_size=extractor.batch_size, num_threads=num_threads), collector,
+        extractor=extractor, normalizer=normalizer)
     feats, coords = collector.result()
     grid = wsi.grid
     data = np.zeros((*grid.shape, extractor.num_features), np.float32)
@@ -212,16 +253,46 @@ def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
     return out
 
 
-def tfrecord_source(path: Any, batch_size: int = 64, num_threads: int | None = None
-                    ) -> Iterator[Batch]:
-    """Decoded tiles of one TFRecord in record order, with the stored (centre) locations."""
-    return TFRecord(path).iter_batches(batch_size, num_threads=num_threads)
+def tfrecord_source(path: Any, batch_size: int = 64, num_threads: int | None = None, *,
+                    decoder: str = "cpu", device: Any = None) -> Iterator[Batch]:
+    """Decoded tiles of one TFRecord in record order, with the stored (centre) locations.
+
+    `decoder='cpu'`: libjpeg-turbo/PNG in a thread pool -> numpy. `decoder='nvjpeg'`:
+    `torchvision.io.decode_jpeg` on `device` (nvJPEG on CUDA) -> uint8 NHWC tensors there;
+    PNG records fall back to the CPU decoder.
+    """
+    if decoder == "cpu":
+        return TFRecord(path).iter_batches(batch_size, num_threads=num_threads)
+    if decoder != "nvjpeg":
+        raise ValueError(f"decoder must be 'cpu' or 'nvjpeg', not {decoder!r}")
+    from .tfrecord_decode import nvjpeg_batches
+
+    return nvjpeg_batches(TFRecord(path), batch_size, device, num_threads)
+
+
+def default_decoder(extractor: Any) -> str:
+    """nvJPEG when the extractor runs on CUDA, else the CPU decoders."""
+    device = getattr(extractor, "device", None)
+    return "nvjpeg" if getattr(device, "type", str(device)) == "cuda" else "cpu"
 
 
 def tfrecord_features(extractor: Any, path: Any, *, normalizer: Any = None,
-                      num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      num_threads: int | None = None, decoder: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), locations (N, 2)) for a TFRecord; locations as stored (tile centres)."""
     collector = RowCollector(extractor.num_features)
-    run_features(extractor, tfrecord_source(path, extractor.batch_size, num_threads), collector,
-                 normalizer=normalizer)
+    source = tfrecord_source(path, extractor.batch_size, num_threads,
+                             decoder=decoder or default_decoder(extractor),
+                             device=extractor.device)
+    run(source, collector, extractor=extractor, normalizer=normalizer)
     return collector.result()
+
+
+def call_extractor(extractor: Any, x: Any, **kwargs: Any) -> Any:
+    """`extractor(x)` for inputs that are not arrays: a WSI -> `FeatureGrid`, a `.tfrecords`
+    path -> (features, locations); anything else -> NotImplemented."""
+    if hasattr(x, "grid") and hasattr(x, "tiles"):  # a WSI (or anything with its tile API)
+        return wsi_features(extractor, x, **kwargs)
+    if isinstance(x, (str, Path)) and str(x).endswith(".tfrecords"):
+        return tfrecord_features(extractor, x, **kwargs)
+    return NotImplemented

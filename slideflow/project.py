@@ -188,13 +188,11 @@ class Project:
                               outdir: str | os.PathLike | None = None, *,
                               tile_px: int | None = None, tile_um: Any = None,
                               **kwargs: Any):
-        """Feature bags for MIL via `slideflow.features` (imported only when called).
+        """Feature bags for MIL (`Dataset.generate_feature_bags`).
 
         Give a `dataset`, or `tile_px`/`tile_um` (the project's dataset at that geometry).
         Bags go to `outdir`, default `<root>/pt_files/<extractor name>`.
         """
-        from . import features
-
         if dataset is None:
             if tile_px is None or tile_um is None:
                 raise ProjectError("give a dataset, or tile_px and tile_um")
@@ -203,7 +201,7 @@ class Project:
             name = extractor if isinstance(extractor, str) else getattr(extractor, "name",
                                                                          "features")
             outdir = self.root / "pt_files" / str(name)
-        return features.generate_feature_bags(dataset, extractor, outdir, **kwargs)
+        return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 
     # -- display -------------------------------------------------------------------------------
     def _counts(self) -> dict[str, Any]:

@@ -143,17 +143,17 @@ def test_create_and_load_errors(tmp_path: Path) -> None:
 
 
 def test_generate_feature_bags_delegates(tmp_path: Path, monkeypatch, slides: Path) -> None:
-    import slideflow.features as features
+    from slideflow.dataset import Dataset
 
     folder = _slide_folder(tmp_path, CMU)
     P = sf.create_project(tmp_path / "p", slides=folder)
     seen = {}
 
-    def fake(dataset, extractor, outdir, **kwargs):
+    def fake(dataset, extractor, outdir, **kwargs):  # the project hands over to its dataset
         seen.update(dataset=dataset, extractor=extractor, outdir=outdir, kwargs=kwargs)
         return "report"
 
-    monkeypatch.setattr(features, "generate_feature_bags", fake, raising=False)
+    monkeypatch.setattr(Dataset, "generate_feature_bags", fake)
     assert P.generate_feature_bags("ext", tile_px=64, tile_um=64, format="h5") == "report"
     assert seen["outdir"] == P.root / "pt_files" / "ext"
     assert seen["dataset"].slides() == ["CMU-1-Small-Region"] and seen["kwargs"] == {"format": "h5"}

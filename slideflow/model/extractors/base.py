@@ -2,8 +2,9 @@
 
 `FeatureExtractor` is the contract with the streaming engine (`slideflow.pipeline`):
 ``preprocess`` (uint8 NCHW on ``device`` -> float32 NCHW), ``forward_preprocessed``
-(-> float32 (N, D)), ``embed`` (numpy/tensor batches -> numpy) and ``__call__`` (arrays, a WSI
-or a ``.tfrecords`` path), plus the attributes the engine and the bag writer read.
+(-> float32 (N, D)), ``embed`` (numpy/tensor batches -> numpy, pipelined by `runner`) and
+``__call__`` (arrays here; a WSI or a ``.tfrecords`` path goes to the engine through
+`slideflow.hooks`), plus the attributes the engine and the bag writer read.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...hooks import call_input_handlers
 from ...validate import positive_int
 from .preprocess import Preprocess
+from .runner import BatchRunner, as_nchw_uint8
 from .spec import EXTRACTOR_CLASS, ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -254,32 +257,25 @@ class FeatureExtractor:
 
     def embed(self, batch: Any, batch_size: int | None = None) -> np.ndarray:
         """float32 (N, D) numpy features of uint8 tiles (NHWC numpy, or NCHW/NHWC tensor)."""
-        x = _as_nchw_uint8(batch)
+        x = as_nchw_uint8(batch)
         n = x.shape[0]
         out = np.empty((n, self.num_features), np.float32)
         step = self.batch_size if batch_size is None else positive_int(batch_size, "batch_size")
-        for start in range(0, n, step):
-            chunk = x[start:start + step].to(self.device, non_blocking=True)
-            feats = self.forward_preprocessed(self.preprocess(chunk))
-            if feats.shape[1] != self.num_features:
-                raise RuntimeError(f"{self.name} produced {feats.shape[1]} features, expected "
-                                   f"{self.num_features}")
-            out[start:start + len(chunk)] = feats.cpu().numpy()
+        chunks = ((x[start:start + step], start) for start in range(0, n, step))
+        for feats, start in BatchRunner(self).run(chunks):
+            out[start:start + len(feats)] = feats
         return out
 
     def __call__(self, x: Any, **kwargs: Any) -> Any:
-        if hasattr(x, "grid") and hasattr(x, "tiles"):
-            from ... import pipeline
-
-            return pipeline.wsi_features(self, x, **kwargs)
-        if isinstance(x, (str, Path)) and str(x).endswith(".tfrecords"):
-            from ... import pipeline
-
-            return pipeline.tfrecord_features(self, x, **kwargs)
+        """Features of uint8 tiles (numpy/tensor batch); a WSI or a ``.tfrecords`` path is
+        handed to the engine through `slideflow.hooks` (the model layer knows arrays only)."""
         if isinstance(x, (np.ndarray, torch.Tensor)):
             return self.embed(x, **kwargs)
-        raise TypeError(f"{self.name}: expected tiles (numpy/tensor), a WSI or a .tfrecords "
-                        f"path, got {type(x).__name__}")
+        result = call_input_handlers(self, x, **kwargs)
+        if result is NotImplemented:
+            raise TypeError(f"{self.name}: expected tiles (numpy/tensor), a WSI or a "
+                            f".tfrecords path, got {type(x).__name__}")
+        return result
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights in the layout ``weights=`` accepts (save with torch.save or
@@ -307,23 +303,3 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot record {type(value).__name__} value {value!r} in the extractor "
                     "config; pass JSON-serialisable options")
 
-
-def _as_nchw_uint8(batch: Any) -> torch.Tensor:
-    if isinstance(batch, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(batch))
-    elif isinstance(batch, torch.Tensor):
-        t = batch
-    else:
-        raise TypeError(f"expected a numpy array or a tensor, got {type(batch).__name__}")
-    if t.dtype != torch.uint8:
-        raise TypeError(f"expected uint8 tiles, got {t.dtype}; convert float images with "
-                        "(x * 255).round().astype(np.uint8)")
-    if t.ndim == 3:
-        t = t.unsqueeze(0)
-    if t.ndim != 4:
-        raise ValueError(f"expected (N, H, W, 3) or (N, 3, H, W) tiles, got {tuple(t.shape)}")
-    if t.shape[-1] == 3:
-        return t.permute(0, 3, 1, 2)  # NHWC -> NCHW view (channels_last memory)
-    if t.shape[1] == 3:
-        return t
-    raise ValueError(f"no channel axis of size 3 in tiles of shape {tuple(t.shape)}")

@@ -1,0 +1,94 @@
+"""What an extraction run did: per-slide results and the run summary (with its HTML view)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io.tfrecord import get_tfrecord_label
+from ..report import summary_table_html
+
+
+@dataclass
+class SlideResult:
+    """What happened to one slide: status 'done', 'skipped' (reused) or 'failed'."""
+
+    slide: str
+    status: str
+    tiles: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+    tfrecord: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    preview_png: bytes | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"slide": self.slide, "status": self.status, "tiles": self.tiles,
+                "seconds": round(self.seconds, 3), "error": self.error, "reason": self.reason,
+                "tfrecord": str(self.tfrecord) if self.tfrecord else None,
+                "warnings": list(self.warnings)}
+
+
+@dataclass
+class ExtractionSummary:
+    """Per-slide results of an extraction run; `summary['slide'].tiles`, `.to_df()`."""
+
+    tile_px: int
+    tile_um: Any
+    results: dict[str, SlideResult] = field(default_factory=dict)
+    seconds: float = 0.0
+    reports: list[Path] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return get_tfrecord_label(self.tile_px, self.tile_um)
+
+    def _with(self, status: str) -> list[str]:
+        return [k for k, r in self.results.items() if r.status == status]
+
+    @property
+    def done(self) -> list[str]:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[str]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {k: r.error or "" for k, r in self.results.items() if r.status == "failed"}
+
+    @property
+    def tiles(self) -> int:
+        """Tiles written in this run (reused slides not counted)."""
+        return sum(r.tiles for r in self.results.values() if r.status == "done")
+
+    def __getitem__(self, slide: str) -> SlideResult:
+        return self.results[slide]
+
+    def __iter__(self):
+        return iter(self.results.values())
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {k: r.as_dict() for k, r in self.results.items()}
+
+    def to_df(self):
+        import pandas as pd
+
+        return pd.DataFrame([r.as_dict() for r in self.results.values()])
+
+    def __repr__(self) -> str:
+        rate = self.tiles / self.seconds if self.seconds else 0.0
+        return (f"ExtractionSummary({self.label}: {len(self.done)} extracted, "
+                f"{len(self.skipped)} reused, {len(self.failed)} failed; {self.tiles} tiles in "
+                f"{self.seconds:.1f} s, {rate:.0f} tiles/s)")
+
+    def _repr_html_(self) -> str:
+        return summary_table_html(self)

@@ -1,0 +1,83 @@
+"""Many slides: a few in flight, one shared encode pool, a summary and HTML reports.
+
+`run_jobs` schedules `extract_job` over slides (slides in flight x reader threads = the
+threads asked for), collects the per-slide results and stops cleanly on an interrupt: running
+slides stop at their next batch and discard their temporary files. The research layer
+(`slideflow.dataset_work.extract_dataset`) turns a Dataset into the jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from ..io import imgcodec
+from ..progress import track_slides
+from ..slide.geometry import check_tile_geometry
+from .job import extract_job
+from .results import ExtractionSummary, SlideResult
+from .sidecar import ExtractJob, ExtractOptions
+
+log = logging.getLogger("slideflow")
+
+
+def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: ExtractOptions, *,
+             num_threads: int | None = None, slides_in_flight: int | None = None,
+             progress: bool | None = True, failed: dict[str, str] | None = None,
+             on_result: Callable[[SlideResult], None] | None = None) -> ExtractionSummary:
+    """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
+    start = time.perf_counter()
+    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
+    summary = ExtractionSummary(int(tile_px), tile_um)
+    total = len(jobs) + len(failed or {})
+    threads = max(1, num_threads or imgcodec.default_threads())
+    in_flight = max(1, min(slides_in_flight or 2, len(jobs) or 1, threads))
+    read_threads = max(1, threads // in_flight)
+    stop = threading.Event()
+    with track_slides(total, f"extract {summary.label}", enabled=progress) as bar:
+        for name, why in (failed or {}).items():
+            summary.results[name] = SlideResult(name, "failed", error=why)
+            bar.slide_failed(name, why)
+        encode_pool = ThreadPoolExecutor(threads, thread_name_prefix="sf-encode")
+        slide_pool = ThreadPoolExecutor(in_flight, thread_name_prefix="sf-slide")
+        try:
+            queue = list(jobs)
+            running: dict[Future, ExtractJob] = {}
+            while queue or running:
+                while queue and len(running) < in_flight:
+                    job = queue.pop(0)
+                    fut = slide_pool.submit(extract_job, job, tile_px, tile_um, opt,
+                                            encode_pool=encode_pool, encode_threads=threads,
+                                            read_threads=read_threads,
+                                            progress=bar, stop=stop,
+                                            preview_width=256 if opt.report else None)
+                    running[fut] = job
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    running.pop(fut)
+                    r = fut.result()  # only interrupts (KeyboardInterrupt, _Stopped) raise here
+                    summary.results[r.slide] = r
+                    if r.status == "done":
+                        bar.slide_done(r.slide, r.tiles)
+                    elif r.status == "skipped":
+                        bar.slide_skipped(r.slide, r.reason or "")
+                    else:
+                        bar.slide_failed(r.slide, r.error or "")
+                    if on_result is not None:
+                        on_result(r)
+        except BaseException:
+            stop.set()  # running slides stop at their next batch and discard their temp files
+            raise
+        finally:
+            slide_pool.shutdown(wait=True, cancel_futures=True)
+            encode_pool.shutdown(wait=True, cancel_futures=True)
+    order = {j.name: i for i, j in enumerate(jobs)}
+    summary.results = dict(sorted(summary.results.items(),
+                                  key=lambda kv: (order.get(kv[0], -1), kv[0])))
+    summary.seconds = time.perf_counter() - start
+    return summary
+
