@@ -237,11 +237,14 @@ class FeatureGrid(np.ma.MaskedArray):
 
 
 def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
-                 num_threads: int | None = None) -> FeatureGrid:
-    """Features for every kept tile of `wsi`, as a masked grid (see `FeatureGrid`)."""
+                 num_threads: int | None = None, **read_options: Any) -> FeatureGrid:
+    """Features for every kept tile of `wsi`, as a masked grid (see `FeatureGrid`).
+
+    `read_options` go to `wsi.tiles` (e.g. the reader's `decoder=`), which refuses unknown ones.
+    """
     collector = RowCollector(extractor.num_features)
-    run(wsi.tiles(batch_size=extractor.batch_size, num_threads=num_threads), collector,
-        extractor=extractor, normalizer=normalizer)
+    run(wsi.tiles(batch_size=extractor.batch_size, num_threads=num_threads, **read_options),
+        collector, extractor=extractor, normalizer=normalizer)
     feats, coords = collector.result()
     grid = wsi.grid
     data = np.zeros((*grid.shape, extractor.num_features), np.float32)
