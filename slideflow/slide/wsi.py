@@ -206,13 +206,10 @@ class WSI:
                     dsamples[i], default=0)
         w, h = self.dimensions
         out_w, out_h = max(1, int(round(w / target_ds))), max(1, int(round(h / target_ds)))
-        try:
-            img = self.reader.read_level(level)
+        try:  # banded: memory bounded by the QC image, not by a single-level slide
+            return self.reader.read_level_scaled(level, (out_w, out_h))
         except Exception as exc:
             raise SlideReadError(f"{self.path}: cannot read level {level} for QC: {exc}") from exc
-        if img.shape[1] != out_w or img.shape[0] != out_h:
-            img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
-        return img
 
     @property
     def _qc_scale(self) -> float:

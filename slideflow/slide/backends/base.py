@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 
@@ -83,6 +84,43 @@ class SlideReader(ABC):
             rows = min(band_rows, h - y)
             out[y:y + rows] = self.read_region(level, 0, int(round(y * ds)), w, rows)
         return out
+
+    def read_level_scaled(self, level: int, size: tuple[int, int],
+                          band_bytes: int = 64 << 20) -> np.ndarray:
+        """`level` area-resampled to `size` (w, h), with memory bounded by the result.
+
+        A level at most 4x the result (or under `band_bytes`) is read whole and resized once.
+        A larger one (a single-level slide's level 0) is read in bands of about `band_bytes`,
+        each band shrunk at once by the integer factor k = floor(level / size) (exact block
+        means), then the <= 4x-result image is resized to `size`: peak memory is that image
+        plus one band, never the level (a 60k x 60k level would need 10.8 GB).
+        """
+        w, h = self.level_dimensions[level]
+        out_w, out_h = size
+        k = max(1, int(min(w / out_w, h / out_h)))
+        if k < 2 or w * h * 3 <= max(4 * out_w * out_h * 3, band_bytes):
+            img = self.read_level(level)
+            if img.shape[1] != out_w or img.shape[0] != out_h:
+                img = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_AREA)
+            return img
+        ds = self.level_downsamples[level]
+        rw, rh = w // k, h // k  # whole k x k blocks; the last < k px are left out
+        small = None
+        if len(self.level_dimensions) == 1 and self.path.is_file():
+            from .tiff_scan import shrink_tiled_tiff  # stored tiles, empty ones skipped
+
+            small = shrink_tiled_tiff(self.path, (w, h), k)
+        if small is not None:
+            return cv2.resize(small, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        rows = max(k, band_bytes // (w * 3) // k * k)
+        small = np.empty((rh, rw, 3), np.uint8)
+        for y in range(0, rh * k, rows):
+            n = min(rows, rh * k - y)
+            band = self.read_region(level, 0, int(round(y * ds)), rw * k, n)
+            small[y // k:(y + n) // k] = cv2.resize(band, (rw, n // k),
+                                                    interpolation=cv2.INTER_AREA)
+            del band
+        return cv2.resize(small, (out_w, out_h), interpolation=cv2.INTER_AREA)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release file handles."""
