@@ -13,7 +13,7 @@ $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-lock.txt
-	$(BIN)/python -m pip install -q -e ".[all,dev]"
+	$(BIN)/python -m pip install -q -e ".[all,dev,tf]"
 	@for d in slideflow_gpl slideflow_noncommercial; do \
 	  if [ -f $$d/pyproject.toml ]; then $(BIN)/python -m pip install -q --no-deps -e ./$$d || exit 1; fi; done
 	@rm -f $(VENV)/.stamp-*

@@ -353,6 +353,41 @@ class Dataset:
         return generate_feature_bags(self.feature_jobs(source), extractor, outdir, self.tile_px,
                                      self.tile_um, **kwargs)
 
+    # -- loaders -------------------------------------------------------------------------------
+    def _loader_labels(self, labels: str | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """A label column name -> {slide: label index/float}; dicts and None pass through."""
+        if labels is None or isinstance(labels, Mapping):
+            return labels
+        values, _ = self.labels(labels)
+        return values
+
+    def tensorflow(self, labels: str | Mapping[str, Any] | None = None, batch_size: int | None
+                   = None, **kwargs: Any):
+        """A `tf.data.Dataset` over this dataset's TFRecords (`slideflow.io.tensorflow`).
+
+        `labels` is an annotation column (categorical -> index, as `labels(column)`) or a
+        {slide: label} dict. Other keywords (``infinite``, ``augment``, ``standardize``,
+        ``incl_slidenames``, ``incl_loc``, ``shard``, ``shuffle``, ``seed``, ``balance``, ...)
+        are those of `slideflow.io.tensorflow.interleave`. Imports TensorFlow.
+        """
+        from .io import tensorflow as sftf
+
+        tfrecords = self.tfrecords()
+        if not tfrecords:
+            raise DatasetError("no TFRecords for this dataset: run extract_tiles() first")
+        return sftf.interleave(tfrecords, self._loader_labels(labels), batch_size=batch_size,
+                               **kwargs)
+
+    def torch(self, labels: str | Mapping[str, Any] | None = None, **kwargs: Any):
+        """A PyTorch `TileDataset` over this dataset's TFRecords (same tiles and order as
+        `tensorflow()` for the same seed); keywords as `slideflow.io.torch_data.TileDataset`."""
+        from .io.torch_data import TileDataset
+
+        tfrecords = self.tfrecords()
+        if not tfrecords:
+            raise DatasetError("no TFRecords for this dataset: run extract_tiles() first")
+        return TileDataset(tfrecords, self._loader_labels(labels), **kwargs)
+
     def feature_jobs(self, source: str = "auto") -> list[Any]:
         """`slideflow.features.SlideJob`s: from the TFRecord when it exists (`source='auto'`),
         always from TFRecords ('tfrecords') or always from the slides ('slides')."""

@@ -32,7 +32,9 @@ def test_tile_suffix_names_the_tile_encoder():
 def test_backend_keyword():
     ext = sf.build_feature_extractor("resnet18_imagenet", backend="torch", pretrained=False)
     assert ext.num_features == 512
-    with pytest.raises(errors.ExtractorNotFound, match="PyTorch extractors only.*backend='torch'"):
+    # backend='tensorflow' builds Keras extractors (tests/test_tensorflow.py); names without a
+    # Keras application are refused naming the PyTorch spelling
+    with pytest.raises(errors.ExtractorNotFound, match="no TensorFlow/Keras build.*backend='torch'"):
         sf.build_feature_extractor("resnet18_imagenet", backend="tensorflow", pretrained=False)
     with pytest.raises(ValueError, match="backend"):
         sf.build_feature_extractor("resnet18_imagenet", backend="jax", pretrained=False)

@@ -12,6 +12,10 @@ def __getattr__(name: str) -> Any:  # lazy: h5py/zarr/torch load only when used
         from . import tfrecord
 
         return getattr(tfrecord, name)
+    if name == "tensorflow":  # imports TensorFlow: only on explicit use
+        import importlib
+
+        return importlib.import_module(".tensorflow", __name__)
     if name in ("convert", "read_bag", "write_bag"):
         from . import bags
 

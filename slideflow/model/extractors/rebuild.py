@@ -17,6 +17,7 @@ from ...errors import ExtractorNotFound, UnsafeConfigError, WeightsError
 from ...io.bags_config import read_bags_config
 from ...norm import from_config
 from .factory import build_feature_extractor
+from .keras_family import KERAS_APPLICATIONS, KERAS_EXTRACTOR_CLASS, SF3_KERAS_NAMES
 from .registry import get_spec, sf3_classes
 from .spec import EXTRACTOR_CLASS, SF3_MODULE
 
@@ -34,13 +35,12 @@ SF3_IMAGENET = SF3_MODULE + "TorchImagenetLayerExtractor"
 SF3_IMAGENET_NAMES = {"resnet18": "resnet18_imagenet", "resnet34": "resnet34_imagenet",
                       "resnet50": "resnet50_imagenet", "densenet": "densenet121_imagenet",
                       "densenet121": "densenet121_imagenet"}
+SF3_KERAS_IMAGENET = SF3_MODULE + "TensorflowImagenetLayerExtractor"
 SF3_VIT = SF3_MODULE + "vit.ViTFeatures"
 SF3_DINOV2 = SF3_MODULE + "dinov2.DinoV2Features"
 SF3_UNSUPPORTED = {
     SF3_MODULE + "simclr.SimCLR_Features": "a TensorFlow SimCLR model (Slideflow 3's simclr); "
                                      "TensorFlow models are not supported",
-    SF3_MODULE + "TensorflowImagenetLayerExtractor": "a TensorFlow ImageNet model; TensorFlow "
-                                               "models are not supported",
     SF3_MODULE + "gigapath.GigapathFeatures": "a slide-level Prov-GigaPath encoder; only the tile "
                                         "encoder ('gigapath') is supported",
 }
@@ -68,6 +68,10 @@ def extractor_arguments(ext_cfg: Mapping[str, Any]) -> dict[str, Any]:
             raise UnsafeConfigError(f"{cls} config without a registry 'name': {dict(kwargs)!r}")
         get_spec(kwargs["name"])  # ExtractorNotFound (with install hint) if unknown
         return dict(kwargs)
+    if cls == KERAS_EXTRACTOR_CLASS:
+        return _keras_arguments(kwargs)
+    if cls == SF3_KERAS_IMAGENET:
+        return _sf3_keras(kwargs)
     if cls in SF3_UNSUPPORTED:
         raise ExtractorNotFound(f"the bags were made with {cls}, {SF3_UNSUPPORTED[cls]}")
     sf3_names = sf3_classes()
@@ -117,6 +121,44 @@ def _sf3_transforms(kwargs: Mapping[str, Any], img_size: int, defaults: Mapping[
         merged["order"] = "resize_crop"
     out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in merged.items()
            if v is not None}
+    return out
+
+
+def _keras_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A Keras extractor config names a model file or a Keras application, never code."""
+    out = dict(kwargs)
+    if "model" in out:
+        model = out.pop("model")
+        if not isinstance(model, str):
+            raise UnsafeConfigError("the bags were made with an in-memory keras.Model that was "
+                                    "never saved; rebuild it with build_feature_extractor("
+                                    "'/path/to/saved.keras', ...)")
+        return {"name": model, **out}
+    if out.get("name") not in KERAS_APPLICATIONS:
+        raise UnsafeConfigError(f"Keras extractor config names neither a model file nor a "
+                                f"Keras application: {dict(kwargs)!r}")
+    out["backend"] = "tensorflow"
+    return out
+
+
+def _sf3_keras(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Slideflow 3's TensorFlow ImageNet extractor -> our Keras application extractor."""
+    model = str(kwargs.get("model_name"))
+    name = SF3_KERAS_NAMES.get(model)
+    if name is None:
+        raise ExtractorNotFound(f"Slideflow 3 TensorFlow ImageNet model {model!r} has no Keras "
+                                f"counterpart here; available: {sorted(SF3_KERAS_NAMES)}")
+    if kwargs.get("include_preds"):
+        raise ExtractorNotFound("Slideflow 3 include_preds=True (ImageNet logits) is not "
+                                "supported")
+    out: dict[str, Any] = {"name": name, "backend": "tensorflow",
+                           "tile_px": int(kwargs.get("tile_px") or 224)}
+    layers = kwargs.get("layers")
+    if isinstance(layers, str):
+        layers = [layers]
+    if layers and list(layers) != ["postconv"]:
+        out["layers"] = list(layers)
+        out["pooling"] = kwargs.get("pooling", "avg")
     return out
 
 

@@ -2,8 +2,8 @@
 
 Slideflow 3 code ported here keeps working, or fails with a message naming the equivalent:
 
-- ``build_feature_extractor(name, backend='torch')``: accepted (every extractor here is
-  PyTorch); ``backend='tensorflow'`` is refused.
+- ``build_feature_extractor(name, backend='torch')``: accepted; ``backend='tensorflow'`` builds
+  a Keras extractor before this module is reached (see `keras_family`).
 - ``'<name>.tile'`` is the tile encoder ``'<name>'`` (Slideflow's ``'gigapath.tile'``), unless a
   name with the suffix is registered itself; see `registry.get_spec`.
 - ``('dinov2', weights=..., cfg='config.yaml')``: ``cfg`` is our ``config``.
@@ -27,7 +27,6 @@ from ...errors import ExtractorNotFound, WeightsError
 from .registry import get_spec, normalize
 
 _TORCH_BACKENDS = (None, "torch", "pytorch")
-_TF_BACKENDS = ("tensorflow", "tf")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
 
 # registry key -> factory registered with @register_torch
@@ -40,11 +39,6 @@ def translate(name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     backend = kwargs.pop("backend", None)
     if isinstance(backend, str):
         backend = backend.lower()
-    if backend in _TF_BACKENDS:
-        raise ExtractorNotFound(
-            f"{name}: backend='tensorflow' is not available; slideflow builds PyTorch "
-            "extractors only. Drop backend= (or pass backend='torch'); a Slideflow 3 "
-            "TensorFlow model has to be exported to PyTorch weights first.")
     if backend not in _TORCH_BACKENDS:
         raise ValueError(f"backend must be 'torch' (or None), not {backend!r}")
     if is_sf3_factory(name):
