@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_slide.py", "bench_tfrecord.py", "bench_extract.py", "bench_model.py",
-           "bench_features.py"]
+           "bench_features.py", "bench_tf.py"]
 
 if __name__ == "__main__":
     failed = []

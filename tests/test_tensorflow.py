@@ -5,6 +5,7 @@ TensorFlow is imported once for this module (it takes seconds); everything else 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,8 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+if importlib.util.find_spec("tensorflow") is None:
+    pytest.skip("tensorflow is not installed (pip install slideflow[tf])", allow_module_level=True)
+
+from slideflow.tf_runtime import import_tensorflow  # noqa: E402
+
+tf = import_tensorflow()  # before keras: see slideflow/tf_runtime.py
+import keras  # noqa: E402
 
 import slideflow as sf  # noqa: E402
 import slideflow.io.tensorflow as sftf  # noqa: E402
@@ -375,3 +381,12 @@ def test_keras_imagenet_application_from_local_weights_only(tmp_path, monkeypatc
                                       weights=str(moved), tile_px=64)
     assert ext3.dump_config()["kwargs"]["weights"] == str(moved.resolve())
     assert ext3.weights_sha256 == ext.weights_sha256
+
+
+def test_tensorflow_then_torchvision_does_not_crash():
+    """Regression: TensorFlow loaded before Triton made `import torchvision` segfault."""
+    code = ("import slideflow.io.tensorflow, torchvision, torch; "
+            "print(torchvision.ops.nms(torch.zeros(1, 4), torch.ones(1), 0.5).tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[0]"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -163,35 +166,50 @@ def test_masked_crc_matches_independent_crc32c():
 # --------------------------------------------------------------------------- interoperability
 
 
-def test_independent_tfrecord_package_reads_our_files(tfr):
-    tfrecord_loader = pytest.importorskip("tfrecord.reader").tfrecord_loader
+def _in_fresh_interpreter(code: str) -> None:
+    """Run a check that imports the `tfrecord` package in its own interpreter: its copy of
+    TensorFlow's Example protos cannot share a process with TensorFlow (duplicate protobuf
+    symbols), and test_tensorflow.py imports TensorFlow."""
+    if importlib.util.find_spec("tfrecord") is None:
+        pytest.skip("the tfrecord package is not installed")
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
 
+
+def test_independent_tfrecord_package_reads_our_files(tfr):
     path, tiles, locs = tfr
     ours = TFRecord(path)
-    theirs = list(tfrecord_loader(str(path), None))
-    assert len(theirs) == N
-    for i, rec in enumerate(theirs):
-        assert bytes(rec["image_raw"]) == ours[i]["image_raw"]
-        assert bytes(rec["slide"]) == b"slide-1"
-        assert (int(rec["loc_x"][0]), int(rec["loc_y"][0])) == locs[i]
+    expected = [(ours[i]["image_raw"].hex(), [int(v) for v in locs[i]]) for i in range(N)]
+    _in_fresh_interpreter(f"""
+from tfrecord.reader import tfrecord_loader
+theirs = list(tfrecord_loader({str(path)!r}, None))
+expected = {expected!r}
+assert len(theirs) == len(expected) == {N}
+for rec, (raw, loc) in zip(theirs, expected):
+    assert bytes(rec["image_raw"]).hex() == raw
+    assert bytes(rec["slide"]) == b"slide-1"
+    assert [int(rec["loc_x"][0]), int(rec["loc_y"][0])] == loc
+""")
 
 
 def test_encoding_equals_protobuf_deterministic_serialization():
-    example_pb2 = pytest.importorskip("tfrecord.example_pb2")
-
-    ex = example_pb2.Example()
-    f = ex.features.feature
-    f["slide"].bytes_list.value.append("é-slide".encode())
-    f["image_raw"].bytes_list.value.append(b"\xff\xd8\xff" + bytes(300))
-    f["loc_x"].int64_list.value.append(-123456789012)
-    f["loc_y"].int64_list.value.append(2**62)
-    f["weights"].float_list.value.extend([0.5, -1.25])
     ours = protobuf.encode_example({"loc_y": 2**62, "slide": "é-slide", "loc_x": -123456789012,
                                     "image_raw": b"\xff\xd8\xff" + bytes(300),
                                     "weights": [0.5, -1.25]})
-    assert ours == ex.SerializeToString(deterministic=True)
-    back = example_pb2.Example.FromString(ours)
-    assert list(back.features.feature["loc_x"].int64_list.value) == [-123456789012]
+    _in_fresh_interpreter(f"""
+from tfrecord import example_pb2
+ex = example_pb2.Example()
+f = ex.features.feature
+f["slide"].bytes_list.value.append("é-slide".encode())
+f["image_raw"].bytes_list.value.append(b"\\xff\\xd8\\xff" + bytes(300))
+f["loc_x"].int64_list.value.append(-123456789012)
+f["loc_y"].int64_list.value.append(2**62)
+f["weights"].float_list.value.extend([0.5, -1.25])
+ours = bytes.fromhex({ours.hex()!r})
+assert ours == ex.SerializeToString(deterministic=True)
+back = example_pb2.Example.FromString(ours)
+assert list(back.features.feature["loc_x"].int64_list.value) == [-123456789012]
+""")
 
 
 def _field(num: int, payload: bytes) -> bytes:

@@ -26,12 +26,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from ..errors import DatasetError
+from ..tf_runtime import import_tensorflow
 from .plan import epoch_plan, shard_plan
 from .tfrecord import TFRecord
 
+tf = import_tensorflow()
 AUTOTUNE = tf.data.AUTOTUNE
 
 #: our TFRecord schema, as TensorFlow parses it

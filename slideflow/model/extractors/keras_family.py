@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import ExtractorNotFound, WeightsError
+from ...tf_runtime import import_tensorflow
 
 #: class name written to bags_config.json for Keras extractors
 KERAS_EXTRACTOR_CLASS = "slideflow.model.KerasFeatureExtractor"
@@ -90,7 +91,7 @@ def _sha256(path: Path) -> str:
 
 
 def _pool(tensor: Any, pooling: str | None) -> Any:
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     if tensor.shape.rank == 4:
         if pooling == "avg":
@@ -117,8 +118,9 @@ class KerasFeatureExtractor:
                  tile_px: int, batch_size: int, config_kwargs: dict[str, Any],
                  weights_source: str, weights_sha256: str | None, pretrained: bool,
                  license: str | None = None, citation: str | None = None):
-        import tensorflow as tf
         import torch
+
+        tf = import_tensorflow()
 
         if pooling not in ("avg", "max", None):
             raise ValueError(f"pooling must be 'avg', 'max' or None, not {pooling!r}")
@@ -161,7 +163,7 @@ class KerasFeatureExtractor:
 
     # ------------------------------------------------------------------ compute
     def _prepare(self, x: Any) -> Any:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         x = tf.cast(x, tf.float32)
         if self.input_px and (x.shape[1] != self.input_px or x.shape[2] != self.input_px):
@@ -177,7 +179,7 @@ class KerasFeatureExtractor:
         return x
 
     def _forward(self, x: Any) -> Any:
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         out = self._features(self._prepare(x), training=False)
         outs = out if isinstance(out, (list, tuple)) else [out]
@@ -250,6 +252,7 @@ def _as_nhwc_uint8(batch: Any) -> np.ndarray:
 
 
 def _load_model_file(path: Path) -> Any:
+    import_tensorflow()
     import keras
 
     if not path.is_file():
@@ -263,6 +266,7 @@ def _load_model_file(path: Path) -> Any:
 
 def _application(name: str, weights: str | os.PathLike | None, pretrained: bool, seed: int
                  ) -> tuple[Any, str, str | None, Path | None]:
+    import_tensorflow()
     import keras
 
     ctor, module, filename = KERAS_APPLICATIONS[name]
