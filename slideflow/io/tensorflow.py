@@ -172,9 +172,7 @@ class _StainJitter:
         self.jitter = float(jitter)
 
     def _numpy(self, image: np.ndarray, factors: np.ndarray) -> np.ndarray:
-        from ..norm import autoselect
-
-        norm = autoselect(self.normalizer.method)
+        norm = type(self.normalizer)(self.normalizer.method)  # a fresh one, same method
         norm.set_fit(target_means=self.means * factors[:3], target_stds=self.stds * factors[3:])
         return norm.transform(image)
 
