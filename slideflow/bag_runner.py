@@ -81,13 +81,14 @@ class SlideOutcome:
 def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOptions,
                 fmt: str) -> BagTarget:
     """A target with its bags_config (checked against what the folder already holds)."""
-    from .io.bags_config import check_compatible
+    from .io.bags_config import check_compatible, config_file
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = bags_config(extractor, normalizer, opts.tile_px, opts.tile_um, opts.selection, fmt)
     if not opts.force:
-        check_compatible(outdir, cfg)  # raises BagsConfigMismatchError listing the keys
+        # raises BagsConfigMismatchError listing the keys (AtlasPatch: one config per extractor)
+        check_compatible(config_file(outdir, fmt, cfg["provenance"]["extractor"]), cfg)
     request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
                                               "tile_px", "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
@@ -126,8 +127,8 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
     if not todo:
         return out
     with contextlib.ExitStack() as locks:
-        for t in todo:
-            lock = locks.enter_context(SlideLock(t.outdir, job.name))
+        for outdir in dict.fromkeys(t.outdir for t in todo):  # AtlasPatch targets share one
+            lock = locks.enter_context(SlideLock(outdir, job.name))
             if not lock.acquired:
                 out.status, out.error = BUSY, f"locked by {lock.holder()}"
                 return out
@@ -135,8 +136,8 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
             todo = [t for t in todo if not current(t)]
             if not todo:
                 return out
-        for t in todo:
-            for p in clean_stale_temps(t.outdir, job.name):
+        for outdir in dict.fromkeys(t.outdir for t in todo):
+            for p in clean_stale_temps(outdir, job.name):
                 log.info("%s: removed %s left by a dead run", job.name, p.name)
         try:
             out.tiles = _write_bags(job, todo, opts, normalizer, on_tiles)

@@ -19,7 +19,8 @@ import numpy as np
 
 from .errors import InvalidArgumentError, SlideflowError
 from .io.bags import bag_path, read_bag_meta
-from .io.bags_config import normalize, write_bags_config
+from .io.bags_config import config_file, normalize, write_bags_config
+from .io.base import FORMATS
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
 from .pipeline import RowCollector, default_decoder, run, tfrecord_source
@@ -142,7 +143,8 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
         coords = coords[keep]
     meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
-            "objective_power": wsi.reader.objective_power}
+            "objective_power": wsi.reader.objective_power,
+            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px}
     return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords), \
         wsi.full_extract_px, meta
 
@@ -182,7 +184,8 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
 def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any]) -> bool:
     if not bag_path(outdir, name, fmt).exists():
         return False
-    meta = read_bag_meta(outdir, name, fmt) or {}
+    encoder = ((request.get("config") or {}).get("extractor") or {}).get("kwargs", {}).get("name")
+    meta = read_bag_meta(outdir, name, fmt, encoder=encoder) or {}
     recorded = meta.get("request")
     if recorded != normalize(request):
         log.info("%s: existing bag was made with other settings; regenerating", name)
@@ -223,8 +226,8 @@ def generate_bags(
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
     max_tiles = optional_positive_int(max_tiles, "max_tiles")
-    if fmt not in ("pt", "h5", "zarr"):
-        raise InvalidArgumentError(f"format must be 'pt', 'h5' or 'zarr', got {fmt!r}")
+    if fmt not in FORMATS:
+        raise InvalidArgumentError(f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
     many = isinstance(extractor, (list, tuple))
     extractors = [resolve_extractor(e) for e in (extractor if many else [extractor])]
     names = [e.name for e in extractors]
@@ -234,7 +237,9 @@ def generate_bags(
     opts = BagOptions(int(tile_px), tile_um, selection or TileSelection(), force_regenerate,
                       min_tiles, max_tiles, seed, num_threads, save_images)
     outdir = Path(outdir)
-    targets = [make_target(e, outdir / e.name if many else outdir, normalizer, opts, fmt)
+    # AtlasPatch: every extractor writes into the same files (features/<name>), one folder
+    shared = not many or fmt == "atlaspatch"
+    targets = [make_target(e, outdir if shared else outdir / e.name, normalizer, opts, fmt)
                for e in extractors]
     start = time.perf_counter()
     jobs = list(jobs)
@@ -251,7 +256,8 @@ def generate_bags(
     else:
         outcomes = run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress)
     for t in targets:
-        write_bags_config(t.outdir, t.cfg)  # metadata last
+        name = t.cfg["provenance"]["extractor"]
+        write_bags_config(config_file(t.outdir, t.fmt, name), t.cfg)  # metadata last
     report = BagsReport(outdir, outcomes=outcomes)
     for o in outcomes:
         if o.status == "done":

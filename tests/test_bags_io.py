@@ -227,7 +227,8 @@ def test_zarr_boxes_and_chunks(tmp_path, data):
     feats, coords = data
     path = _stream(tmp_path, "zarr", feats, coords)
     g = zarr.open_group(str(path), mode="r")
-    assert g["features"].dtype == np.float32 and g["features"].chunks == (512, D)
+    assert g["probabilities"].dtype == np.float32 and g["probabilities"].chunks == (512, D)
+    assert "features" not in g  # TIAToolbox's key only
     boxes = g["coordinates"][...]
     assert boxes.dtype == np.int64 and boxes.shape == (N, 4)
     np.testing.assert_array_equal(boxes[:, :2], coords)
@@ -241,7 +242,9 @@ def test_zarr_reads_tiatoolbox_names(tmp_path, data):
     g = zarr.open_group(str(tmp_path / "tia.zarr"), mode="w")
     g.create_array("probabilities", data=feats)
     g.create_array("coordinates", data=np.concatenate([coords, coords + 256], 1))
-    bag = read_bag(tmp_path / "tia.zarr")
+    with pytest.raises(BagError, match="coords_scale="):  # resolution not recorded: refused
+        read_bag(tmp_path / "tia.zarr")
+    bag = read_bag(tmp_path / "tia.zarr", coords_scale=1.0)
     assert _same(bag.features, feats) and _same(bag.coords, coords)
     assert bag.patch_size_level0 == 256  # from the boxes
 

@@ -1,10 +1,12 @@
 """Feature bags: one (N, D) float32 matrix of tile features per slide, with tile coordinates.
 
-The dispatcher over the three on-disk formats, chosen by suffix (layouts in docs/outputs.md):
+The dispatcher over the on-disk formats, chosen by suffix (layouts in docs/outputs.md):
 
     <slide>.pt + <slide>.index.npz   Slideflow: torch tensor; index `arr_0` = tile CENTRES  (pt.py)
     <slide>.h5                       CLAM/TRIDENT: `features`, `coords` (top-left) + attrs  (h5.py)
-    <slide>.zarr/                    TIAToolbox style: `features`, `coordinates` (x0, y0, x1, y1)
+    patches/<slide>.h5               AtlasPatch: `coords` (N, 5), `features/<encoder>`
+                                                                                (atlaspatch.py)
+    <slide>.zarr/                    TIAToolbox: `probabilities`, `coordinates` (x0, y0, x1, y1)
                                                                                     (zarr_store.py)
 
 In memory, coordinates are always int64 TOP-LEFT corners in level-0 pixels (types and geometry
@@ -24,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BagError
+from .atlaspatch import AtlasPatchSink, is_atlaspatch_file, read_atlaspatch, read_atlaspatch_meta
 from .atomic import AtomicWriter
-from .bags_config import CONFIG_NAME, check_compatible, read_bags_config, write_bags_config
+from .bags_config import check_compatible, config_file, read_bags_config, write_bags_config
 from .base import (
+    ATLASPATCH_DIR,
     BAG_SUFFIXES,
     CHUNK_ROWS,
     FORMATS,
@@ -53,8 +57,9 @@ class BagWriter(AtomicWriter):
     `append(features (B, D) float32, coords (B, 2) int64 top-left)` any number of times, then
     `close()`. `abort()` (or an exception inside `with BagWriter(...)`) removes the temporary
     output. `meta` is stored in the bag (h5/zarr attrs, the .pt index) and read back by
-    `read_bag_meta`; `attrs` overrides geometry attributes. `encoder` (h5 only) stores the
-    features under `features/<encoder>` (AtlasPatch layout), merged into an existing file.
+    `read_bag_meta`; `attrs` overrides geometry attributes. `encoder` (h5 and atlaspatch)
+    stores the features under `features/<encoder>`, merged into an existing file with the same
+    tiles; for 'atlaspatch' it defaults to ``meta['extractor']``.
     """
 
     def __init__(self, outdir: str | os.PathLike, slide: str, fmt: str = "pt", *,
@@ -70,11 +75,16 @@ class BagWriter(AtomicWriter):
             raise BagError(f"{self.path}: patch_size_level0 (tile extent in level-0 px) "
                            "is required to store coordinates")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if encoder is not None and self.fmt != "h5":
-            raise ValueError("encoder= (several encoders in one file) is an h5 option")
+        if encoder is not None and self.fmt not in ("h5", "atlaspatch"):
+            raise ValueError("encoder= (several encoders in one file) is an h5/atlaspatch "
+                             "option")
         if self.fmt == "pt":
             self._sink: Any = PtSink(self.path, num_features, patch_size_level0, meta, attrs,
                                      expected_rows)
+        elif self.fmt == "atlaspatch":
+            name = encoder or (meta or {}).get("extractor") or "features"
+            self._sink = AtlasPatchSink(self.path, [(str(name), self.num_features)],
+                                        patch_size_level0, meta, attrs, chunk_rows=chunk_rows)
         elif self.fmt == "h5":
             self._sink = H5Sink(self.path, num_features, patch_size_level0, meta, attrs,
                                 encoder=encoder, chunk_rows=chunk_rows)
@@ -121,13 +131,16 @@ class BagWriter(AtomicWriter):
 # -- reading ------------------------------------------------------------------------------------
 
 def read_bag(path: str | os.PathLike, *, patch_size_level0: int | None = None,
-             encoder: str | None = None) -> Bag:
+             encoder: str | None = None, coords_scale: float | None = None) -> Bag:
     """Read a bag of any format: float32 (N, D) features, int64 (N, 2) top-left coords.
 
     A .pt bag's centres are shifted back by patch_size_level0 // 2, with the size taken from (in
     order) the argument, its .index.npz, or the folder's bags_config.json provenance; bags made
     by Slideflow itself carry none, and are returned with `attrs['coord_origin'] == 'centre'`.
-    `encoder` picks one `features/<encoder>` of a multi-encoder h5.
+    `encoder` picks one `features/<encoder>` of a multi-encoder h5 (AtlasPatch or ours).
+    `coords_scale` (level-0 pixels per stored coordinate unit) converts a foreign zarr whose
+    boxes are at the model's inference resolution (TIAToolbox); without it such a file is
+    refused rather than read as level-0.
     """
     path = Path(path)
     fmt = bag_format(path)
@@ -136,18 +149,23 @@ def read_bag(path: str | os.PathLike, *, patch_size_level0: int | None = None,
     if fmt == "pt":
         return read_pt(path, patch_size_level0)
     if fmt == "h5":
-        bag = read_h5(path, encoder=encoder)
+        bag = read_atlaspatch(path, encoder) if is_atlaspatch_file(path) else read_h5(
+            path, encoder=encoder)
     else:
-        bag = read_zarr(path)
+        bag = read_zarr(path, coords_scale=coords_scale)
     if patch_size_level0 and not bag.patch_size_level0:
         bag.attrs["patch_size_level0"] = int(patch_size_level0)
     return bag
 
 
-def read_bag_meta(outdir: str | os.PathLike, slide: str, fmt: str = "pt") -> dict[str, Any] | None:
-    """The `meta` a BagWriter stored with a finished bag, or None (missing, old or corrupt)."""
+def read_bag_meta(outdir: str | os.PathLike, slide: str, fmt: str = "pt",
+                  encoder: str | None = None) -> dict[str, Any] | None:
+    """The `meta` a BagWriter stored with a finished bag, or None (missing, old or corrupt).
+    An AtlasPatch file holds one `meta` per encoder: `encoder` names it."""
     path = bag_path(outdir, slide, fmt)
     try:
+        if bag_format("", fmt) == "atlaspatch":
+            return read_atlaspatch_meta(path, encoder or "features")
         if bag_format("", fmt) == "pt":
             return read_pt_meta(path)
         if bag_format("", fmt) == "h5":
@@ -169,7 +187,12 @@ def write_bag(path: str | os.PathLike, features: Any, coords: Any, fmt: str | No
     fmt = bag_format(path, fmt)
     size = patch_size_level0 or attrs.get("patch_size_level0")
     f, c = check_rows(features, coords)
-    with BagWriter(path.parent, slide_of(path), fmt, num_features=f.shape[1],
+    outdir = path.parent
+    if fmt == "atlaspatch":
+        if outdir.name != ATLASPATCH_DIR:
+            raise BagError(f"{path}: AtlasPatch files live in <output>/{ATLASPATCH_DIR}/")
+        outdir = outdir.parent
+    with BagWriter(outdir, slide_of(path), fmt, num_features=f.shape[1],
                    patch_size_level0=size, meta=meta, attrs=attrs, encoder=encoder,
                    expected_rows=len(f), chunk_rows=min(max(len(f), 1), CHUNK_ROWS)) as w:
         w.append(f, c)
@@ -181,17 +204,23 @@ def _iter_sources(src: Path) -> Iterator[Path]:
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str | None = None, *,
-            patch_size_level0: int | None = None, encoder: str | None = None) -> list[Path]:
-    """Convert a bag, or every bag of a folder, between .pt(+index), .h5 and .zarr.
+            patch_size_level0: int | None = None, encoder: str | None = None,
+            coords_scale: float | None = None) -> list[Path]:
+    """Convert a bag, or every bag of a folder, between .pt(+index), CLAM/TRIDENT .h5,
+    AtlasPatch h5 (`format='atlaspatch'`, `<dst>/patches/<slide>.h5`) and TIAToolbox .zarr.
 
-    Features, coordinates, geometry attributes and meta are carried over exactly. A folder's
-    bags_config.json is copied last. Returns the written paths.
+    Features, coordinates, geometry attributes and meta are carried over exactly; a folder's
+    bags_config.json is copied last (as `bags_config.<encoder>.json` for AtlasPatch). `encoder`
+    picks one extractor of a multi-encoder file and names the AtlasPatch dataset;
+    `coords_scale` converts a foreign zarr's coordinates to level 0 (see `read_bag`).
+    Returns the written paths.
     """
     src, dst = Path(src), Path(dst)
     folder = is_bag_folder(src)
     if folder:
         if format is None:
-            raise ValueError("converting a folder needs format= ('pt', 'h5' or 'zarr')")
+            raise ValueError("converting a folder needs format= ('pt', 'h5', 'atlaspatch' or "
+                             "'zarr')")
         fmt, outdir, name = bag_format("", format), dst, None
     else:
         to_dir = is_bag_folder(dst) or dst.suffix.lower() not in BAG_SUFFIXES
@@ -205,21 +234,32 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str | None =
     if dupes:
         raise BagError(f"{src}: slides {dupes} have bags in several formats; convert the "
                        "files one by one")
-    written = []
+    written, enc_out = [], encoder
     for path in sources:
-        bag = read_bag(path, patch_size_level0=patch_size_level0, encoder=encoder)
+        bag = read_bag(path, patch_size_level0=patch_size_level0, encoder=encoder,
+                       coords_scale=coords_scale)
         if bag.attrs.get("coord_origin") != "top_left" or not bag.patch_size_level0:
             raise BagError(f"{path}: tile size in level-0 px unknown, cannot convert "
                            "coordinates; pass patch_size_level0=")
         geometry = {k: bag.attrs[k] for k in GEOMETRY_KEYS if k in bag.attrs}
+        meta = bag.meta
+        if fmt == "atlaspatch":
+            enc_out = str(encoder or bag.attrs.get("encoder") or meta.get("extractor")
+                          or "features")
+            meta.setdefault("extractor", enc_out)
+            if bag.attrs.get("wsi_path"):
+                meta.setdefault("slide_path", bag.attrs["wsi_path"])
         out = write_bag(bag_path(outdir, name or slide_of(path), fmt), bag.features, bag.coords,
-                        fmt, meta=bag.meta, encoder=encoder if fmt == "h5" else None, **geometry)
+                        fmt, meta=meta, encoder=encoder if fmt == "h5" else None, **geometry)
         written.append(out)
     if folder:
-        cfg = read_bags_config(src, missing_ok=True)
-        if cfg is not None and (dst / CONFIG_NAME).resolve() != (src / CONFIG_NAME).resolve():
-            check_compatible(dst, cfg)
-            write_bags_config(dst, cfg)
+        cfg = read_bags_config(config_file(src, "atlaspatch", encoder) if encoder and
+                               config_file(src, "atlaspatch", encoder).exists() else src,
+                               missing_ok=True)
+        target = config_file(dst, fmt, enc_out)
+        if cfg is not None and target.resolve() != config_file(src).resolve():
+            check_compatible(target, cfg)
+            write_bags_config(target, cfg)
     return written
 
 

@@ -47,6 +47,18 @@ def config_path(outdir_or_file: str | os.PathLike) -> Path:
     return p if p.suffix == ".json" else p / CONFIG_NAME
 
 
+def config_file(outdir: str | os.PathLike, fmt: str = "pt", encoder: str | None = None) -> Path:
+    """Where a run's config goes: `<outdir>/bags_config.json`, or one file per extractor for
+    AtlasPatch folders (`bags_config.<encoder>.json`: several extractors share its files)."""
+    if fmt == "atlaspatch" and encoder:
+        return Path(outdir) / f"bags_config.{encoder}.json"
+    return config_path(outdir)
+
+
+def _per_encoder(folder: Path) -> list[Path]:
+    return sorted(folder.glob("bags_config.*.json")) if folder.is_dir() else []
+
+
 def normalize(obj: Any) -> Any:
     """Plain-JSON form (tuples -> lists, numpy -> Python), as it reads back from disk."""
     return json.loads(json.dumps(to_json(obj)))
@@ -73,6 +85,14 @@ def read_bags_config(outdir_or_file: str | os.PathLike, *,
                      missing_ok: bool = False) -> dict[str, Any] | None:
     """Read a folder's bags_config.json (or the file itself); None if absent and missing_ok."""
     path = config_path(outdir_or_file)
+    folder = Path(outdir_or_file)
+    if not path.exists() and path.parent == folder:
+        found = _per_encoder(folder)  # an AtlasPatch folder: one config per extractor
+        if len(found) == 1:
+            path = found[0]
+        elif len(found) > 1:
+            raise BagError(f"{folder}: holds bags of several extractors "
+                           f"({', '.join(p.name for p in found)}); pass one of these files")
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -146,5 +166,5 @@ def check_compatible(outdir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
     return existing
 
 
-__all__ = ["CONFIG_NAME", "VOLATILE_KEYS", "check_compatible", "diff_configs", "normalize",
+__all__ = ["CONFIG_NAME", "VOLATILE_KEYS", "check_compatible", "config_file", "diff_configs", "normalize",
            "provenance_of", "read_bags_config", "write_bags_config"]

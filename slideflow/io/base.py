@@ -20,7 +20,9 @@ import numpy as np
 from ..errors import BagError
 from .atomic import is_temporary
 
-FORMATS = {"pt": ".pt", "h5": ".h5", "zarr": ".zarr"}
+FORMATS = {"pt": ".pt", "h5": ".h5", "zarr": ".zarr", "atlaspatch": ".h5"}
+#: AtlasPatch keeps its per-slide h5 files in this subfolder of the output folder
+ATLASPATCH_DIR = "patches"
 BAG_SUFFIXES = {".pt": "pt", ".h5": "h5", ".hdf5": "h5", ".zarr": "zarr"}
 CHUNK_ROWS = 512
 # TRIDENT's geometry attributes (read from its IO.coords_to_h5), stored by every format.
@@ -117,7 +119,8 @@ def parse_geometry(attrs: Mapping[str, Any]) -> dict[str, int | float]:
 
 
 def bag_format(path: str | os.PathLike, fmt: str | None = None) -> str:
-    """'pt' | 'h5' | 'zarr' from `fmt` or the file suffix."""
+    """'pt' | 'h5' | 'zarr' | 'atlaspatch' from `fmt`, or 'pt' | 'h5' | 'zarr' from the file
+    suffix (an AtlasPatch file is an .h5; its layout is recognised when it is read)."""
     if fmt is not None:
         f = str(fmt).lower().lstrip(".")
         f = {"hdf5": "h5", "torch": "pt"}.get(f, f)
@@ -132,8 +135,10 @@ def bag_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 
 def bag_path(outdir: str | os.PathLike, slide: str, fmt: str = "pt") -> Path:
-    """`<outdir>/<slide>.pt|.h5|.zarr`."""
-    return Path(outdir) / f"{slide}{FORMATS[bag_format('', fmt)]}"
+    """`<outdir>/<slide>.pt|.h5|.zarr`, or AtlasPatch's `<outdir>/patches/<slide>.h5`."""
+    fmt = bag_format("", fmt)
+    sub = Path(outdir) / ATLASPATCH_DIR if fmt == "atlaspatch" else Path(outdir)
+    return sub / f"{slide}{FORMATS[fmt]}"
 
 
 def slide_of(path: str | os.PathLike) -> str:
@@ -153,6 +158,12 @@ def list_bags(folder: str | os.PathLike, fmt: str | None = None) -> list[Path]:
     if not is_bag_folder(folder):
         raise BagError(f"{folder}: not a folder of feature bags")
     f = bag_format("", fmt) if fmt else None
+    sub = folder / ATLASPATCH_DIR
+    if f == "atlaspatch" or (f is None and sub.is_dir() and not any(
+            p.suffix.lower() in BAG_SUFFIXES for p in folder.iterdir())):
+        if not sub.is_dir():
+            return []
+        folder, f = sub, "h5"  # an AtlasPatch output folder: its files are in patches/
     exts = {s for s, v in BAG_SUFFIXES.items() if f is None or v == f}
     return sorted(p for p in folder.iterdir()
                   if p.suffix.lower() in exts and not is_temporary(p)

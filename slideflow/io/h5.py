@@ -271,6 +271,10 @@ def read_h5(path: str | os.PathLike, encoder: str | None = None) -> Bag:
         raise BagError(f"{path}: features {features.shape} and coords {coords.shape} "
                        "do not match")
     geometry = parse_geometry(attrs)  # TRIDENT writes unknown values as the string 'None'
+    if "patch_size_level0" not in geometry:
+        size0 = _clam_size_level0(attrs)
+        if size0:
+            geometry["patch_size_level0"] = size0
     attrs = {k: v for k, v in attrs.items() if k not in GEOMETRY_KEYS} | geometry
     meta_json = fattrs.pop("slideflow_meta", None)
     try:
@@ -280,6 +284,19 @@ def read_h5(path: str | os.PathLike, encoder: str | None = None) -> Bag:
     attrs.update({k: v for k, v in fattrs.items() if k in ("name", "encoder")})
     attrs.update(meta=meta, format="h5", coord_origin="top_left")
     return Bag(features, np.ascontiguousarray(coords[:, :2], np.int64), attrs, path)
+
+
+def _clam_size_level0(attrs: Mapping[str, Any]) -> int | None:
+    """CLAM's create_patches writes `patch_size` at `patch_level` and that level's `downsample`
+    on `coords` (coordinates themselves are level-0): the level-0 extent is their product."""
+    if "patch_level" not in attrs or "patch_size" not in attrs:
+        return None
+    try:
+        down = np.asarray(attrs.get("downsample", 1.0), dtype=np.float64).ravel()
+        size = float(attrs["patch_size"]) * float(down[0] if down.size else 1.0)
+    except (TypeError, ValueError):
+        return None
+    return int(round(size)) if size > 0 else None
 
 
 def read_h5_meta(path: str | os.PathLike, encoder: str | None = None) -> dict[str, Any] | None:

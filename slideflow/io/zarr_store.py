@@ -1,14 +1,18 @@
 """zarr feature bags (TIAToolbox style), one store (a folder) per slide, zarr format 3.
 
     <slide>.zarr/
-        features      float32 (N, D)   chunks (min(N, 512), D)
+        probabilities float32 (N, D)   chunks (min(N, 512), D)   (TIAToolbox's name)
         coordinates   int64   (N, 4)   [x0, y0, x1, y1] level-0 boxes, x1 = x0 + patch_size_level0
         zarr.json     group attrs: geometry (patch_size_level0, ...), coord_space = "level0",
                       box_format = "x0,y0,x1,y1", slideflow_meta = {...}
 
 TIAToolbox's DeepFeatureExtractor (2.x, zarr >= 3) writes `coordinates` as (N, 4) boxes and
-names its feature array `probabilities`; we write `features` and read either name. Its boxes are
-at the inference resolution of its ioconfig; ours are always level-0 (see `coord_space`).
+names its feature array `probabilities`, so we write that name (TIAToolbox code reads our
+stores as its own) and read `features` too (stores written by earlier slideflow versions).
+TIAToolbox's boxes are at the inference resolution of its ioconfig, not level 0, and a foreign
+store does not say which: without our `coord_space = "level0"` attribute, `read_zarr` needs
+`coords_scale=` (level-0 px per stored px, = inference µm/px / slide µm/px) and refuses
+otherwise, rather than misplace every tile.
 
 The store is built under `<slide>.zarr.tmp-*/` and renamed into place when complete.
 """
@@ -29,7 +33,7 @@ from ..errors import BagError
 from .atomic import tmp_prefix, umask
 from .base import CHUNK_ROWS, Bag, ChunkedSink, geometry_attrs, parse_geometry, to_json
 
-FEATURE_KEYS = ("features", "probabilities")  # ours, TIAToolbox's
+FEATURE_KEYS = ("probabilities", "features")  # TIAToolbox's (written), earlier slideflow
 
 
 def _tmp_dir_for(dest: Path) -> Path:
@@ -78,7 +82,7 @@ class ZarrSink(ChunkedSink):
         self._group = zarr.open_group(str(self._tmp), mode="w", zarr_format=3)
         chunk = max(1, chunk)
         self._features = self._group.create_array(
-            "features", shape=(0, self.num_features), chunks=(chunk, self.num_features),
+            "probabilities", shape=(0, self.num_features), chunks=(chunk, self.num_features),
             dtype="float32")
         self._coords = self._group.create_array(
             "coordinates", shape=(0, 4), chunks=(chunk, 4), dtype="int64")
@@ -121,14 +125,18 @@ def _open_group(path: Path) -> Any:
         raise BagError(f"{path}: not a readable zarr bag ({type(e).__name__}: {e})") from e
 
 
-def read_zarr(path: str | os.PathLike) -> Bag:
-    """Read a zarr bag (ours or TIAToolbox's): boxes become top-left corners."""
+def read_zarr(path: str | os.PathLike, coords_scale: float | None = None) -> Bag:
+    """Read a zarr bag (ours or TIAToolbox's): boxes become top-left level-0 corners.
+
+    A store without ``coord_space = "level0"`` (TIAToolbox's) has coordinates at its model's
+    resolution: `coords_scale` (level-0 px per stored px) converts them; None refuses.
+    """
     path = Path(path)
     group = _open_group(path)
     try:
         key = next((k for k in FEATURE_KEYS if k in group), None)
         if key is None or "coordinates" not in group:
-            raise BagError(f"{path}: needs `features` (or `probabilities`) and `coordinates`")
+            raise BagError(f"{path}: needs `probabilities` (or `features`) and `coordinates`")
         features = np.asarray(group[key][...], dtype=np.float32)
         boxes = np.asarray(group["coordinates"][...])
         attrs = dict(group.attrs)
@@ -140,6 +148,13 @@ def read_zarr(path: str | os.PathLike) -> Bag:
             or len(boxes) != len(features):
         raise BagError(f"{path}: {key} {features.shape} and coordinates {boxes.shape} "
                        "do not match")
+    if attrs.get("coord_space") != "level0":
+        boxes = _foreign_to_level0(path, boxes, coords_scale)
+        attrs.pop("patch_size_level0", None)
+        attrs["coord_space"] = "level0"
+    elif coords_scale not in (None, 1, 1.0):
+        raise BagError(f"{path}: coordinates are already level-0 (coord_space attribute); "
+                       "drop coords_scale=")
     if attrs.get("patch_size_level0") is None and boxes.shape[1] == 4 and len(boxes):
         sizes = np.unique(np.concatenate([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]))
         if len(sizes) == 1:
@@ -150,6 +165,20 @@ def read_zarr(path: str | os.PathLike) -> Bag:
                coord_origin="top_left")
     coords = np.ascontiguousarray(boxes[:, :2], dtype=np.int64)
     return Bag(features, coords, out, path)
+
+
+def _foreign_to_level0(path: Path, boxes: np.ndarray, scale: float | None) -> np.ndarray:
+    if scale is None:
+        raise BagError(
+            f"{path}: a zarr without slideflow's coord_space='level0' attribute (e.g. "
+            "TIAToolbox's DeepFeatureExtractor output) stores coordinates at the model's "
+            "inference resolution, which the file does not record. Pass coords_scale= (level-0 "
+            "pixels per stored pixel, i.e. inference um/px divided by the slide's um/px; 1.0 if "
+            "the model ran at level 0) to read_bag / convert.")
+    if not scale or scale <= 0:
+        raise BagError(f"{path}: coords_scale must be positive, got {scale!r}")
+    scaled = np.rint(boxes.astype(np.float64) * float(scale)).astype(np.int64)
+    return scaled
 
 
 def read_zarr_meta(path: str | os.PathLike) -> dict[str, Any] | None:
