@@ -11,6 +11,19 @@ import sys
 import time
 
 
+def _peak_rss() -> int:
+    """Peak RSS of this process image in bytes: VmHWM, which exec resets (ru_maxrss would
+    carry over the forking parent's peak, e.g. a pytest process that already holds 1 GB)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def main() -> None:
     path, mpp = sys.argv[1], float(sys.argv[2])
     import slideflow as sf
@@ -29,7 +42,7 @@ def main() -> None:
         wsi.qc("otsu")
         shape, kept = list(wsi.qc_image.shape), len(wsi)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    peak = _peak_rss()
     print(json.dumps({"peak_rss": peak, "seconds": seconds, "qc_shape": shape, "kept": kept,
                       "grid": list(wsi.grid_spec.shape)}))
 
