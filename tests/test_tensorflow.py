@@ -23,6 +23,7 @@ from slideflow.tf_runtime import import_tensorflow  # noqa: E402
 
 tf = import_tensorflow()  # before keras: see slideflow/tf_runtime.py
 import keras  # noqa: E402
+from test_torch_data import PX, SIZES, _tile, write_tile_tfrecords  # noqa: E402
 
 import slideflow as sf  # noqa: E402
 import slideflow.io.tensorflow as sftf  # noqa: E402
@@ -34,29 +35,12 @@ from slideflow.io.torch_data import TileDataset  # noqa: E402
 
 from conftest import CMU  # noqa: E402
 
-SIZES = {"a": 5, "b": 3, "c": 8}
-PX = 16
 LABELS = {"a": 0, "b": 1, "c": 1}
-
-
-def _tile(slide: str, i: int) -> np.ndarray:
-    t = np.zeros((PX, PX, 3), np.uint8)
-    t[..., 0], t[..., 1] = ord(slide), i
-    t[: PX // 2, : PX // 4, 2] = 255  # asymmetric, so flips and rotations are visible
-    return t
 
 
 @pytest.fixture(scope="module")
 def tfrecords(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("tfr")
-    paths = []
-    for slide, n in SIZES.items():
-        path = root / f"{slide}.tfrecords"
-        with TFRecordWriter(path) as w:
-            for i in range(n):
-                w.write(imgcodec.encode(_tile(slide, i), "png"), slide, 100 * i + 8, 7)
-        paths.append(path)
-    return paths
+    return write_tile_tfrecords(tmp_path_factory.mktemp("tfr"))
 
 
 @pytest.fixture(scope="module")

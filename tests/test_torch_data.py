@@ -25,12 +25,12 @@ def _tile(slide: str, i: int) -> np.ndarray:
     """A tile whose pixels encode (slide, record) so the image can be checked against its loc."""
     t = np.zeros((PX, PX, 3), np.uint8)
     t[..., 0], t[..., 1] = ord(slide), i
+    t[: PX // 2, : PX // 4, 2] = 255  # asymmetric, so flips and rotations are visible
     return t
 
 
-@pytest.fixture(scope="module")
-def tfrecords(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("tfr")
+def write_tile_tfrecords(root: Path) -> list[Path]:
+    """One PNG TFRecord per slide of SIZES, tiles from `_tile` (shared with test_tensorflow)."""
     paths = []
     for slide, n in SIZES.items():
         path = root / f"{slide}.tfrecords"
@@ -39,6 +39,11 @@ def tfrecords(tmp_path_factory) -> list[Path]:
                 w.write(imgcodec.encode(_tile(slide, i), "png"), slide, 100 * i + 8, 7)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory) -> list[Path]:
+    return write_tile_tfrecords(tmp_path_factory.mktemp("tfr"))
 
 
 def _expected() -> Counter:

@@ -141,48 +141,44 @@ def _keras_arguments(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _sf3_keras(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Slideflow 3's TensorFlow ImageNet extractor -> our Keras application extractor."""
+def _sf3_model(kwargs: Mapping[str, Any], table: Mapping[str, str], what: str) -> str:
+    """Our name for a Slideflow 3 ImageNet extractor's `model_name` (or an error)."""
     model = str(kwargs.get("model_name"))
-    name = SF3_KERAS_NAMES.get(model)
+    name = table.get(model)
     if name is None:
-        raise ExtractorNotFound(f"Slideflow 3 TensorFlow ImageNet model {model!r} has no Keras "
-                                f"counterpart here; available: {sorted(SF3_KERAS_NAMES)}")
+        raise ExtractorNotFound(f"Slideflow 3 {what} model {model!r} has no counterpart here; "
+                                f"available: {sorted(table)}")
     if kwargs.get("include_preds"):
         raise ExtractorNotFound("Slideflow 3 include_preds=True (ImageNet logits) is not "
                                 "supported")
-    out: dict[str, Any] = {"name": name, "backend": "tensorflow",
-                           "tile_px": int(kwargs.get("tile_px") or 224)}
+    return name
+
+
+def _sf3_layers(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``layers``/``pooling`` of a Slideflow 3 ImageNet config ('postconv' = our default)."""
     layers = kwargs.get("layers")
     if isinstance(layers, str):
         layers = [layers]
-    if layers and list(layers) != ["postconv"]:
-        out["layers"] = list(layers)
-        out["pooling"] = kwargs.get("pooling", "avg")
-    return out
+    if not layers or list(layers) == ["postconv"]:
+        return {}
+    if "postconv" in layers:
+        raise ExtractorNotFound("Slideflow 3 layers mixing 'postconv' with named layers are "
+                                "not supported")
+    return {"layers": list(layers), "pooling": kwargs.get("pooling", "avg")}
+
+
+def _sf3_keras(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Slideflow 3's TensorFlow ImageNet extractor -> our Keras application extractor."""
+    name = _sf3_model(kwargs, SF3_KERAS_NAMES, "TensorFlow ImageNet")
+    return {"name": name, "backend": "tensorflow", "tile_px": int(kwargs.get("tile_px") or 224),
+            **_sf3_layers(kwargs)}
 
 
 def _sf3_imagenet(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    model = kwargs.get("model_name")
-    name = SF3_IMAGENET_NAMES.get(str(model))
-    if name is None:
-        raise ExtractorNotFound(f"Slideflow 3 ImageNet model {model!r} has no counterpart "
-                                f"here; available: {sorted(SF3_IMAGENET_NAMES)}")
-    if kwargs.get("include_preds"):
-        raise ExtractorNotFound("Slideflow 3 include_preds=True (ImageNet logits) is not "
-                                "supported")
+    name = _sf3_model(kwargs, SF3_IMAGENET_NAMES, "ImageNet")
     tile_px = int(kwargs.get("tile_px") or 224)
-    out = {"name": name, "tile_px": tile_px, **_sf3_transforms(kwargs, tile_px, {})}
-    layers = kwargs.get("layers")
-    if isinstance(layers, str):
-        layers = [layers]
-    if layers and list(layers) != ["postconv"]:
-        if "postconv" in layers:
-            raise ExtractorNotFound("Slideflow 3 layers mixing 'postconv' with named layers "
-                                    "are not supported")
-        out["layers"] = list(layers)
-        out["pooling"] = kwargs.get("pooling", "avg")
-    return out
+    return {"name": name, "tile_px": tile_px, **_sf3_transforms(kwargs, tile_px, {}),
+            **_sf3_layers(kwargs)}
 
 
 def rebuild_extractor(path_or_dict: str | os.PathLike | Mapping[str, Any], *,
