@@ -131,6 +131,26 @@ def test_mask_image_as_tissue_mask(tmp_path):
         TileSelection(qc="tissue.txt")
 
 
+def test_mask_qc_is_recorded_by_content_for_resume(tmp_path):
+    """The TFRecord sidecar records a mask by name and content digest (was 'callable:PosixPath'
+    for a Path), so a rerun after the mask was edited is not taken for the same request."""
+    from slideflow.slide.mask import BinaryMask
+    from slideflow.slide.qc import QCSettings
+
+    path = tmp_path / "tissue.png"
+    Image.fromarray(_mask(0.1)).save(path)
+    first = QCSettings(qc=path).request_record()["qc"]
+    assert first.startswith("mask:tissue.png@") and len(first) == len("mask:tissue.png@") + 16
+    assert QCSettings(qc=str(path)).request_record()["qc"] == first
+    assert QCSettings(qc=["otsu", path]).request_record()["qc"] == ["otsu", first]
+    Image.fromarray(_mask(0.2)).save(path)  # the user edits the mask
+    assert QCSettings(qc=path).request_record()["qc"] != first
+    arr = _mask(0.1) > 0
+    a = QCSettings(qc=BinaryMask(arr, name="m")).request_record()["qc"]
+    b = QCSettings(qc=BinaryMask(~arr, name="m")).request_record()["qc"]
+    assert a.startswith("mask:m@") and a != b
+
+
 # ------------------------------------------------------------------------------- images
 @pytest.fixture(scope="module")
 def region() -> np.ndarray:

@@ -8,8 +8,12 @@ resume check compares like with like. Pure data: no slide is opened here.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..validate import finite, fraction
@@ -78,13 +82,11 @@ class QCSettings:
         return d
 
     def request_record(self) -> dict[str, Any]:
-        """The TFRecord sidecar's form: thresholds of switched-off steps are None and callables
-        are 'callable:<name>', so a resume only compares settings that changed the tiles."""
-        def label(q: Any) -> Any:
-            return q if q is None or isinstance(q, str) else \
-                f"callable:{getattr(q, '__name__', type(q).__name__)}"
-
-        labels = [label(q) for q in self.qc_methods()]
+        """The TFRecord sidecar's form: thresholds of switched-off steps are None, callables
+        are 'callable:<name>' and mask images 'mask:<name>@<digest>' (their content, so an
+        edited mask redoes the slide), so a resume only compares settings that changed the
+        tiles."""
+        labels = [_request_label(q) for q in self.qc_methods()]
         return {
             "qc": labels if isinstance(self.qc, (list, tuple)) else labels[0],
             "qc_threshold": self.qc_threshold if self.qc else None,
@@ -95,3 +97,21 @@ class QCSettings:
             "grayspace_threshold": self.grayspace_threshold
             if self.grayspace_fraction is not None else None,
         }
+
+
+def _request_label(q: Any) -> Any:
+    """One QC entry as the sidecar records it (see `QCSettings.request_record`)."""
+    if q is None or (isinstance(q, str) and not is_mask_image(q)):
+        return q
+    if is_mask_image(q):
+        path = Path(q)
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        except OSError:  # unreadable: the QC step itself reports it with the path
+            digest = "unreadable"
+        return f"mask:{path.name}@{digest}"
+    if isinstance(q, BinaryMask):
+        arr = np.ascontiguousarray(q.array)
+        digest = hashlib.sha256(f"{arr.shape}".encode() + np.packbits(arr).tobytes())
+        return f"mask:{q.name}@{digest.hexdigest()[:16]}"
+    return f"callable:{getattr(q, '__name__', type(q).__name__)}"
