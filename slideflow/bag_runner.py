@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BagsConfigMismatchError, SlideflowError
-from .features import SlideJob, _bag_is_current, _job_source, bags_config
+from .features import (
+    SlideJob,
+    _bag_is_current,
+    _check_record_count,
+    _job_source,
+    bags_config,
+    source_identity,
+)
 from .selection import TileSelection
 
 log = logging.getLogger("slideflow")
@@ -120,8 +127,10 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
     t0 = time.perf_counter()
     out = SlideOutcome(job.name, REUSED)
 
+    identity = source_identity(job)
+
     def current(t: BagTarget) -> bool:
-        return _bag_is_current(t.outdir, job.name, t.fmt, t.request)
+        return _bag_is_current(t.outdir, job.name, t.fmt, t.request, identity)
 
     todo = targets if opts.force else [t for t in targets if not current(t)]
     if not todo:
@@ -167,7 +176,8 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
         sinks = []
         for t in todo:
             ext = t.extractor
-            writer_meta = {**meta, "request": t.request, "extractor": ext.name,
+            writer_meta = {**meta, "request": t.request, "source_identity": source_identity(job),
+                           "extractor": ext.name,
                            "tile_px": opts.tile_px, "tile_um": opts.tile_um}
             w = writers.enter_context(BagWriter(t.outdir, job.name, t.fmt,
                                                 num_features=ext.num_features,
@@ -176,6 +186,7 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
         counted = _count_tiles(sinks[0], on_tiles)
         tiles = run_features_many([t.extractor for t in todo], source,
                                   [counted, *sinks[1:]], normalizer=normalizer)
+        _check_record_count(job, tiles)
         need = max(opts.min_tiles, 1)
         if tiles < need:
             raise SlideflowError(f"{job.name}: {tiles} tiles (< min_tiles={need}); no bag "

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError, SlideflowError
+from .errors import InvalidArgumentError, OutputConflictError, SlideflowError, TFRecordError
 from .io.bags import bag_path, read_bag_meta
 from .io.bags_config import config_file, normalize, write_bags_config
 from .io.base import FORMATS
+from .io.identity import file_identity, promised_records, tfrecord_identity
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
 from .pipeline import RowCollector, default_decoder, run, tfrecord_source
@@ -181,7 +182,20 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
     )
 
 
-def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any]) -> bool:
+def source_identity(job: SlideJob) -> dict[str, Any] | None:
+    """What the job's bag is made from (size, mtime_ns; TFRecord sidecar/index digests)."""
+    try:
+        if job.tfrecord is not None:
+            return {"tfrecord": tfrecord_identity(job.tfrecord)}
+        if job.slide_path is not None:
+            return {"slide": file_identity(job.slide_path)}
+    except OSError:
+        return None  # missing source: the job fails with a clear error when it runs
+    return None
+
+
+def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any],
+                    identity: dict[str, Any] | None = None) -> bool:
     if not bag_path(outdir, name, fmt).exists():
         return False
     encoder = ((request.get("config") or {}).get("extractor") or {}).get("kwargs", {}).get("name")
@@ -190,7 +204,20 @@ def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any]) 
     if recorded != normalize(request):
         log.info("%s: existing bag was made with other settings; regenerating", name)
         return False
+    if identity is not None and meta.get("source_identity") != normalize(identity):
+        log.info("%s: the slide or TFRecord changed since its bag was made (size, mtime or "
+                 "sidecar); regenerating", name)
+        return False
     return True
+
+
+def _check_record_count(job: SlideJob, tiles: int) -> None:
+    """A TFRecord must yield what its sidecar (or index) promised: one truncated exactly at a
+    record boundary parses cleanly but is short."""
+    promised = promised_records(job.tfrecord) if job.tfrecord is not None else None
+    if promised is not None and promised[0] != tiles:
+        raise TFRecordError(f"{job.tfrecord}: {tiles} records read but {promised[1]} promises "
+                            f"{promised[0]} (truncated or replaced?); re-extract the tiles")
 
 
 def generate_bags(
@@ -324,11 +351,28 @@ def generate_feature_bags(
 
 def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
                     rois: dict[str, Path] | None = None) -> list[SlideJob]:
-    """Jobs for loose slide files / DICOM folders (the CLI path)."""
-    jobs = []
+    """Jobs for loose slide files / DICOM folders (the CLI path).
+
+    Outputs are keyed by slide name, so two different files with one name (A.svs, A.tiff,
+    sub/A.svs) would share one bag: that is an error listing them, raised before any work. The
+    same file given twice (a folder and a file in it) is kept once.
+    """
+    jobs: list[SlideJob] = []
+    by_name: dict[str, list[Path]] = {}
+    seen: set[Path] = set()
     for p in paths:
+        real = Path(p).resolve()
+        if real in seen:
+            continue
+        seen.add(real)
         name = slide_name(p)
+        by_name.setdefault(name, []).append(Path(p))
         jobs.append(SlideJob(name=name, slide_path=Path(p), mpp=mpp, rois=(rois or {}).get(name)))
+    clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    if clashes:
+        lines = "; ".join(f"{n!r}: {', '.join(map(str, ps))}" for n, ps in sorted(clashes.items()))
+        raise OutputConflictError(f"several slides would write the same output ({lines}); "
+                                  "rename them or run them into separate output folders")
     return jobs
 
 

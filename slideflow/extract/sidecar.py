@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideflowError
+from ..io.identity import SIDECAR_SUFFIX, file_identity
 from ..io.locks import clean_stale_temps
 from ..io.tfrecord import build_index, read_index
 from ..norm import resolve
@@ -26,7 +27,6 @@ from ..selection import TileSelection
 from ..validate import optional_positive_int, positive_int
 
 FORMAT_VERSION = 1
-SIDECAR_SUFFIX = ".extract.json"
 
 
 def sidecar_path(tfrecord: str | os.PathLike) -> Path:
@@ -101,15 +101,9 @@ class ExtractOptions(TileSelection):
             "normalizer": self.normalizer_config(),
             "max_tiles": self.max_tiles, "shuffle": bool(self.shuffle),
             "seed": self.seed if (self.shuffle or self.max_tiles) else None,
-            "slide_file": {"name": slide_path.name, "bytes": _size(slide_path)},
+            "slide_file": file_identity(slide_path),  # a replaced slide is redone
         }
         return json.loads(json.dumps(req, sort_keys=True, default=str))
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():  # DICOM folder
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
 
 
 def _file_digest(path: Path) -> dict[str, Any]:
