@@ -35,6 +35,8 @@ CARDS = {  # name: (input_px, resize_px, center_crop, interpolation, mean, std, 
                          (0.229, 0.224, 0.225), 768),
     "h_optimus_1": (224, None, None, "bilinear", (0.707223, 0.578729, 0.703617),
                     (0.211883, 0.230117, 0.177517), 1536),
+    "h0_mini": (224, None, None, "bicubic", (0.707223, 0.578729, 0.703617),
+                (0.211883, 0.230117, 0.177517), 1536),
     "hibou_b": (224, None, None, "bicubic", (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816),
                 768),
     "hibou_l": (224, None, None, "bicubic", (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816),
@@ -383,7 +385,7 @@ def test_musk_official_layout_loads_ignoring_text_experts():
                "logit_scale": torch.empty((), device="meta"),
                "beit3.vision_embed.mask_token": torch.empty(1, 1, 1024, device="meta")})
     W.check_state_dict(full, sd, expected_unexpected=spec.expected_unexpected)
-    assert spec.dim == 1024 and spec.input_px == 384 and spec.gated
+    assert spec.dim == 2048 and spec.input_px == 384 and spec.gated  # ms_aug default
     assert (spec.mean, spec.std, spec.interpolation) == ((0.5,) * 3, (0.5,) * 3, "bicubic")
 
 

@@ -67,6 +67,14 @@ _MUSK = ("@article{xiang2025musk, title={A vision-language foundation model for 
          "journal={Nature}, volume={638}, pages={769--778}, year={2025}}")
 _HOPTIMUS1 = ("@software{hoptimus1, title={H-optimus-1}, author={Bioptimus}, year={2025}, "
               "url={https://huggingface.co/bioptimus/H-optimus-1}}")
+_H0MINI = ("@article{filiot2025h0mini, title={Distilling foundation models for robust and "
+           "efficient models in digital pathology}, author={Filiot, Alexandre and Dop, Nicolas "
+           "and Tchita, Oussama and Riou, Auriane and Dubois, R{\\'e}my and Peeters, Thomas "
+           "and Valter, Daria and Scalbert, Marin and Saillard, Charlie and Robin, "
+           "Genevi{\\`e}ve and Olivier, Antoine}, journal={arXiv preprint arXiv:2501.16239}, "
+           "note={MICCAI 2025}, year={2025}}")
+_H0MINI_LIC = ("CC-BY-NC-ND-4.0 (gated; from third-party model tables and Slideflow 3's "
+               "'non-commercial use only' -- the card's licence field was not in the index)")
 _HOPT_MEAN, _HOPT_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 _LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
 _LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
@@ -208,6 +216,31 @@ def specs() -> list[ExtractorSpec]:
                       "(academic access only, commercial via Bioptimus)",
             **nc),
         ExtractorSpec(
+            name="h0_mini", family="timm", dim=1536, input_px=224,
+            license=_H0MINI_LIC, citation=_H0MINI, aliases=("h0-mini", "h0mini"),
+            mean=_HOPT_MEAN, std=_HOPT_STD, interpolation="bicubic",
+            build={"timm": "vit_base_patch14_reg4_dinov2", "output": "cls_mean", "kwargs": {
+                "img_size": 224, "init_values": 1e-5, "mlp_ratio": 4096 / 768,
+                "mlp_layer": "swiglu_packed", "act_layer": "silu", "dynamic_img_size": True}},
+            weights=hf("bioptimus/H0-mini"), gated=True,
+            description="H0-mini (Bioptimus/Owkin): ViT-B/14 with 4 registers and a packed "
+                        "SwiGLU MLP, distilled from H-optimus-0; class token concatenated "
+                        "with the mean of the 256 patch tokens (registers excluded), 2 x 768 "
+                        "as the card recommends; output='cls' gives the 768-d class token "
+                        "(TRIDENT's and Slideflow 3's default)",
+            reference="H0-mini card usage (timm hf-hub:bioptimus/H0-mini with "
+                      "mlp_layer=SwiGLUPacked, act_layer=SiLU; output (1, 261, 768); CLS + "
+                      "mean of output[:, num_prefix_tokens:] = 1536), as quoted in "
+                      "downstream repos; kaiko-ai/eva backbones/pathology/bioptimus.py "
+                      "(ViT-B, distilled from H-optimus-0 on TCGA); Slideflow 3 "
+                      "noncommercial h0_mini.py (vit_base_patch14_reg4_dinov2, img 224, "
+                      "init_values 1e-5, mlp_ratio 4096/768, bicubic, H-optimus mean/std); "
+                      + _TRIDENT + " H0MiniInferenceEncoder (return_type cls_token | "
+                      "cls+mean). NOT verified: the hub config.json itself (not in the "
+                      "search index) -- its pretrained_cfg crop_pct is unknown, so tiles "
+                      "are squashed to 224 without a crop as Slideflow 3 does",
+            **nc),
+        ExtractorSpec(
             name="gpfm", family="dino", dim=1024, input_px=224,
             license="unverified (no licence found; treated as non-commercial)",
             citation=_GPFM, interpolation="bicubic",
@@ -259,7 +292,7 @@ def specs() -> list[ExtractorSpec]:
                       "= 0.5); LICENSE (Kaiko Non-Commercial)",
             **nc),
         ExtractorSpec(
-            name="musk", family="musk", dim=1024, input_px=384, license="CC-BY-NC-ND-4.0",
+            name="musk", family="musk", dim=2048, input_px=384, license="CC-BY-NC-ND-4.0",
             citation=_MUSK, aliases=("musk_large_patch16_384",), mean=HALF3, std=HALF3,
             resize_px=384, center_crop=384, interpolation="bicubic",
             build={"img_size": 384, "patch": 16, "embed_dim": 1024, "depth": 24, "heads": 16,
@@ -269,12 +302,18 @@ def specs() -> list[ExtractorSpec]:
             expected_unexpected=("*.B.*", "beit3.text_embed.*", "language_head.*",
                                  "logit_scale", "beit3.vision_embed.mask_token"),
             description="MUSK image path: BEiT-3 multiway ViT-L/16 at 384 px (vision "
-                        "experts), 1024-d class token after the final LayerNorm; "
+                        "experts); multi-scale feature as the MUSK README recommends for "
+                        "linear probes / MIL: class token ++ mean class token of the 2x2 "
+                        "pieces of the 2x-upsampled tile (2048-d, 5 forwards per tile); "
+                        "ms_aug=False gives the 1024-d class token (TRIDENT's default); "
                         "with_head=True / out_norm=True as in MUSK's retrieval usage",
             reference="github.com/lilab-stanford/MUSK musk/modeling.py (_get_large_config, "
                       "MUSK.forward), musk/torchscale/{model/BEiT3.py,architecture/encoder.py} "
                       "and microsoft/torchscale components (subln, fairseq positions from 2); "
-                      "README (CC-BY-NC-ND 4.0, with_head off for classification/MIL); "
+                      "README (CC-BY-NC-ND 4.0; with_head=False, out_norm=False, "
+                      "ms_aug=True for linear probe / MIL) and musk/utils.py "
+                      "MultiScaleForward (scales [1, 2], max_split_size = input size, "
+                      "bicubic F.interpolate, chessboard split, cat(scale 1, mean scale 2)); "
                       + _TRIDENT + " MuskInferenceEncoder (Resize(384, bicubic) + "
                       "CenterCrop(384), inception mean = std = 0.5, out_norm off, ms_aug off)",
             **nc),

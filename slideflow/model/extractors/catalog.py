@@ -306,6 +306,9 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
     ExternalEntry("conch_v15", _NC, "CC-BY-NC-ND-4.0"),
     ExternalEntry("h_optimus_1", _NC, "H-optimus-1 licence (gated; non-commercial, commercial "
                   "licence from Bioptimus)"),
+    ExternalEntry("h0_mini", _NC, "CC-BY-NC-ND-4.0 (gated; from third-party model tables and "
+                  "Slideflow 3's 'non-commercial use only' -- the card's licence field was not "
+                  "in the index)"),
     ExternalEntry("gpfm", _NC, "unverified (no licence found; treated as non-commercial)"),
     ExternalEntry("musk", _NC, "CC-BY-NC-ND-4.0"),
     ExternalEntry("plip", _NC, "PLIP terms (no licence file found; research use)"),

@@ -10,13 +10,21 @@ experts, text embedding, language head and logit scale are ignored when loading.
 Per layer (pre-norm, sub-LayerNorm): ``x + out_proj(inner_attn_ln(attn(self_attn_layer_norm
 (x))))`` then ``x + fc2(ffn_layernorm(gelu(fc1(final_layer_norm(x)))))``; tokens = [CLS,
 patches] + position embeddings read from index 2 on (fairseq offset); the final
-``encoder.layer_norm``. Feature: the class token (1024-d). ``with_head=True`` applies the
-bias-free ``vision_head``, ``out_norm=True`` L2-normalises (MUSK's README enables both for
-retrieval; TRIDENT extracts with both off, the default here). MUSK's multi-scale test-time
-augmentation (``ms_aug``) is not provided.
+``encoder.layer_norm``.
+
+Feature (MUSK README: ``with_head=False, out_norm=False, ms_aug=True, return_global=True`` for
+linear probes and MIL, the default here): multi-scale augmentation as in MUSK's
+``utils.MultiScaleForward`` -- scales (1, 2), pieces of the input size: the class token of the
+tile, concatenated with the mean class token of the 2 x 2 pieces of the tile upsampled 2x
+(bicubic, no antialias, on the normalised tensor), 2 x 1024 = 2048-d, five forwards per tile.
+``ms_aug=False`` gives the 1024-d class token of one forward (TRIDENT's default).
+``with_head=True`` applies the bias-free ``vision_head`` (to the scale-1 class token when
+multi-scale, so 1024-d), ``out_norm=True`` L2-normalises (both are for retrieval).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -122,28 +130,69 @@ class _BEiT3Vision(nn.Module):
         return self.encoder.layer_norm(x)
 
 
+MS_SCALES = (1, 2)  # MUSK utils.MultiScaleForward defaults
+
+
 class MUSKVision(nn.Module):
     def __init__(self, img: int = 384, patch: int = 16, dim: int = 1024, depth: int = 24,
                  heads: int = 16, hidden: int = 4096, eps: float = 1e-5,
-                 with_head: bool = False, out_norm: bool = False):
+                 with_head: bool = False, out_norm: bool = False, ms_aug: bool = False):
         super().__init__()
         self.beit3 = _BEiT3Vision(img, patch, dim, depth, heads, hidden, eps)
         self.vision_head = nn.Linear(dim, dim, bias=False)
-        self.with_head, self.out_norm = with_head, out_norm
+        self.with_head, self.out_norm, self.ms_aug = with_head, out_norm, ms_aug
+        self.dim = dim
+
+    @property
+    def num_features(self) -> int:
+        return 2 * self.dim if self.ms_aug and not self.with_head else self.dim
+
+    def _multiscale(self, x: torch.Tensor) -> torch.Tensor:
+        """Class token at scale 1 ++ mean class token of the pieces at scale 2."""
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"MUSK multi-scale needs square (B, C, S, S) input, got "
+                             f"{tuple(x.shape)}")
+        b, size = x.shape[0], x.shape[-1]
+        outs = []
+        for scale in MS_SCALES:
+            px = int(size * scale)
+            n = math.ceil(px / size)
+            y = F.interpolate(x.float(), size=px, mode="bicubic").to(x.dtype)
+            # (nh nw b) order of the pieces, as MUSK's split_chessboard
+            pieces = y.unflatten(2, (n, px // n)).unflatten(4, (n, px // n))
+            pieces = pieces.permute(2, 4, 0, 1, 3, 5).reshape(n * n * b, x.shape[1],
+                                                               px // n, px // n)
+            cls = self.beit3(pieces)[:, 0]
+            outs.append(cls.reshape(n * n, b, -1).mean(0))
+        return torch.cat(outs, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = self.beit3(x)[:, 0]
-        if self.with_head:
-            cls = self.vision_head(cls)
+        if self.ms_aug:
+            cls = self._multiscale(x)
+            if self.with_head:
+                cls = self.vision_head(cls[:, :self.dim])
+        else:
+            cls = self.beit3(x)[:, 0]
+            if self.with_head:
+                cls = self.vision_head(cls)
         return F.normalize(cls, dim=-1) if self.out_norm else cls
 
 
 @register_family("musk")
-def build(spec: ExtractorSpec, with_head: bool = False, out_norm: bool = False) -> Built:
+def build(spec: ExtractorSpec, with_head: bool = False, out_norm: bool = False,
+          ms_aug: bool = True) -> Built:
     b = dict(spec.build)
     model = MUSKVision(img=int(b.get("img_size", spec.input_px)), patch=int(b["patch"]),
                        dim=int(b["embed_dim"]), depth=int(b["depth"]), heads=int(b["heads"]),
                        hidden=int(b["ffn_dim"]), eps=float(b.get("ln_eps", 1e-5)),
-                       with_head=bool(with_head), out_norm=bool(out_norm))
-    config = {k: True for k, v in (("with_head", with_head), ("out_norm", out_norm)) if v}
-    return Built(model=model, layers_root=model.beit3, info={"config": config})
+                       with_head=bool(with_head), out_norm=bool(out_norm),
+                       ms_aug=bool(ms_aug))
+    # ms_aug is always recorded: bags made before it became the default (1024-d) then fail
+    # the num_features check loudly instead of rebuilding into another feature
+    config = {"ms_aug": bool(ms_aug)}
+    config.update({k: True for k, v in (("with_head", with_head), ("out_norm", out_norm))
+                   if v})
+    info = {"config": config}
+    if spec.dim is not None and model.num_features != spec.dim:
+        info["spec"] = spec.with_(dim=model.num_features)
+    return Built(model=model, layers_root=model.beit3, info=info)
