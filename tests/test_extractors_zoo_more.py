@@ -106,3 +106,34 @@ def test_musk_default_is_the_readme_multiscale_feature():
     assert one.num_features == 1024 and one.dump_config()["kwargs"]["ms_aug"] is False
     head = sf.build_feature_extractor("musk", device="meta", pretrained=False, with_head=True)
     assert head.num_features == 1024
+
+
+# ---------------------------------------------------------------------------- licences
+def test_chief_lives_with_the_noncommercial_models_and_builds_with_gpl_code(monkeypatch):
+    """CHIEF's README: GPLv3 code, non-commercial academic use: the non-commercial terms
+    decide the distribution; the CTransPath architecture comes from slideflow_gpl."""
+    from slideflow.model.slide_encoders import get_slide_spec
+
+    spec = registry.get_spec("chief_ctranspath")
+    assert spec.distribution == get_slide_spec("chief").distribution == \
+        "slideflow-noncommercial"
+    assert "non-commercial" in spec.license and "GPL-3.0" in spec.license
+    ext = sf.build_feature_extractor("chief_ctranspath", pretrained=False, device="meta")
+    assert ext.num_features == 768
+    import sys
+
+    monkeypatch.setitem(sys.modules, "slideflow_gpl", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "slideflow_gpl.ctranspath", raising=False)
+    with pytest.raises(sf.errors.ExtractorNotFound, match=r"pip install ./slideflow_gpl"):
+        registry.resolve_builder(spec)
+
+
+@pytest.mark.parametrize("name, licence", [
+    ("gpfm", "CC-BY-NC-ND-4.0"),                       # birkhoffkiki/GPFM LICENSE
+    ("plip", "no licence"),                            # vinid/plip card, repo w/o LICENSE
+    ("h_optimus_1", "academic research"),              # Bioptimus release post
+])
+def test_checked_licences(name, licence):
+    spec = registry.get_spec(name)
+    assert licence in spec.license and spec.distribution == "slideflow-noncommercial"
+    assert "licence" in spec.reference.lower() or "LICENSE" in spec.reference

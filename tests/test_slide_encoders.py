@@ -33,7 +33,7 @@ def test_specs_carry_their_tile_needs_and_licences():
     assert (df.loc["titan", "tile_px"], df.loc["titan", "tile_um"]) == (512, "20x")
     assert df.loc["titan", "positional"] == "grid" and df.loc["titan", "dim"] == 768
     assert df.loc["madeleine", "tile_extractor"] == "conch"
-    assert df.loc["chief", "distribution"] == "slideflow-gpl"
+    assert df.loc["chief", "distribution"] == "slideflow-noncommercial"  # NC weights
     assert df.loc["feather", "distribution"] == "slideflow-noncommercial"
     assert df.loc["mean", "license"] == "Apache-2.0"
     from slideflow.model.slide_encoders import get_slide_spec

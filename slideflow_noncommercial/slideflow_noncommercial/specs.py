@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from slideflow.model.extractors.spec import SF3_MODULE, ExtractorSpec, WeightsSource, hf
 
+from . import chief
+
 DISTRIBUTION = "slideflow-noncommercial"
 
 _UNI = ("@article{chen2024uni, title={Towards a general-purpose foundation model for "
@@ -73,6 +75,10 @@ _H0MINI = ("@article{filiot2025h0mini, title={Distilling foundation models for r
            "and Valter, Daria and Scalbert, Marin and Saillard, Charlie and Robin, "
            "Genevi{\\`e}ve and Olivier, Antoine}, journal={arXiv preprint arXiv:2501.16239}, "
            "note={MICCAI 2025}, year={2025}}")
+_PLIP_LIC = ("no licence (card metadata empty, repository without LICENSE); card: research use "
+             "only, any deployed use out of scope")
+_HOPT1_LIC = ("H-optimus-1 terms (gated; academic research access, commercial use via "
+              "Bioptimus; non-commercial)")
 _H0MINI_LIC = ("CC-BY-NC-ND-4.0 (gated; from third-party model tables and Slideflow 3's "
                "'non-commercial use only' -- the card's licence field was not in the index)")
 _HOPT_MEAN, _HOPT_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
@@ -200,8 +206,7 @@ def specs() -> list[ExtractorSpec]:
             **nc),
         ExtractorSpec(
             name="h_optimus_1", family="timm", dim=1536, input_px=224,
-            license="H-optimus-1 licence (gated; non-commercial, commercial licence from "
-                    "Bioptimus)", citation=_HOPTIMUS1, aliases=("hoptimus1", "h-optimus-1"),
+            license=_HOPT1_LIC, citation=_HOPTIMUS1, aliases=("hoptimus1", "h-optimus-1"),
             mean=_HOPT_MEAN, std=_HOPT_STD, interpolation="bilinear",
             build={"timm_class": "VisionTransformer", "kwargs": {
                 "patch_size": 14, "embed_dim": 1536, "depth": 40, "num_heads": 24,
@@ -212,8 +217,10 @@ def specs() -> list[ExtractorSpec]:
             description="H-optimus-1 ViT-g/14 with 4 registers (same architecture as "
                         "H-optimus-0), 1536-d class token",
             reference=_TRIDENT + " HOptimus1InferenceEncoder (vit_giant_patch14_reg4_dinov2, "
-                      "init_values 1e-5, Resize(224), H-optimus mean/std); HF discussions "
-                      "(academic access only, commercial via Bioptimus)",
+                      "init_values 1e-5, Resize(224), H-optimus mean/std); licence: "
+                      "Bioptimus release post resources.bioptimus.com ('can be accessed for "
+                      "academic research purposes'), HF discussions (gated academic access "
+                      "requests); the licence text itself is not in the search index",
             **nc),
         ExtractorSpec(
             name="h0_mini", family="timm", dim=1536, input_px=224,
@@ -242,19 +249,19 @@ def specs() -> list[ExtractorSpec]:
             **nc),
         ExtractorSpec(
             name="gpfm", family="dino", dim=1024, input_px=224,
-            license="unverified (no licence found; treated as non-commercial)",
-            citation=_GPFM, interpolation="bicubic",
+            license="CC-BY-NC-ND-4.0", citation=_GPFM, interpolation="bicubic",
             build={"embed_dim": 1024, "depth": 24, "heads": 16, "patch": 14, "regs": 0,
                    "layerscale": 1e-5, "ffn": "mlp", "pos_mode": "hf", "meta_init": True},
             weights=hf("majiabo/GPFM", "GPFM.pth"),
             expected_unexpected=("mask_token",),
             description="GPFM ViT-L/14 (DINOv2 layout), 1024-d class token",
             reference=_TRIDENT + " GPFMInferenceEncoder (vit_large_patch14_dinov2, img 224, "
-                      "init_values 1e-5, Resize((224, 224)) bicubic, ImageNet mean/std)",
+                      "init_values 1e-5, Resize((224, 224)) bicubic, ImageNet mean/std); "
+                      "github.com/birkhoffkiki/GPFM LICENSE (CC BY-NC-ND 4.0)",
             **nc),
         ExtractorSpec(
             name="plip", family="clip", dim=512, input_px=224,
-            license="PLIP terms (no licence file found; research use)", citation=_PLIP,
+            license=_PLIP_LIC, citation=_PLIP,
             mean=_OPENAI_MEAN, std=_OPENAI_STD, resize_px=224, center_crop=224,
             interpolation="bicubic",
             build={"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
@@ -266,7 +273,10 @@ def specs() -> list[ExtractorSpec]:
             description="PLIP image tower: CLIP ViT-B/32, 512-d projected image embedding "
                         "(CLIPModel.get_image_features, not normalised)",
             reference="PLIP paper (CLIP ViT-B/32 fine-tuned on OpenPath); CLIPProcessor "
-                      "(shorter side 224 bicubic, center crop 224, OpenAI CLIP mean/std)",
+                      "(shorter side 224 bicubic, center crop 224, OpenAI CLIP mean/std); "
+                      "licence: huggingface.co/vinid/plip card (empty metadata, 'Model Use "
+                      "(from CLIP Model Card)': research output, any deployed use out of "
+                      "scope) and PathologyFoundation/plip (no LICENSE file)",
             **nc),
         _kaiko("vits16", "vit_small_patch16_224", 384),
         _kaiko("vits8", "vit_small_patch8_224", 384),
@@ -319,6 +329,7 @@ def specs() -> list[ExtractorSpec]:
             **nc),
         _lunit(16, "dino_vit_small_patch16_ep200.torch"),
         _lunit(8, "dino_vit_small_patch8_ep200.torch"),
+        chief.tile_spec(DISTRIBUTION),
     ]
 
 
@@ -430,4 +441,5 @@ def slide_encoder_specs():
                       "(n_heads 4, patch_embedding_dim 512, hidden 512, softmax), "
                       "bin/extract_patch_embeddings.py (10x, 256 px), README (CONCH, "
                       "CC-BY-NC-ND 4.0); gated flag assumed like other MahmoodLab repos", **nc),
+        chief.slide_spec(DISTRIBUTION),
     ]

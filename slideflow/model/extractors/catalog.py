@@ -293,7 +293,6 @@ _GPL, _NC = "slideflow-gpl", "slideflow-noncommercial"
 EXTERNAL: tuple[ExternalEntry, ...] = (
     ExternalEntry("ctranspath", _GPL, "GPL-3.0", SF3_MODULE + "ctranspath.CTransPathFeatures"),
     ExternalEntry("retccl", _GPL, "GPL-3.0", SF3_MODULE + "retccl.RetCCLFeatures"),
-    ExternalEntry("chief_ctranspath", _GPL, "GPL-3.0 + non-commercial academic use only (CHIEF README)"),
     ExternalEntry("uni", _NC, "CC-BY-NC-ND-4.0", SF3_MODULE + "uni.UNIFeatures"),
     ExternalEntry("uni2", _NC, "CC-BY-NC-ND-4.0", SF3_MODULE + "uni2.UNI2Features"),
     ExternalEntry("virchow2", _NC, "CC-BY-NC-ND-4.0", SF3_MODULE + "virchow2.Virchow2Features"),
@@ -304,14 +303,18 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
                   SF3_MODULE + "phikonv2.PhikonV2Features"),
     ExternalEntry("conch", _NC, "CC-BY-NC-ND-4.0"),
     ExternalEntry("conch_v15", _NC, "CC-BY-NC-ND-4.0"),
-    ExternalEntry("h_optimus_1", _NC, "H-optimus-1 licence (gated; non-commercial, commercial "
-                  "licence from Bioptimus)"),
+    ExternalEntry("h_optimus_1", _NC, "H-optimus-1 terms (gated; academic research access, "
+                  "commercial use via Bioptimus; non-commercial)"),
     ExternalEntry("h0_mini", _NC, "CC-BY-NC-ND-4.0 (gated; from third-party model tables and "
                   "Slideflow 3's 'non-commercial use only' -- the card's licence field was not "
                   "in the index)"),
-    ExternalEntry("gpfm", _NC, "unverified (no licence found; treated as non-commercial)"),
+    ExternalEntry("gpfm", _NC, "CC-BY-NC-ND-4.0"),
     ExternalEntry("musk", _NC, "CC-BY-NC-ND-4.0"),
-    ExternalEntry("plip", _NC, "PLIP terms (no licence file found; research use)"),
+    ExternalEntry("plip", _NC, "no licence (card metadata empty, repository without LICENSE); "
+                  "card: research use only, any deployed use out of scope"),
+    ExternalEntry("chief_ctranspath", _NC, "non-commercial academic use only + GPL-3.0 code "
+                  "(CHIEF README: 'made available under the GPLv3 License and is available for "
+                  "non-commercial academic purposes')"),
     ExternalEntry("lunit_vits16", _NC, "Lunit non-commercial public licence"),
     ExternalEntry("lunit_vits8", _NC, "Lunit non-commercial public licence"),
 ) + tuple(ExternalEntry(f"kaiko_{tag}", _NC, "Kaiko Non-Commercial Public License v1")

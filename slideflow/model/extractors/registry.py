@@ -261,7 +261,16 @@ def resolve_builder(spec: ExtractorSpec) -> tuple[Callable[..., Any], bool]:
             raise ExtractorNotFound(f"{spec.name}: builder {spec.builder!r} is not "
                                     "'module:callable'")
         module_name, attr = spec.builder.split(":", 1)
-        return getattr(importlib.import_module(module_name), attr), False
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise  # the builder module exists but one of its own imports is missing
+            dist = exc.name.split(".")[0].replace("_", "-")
+            hint = f": {INSTALL[dist]}" if dist in INSTALL else ""
+            raise ExtractorNotFound(f"{spec.name} ({spec.distribution}) is built by "
+                                    f"{module_name}, which is not installed{hint}") from exc
+        return getattr(module, attr), False
     builder = family_builder(spec.family)
     if builder is None:
         failed = import_failures()

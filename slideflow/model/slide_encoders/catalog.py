@@ -1,8 +1,7 @@
 """Core slide encoders (permissive) and the names that live in licence-split distributions.
 
-Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE) are in
-``slideflow_noncommercial.specs:slide_encoder_specs``, CHIEF (GPL-3.0) in
-``slideflow_gpl.specs:slide_encoder_specs``.
+Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE, CHIEF)
+are in ``slideflow_noncommercial.specs:slide_encoder_specs``.
 """
 
 from __future__ import annotations
@@ -27,13 +26,13 @@ def slide_encoder_specs() -> list[SlideEncoderSpec]:
     ]
 
 
-_GPL = ("slideflow-gpl", "pip install ./slideflow_gpl  (from a slideflow checkout)")
 _NC = ("slideflow-noncommercial",
        "pip install ./slideflow_noncommercial  (from a slideflow checkout)")
 
 EXTERNAL: tuple[ExternalSlideEntry, ...] = (
-    ExternalSlideEntry("chief", *_GPL, "GPL-3.0 (non-commercial academic use)", 512,
-                       "chief_ctranspath"),
+    ExternalSlideEntry("chief", *_NC, "non-commercial academic use only + GPL-3.0 code (CHIEF "
+                       "README: 'made available under the GPLv3 License and is available for "
+                       "non-commercial academic purposes')", 512, "chief_ctranspath"),
     ExternalSlideEntry("titan", *_NC, "CC-BY-NC-ND-4.0", 768, "conch_v15"),
     ExternalSlideEntry("feather", *_NC, "CC-BY-NC-ND-4.0", 512, "conch_v15"),
     ExternalSlideEntry("madeleine", *_NC, "CC-BY-NC-ND-4.0", 512, "conch"),
