@@ -200,3 +200,55 @@ def test_cli_format_atlaspatch(tmp_path):
         assert f["coords"].shape == (4, 5) and f["coords"].dtype == np.int32
         assert f["features/efficientnet_lite0_imagenet"].shape == (4, 1280)
     assert (out / "bags_config.efficientnet_lite0_imagenet.json").is_file()
+
+
+def test_cli_several_extractors_into_one_atlaspatch_file_through_the_lock(tmp_path):
+    """`-e a,b --format atlaspatch`: one pass, one slide lock for the shared folder, one H5
+    with both feature sets row-aligned; a held lock skips the slide without writing."""
+    from typer.testing import CliRunner
+
+    from slideflow.cli import app
+    from slideflow.io.locks import SlideLock
+
+    ckpt = tmp_path / "resnet18.pth"
+    torch.save(sf.build_feature_extractor("resnet18_imagenet", pretrained=False, seed=4)
+               .model.state_dict(), ckpt)
+    names = ("resnet18_imagenet", "efficientnet_lite0_imagenet")
+    common = [str(CMU), "--tile-px", "64", "--tile-um", "512", "--format", "atlaspatch",
+              "--qc", "none", "-q"]
+    both = tmp_path / "both"
+    args = ["features", *common, "-o", str(both), "-e", ",".join(names),
+            "--weights", f"resnet18_imagenet={ckpt}"]
+    runner = CliRunner()
+    h5_path = both / "patches" / f"{CMU.stem}.h5"
+    with SlideLock(both, CMU.stem) as lock:           # another process holds the slide
+        assert lock.acquired
+        res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((both / "summary.json").read_text())["busy"] == 1
+    assert not h5_path.exists()
+
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((both / "summary.json").read_text())["done"] == 1
+    with h5py.File(h5_path, "r") as f:
+        coords = f["coords"][...]
+        got = {n: f[f"features/{n}"][...] for n in f["features"]}
+    assert sorted(got) == sorted(names) and coords.shape == (4, 5)
+    assert got["resnet18_imagenet"].shape == (4, 512)
+    assert got["efficientnet_lite0_imagenet"].shape == (4, 1280)
+    assert sorted(p.name for p in both.glob("bags_config*.json")) == [
+        f"bags_config.{n}.json" for n in sorted(names)]
+    assert not list(both.rglob("*.lock")) and not list(both.rglob("*.tmp*"))
+    for name in names:                                 # row-aligned: equal to a run alone
+        alone = tmp_path / name
+        extra = ["--weights", str(ckpt)] if name == "resnet18_imagenet" else []
+        res = runner.invoke(app, ["features", *common, "-o", str(alone), "-e", name, *extra])
+        assert res.exit_code == 0, res.output
+        with h5py.File(alone / "patches" / f"{CMU.stem}.h5", "r") as f:
+            np.testing.assert_array_equal(f["coords"][...], coords)
+            np.testing.assert_allclose(got[name], f[f"features/{name}"][...], rtol=1e-5,
+                                       atol=1e-6)
+    res = runner.invoke(app, args)                     # nothing left to do
+    assert res.exit_code == 0, res.output
+    assert json.loads((both / "summary.json").read_text())["reused"] == 1

@@ -156,3 +156,32 @@ def test_random_init_round_trip_is_reproducible():
     again, _ = rebuild_extractor(json.loads(json.dumps(ext.dump_config())))
     assert not again.pretrained and again.dump_config() == ext.dump_config()
     np.testing.assert_array_equal(again(TILES), ext(TILES))
+
+
+def test_slideflow3_gigapath_bags_recorded_as_virchow_rebuild_gigapath(caplog):
+    """Slideflow 3's tile GigapathFeatures.dump_config wrote 'virchow.VirchowFeatures' with
+    only its weights; the 1536 features of those bags identify GigaPath (Virchow: 2560)."""
+    cfg = {"extractor": {"class": "slideflow.model.extractors.virchow.VirchowFeatures",
+                         "kwargs": {"weights": None}},
+           "normalizer": None, "num_features": 1536, "tile_px": 299, "tile_um": 302}
+    with caplog.at_level("WARNING"):
+        ext, _ = rebuild_extractor(cfg, pretrained=False, device="meta")
+    assert ext.name == "gigapath" and ext.num_features == 1536
+    assert "GigapathFeatures" in caplog.text
+    # Slideflow 3's class: Resize(256, bicubic) + CenterCrop(224), ImageNet mean/std
+    kw = ext.dump_config()["kwargs"]
+    assert (kw["resize"], kw["center_crop"], kw["order"], kw["interpolation"]) == (
+        256, 224, "resize_crop", "bicubic")
+    assert ext.transform.output_size(299, 299) == (224, 224)
+    tile_cfg = {"extractor": {"class": "slideflow.model.extractors.gigapath."
+                              "GigapathTileFeatures", "kwargs": {"weights": None}},
+                "num_features": 1536}
+    tile, _ = rebuild_extractor(tile_cfg, pretrained=False, device="meta")
+    assert tile.dump_config() == ext.dump_config()  # same as Slideflow 3's later class
+    # a real Virchow config (2560 features) still rebuilds Virchow
+    virchow = {"extractor": {"class": "slideflow.model.extractors.virchow.VirchowFeatures",
+                             "kwargs": {"weights": None, "center_crop": False,
+                                        "resize": False}},
+               "num_features": 2560}
+    ext, _ = rebuild_extractor(virchow, pretrained=False, device="meta")
+    assert ext.name == "virchow" and ext.num_features == 2560

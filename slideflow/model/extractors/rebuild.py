@@ -37,6 +37,8 @@ SF3_IMAGENET_NAMES = {"resnet18": "resnet18_imagenet", "resnet34": "resnet34_ima
                       "densenet121": "densenet121_imagenet"}
 SF3_KERAS_IMAGENET = SF3_MODULE + "TensorflowImagenetLayerExtractor"
 SF3_VIT = SF3_MODULE + "vit.ViTFeatures"
+SF3_VIRCHOW = SF3_MODULE + "virchow.VirchowFeatures"
+SF3_GIGAPATH_TILE = SF3_MODULE + "gigapath.GigapathTileFeatures"
 SF3_DINOV2 = SF3_MODULE + "dinov2.DinoV2Features"
 SF3_UNSUPPORTED = {
     SF3_MODULE + "simclr.SimCLR_Features": "a TensorFlow SimCLR model (Slideflow 3's simclr); "
@@ -196,7 +198,7 @@ def rebuild_extractor(path_or_dict: str | os.PathLike | Mapping[str, Any], *,
         ext_cfg, norm_cfg = cfg, None
     else:
         raise UnsafeConfigError("config has neither 'extractor' nor 'class'")
-    kwargs = extractor_arguments(ext_cfg)
+    kwargs = extractor_arguments(_sf3_gigapath_as_virchow(ext_cfg, cfg.get("num_features")))
     kwargs.update(overrides)
     name = kwargs.pop("name")
     for key in ("norm_mean", "norm_std"):
@@ -215,6 +217,27 @@ def rebuild_extractor(path_or_dict: str | os.PathLike | Mapping[str, Any], *,
         raise WeightsError(f"{extractor.name} gives {extractor.num_features} features but the "
                            f"bags have {num}")
     return extractor, _normalizer(norm_cfg)
+
+
+def _sf3_gigapath_as_virchow(ext_cfg: Any, num_features: Any) -> Any:
+    """Slideflow 3's tile ``GigapathFeatures`` (before ``GigapathTileFeatures``) wrote
+    ``virchow.VirchowFeatures`` with only its weights into bags_config.json; its 1536 features
+    (Virchow gives 2560) tell such bags apart. They rebuild as the GigaPath tile encoder with
+    that class's preprocessing (Resize(256, bicubic) + CenterCrop(224), ImageNet)."""
+    if not isinstance(ext_cfg, Mapping) or ext_cfg.get("class") != SF3_VIRCHOW:
+        return ext_cfg
+    try:
+        gigapath = num_features is not None and int(num_features) == 1536
+    except (TypeError, ValueError):
+        return ext_cfg
+    if not gigapath:
+        return ext_cfg
+    kwargs = ext_cfg.get("kwargs") or {}
+    log.warning("bags_config.json names Slideflow 3's VirchowFeatures but holds 1536 features: "
+                "written by Slideflow 3's GigapathFeatures (which recorded the wrong class); "
+                "rebuilding the GigaPath tile encoder")
+    weights = kwargs.get("weights") if isinstance(kwargs, Mapping) else None
+    return {"class": SF3_GIGAPATH_TILE, "kwargs": {"weights": weights}}
 
 
 def _normalizer(norm_cfg: Any):
