@@ -20,7 +20,6 @@ temporary name and replaces the old one only when complete.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -30,21 +29,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import tmp_path_for
-from .base import CHUNK_ROWS, Bag, ChunkedSink, dumps_meta, geometry_attrs, parse_geometry
+from .base import CHUNK_ROWS, Bag, dumps_meta, geometry_attrs, parse_geometry
+from .h5_common import TempH5Sink, append_rows, create_rows, pick_encoder, py, write_attrs
 
 
-def _attr(value: Any) -> Any:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return np.int64(value)
-    if isinstance(value, (float, np.floating)):
-        return np.float64(value)
-    return str(value)
-
-
-class AtlasPatchSink(ChunkedSink):
+class AtlasPatchSink(TempH5Sink):
     """Streams rows into `<out>/patches/<slide>.h5` (temporary name until `close()`).
 
     `encoders` is a list of (name, dim): the incoming feature columns are split in that order,
@@ -54,12 +43,11 @@ class AtlasPatchSink(ChunkedSink):
     def __init__(self, path: Path, encoders: Sequence[tuple[str, int]], patch_size_level0: int,
                  meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None, *,
                  chunk_rows: int = CHUNK_ROWS):
-        super().__init__(sum(int(d) for _, d in encoders), chunk_rows)
+        super().__init__(path, sum(int(d) for _, d in encoders), chunk_rows)
         names = [n for n, _ in encoders]
         if not names or len(set(names)) != len(names) or any("/" in n or not n for n in names):
             raise BagError(f"{path}: encoder names must be unique, non-empty, without '/': "
                            f"{names}")
-        self.path = Path(path)
         self.encoders = [(str(n), int(d)) for n, d in encoders]
         self.size = int(patch_size_level0)
         self.meta = dict(meta or {})
@@ -69,49 +57,35 @@ class AtlasPatchSink(ChunkedSink):
         if level is None or not read_px:  # TFRecord tiles: describe a level-0 read
             level, read_px = 0, self.size
         self.level, self.read_px = int(level), int(read_px)
-        self._tmp = tmp_path_for(self.path)
-        self._h5: Any = None
 
     def _open(self, chunk: int) -> None:
-        import h5py
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._h5 = h5py.File(self._tmp, "w")
-        chunk = max(1, chunk)
-        self._dc = self._h5.create_dataset("coords", shape=(0, 5), maxshape=(None, 5),
-                                           dtype="int32", chunks=(chunk, 5), track_times=False)
-        group = self._h5.create_group("features", track_order=True)
-        self._df = [group.create_dataset(n, shape=(0, d), maxshape=(None, d), dtype="float32",
-                                         chunks=(chunk, d), track_times=False)
-                    for n, d in self.encoders]
+        h5 = self._create_file()
+        self._dc = create_rows(h5, "coords", 5, "int32", chunk)
+        group = h5.create_group("features", track_order=True)
+        self._df = [create_rows(group, n, d, "float32", chunk) for n, d in self.encoders]
 
     def _write(self, f: np.ndarray, c: np.ndarray) -> None:
         if self._h5 is None:
             self._open(self.chunk_rows)
         if c.size and (c.min() < 0 or c.max() > np.iinfo(np.int32).max):
             raise BagError(f"{self.path}: coordinates do not fit AtlasPatch's int32 coords")
-        n0, n1 = self._dc.shape[0], self._dc.shape[0] + len(f)
         rows = np.empty((len(f), 5), np.int32)
         rows[:, :2] = c
         rows[:, 2:4] = self.read_px
         rows[:, 4] = self.level
-        self._dc.resize(n1, axis=0)
-        self._dc[n0:n1] = rows
+        append_rows(self._dc, rows)
         col = 0
         for ds, (_, d) in zip(self._df, self.encoders):
-            ds.resize(n1, axis=0)
-            ds[n0:n1] = f[:, col:col + d]
+            append_rows(ds, f[:, col:col + d])
             col += d
 
     def close(self) -> Path:
         if self._h5 is None:
             self._open(max(self._fill, 1))
         self.flush_tail()
-        h5 = self._h5
-        for key, value in {**self.geometry, "wsi_path": self.meta.get("slide_path", ""),
-                           "num_patches": int(self._dc.shape[0]),
-                           "coord_space": "level0"}.items():
-            h5.attrs[key] = _attr(value)
+        write_attrs(self._h5, {**self.geometry, "wsi_path": self.meta.get("slide_path", ""),
+                               "num_patches": int(self._dc.shape[0]),
+                               "coord_space": "level0"})
         for ds, (name, d) in zip(self._df, self.encoders):
             ds.attrs["embedding_dim"] = np.int64(d)
             ds.attrs["encoder"] = name
@@ -119,38 +93,18 @@ class AtlasPatchSink(ChunkedSink):
             ds.attrs["slideflow_meta"] = dumps_meta({**self.meta, "extractor": name})
         if self.path.exists():
             self._merge_existing()
-        h5.close()
-        self._h5 = None
-        os.replace(self._tmp, self.path)  # metadata written above, file moved last
-        return self.path
+        return self._commit()  # metadata written above, file moved last
 
     def _merge_existing(self) -> None:
         """Carry the other encoders of the existing file over (same tiles required)."""
-        import h5py
-
-        try:
-            old = h5py.File(self.path, "r")
-        except OSError as e:
-            raise BagError(f"{self.path}: existing file unreadable, cannot add encoders "
-                           f"{[n for n, _ in self.encoders]} ({e})") from e
-        with old:
+        with self._existing(f"encoders {[n for n, _ in self.encoders]}") as old:
             prev = old.get("coords")
             if prev is None or prev.shape != self._dc.shape or not np.array_equal(
                     prev[:, :2], self._dc[:, :2]):
                 raise BagError(f"{self.path}: the file holds other tiles than this run; every "
                                "extractor of an AtlasPatch file shares one `coords` (write to "
                                "another folder, or use the same tile selection)")
-            ours = {n for n, _ in self.encoders}
-            for name, ds in (old.get("features") or {}).items():
-                if name not in ours:
-                    old.copy(ds, self._h5["features"], name=name)
-
-    def abort(self) -> None:
-        if self._h5 is not None:
-            with contextlib.suppress(Exception):
-                self._h5.close()
-            self._h5 = None
-        self._tmp.unlink(missing_ok=True)
+            self._carry_features(old, {n for n, _ in self.encoders})
 
 
 def is_atlaspatch_file(path: str | os.PathLike) -> bool:
@@ -187,19 +141,12 @@ def read_atlaspatch(path: str | os.PathLike, encoder: str | None = None) -> Bag:
         if not is_atlaspatch(h5):
             raise BagError(f"{path}: not an AtlasPatch h5 (needs (N, 5) `coords` and a "
                            "`features/` group)")
-        names = sorted(h5["features"])
-        if encoder is None:
-            if len(names) != 1:
-                raise BagError(f"{path}: holds features of several encoders {names}; pass "
-                               "encoder=")
-            encoder = names[0]
-        if encoder not in names:
-            raise BagError(f"{path}: no features for encoder {encoder!r} (has {names})")
+        encoder = pick_encoder(h5["features"], path, encoder)
         ds = h5["features"][encoder]
         features = np.asarray(ds[()], dtype=np.float32)
         coords = np.asarray(h5["coords"][()])
-        fattrs = {k: _py(v) for k, v in h5.attrs.items()}
-        dattrs = {k: _py(v) for k, v in ds.attrs.items()}
+        fattrs = {k: py(v) for k, v in h5.attrs.items()}
+        dattrs = {k: py(v) for k, v in ds.attrs.items()}
     if len(features) != len(coords) or features.ndim != 2:
         raise BagError(f"{path}: features/{encoder} {features.shape} and coords "
                        f"{coords.shape} do not match")
@@ -230,7 +177,7 @@ def read_atlaspatch_meta(path: str | os.PathLike, encoder: str) -> dict[str, Any
         with h5py.File(path, "r") as h5:
             ds = (h5.get("features") or {}).get(encoder) if is_atlaspatch(h5) else None
             raw = ds.attrs.get("slideflow_meta") if ds is not None else None
-            return json.loads(_py(raw)) if raw else None
+            return json.loads(py(raw)) if raw else None
     except (OSError, ValueError):
         return None
 
@@ -241,10 +188,3 @@ def list_encoders(path: str | os.PathLike) -> list[str]:
     with h5py.File(path, "r") as h5:
         return sorted(h5["features"]) if is_atlaspatch(h5) else []
 
-
-def _py(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -17,7 +17,6 @@ per chunk; we chunk by batches of rows, which reads the same and is far faster.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -33,42 +32,22 @@ from .base import (
     CHUNK_ROWS,
     GEOMETRY_KEYS,
     Bag,
-    ChunkedSink,
     dumps_meta,
     geometry_attrs,
     parse_geometry,
     slide_of,
 )
+from .h5_common import (
+    TempH5Sink,
+    append_rows,
+    create_rows,
+    fsync,
+    pick_encoder,
+    py,
+    write_attrs,
+)
 
 FORMAT_VERSION = 1
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_attrs(obj: Any, attrs: Mapping[str, Any]) -> None:
-    for key, value in attrs.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            obj.attrs[key] = str(value)
-        elif isinstance(value, int):
-            obj.attrs[key] = np.int64(value)
-        else:
-            obj.attrs[key] = np.float64(value)
-
-
-def _py(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _features_attrs(slide: str, encoder: str | None, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,11 +56,6 @@ def _features_attrs(slide: str, encoder: str | None, meta: Mapping[str, Any]) ->
     if enc:
         attrs["encoder"] = str(enc)
     return attrs
-
-
-def _create(h5: Any, key: str, n: int, width: int, dtype: str, chunk: int) -> Any:
-    return h5.create_dataset(key, shape=(n, width), maxshape=(None, width), dtype=dtype,
-                             chunks=(max(1, chunk), width), track_times=False)
 
 
 def _layout(h5: Any, path: Path) -> str:
@@ -94,84 +68,55 @@ def _layout(h5: Any, path: Path) -> str:
     return "multi" if isinstance(obj, h5py.Group) else "single"
 
 
-class H5Sink(ChunkedSink):
+class H5Sink(TempH5Sink):
     """Streams rows into `<slide>.h5.tmp-*` one chunk at a time; `close()` renames it."""
 
     def __init__(self, path: Path, num_features: int, patch_size_level0: int,
                  meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None, *,
                  encoder: str | None = None, chunk_rows: int = CHUNK_ROWS):
-        super().__init__(num_features, chunk_rows)
-        self.path = Path(path)
+        super().__init__(path, num_features, chunk_rows)
         self.encoder = encoder
         self.meta = dict(meta or {})
         self.geometry = geometry_attrs(patch_size_level0, meta, attrs)
-        self._tmp = tmp_path_for(self.path)
-        self._h5: Any = None
 
     def _open(self, chunk: int) -> None:
-        import h5py
-
-        self._h5 = h5py.File(self._tmp, "w")
+        h5 = self._create_file()
         key = "features" if self.encoder is None else f"features/{self.encoder}"
-        self._df = _create(self._h5, key, 0, self.num_features, "float32", chunk)
-        self._dc = _create(self._h5, "coords", 0, 2, "int64", chunk)
+        self._df = create_rows(h5, key, self.num_features, "float32", chunk)
+        self._dc = create_rows(h5, "coords", 2, "int64", chunk)
 
     def _write(self, f: np.ndarray, c: np.ndarray) -> None:
         if self._h5 is None:
             self._open(self.chunk_rows)
-        n0, n1 = self._df.shape[0], self._df.shape[0] + len(f)
-        self._df.resize(n1, axis=0)
-        self._dc.resize(n1, axis=0)
-        self._df[n0:n1] = f
-        self._dc[n0:n1] = c
+        append_rows(self._df, f)
+        append_rows(self._dc, c)
 
     def close(self) -> Path:
         if self._h5 is None:  # fewer rows than one chunk: chunk = the whole bag
             self._open(max(self._fill, 1))
         self.flush_tail()
         slide = slide_of(self.path)
-        _write_attrs(self._dc, {**self.geometry, "name": slide})
-        _write_attrs(self._df, _features_attrs(slide, self.encoder, self.meta))
-        _write_attrs(self._h5, {"format_version": FORMAT_VERSION, "coord_origin": "top_left",
-                                "coord_space": "level0"})
+        write_attrs(self._dc, {**self.geometry, "name": slide})
+        write_attrs(self._df, _features_attrs(slide, self.encoder, self.meta))
+        write_attrs(self._h5, {"format_version": FORMAT_VERSION, "coord_origin": "top_left",
+                               "coord_space": "level0"})
         if self.encoder is not None and self.path.exists():
             self._merge_existing()
-        self._h5.close()
-        self._h5 = None
-        _fsync(self._tmp)
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._commit()
 
     def _merge_existing(self) -> None:
         """Carry the other encoders (and any other groups) of the existing file over."""
-        import h5py
-
-        try:
-            old = h5py.File(self.path, "r")
-        except OSError as e:
-            raise BagError(f"{self.path}: existing file unreadable, cannot add encoder "
-                           f"{self.encoder!r} ({e})") from e
-        with old:
+        with self._existing(f"encoder {self.encoder!r}") as old:
             if _layout(old, self.path) == "single":
                 raise BagError(f"{self.path}: single-encoder layout (/features is a dataset); "
                                f"write encoder {self.encoder!r} to another file or folder")
             if "coords" in old and not np.array_equal(old["coords"][()], self._dc[()]):
                 raise BagError(f"{self.path}: encoder {self.encoder!r} has other tiles than the "
                                "encoders already in the file; all must share `coords`")
+            self._carry_features(old, {self.encoder})
             for name, obj in old.items():
-                if name == "features":
-                    for enc in obj:
-                        if enc != self.encoder:
-                            old.copy(obj[enc], self._h5["features"], name=enc)
-                elif name != "coords":
+                if name not in ("features", "coords"):
                     old.copy(obj, self._h5, name=name)
-
-    def abort(self) -> None:
-        if self._h5 is not None:
-            with contextlib.suppress(Exception):
-                self._h5.close()
-            self._h5 = None
-        self._tmp.unlink(missing_ok=True)
 
 
 def add_h5_features(path: str | os.PathLike, encoder: str, features: Any,
@@ -201,11 +146,11 @@ def add_h5_features(path: str | os.PathLike, encoder: str, features: Any,
             group = h5.require_group("features")
             if encoder in group:
                 del group[encoder]
-            ds = _create(group, encoder, f.shape[0], f.shape[1], "float32",
-                         min(max(f.shape[0], 1), CHUNK_ROWS))
+            ds = create_rows(group, encoder, f.shape[1], "float32",
+                             min(max(f.shape[0], 1), CHUNK_ROWS), n=f.shape[0])
             ds[...] = f
-            _write_attrs(ds, _features_attrs(slide_of(path), encoder, dict(meta or {})))
-        _fsync(tmp)
+            write_attrs(ds, _features_attrs(slide_of(path), encoder, dict(meta or {})))
+        fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -237,17 +182,9 @@ def _features_dataset(h5: Any, path: Path, encoder: str | None) -> Any:
     if obj is None:
         raise BagError(f"{path}: no /features dataset")
     if isinstance(obj, h5py.Group):
-        names = sorted(obj)
-        if encoder is None:
-            if len(names) != 1:
-                raise BagError(f"{path}: holds features of several encoders {names}; "
-                               "pass encoder=")
-            encoder = names[0]
-        if encoder not in obj:
-            raise BagError(f"{path}: no features for encoder {encoder!r} (has {names})")
-        return obj[encoder]
-    if encoder is not None and _py(obj.attrs.get("encoder", encoder)) != encoder:
-        raise BagError(f"{path}: features are from {_py(obj.attrs['encoder'])!r}, "
+        return obj[pick_encoder(obj, path, encoder)]
+    if encoder is not None and py(obj.attrs.get("encoder", encoder)) != encoder:
+        raise BagError(f"{path}: features are from {py(obj.attrs['encoder'])!r}, "
                        f"not {encoder!r}")
     return obj
 
@@ -262,8 +199,8 @@ def read_h5(path: str | os.PathLike, encoder: str | None = None) -> Bag:
                 raise BagError(f"{path}: no /coords dataset")
             features = np.asarray(ds[()], dtype=np.float32)
             coords = np.asarray(h5["coords"][()])
-            attrs = {k: _py(v) for k, v in h5["coords"].attrs.items()}
-            fattrs = {k: _py(v) for k, v in ds.attrs.items()}
+            attrs = {k: py(v) for k, v in h5["coords"].attrs.items()}
+            fattrs = {k: py(v) for k, v in ds.attrs.items()}
         except (OSError, KeyError, ValueError, TypeError) as e:
             raise BagError(f"{path}: corrupt h5 bag ({type(e).__name__}: {e})") from e
     if features.ndim != 2 or coords.ndim != 2 or coords.shape[1] < 2 \
@@ -309,4 +246,4 @@ def read_h5_meta(path: str | os.PathLike, encoder: str | None = None) -> dict[st
             raw = _features_dataset(h5, path, encoder).attrs.get("slideflow_meta")
         except BagError:
             return None
-        return json.loads(_py(raw)) if raw else None
+        return json.loads(py(raw)) if raw else None
