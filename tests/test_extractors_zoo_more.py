@@ -137,3 +137,39 @@ def test_checked_licences(name, licence):
     spec = registry.get_spec(name)
     assert licence in spec.license and spec.distribution == "slideflow-noncommercial"
     assert "licence" in spec.reference.lower() or "LICENSE" in spec.reference
+
+
+# ---------------------------------------------------------------------------- Slideflow 3 bags
+def test_slideflow3_h0_mini_and_musk_bags_rebuild_with_their_settings(tmp_path):
+    """slideflow-noncommercial's H0MiniFeatures (pool 'cls' by default, no resize) and
+    MUSKFeatures (ms_aug on, out_norm on, center crop 384) rebuild as they ran."""
+    from slideflow.model.extractors.rebuild import extractor_arguments, rebuild_extractor
+
+    ref = _h0_mini_reference()
+    path = tmp_path / "h0.bin"
+    torch.save(ref.state_dict(), path)
+    cfg = {"extractor": {"class": "slideflow.model.extractors.h0_mini.H0MiniFeatures",
+                         "kwargs": {"weights": str(path), "pool": "cls"}},
+           "normalizer": None, "num_features": 768}
+    ext, _ = rebuild_extractor(cfg, device="cpu")
+    assert ext.name == "h0_mini" and ext.num_features == 768
+    args = extractor_arguments(cfg["extractor"])
+    assert (args["resize"], args["center_crop"], args["output"]) == (False, False, "cls")
+    tiles = np.random.default_rng(1).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    x = (torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255 - HOPT_MEAN) / HOPT_STD
+    with torch.no_grad():
+        want = ref(x)[:, 0].numpy()
+    assert np.abs(ext(tiles) - want).max() < 1e-4
+    mean = extractor_arguments({"class": "slideflow.model.extractors.h0_mini.H0MiniFeatures",
+                                "kwargs": {"weights": "w", "pool": "cls_mean"}})
+    assert mean["output"] == "cls_mean"
+
+    musk = {"class": "slideflow_noncommercial.extractors.musk.MUSKFeatures",
+            "kwargs": {"ms_aug": True, "with_head": False, "out_norm": True}}
+    args = extractor_arguments(musk)
+    assert args["name"] == "musk" and args["center_crop"] == 384 and not args["resize"]
+    assert (args["ms_aug"], args["with_head"], args["out_norm"]) == (True, False, True)
+    assert args["norm_mean"] == [0.5, 0.5, 0.5]
+    ext, _ = rebuild_extractor({"extractor": musk, "num_features": 2048}, pretrained=False,
+                               device="meta")
+    assert ext.num_features == 2048 and ext.dump_config()["kwargs"]["out_norm"] is True

@@ -230,6 +230,10 @@ def specs() -> list[ExtractorSpec]:
                 "img_size": 224, "init_values": 1e-5, "mlp_ratio": 4096 / 768,
                 "mlp_layer": "swiglu_packed", "act_layer": "silu", "dynamic_img_size": True}},
             weights=hf("bioptimus/H0-mini"), gated=True,
+            sf3_class=SF3_MODULE + "h0_mini.H0MiniFeatures",
+            sf3_transforms={"interpolation": "bicubic", "norm_mean": _HOPT_MEAN,
+                            "norm_std": _HOPT_STD},
+            sf3_kwargs={"pool": ("output", "cls")},
             description="H0-mini (Bioptimus/Owkin): ViT-B/14 with 4 registers and a packed "
                         "SwiGLU MLP, distilled from H-optimus-0; class token concatenated "
                         "with the mean of the 256 patch tokens (registers excluded), 2 x 768 "
@@ -245,7 +249,9 @@ def specs() -> list[ExtractorSpec]:
                       + _TRIDENT + " H0MiniInferenceEncoder (return_type cls_token | "
                       "cls+mean). NOT verified: the hub config.json itself (not in the "
                       "search index) -- its pretrained_cfg crop_pct is unknown, so tiles "
-                      "are squashed to 224 without a crop as Slideflow 3 does",
+                      "are squashed to 224 without a crop as Slideflow 3 does; Slideflow 3 "
+                      "bags (slideflow/slideflow-noncommercial extractors/h0_mini.py: pool "
+                      "'cls' by default, no resize) rebuild with their pool",
             **nc),
         ExtractorSpec(
             name="gpfm", family="dino", dim=1024, input_px=224,
@@ -309,6 +315,11 @@ def specs() -> list[ExtractorSpec]:
                    "ffn_dim": 4096, "ln_eps": 1e-5, "meta_init": True},
             weights=hf("xiangjx/musk"), gated=True,
             checkpoint_keys=("model", "module", "state_dict"),
+            sf3_class="slideflow_noncommercial.extractors.musk.MUSKFeatures",
+            sf3_transforms={"center_crop": True, "interpolation": "bicubic",
+                            "norm_mean": HALF3, "norm_std": HALF3},
+            sf3_kwargs={"ms_aug": ("ms_aug", True), "with_head": ("with_head", False),
+                        "out_norm": ("out_norm", True)},
             expected_unexpected=("*.B.*", "beit3.text_embed.*", "language_head.*",
                                  "logit_scale", "beit3.vision_embed.mask_token"),
             description="MUSK image path: BEiT-3 multiway ViT-L/16 at 384 px (vision "
@@ -325,7 +336,10 @@ def specs() -> list[ExtractorSpec]:
                       "MultiScaleForward (scales [1, 2], max_split_size = input size, "
                       "bicubic F.interpolate, chessboard split, cat(scale 1, mean scale 2)); "
                       + _TRIDENT + " MuskInferenceEncoder (Resize(384, bicubic) + "
-                      "CenterCrop(384), inception mean = std = 0.5, out_norm off, ms_aug off)",
+                      "CenterCrop(384), inception mean = std = 0.5, out_norm off, ms_aug off); "
+                      "Slideflow 3 MUSKFeatures (slideflow/slideflow-noncommercial "
+                      "extractors/musk.py: ms_aug on, with_head off, out_norm ON by default, "
+                      "center crop 384 without resize) rebuilds with its own settings",
             **nc),
         _lunit(16, "dino_vit_small_patch16_ep200.torch"),
         _lunit(8, "dino_vit_small_patch8_ep200.torch"),

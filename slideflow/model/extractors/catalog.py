@@ -307,9 +307,10 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
                   "commercial use via Bioptimus; non-commercial)"),
     ExternalEntry("h0_mini", _NC, "CC-BY-NC-ND-4.0 (gated; from third-party model tables and "
                   "Slideflow 3's 'non-commercial use only' -- the card's licence field was not "
-                  "in the index)"),
+                  "in the index)", SF3_MODULE + "h0_mini.H0MiniFeatures"),
     ExternalEntry("gpfm", _NC, "CC-BY-NC-ND-4.0"),
-    ExternalEntry("musk", _NC, "CC-BY-NC-ND-4.0"),
+    ExternalEntry("musk", _NC, "CC-BY-NC-ND-4.0",
+                  "slideflow_noncommercial.extractors.musk.MUSKFeatures"),
     ExternalEntry("plip", _NC, "no licence (card metadata empty, repository without LICENSE); "
                   "card: research use only, any deployed use out of scope"),
     ExternalEntry("chief_ctranspath", _NC, "non-commercial academic use only + GPL-3.0 code "

@@ -80,6 +80,8 @@ def extractor_arguments(ext_cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cls in sf3_names:
         spec = get_spec(sf3_names[cls])  # ExtractorNotFound (with install hint) if absent
         out = _sf3_transforms(kwargs, spec.input_px, spec.sf3_transforms)
+        for key, (ours, default) in spec.sf3_kwargs.items():  # e.g. H0-mini pool -> output
+            out[ours] = kwargs.get(key, default)
         weights = kwargs.get("weights", kwargs.get("ckpt"))
         if weights is not None:
             out["weights"] = weights

@@ -114,6 +114,8 @@ class ExtractorSpec:
     # transform defaults of that class that differ from Slideflow 3's base class
     sf3_class: str | None = None
     sf3_transforms: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
+    # model keywords of that class: {Slideflow 3 keyword: (our keyword, Slideflow 3 default)}
+    sf3_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -137,6 +139,7 @@ class ExtractorSpec:
         out = asdict(self)
         out["build"] = dict(self.build)
         out["sf3_transforms"] = dict(self.sf3_transforms)
+        out["sf3_kwargs"] = {k: list(v) for k, v in self.sf3_kwargs.items()}
         return out
 
     @classmethod
