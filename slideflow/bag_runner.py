@@ -83,24 +83,79 @@ class SlideOutcome:
     error_type: str | None = None
     error: str | None = None
     worker: str | None = None
+    notes: list[str] = field(default_factory=list)  # recoveries: stale locks/temps of dead runs
+
+    @property
+    def message(self) -> str | None:
+        """'ErrorType: message' of a failed slide."""
+        return f"{self.error_type}: {self.error}" if self.error_type else self.error
 
 
 def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOptions,
                 fmt: str) -> BagTarget:
-    """A target with its bags_config (checked against what the folder already holds)."""
-    from .io.bags_config import check_compatible, config_file
-
+    """A target with its bags_config (claimed on the folder by `claim_target`)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = bags_config(extractor, normalizer, opts.tile_px, opts.tile_um, opts.selection, fmt)
-    if not opts.force:
-        # raises BagsConfigMismatchError listing the keys (AtlasPatch: one config per extractor)
-        check_compatible(config_file(outdir, fmt, cfg["provenance"]["extractor"]), cfg)
     request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
                                               "tile_px", "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
                "seed": opts.seed}
     return BagTarget(outdir, fmt, cfg, request, extractor)
+
+
+def config_of(t: BagTarget) -> Path:
+    """The target's config file (AtlasPatch folders: one per extractor)."""
+    from .io.bags_config import config_file
+
+    return config_file(t.outdir, t.fmt, t.cfg["provenance"]["extractor"])
+
+
+def claim_target(t: BagTarget, force: bool) -> Any:
+    """Claim the target's folder for its configuration (`slideflow.io.claim`); with `force`,
+    also move aside every bag there that the configuration does not describe. Returns the
+    `Claim` (where things were moved)."""
+    from .io.claim import claim_config
+
+    claim = claim_config(config_of(t), t.cfg, force=force)
+    if force and t.fmt != "atlaspatch":  # AtlasPatch files hold several extractors: kept
+        dest, moved = _supersede_stale(t, claim.superseded)
+        claim.superseded, claim.moved = dest, claim.moved + moved
+    if claim.moved:
+        log.warning("%s: moved %d file(s) the new configuration does not describe to %s",
+                    t.outdir, len(claim.moved), claim.superseded)
+    return claim
+
+
+def _supersede_stale(t: BagTarget, dest: Path | None) -> tuple[Path | None, list[Path]]:
+    """Move bags of other settings or formats (with their index and images) aside. A bag a
+    live process is writing (locked) is left to it: its commit re-checks the config."""
+    from .io.bags import list_bags, read_bag_meta, slide_of
+    from .io.bags_config import normalize
+    from .io.claim import move_aside
+    from .io.locks import SlideLock
+    from .io.npz import index_path_for
+
+    want = normalize(t.request)
+    moved: list[Path] = []
+    for bag in list_bags(t.outdir):
+        name = slide_of(bag)
+        with SlideLock(t.outdir, name) as lock:
+            if not lock.acquired:
+                continue
+            if bag == bag_path_of(t, name) and (read_bag_meta(t.outdir, name, t.fmt) or {}
+                                                ).get("request") == want:
+                continue  # described by the configuration
+            files = [bag, index_path_for(bag), t.outdir / f"{name}.images"]
+            dest, done = move_aside(files, t.outdir, dest)
+            moved += done
+    return dest, moved
+
+
+def bag_path_of(t: BagTarget, name: str) -> Path:
+    from .io.bags import bag_path
+
+    return bag_path(t.outdir, name, t.fmt)
 
 
 def job_cost(job: SlideJob) -> int:
@@ -141,6 +196,8 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
             if not lock.acquired:
                 out.status, out.error = BUSY, f"locked by {lock.holder()}"
                 return out
+            if lock.took_over:
+                out.notes.append(f"took over the stale lock of {lock.took_over} in {outdir}")
         if not opts.force:  # another process may have finished it since we looked
             todo = [t for t in todo if not current(t)]
             if not todo:
@@ -148,6 +205,7 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
         for outdir in dict.fromkeys(t.outdir for t in todo):
             for p in clean_stale_temps(outdir, job.name):
                 log.info("%s: removed %s left by a dead run", job.name, p.name)
+                out.notes.append(f"removed {p.name} left by a dead run")
         try:
             out.tiles = _write_bags(job, todo, opts, normalizer, on_tiles)
             out.status = DONE
@@ -165,6 +223,7 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
     """Read the slide once, run every extractor, commit every bag; returns the tile count."""
     from .fanout import run_features_many
     from .io.bags import BagWriter
+    from .io.claim import verify_claim
 
     first = todo[0].extractor
     source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
@@ -191,6 +250,8 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
         if tiles < need:
             raise SlideflowError(f"{job.name}: {tiles} tiles (< min_tiles={need}); no bag "
                                  "written")
+        for t in todo:  # the folders still hold our configuration: commit (writers' exit)
+            verify_claim(config_of(t), t.cfg)
     return tiles
 
 
@@ -277,7 +338,7 @@ def report_outcome(bar: Any, o: SlideOutcome) -> None:
     elif o.status == BUSY:
         bar.slide_skipped(o.slide, o.error or "locked by another process")
     else:
-        bar.slide_failed(o.slide, f"{o.error_type}: {o.error}")
+        bar.slide_failed(o.slide, o.message or "")
 
 
 def worker_name(device: Any = None) -> str:

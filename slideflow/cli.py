@@ -256,7 +256,7 @@ def features(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     summary = run_summary(report.outcomes, time.perf_counter() - start,
-                          extractors=names, outdir=str(outdir))
+                          extractors=names, outdir=str(outdir), superseded=report.superseded)
     write_run_files(outdir, report.outcomes, summary)
     for o in report.outcomes:
         if o.status == "failed":
@@ -305,6 +305,8 @@ def extract_tiles(
     P = load_project(project)
     result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
                              img_format=img_format)
+    for note in result.notes:
+        typer.echo(f"recovered {note}")
     typer.echo(repr(result))
     for name, why in result.failed.items():
         typer.echo(f"FAILED {name}: {why}", err=True)
@@ -349,7 +351,9 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        app(args=ray_argv(sys.argv[1:]), prog_name="slideflow", standalone_mode=False)
+        # without standalone mode, click returns a command's typer.Exit code instead of
+        # exiting: pass it on (exit 1 when a slide failed, 2 when the run cannot start)
+        code = app(args=ray_argv(sys.argv[1:]), prog_name="slideflow", standalone_mode=False)
     except click.exceptions.Exit as exc:  # typer.Exit
         raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:  # usage errors: click's own message, exit 2
@@ -361,6 +365,8 @@ def main() -> None:
     except SlideflowError as exc:  # a clear message, never a traceback
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(2 if isinstance(exc, ValueError) else 1) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ import numpy as np
 
 from .errors import InvalidArgumentError, OutputConflictError, SlideflowError, TFRecordError
 from .io.bags import bag_path, read_bag_meta
-from .io.bags_config import config_file, normalize, write_bags_config
+from .io.bags_config import normalize
 from .io.base import FORMATS
 from .io.identity import file_identity, promised_records, tfrecord_identity
+from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
 from .pipeline import RowCollector, default_decoder, run, tfrecord_source
@@ -48,26 +49,45 @@ class SlideJob:
 
 
 @dataclass
-class BagsReport:
-    """What a generate_feature_bags run did, slide by slide."""
+class BagsReport(OutcomeCounts):
+    """What a generate_feature_bags run did, slide by slide (`outcomes`, one
+    `bag_runner.SlideOutcome` each); `superseded` maps each folder a forced run moved files
+    into (`<outdir>/.superseded-<UTC time>/`) to the files moved."""
 
     outdir: Path
-    done: dict[str, dict[str, Any]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-    busy: list[str] = field(default_factory=list)  # held by another live process: skipped
-    outcomes: list[Any] = field(default_factory=list, repr=False)  # bag_runner.SlideOutcome
+    outcomes: list[Any] = field(default_factory=list, repr=False)
+    superseded: dict[str, list[str]] = field(default_factory=dict)
+
+    def _outcomes(self) -> list[Any]:
+        return self.outcomes
 
     @property
-    def tiles(self) -> int:
-        return sum(v["tiles"] for v in self.done.values())
+    def done(self) -> dict[str, dict[str, Any]]:
+        return {o.slide: {"tiles": o.tiles, "seconds": o.seconds} for o in self.outcomes
+                if o.status == "done"}
+
+    @property
+    def skipped(self) -> list[str]:
+        """Slides whose bags were current (reused)."""
+        return self.with_status("reused")
+
+    @property
+    def busy(self) -> list[str]:
+        """Slides held by another live process: skipped."""
+        return self.with_status("busy")
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return self.failures()
 
     def __repr__(self) -> str:
         busy = f", {len(self.busy)} busy" if self.busy else ""
+        moved = sum(len(v) for v in self.superseded.values())
+        aside = f", {moved} stale file(s) moved aside" if moved else ""
         return (f"BagsReport({self.outdir}: {len(self.done)} done, {len(self.skipped)} reused"
                 f"{busy}, {len(self.failed)} failed, {self.tiles} tiles in "
-                f"{self.seconds:.1f} s)")
+                f"{self.seconds:.1f} s{aside})")
 
 
 def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
@@ -248,7 +268,7 @@ def generate_bags(
     device; `ray` (True for a local cluster, or an address) runs the slides on a Ray cluster
     (see docs/cli.md). `save_images` also writes the tiles as PNG to `<outdir>/<slide>.images/`.
     """
-    from .bag_runner import BagOptions, make_target, run_serial
+    from .bag_runner import BagOptions, claim_target, make_target, run_serial
 
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
@@ -269,6 +289,12 @@ def generate_bags(
     targets = [make_target(e, outdir if shared else outdir / e.name, normalizer, opts, fmt)
                for e in extractors]
     start = time.perf_counter()
+    superseded: dict[str, list[str]] = {}
+    for t in targets:  # one configuration per folder, claimed before any bag is written
+        claim = claim_target(t, force_regenerate)
+        if claim.moved:
+            superseded[str(claim.superseded)] = [str(p.relative_to(t.outdir))
+                                                 for p in claim.moved]
     jobs = list(jobs)
     if ray is not None and ray is not False:
         from .distributed.ray_runner import run_ray
@@ -282,19 +308,7 @@ def generate_bags(
                                progress=progress)
     else:
         outcomes = run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress)
-    for t in targets:
-        name = t.cfg["provenance"]["extractor"]
-        write_bags_config(config_file(t.outdir, t.fmt, name), t.cfg)  # metadata last
-    report = BagsReport(outdir, outcomes=outcomes)
-    for o in outcomes:
-        if o.status == "done":
-            report.done[o.slide] = {"tiles": o.tiles, "seconds": o.seconds}
-        elif o.status == "reused":
-            report.skipped.append(o.slide)
-        elif o.status == "busy":
-            report.busy.append(o.slide)
-        else:
-            report.failed[o.slide] = f"{o.error_type}: {o.error}"
+    report = BagsReport(outdir, outcomes=outcomes, superseded=superseded)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -70,6 +70,10 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
             if not lock.acquired:
                 res.status, res.reason = "skipped", f"busy: locked by {lock.holder()}"
                 return res
+            if lock.took_over:
+                res.notes.append(f"took over the stale lock of {lock.took_over}")
+            for p in remove_leftovers(job):  # also when the slide is then reused
+                res.notes.append(f"removed {p.name} left by a dead run")
             reuse, why = check_existing(job, request, opt.save_tiles)
             if opt.skip_extracted and reuse:
                 meta = read_sidecar(job.tfrecord) or {}
@@ -141,7 +145,6 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
         coords = wsi.coords[idx]
         res.timings["open"] = time.perf_counter() - t0
         job.outdir.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(job)
         side = sidecar_path(job.tfrecord)
         old_sidecar = side.read_text() if side.exists() else None
         old_file = _stat(job.tfrecord)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..io.runlog import OutcomeCounts
 from ..io.tfrecord import get_tfrecord_label
 from ..report import summary_table_html
 
@@ -22,6 +23,7 @@ class SlideResult:
     reason: str | None = None
     tfrecord: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # recoveries: stale locks/temps of dead runs
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     preview_png: bytes | None = field(default=None, repr=False)
@@ -30,11 +32,11 @@ class SlideResult:
         return {"slide": self.slide, "status": self.status, "tiles": self.tiles,
                 "seconds": round(self.seconds, 3), "error": self.error, "reason": self.reason,
                 "tfrecord": str(self.tfrecord) if self.tfrecord else None,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "notes": list(self.notes)}
 
 
 @dataclass
-class ExtractionSummary:
+class ExtractionSummary(OutcomeCounts):
     """Per-slide results of an extraction run; `summary['slide'].tiles`, `.to_df()`."""
 
     tile_px: int
@@ -47,25 +49,20 @@ class ExtractionSummary:
     def label(self) -> str:
         return get_tfrecord_label(self.tile_px, self.tile_um)
 
-    def _with(self, status: str) -> list[str]:
-        return [k for k, r in self.results.items() if r.status == status]
+    def _outcomes(self):
+        return self.results.values()
 
     @property
     def done(self) -> list[str]:
-        return self._with("done")
+        return self.with_status("done")
 
     @property
     def skipped(self) -> list[str]:
-        return self._with("skipped")
+        return self.with_status("skipped")
 
     @property
     def failed(self) -> dict[str, str]:
-        return {k: r.error or "" for k, r in self.results.items() if r.status == "failed"}
-
-    @property
-    def tiles(self) -> int:
-        """Tiles written in this run (reused slides not counted)."""
-        return sum(r.tiles for r in self.results.values() if r.status == "done")
+        return self.failures()
 
     def __getitem__(self, slide: str) -> SlideResult:
         return self.results[slide]

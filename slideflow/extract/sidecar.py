@@ -160,8 +160,10 @@ def check_existing(job: ExtractJob, request: dict[str, Any], save_tiles: bool
     return True, "already extracted with the same settings"
 
 
-def remove_leftovers(job: ExtractJob) -> None:
-    """Temporary files of dead runs for this slide (never those of a live process)."""
-    clean_stale_temps(job.outdir, job.name)
+def remove_leftovers(job: ExtractJob) -> list[Path]:
+    """Remove temporary files of dead runs for this slide (never those of a live process);
+    returns what was removed."""
+    removed = clean_stale_temps(job.outdir, job.name)
     if job.tiles_dir is not None:
-        clean_stale_temps(job.tiles_dir, job.name)
+        removed += clean_stale_temps(job.tiles_dir, job.name)
+    return removed

@@ -120,7 +120,10 @@ def _create(path: Path, info: dict[str, Any]) -> bool:
 
 def describe(path: str | os.PathLike) -> str:
     """'host pid N since HH:MM:SS' for a lock file (for messages)."""
-    info = _read(Path(path)) or {}
+    return _describe_info(_read(Path(path)) or {})
+
+
+def _describe_info(info: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(info.get("started", 0)))
     return f"{info.get('host', '?')} pid {info.get('pid', '?')} since {when}"
 
@@ -137,6 +140,8 @@ class SlideLock:
         self.timeout = default_timeout() if timeout is None else float(timeout)
         self.acquired = False
         self.info: dict[str, Any] | None = None
+        #: 'host pid N since ...' of the stale lock this one replaced (None: none was stale)
+        self.took_over: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
@@ -180,6 +185,8 @@ class SlideLock:
                 os.rename(self.path, grave)
             except FileNotFoundError:
                 return True
+            self.took_over = _describe_info(now) + (
+                " (dead)" if now.get("host") == socket.gethostname() else " (no heartbeat)")
             grave.unlink(missing_ok=True)
             return True
         finally:

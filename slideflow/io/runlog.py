@@ -22,29 +22,70 @@ FAILURES = "failures.csv"
 SUMMARY = "summary.json"
 
 
+class OutcomeCounts:
+    """Slides by status, failure messages and tiles written, for any list of per-slide
+    outcomes (objects with `slide`, `status`, `tiles` and `message` or `error`): the one
+    counting behind `ExtractionSummary`, `BagsReport` and `run_summary`."""
+
+    def _outcomes(self) -> Iterable[Any]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def with_status(self, status: str) -> list[str]:
+        """Slide names with `status`, in run order."""
+        return [o.slide for o in self._outcomes() if o.status == status]
+
+    def failures(self) -> dict[str, str]:
+        """{slide: 'ErrorType: message'} of the failed slides."""
+        return {o.slide: getattr(o, "message", None) or o.error or ""
+                for o in self._outcomes() if o.status == "failed"}
+
+    @property
+    def tiles(self) -> int:
+        """Tiles written in this run (reused slides not counted)."""
+        return sum(o.tiles for o in self._outcomes() if o.status == "done")
+
+    @property
+    def notes(self) -> list[str]:
+        """'slide: what was recovered' (stale locks taken over, dead runs' temps removed)."""
+        return [f"{o.slide}: {n}" for o in self._outcomes() for n in getattr(o, "notes", ())]
+
+
+class _Tally(OutcomeCounts):
+    def __init__(self, outcomes: Iterable[Any]):
+        self._list = list(outcomes)
+
+    def _outcomes(self) -> Iterable[Any]:
+        return self._list
+
+
 def run_summary(outcomes: Iterable[Any], seconds: float, **extra: Any) -> dict[str, Any]:
-    """Counts by status, tiles written, tiles/s and wall time of a run's slide outcomes
-    (objects with `slide`, `status`, `tiles`, `error_type`, `error`)."""
-    outcomes = list(outcomes)
-    by = {s: [o for o in outcomes if o.status == s] for s in ("done", "reused", "busy", "failed")}
-    tiles = sum(o.tiles for o in by["done"])
+    """Counts by status, tiles written, tiles/s, wall time and recoveries (`notes`) of a run's
+    slide outcomes (see `OutcomeCounts`)."""
+    t = _Tally(outcomes)
+    tiles = t.tiles
+    counts = {s: len(t.with_status(s)) for s in ("done", "reused", "busy", "failed")}
     return {
-        "slides": len(outcomes), "done": len(by["done"]), "reused": len(by["reused"]),
-        "busy": len(by["busy"]), "failed": len(by["failed"]),
-        "failed_slides": [o.slide for o in by["failed"]],
+        "slides": len(t._list), **counts, "failed_slides": t.with_status("failed"),
         "tiles": tiles, "seconds": round(seconds, 3),
         "tiles_per_second": round(tiles / seconds, 1) if seconds > 0 else 0.0,
-        "host": socket.gethostname(), "pid": os.getpid(),
+        "notes": t.notes, "host": socket.gethostname(), "pid": os.getpid(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
     }
 
 
 def human_summary(s: dict[str, Any]) -> str:
-    """One line for the terminal."""
+    """The terminal summary: one line per recovery (stale lock taken over, dead run's
+    temporary file removed), one per folder of files a forced run moved aside, then the
+    counts (always the last line)."""
     busy = f", {s['busy']} held by other processes" if s.get("busy") else ""
-    return (f"{s['done']} done, {s['reused']} reused{busy}, {s['failed']} failed; "
-            f"{s['tiles']:,} tiles in {s['seconds']:.1f} s ({s['tiles_per_second']:,.0f} "
-            "tiles/s)")
+    lines = [f"recovered {n}" for n in s.get("notes") or ()]
+    for where, files in (s.get("superseded") or {}).items():
+        lines.append(f"moved {len(files)} file(s) the configuration does not describe to "
+                     f"{where}")
+    lines.append(f"{s['done']} done, {s['reused']} reused{busy}, {s['failed']} failed; "
+                 f"{s['tiles']:,} tiles in {s['seconds']:.1f} s ({s['tiles_per_second']:,.0f} "
+                 "tiles/s)")
+    return "\n".join(lines)
 
 
 def write_run_files(outdir: str | os.PathLike, outcomes: Iterable[Any], summary: dict[str, Any]
