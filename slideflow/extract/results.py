@@ -64,6 +64,12 @@ class ExtractionSummary(OutcomeCounts):
     def failed(self) -> dict[str, str]:
         return self.failures()
 
+    @property
+    def busy(self) -> list[str]:
+        """Skipped slides that another live process holds (not reused: not done yet)."""
+        return [r.slide for r in self.results.values()
+                if r.status == "skipped" and (r.reason or "").startswith("busy:")]
+
     def __getitem__(self, slide: str) -> SlideResult:
         return self.results[slide]
 
@@ -83,8 +89,11 @@ class ExtractionSummary(OutcomeCounts):
 
     def __repr__(self) -> str:
         rate = self.tiles / self.seconds if self.seconds else 0.0
+        busy = len(self.busy)
+        held = f", {busy} held by other processes" if busy else ""
         return (f"ExtractionSummary({self.label}: {len(self.done)} extracted, "
-                f"{len(self.skipped)} reused, {len(self.failed)} failed; {self.tiles} tiles in "
+                f"{len(self.skipped) - busy} reused{held}, {len(self.failed)} failed; "
+                f"{self.tiles} tiles in "
                 f"{self.seconds:.1f} s, {rate:.0f} tiles/s)")
 
     def _repr_html_(self) -> str:
