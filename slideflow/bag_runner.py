@@ -130,7 +130,7 @@ def claim_target(t: BagTarget, force: bool) -> Any:
 def _supersede_stale(t: BagTarget, dest: Path | None) -> tuple[Path | None, list[Path]]:
     """Move bags of other settings or formats (with their index and images) aside. A bag a
     live process is writing (locked) is left to it: its commit re-checks the config."""
-    from .io.bags import list_bags, read_bag_meta, slide_of
+    from .io.bags import bag_path, list_bags, read_bag_meta, slide_of
     from .io.bags_config import normalize
     from .io.claim import move_aside
     from .io.locks import SlideLock
@@ -143,19 +143,13 @@ def _supersede_stale(t: BagTarget, dest: Path | None) -> tuple[Path | None, list
         with SlideLock(t.outdir, name) as lock:
             if not lock.acquired:
                 continue
-            if bag == bag_path_of(t, name) and (read_bag_meta(t.outdir, name, t.fmt) or {}
-                                                ).get("request") == want:
+            if bag == bag_path(t.outdir, name, t.fmt) and (
+                    read_bag_meta(t.outdir, name, t.fmt) or {}).get("request") == want:
                 continue  # described by the configuration
             files = [bag, index_path_for(bag), t.outdir / f"{name}.images"]
             dest, done = move_aside(files, t.outdir, dest)
             moved += done
     return dest, moved
-
-
-def bag_path_of(t: BagTarget, name: str) -> Path:
-    from .io.bags import bag_path
-
-    return bag_path(t.outdir, name, t.fmt)
 
 
 def job_cost(job: SlideJob) -> int:

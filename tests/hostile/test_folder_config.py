@@ -150,3 +150,22 @@ def test_other_settings_without_force_is_refused(tmp_path, slides):
     with pytest.raises(BagsConfigMismatchError, match=r"provenance.format: 'h5' here"):
         generate_bags([SlideJob(A, CMU)], ext, out, 112, 224, fmt="h5", progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@hostile("cli-exit-status", "`python -m slideflow features` with a missing slide (a failed "
+         "slide), and with settings the folder refuses",
+         "exit 1 and exit 2 from the real entry point (both exited 0: main() dropped the "
+         "command's exit code)")
+def test_entry_point_passes_the_exit_status_on(tmp_path, slides):
+    out = tmp_path / "bags"
+    cli = [sys.executable, "-m", "slideflow", "features", "-o", str(out),
+           *plugin_args(tmp_path / "tiny"), *GEOMETRY, "--tile-um", "224"]
+    failed = subprocess.run([*cli, str(tmp_path / "missing.svs")], env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1, failed.stderr
+    assert "missing.svs" in failed.stderr and "0 done, 0 reused, 0 failed" not in failed.stdout
+    refused = subprocess.run([*cli, "--format", "h5", str(tmp_path / "missing.svs")],
+                             env=_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error: {out}: this folder holds bags made with other "
+                                     "settings")
