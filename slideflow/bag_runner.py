@@ -222,7 +222,7 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
     first = todo[0].extractor
     source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
                                        first.batch_size, opts.num_threads, opts.max_tiles,
-                                       opts.seed)
+                                       opts.seed, first)
     with contextlib.ExitStack() as writers:
         if opts.save_images:  # committed after the bags (exit order), discarded on error
             source = writers.enter_context(_ImageDir(todo[0].outdir, job.name)).tee(source)

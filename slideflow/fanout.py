@@ -17,16 +17,31 @@ from .pipeline import Batch, Sink, _Prefetcher, forward_batch, run_features
 from .validate import positive_int
 
 
+def _cat(parts: list[Any]) -> Any:
+    """Concatenate tile batches where they are: torch tensors with `torch.cat` on their device
+    (GPU-decoded tiles never visit the host), numpy arrays with numpy."""
+    if any(type(p).__module__.startswith("torch") for p in parts):
+        import torch
+
+        dev = next(p.device for p in parts if torch.is_tensor(p))
+        return torch.cat([p if torch.is_tensor(p) else torch.from_numpy(p).to(dev)
+                          for p in parts])
+    return np.concatenate(parts)
+
+
 class Rebatcher:
-    """Incremental re-chunking of (tiles, coords) batches to a fixed batch size."""
+    """Incremental re-chunking of (tiles, coords) batches to a fixed batch size.
+
+    Tiles may be numpy arrays or torch tensors (kept on their device); coords are numpy.
+    """
 
     def __init__(self, batch_size: int):
         self.batch_size = positive_int(batch_size, "batch_size")  # 0 would loop forever
-        self._tiles: list[np.ndarray] = []
+        self._tiles: list[Any] = []
         self._coords: list[np.ndarray] = []
         self._held = 0
 
-    def push(self, tiles: np.ndarray, coords: np.ndarray) -> list[Batch]:
+    def push(self, tiles: Any, coords: np.ndarray) -> list[Batch]:
         """Add a batch; returns the full batches now ready (possibly none)."""
         if self._held == 0 and len(tiles) == self.batch_size:
             return [(tiles, coords)]
@@ -35,7 +50,7 @@ class Rebatcher:
         self._held += len(tiles)
         ready = []
         while self._held >= self.batch_size:
-            t, c = np.concatenate(self._tiles), np.concatenate(self._coords)
+            t, c = _cat(self._tiles), np.concatenate(self._coords)
             ready.append((t[: self.batch_size], c[: self.batch_size]))
             self._tiles, self._coords = [t[self.batch_size:]], [c[self.batch_size:]]
             self._held -= self.batch_size
@@ -45,7 +60,7 @@ class Rebatcher:
         """The last, shorter batch (if any)."""
         if not self._held:
             return []
-        out = [(np.concatenate(self._tiles), np.concatenate(self._coords))]
+        out = [(_cat(self._tiles), np.concatenate(self._coords))]
         self._tiles, self._coords, self._held = [], [], 0
         return out
 

@@ -25,7 +25,14 @@ from .io.identity import file_identity, promised_records, tfrecord_identity
 from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
-from .pipeline import RowCollector, default_decoder, run, tfrecord_source
+from .pipeline import (
+    RowCollector,
+    default_decoder,
+    gpu_decode_device,
+    run,
+    slide_read_options,
+    tfrecord_source,
+)
 from .selection import TileSelection, open_wsi
 from .slide import slide_name
 from .slide.geometry import check_tile_geometry, make_grid
@@ -144,7 +151,8 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                 extractor: Any = None):
     """(batches iterator, patch_size_level0, slide meta) for one job; coords are top-left.
 
-    TFRecord tiles are decoded where `extractor` runs (nvJPEG on CUDA, see `default_decoder`).
+    Tiles are decoded where `extractor` runs (nvJPEG on CUDA: `default_decoder` for TFRecords,
+    `slide_read_options` for slides).
     """
     if job.tfrecord is not None:
         extent = _tfrecord_extent(job, tile_px, tile_um)
@@ -153,7 +161,7 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
         def shifted():
             for tiles, locs in tfrecord_source(job.tfrecord, batch_size, num_threads,
                                                decoder=default_decoder(extractor),
-                                               device=getattr(extractor, "device", None)):
+                                               device=gpu_decode_device(extractor)):
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
@@ -166,8 +174,8 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
             "objective_power": wsi.reader.objective_power,
             "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px}
-    return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords), \
-        wsi.full_extract_px, meta
+    return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords,
+                     **slide_read_options(extractor)), wsi.full_extract_px, meta
 
 
 def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):

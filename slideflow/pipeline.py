@@ -240,9 +240,11 @@ def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
                  num_threads: int | None = None, **read_options: Any) -> FeatureGrid:
     """Features for every kept tile of `wsi`, as a masked grid (see `FeatureGrid`).
 
-    `read_options` go to `wsi.tiles` (e.g. the reader's `decoder=`), which refuses unknown ones.
+    `read_options` go to `wsi.tiles` (e.g. the reader's `decoder=`), which refuses unknown ones;
+    the decoder defaults to the extractor's CUDA device (see `slide_read_options`).
     """
     collector = RowCollector(extractor.num_features)
+    read_options = {**slide_read_options(extractor), **read_options}
     run(wsi.tiles(batch_size=extractor.batch_size, num_threads=num_threads, **read_options),
         collector, extractor=extractor, normalizer=normalizer)
     feats, coords = collector.result()
@@ -273,10 +275,30 @@ def tfrecord_source(path: Any, batch_size: int = 64, num_threads: int | None = N
     return nvjpeg_batches(TFRecord(path), batch_size, device, num_threads)
 
 
-def default_decoder(extractor: Any) -> str:
-    """nvJPEG when the extractor runs on CUDA, else the CPU decoders."""
+def gpu_decode_device(extractor: Any) -> str | None:
+    """Where tiles for `extractor` are decoded by torchvision (nvJPEG): its CUDA device; None
+    for the CPU decoders (the extractor is elsewhere)."""
     device = getattr(extractor, "device", None)
-    return "nvjpeg" if getattr(device, "type", str(device)) == "cuda" else "cpu"
+    if getattr(device, "type", str(device).split(":")[0]) != "cuda":
+        return None
+    return str(device)
+
+
+def default_decoder(extractor: Any) -> str:
+    """TFRecord tiles: nvJPEG when the extractor runs on CUDA, else the CPU decoders."""
+    return "nvjpeg" if gpu_decode_device(extractor) else "cpu"
+
+
+def slide_read_options(extractor: Any) -> dict[str, Any]:
+    """`wsi.tiles` options for feeding `extractor`: on CUDA the slide reader decodes (nvJPEG),
+    cuts and resamples on the extractor's device, so tiles reach it without a host round trip;
+    otherwise nothing (the reader's CPU default)."""
+    device = gpu_decode_device(extractor)
+    if device is None:
+        return {}
+    from .slide.decode import TorchDecoder
+
+    return {"decoder": TorchDecoder(device)}
 
 
 def tfrecord_features(extractor: Any, path: Any, *, normalizer: Any = None,
@@ -286,7 +308,7 @@ def tfrecord_features(extractor: Any, path: Any, *, normalizer: Any = None,
     collector = RowCollector(extractor.num_features)
     source = tfrecord_source(path, extractor.batch_size, num_threads,
                              decoder=decoder or default_decoder(extractor),
-                             device=extractor.device)
+                             device=gpu_decode_device(extractor) or extractor.device)
     run(source, collector, extractor=extractor, normalizer=normalizer)
     return collector.result()
 

@@ -19,11 +19,11 @@ from .io import imgcodec
 
 def _decode(raws: list[bytes], device: Any) -> Any:
     import torch
-    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from .slide.decode import TorchDecoder
 
     if all(imgcodec.sniff(r) == "jpg" for r in raws):
-        datas = [torch.frombuffer(bytearray(r), dtype=torch.uint8) for r in raws]
-        imgs = decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+        imgs = TorchDecoder(device).decode_many(raws)
         return torch.stack(imgs).permute(0, 2, 3, 1)  # NCHW memory, NHWC view
     tiles = np.stack([imgcodec.decode(r) for r in raws])
     return torch.from_numpy(tiles).to(device)

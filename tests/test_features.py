@@ -52,6 +52,46 @@ def test_bags_from_slides_match_the_wsi_grid(project, ext, tmp_path):
     assert cfg["provenance"]["tile_selection"]["qc"] == "otsu"
 
 
+def test_bag_runner_decodes_on_the_extractors_device(project, ext, tmp_path, monkeypatch):
+    """The bag runner (used by the CLI) hands the extractor to the tile source: on CUDA, TFRecord
+    tiles go to nvJPEG and slides to the reader's torch decoder on that device. Here the policy
+    says "decode on the extractor's device" for a CPU extractor, so the same wiring runs the
+    torchvision decoders on the CPU; only the device placement is untested."""
+    from slideflow import features, pipeline, tfrecord_decode
+    from slideflow.model.extractors import runner
+    from slideflow.slide import decode
+
+    ds = project.dataset(TILE_PX, TILE_UM)
+    ds.extract_tiles(qc="otsu", report=False, progress=False)
+    base_tfr = ds.generate_feature_bags(ext, tmp_path / "c0", source="tfrecords", progress=False)
+    base_sld = ds.generate_feature_bags(ext, tmp_path / "s0", source="slides", qc="otsu",
+                                        progress=False)
+    policy = lambda e: "cpu" if e is ext else None  # noqa: E731
+    monkeypatch.setattr(pipeline, "gpu_decode_device", policy)
+    monkeypatch.setattr(features, "gpu_decode_device", policy)
+    seen, nvjpeg, torch_decodes = [], [], []
+    real_to_device, real_decode = runner.BatchRunner._to_device, tfrecord_decode._decode
+    real_many = decode.TorchDecoder.decode_many
+    monkeypatch.setattr(runner.BatchRunner, "_to_device",
+                        lambda self, t: seen.append(type(t).__name__) or real_to_device(self, t))
+    monkeypatch.setattr(tfrecord_decode, "_decode",
+                        lambda raws, dev: nvjpeg.append(dev) or real_decode(raws, dev))
+    monkeypatch.setattr(decode.TorchDecoder, "decode_many",
+                        lambda self, s: torch_decodes.append(len(s)) or real_many(self, s))
+    tfr = ds.generate_feature_bags(ext, tmp_path / "c1", source="tfrecords", progress=False)
+    assert tfr.tiles == base_tfr.tiles > 0 and nvjpeg and set(nvjpeg) == {"cpu"}
+    assert set(seen) == {"Tensor"}  # tiles reached the model as tensors (Rebatcher kept them)
+    seen.clear()
+    sld = ds.generate_feature_bags(ext, tmp_path / "s1", source="slides", qc="otsu",
+                                   progress=False)
+    assert sld.tiles == base_sld.tiles and sum(torch_decodes) > 0 and set(seen) == {"Tensor"}
+    for a, b in (("c0", "c1"), ("s0", "s1")):
+        x = sf.io.read_bag(tmp_path / a / "CMU-1-Small-Region.pt")
+        y = sf.io.read_bag(tmp_path / b / "CMU-1-Small-Region.pt")
+        np.testing.assert_array_equal(x.coords, y.coords)
+        np.testing.assert_allclose(x.features, y.features, atol=0.05)
+
+
 def test_tfrecord_and_slide_sources_give_identical_features(project, ext, tmp_path):
     ds = project.dataset(TILE_PX, TILE_UM)
     ds.extract_tiles(qc="otsu", img_format="png", report=False, progress=False)

@@ -63,6 +63,26 @@ def test_rebatch_exact_sizes():
                                   np.repeat(np.arange(5), [3, 5, 1, 8, 2]))
 
 
+def test_rebatch_keeps_torch_tiles_as_tensors_on_their_device():
+    import torch
+
+    sizes = [3, 5, 1, 8, 2]
+    src = [(torch.full((n, 2, 2, 3), i, dtype=torch.uint8), np.full((n, 2), i)) for i, n in
+           enumerate(sizes)]
+    out = list(_rebatch(iter(src), 4))
+    assert [len(t) for t, _ in out] == [4, 4, 4, 4, 3]
+    assert all(torch.is_tensor(t) and t.device.type == "cpu" and t.dtype == torch.uint8
+               for t, _ in out)  # never np.concatenate (which would move GPU tiles to host)
+    expect = np.repeat(np.arange(5), sizes)
+    np.testing.assert_array_equal(torch.cat([t for t, _ in out])[:, 0, 0, 0].numpy(), expect)
+    np.testing.assert_array_equal(np.concatenate([c for _, c in out])[:, 0], expect)
+    # a numpy batch after tensors (e.g. a region-path slide) joins them on the tensors' device
+    mixed = list(_rebatch(iter([(torch.zeros((3, 2, 2, 3), dtype=torch.uint8), np.zeros((3, 2))),
+                                (np.ones((2, 2, 2, 3), np.uint8), np.ones((2, 2)))]), 4))
+    assert [type(t).__name__ for t, _ in mixed] == ["Tensor", "Tensor"]
+    assert mixed[0][0][:, 0, 0, 0].tolist() == [0, 0, 0, 1]
+
+
 def _threads():
     return {t.name for t in threading.enumerate()}
 
