@@ -1,16 +1,25 @@
-"""GPU-host benchmark: decoders, the slide reader per decoder and thread count (and, added by
-the engine, the model rows), as one table measured in one run.
+"""GPU-host benchmark: the whole issue-9 table in one run (decoders, the slide reader, tile
+extraction, and per model every way of feeding it), measured against its own limits.
 
-Run on a CUDA host:   python bench/bench_gpu.py                   (decoder rows: cpu + cuda)
-Dry run on CPU:       python bench/bench_gpu.py --device cpu --size 4000 --threads 1 2
+Run on a CUDA host:   python bench/bench_gpu.py                        (about 2-4 minutes)
+Dry run on CPU:       python bench/bench_gpu.py --device cpu --quick   (every code path, small)
 
 It builds (once) a JPEG pyramid of --size x --size px from CMU-1 pixels (bench/synthetic.py) in
-$SLIDEFLOW_BENCH_CACHE and reads it at 224 px / 112 µm (as-is level 0, no QC). Each row is
-tiles/s and megapixels/s; `vs limit` divides by the libjpeg-turbo decode rate of the same
-file's stored tiles on the same number of threads (the CPU reader's ceiling), measured right
-before each reader repeat for the stored-tile rows (best of --repeats for both).
+$SLIDEFLOW_BENCH_CACHE and reads it at 224 px / 112 µm (as-is level 0, no QC). Sections:
 
-Sections are functions `(ctx) -> list[Row]` in SECTIONS; add rows by appending a section.
+    fidelity   PSNR of the torch decoder path (nvJPEG) against the CPU path, per test slide
+    decode     libjpeg-turbo per thread count, nvJPEG: the file's stored tiles, decoded alone
+    reader     `wsi.tiles()` alone per decoder and thread count; the openslide region path
+    extract    `extract_slide` -> JPEG TFRecord (its TFRecord feeds the TFRecord rows)
+    <model>    EfficientNet-Lite0, ResNet50, ViT-L/16 (UNI architecture), random weights:
+               model on device-resident tiles (preprocess + forward: the limit),
+               `extractor(uint8 numpy batch)`, `extractor(wsi)` per decoder and thread count,
+               `extractor('x.tfrecords')` per decoder
+
+`vs limit`: reader rows divide by the libjpeg-turbo rate of the same stored tiles on the same
+threads (measured right before each reader repeat, best of --repeats for both); model rows by
+the first row of their model. CUDA-only rows print "skipped (no CUDA)" on a CPU run.
+Sections are functions `(ctx) -> list[Row]` in SECTIONS.
 """
 
 from __future__ import annotations
@@ -43,8 +52,9 @@ class Row:
     tiles: int
     seconds: float
     mpix: float  # megapixels delivered (output) or decoded (stored)
-    limit_key: str | None = None  # which decode rate this row is compared with
-    extra: dict[str, Any] = field(default_factory=dict)
+    limit_key: str | None = None  # which rate (ctx.limits) this row is compared with
+    note: str = ""  # e.g. "skipped (no CUDA)": printed instead of the rates
+    printed: bool = False
 
     @property
     def tiles_per_s(self) -> float:
@@ -61,12 +71,24 @@ class Context:
     slide: Path
     device: str
     limits: dict[str, float] = field(default_factory=dict)  # key -> MPix/s
+    workdir: Path = Path(".")  # temporary folder of this run
+    tfrecord: Path | None = None  # written by the extract section
+    header_done: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
 
     def sync(self) -> None:
-        if self.device.startswith("cuda"):
+        if self.cuda:
             import torch
 
             torch.cuda.synchronize()
+
+
+def skipped(section: str, name: str) -> Row:
+    """A CUDA-only row on a CPU run."""
+    return Row(section, name, 0, 0.0, 0.0, note="skipped (no CUDA)")
 
 
 def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -111,7 +133,9 @@ def decoder_rows(ctx: Context) -> list[Row]:
         ctx.limits[f"cpu{threads}"] = mpix / secs
         rows.append(Row("decode", f"libjpeg-turbo, {threads} threads", len(streams), secs,
                         mpix))
-    if ctx.device != "cpu":
+    if not ctx.cuda:
+        rows.append(skipped("decode", f"nvJPEG, batch {ctx.args.batch}"))
+    else:
         dec = TorchDecoder(ctx.device)
         batch = ctx.args.batch
 
@@ -158,7 +182,9 @@ def reader_rows(ctx: Context) -> list[Row]:
         ctx.limits[key] = stored_mpix / best_dec
         rows.append(Row("reader", f"stored tiles, cpu decoder, {threads} threads", n, best_read,
                         n * out_mpix_per_tile, limit_key=key))
-    if ctx.device != "cpu":
+    if not ctx.cuda:
+        rows.append(skipped("reader", "stored tiles, cuda decoder (nvJPEG)"))
+    else:
         read("stored", 1, ctx.device)  # warm-up
         secs, n = best_of(lambda: read("stored", 1, ctx.device), ctx.args.repeats)
         rows.append(Row("reader", f"stored tiles, {ctx.device} decoder", n, secs,
@@ -200,9 +226,118 @@ def fidelity_rows(ctx: Context) -> list[Row]:
     return []
 
 
-#: sections run in this order; the engine adds its model rows (model alone, extractor(batch),
-#: extractor(wsi) per decoder and thread count, TFRecord path) by appending here
-SECTIONS: list[Callable[[Context], list[Row]]] = [fidelity_rows, decoder_rows, reader_rows]
+def extract_rows(ctx: Context) -> list[Row]:
+    """`extract_slide` to a JPEG TFRecord (the reader, the encode pool and the writer
+    overlapped); the TFRecord then feeds the models' TFRecord rows."""
+    from slideflow.extract import extract_slide
+
+    out = ctx.workdir / "tfrecords"
+    threads = max(ctx.args.threads)
+    t = time.perf_counter()
+    r = extract_slide(ctx.slide, out, TILE_PX, TILE_UM, num_threads=threads)
+    secs = time.perf_counter() - t
+    if r.status == "failed":
+        raise SystemExit(f"TFRecord extraction failed: {r.error}")
+    ctx.tfrecord = r.tfrecord
+    return [Row("extract", f"extract_slide -> JPEG TFRecord, {threads} threads", r.tiles, secs,
+                r.tiles * TILE_PX * TILE_PX / 1e6, limit_key=f"cpu{threads}-paired")]
+
+
+MODELS = {  # label -> (short key for --models, registry name, build options)
+    "EfficientNet-Lite0": ("effnet", "efficientnet_lite0_imagenet", {}),
+    "ResNet50": ("resnet50", "resnet50_imagenet", {"pretrained": False}),
+    "ViT-L/16 (UNI arch.)": ("vit", "uni", {"pretrained": False}),
+}
+FALLBACK_VIT = ("timm:vit_large_patch16_224", {"pretrained": False})
+
+
+def build_model(name: str, options: dict[str, Any], ctx: Context) -> Any:
+    kwargs = dict(options, device=ctx.device, batch_size=ctx.args.batch)
+    if ctx.cuda:
+        kwargs["mixed_precision"] = "bf16"
+    try:
+        return sf.build_feature_extractor(name, **kwargs)
+    except Exception as exc:  # the UNI spec lives in slideflow-noncommercial
+        if name != "uni":
+            raise
+        print(f"# uni not buildable here ({type(exc).__name__}: {exc}); using {FALLBACK_VIT[0]}")
+        return sf.build_feature_extractor(FALLBACK_VIT[0], **dict(FALLBACK_VIT[1], **kwargs))
+
+
+def timed_row(ctx: Context, model: str, what: str, fn: Callable[[], int],
+              repeats: int = 1) -> Row:
+    """Best of `repeats` calls of `fn` (which returns the tile count), against the model's
+    device-resident rate."""
+    def call() -> int:
+        n = fn()
+        ctx.sync()
+        return n
+
+    secs, n = best_of(call, repeats)
+    return Row(model, what, n, secs, n * TILE_PX * TILE_PX / 1e6, limit_key=f"model:{model}")
+
+
+def model_rows(ctx: Context) -> list[Row]:
+    """Per model: the model on tiles already on the device (the limit), then every way of
+    feeding it through the engine, each as a ratio to that limit."""
+    import numpy as np
+    import torch
+
+    rows: list[Row] = []
+    mpix = TILE_PX * TILE_PX / 1e6
+    n_host = ctx.args.tiles
+    host = np.random.default_rng(0).integers(0, 256, (n_host, TILE_PX, TILE_PX, 3), np.uint8)
+    threads = [t for t in ctx.args.threads if t > 1] or ctx.args.threads
+    for label, (key, name, options) in MODELS.items():
+        if key not in ctx.args.models:
+            continue
+        ext = build_model(name, options, ctx)
+        batch = min(ctx.args.batch, n_host)
+        resident = torch.from_numpy(host[:batch]).to(ctx.device).permute(0, 3, 1, 2)
+        reps = max(1, n_host // batch)
+
+        def on_device(e=ext, x=resident, r=reps) -> None:
+            with torch.inference_mode():
+                for _ in range(r):
+                    e.forward_preprocessed(e.preprocess(x))
+            ctx.sync()
+
+        on_device()  # warm-up (cudnn autotune, allocator, BatchNorm folding)
+        secs, _ = best_of(on_device, ctx.args.repeats)
+        rows.append(Row(label, "model, tiles on device (preprocess + forward)", reps * batch,
+                        secs, reps * batch * mpix))
+        ctx.limits[f"model:{label}"] = rows[-1].mpix_per_s
+
+        rows.append(timed_row(ctx, label, "extractor(uint8 numpy batch)",
+                              lambda e=ext: len(e(host)), ctx.args.repeats))
+        for decoder in ("cpu", "cuda"):
+            for t in threads:
+                what = f"extractor(wsi), {decoder} decoder, {t} threads"
+                if decoder == "cuda" and not ctx.cuda:
+                    rows.append(skipped(label, what))
+                    continue
+                wsi = sf.WSI(ctx.slide, TILE_PX, TILE_UM)
+                dec = "cpu" if decoder == "cpu" else ctx.device
+                rows.append(timed_row(ctx, label, what, lambda e=ext, w=wsi, t=t, d=dec: len(
+                    e(w, num_threads=t, decoder=d).rows)))
+                wsi.close()
+        for decoder in ("cpu", "nvjpeg"):
+            what = f"extractor('x.tfrecords'), {decoder} decoder"
+            if decoder == "nvjpeg" and not ctx.cuda:
+                rows.append(skipped(label, what))
+                continue
+            rows.append(timed_row(ctx, label, what,
+                                  lambda e=ext, d=decoder: len(e(ctx.tfrecord, decoder=d)[0])))
+        print_rows(ctx, rows)
+        del ext, resident
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+#: sections run in this order
+SECTIONS: list[Callable[[Context], list[Row]]] = [fidelity_rows, decoder_rows, reader_rows,
+                                                   extract_rows, model_rows]
 
 
 def hardware(device: str) -> str:
@@ -221,38 +356,75 @@ def hardware(device: str) -> str:
     return text
 
 
-def print_table(ctx: Context, rows: list[Row]) -> None:
-    print(f"# {time.strftime('%Y-%m-%d')} | {hardware(ctx.device)} | {ctx.slide.name} | "
-          f"{TILE_PX} px / {TILE_UM} um")
-    print(f"| {'section':8} | {'what':44} | {'tiles':>6} | {'tiles/s':>8} | {'MPix/s':>7} | "
+def print_header(ctx: Context) -> None:
+    a = ctx.args
+    print(f"# {time.strftime('%Y-%m-%d')} | {hardware(ctx.device)} | load {load()} | "
+          f"{ctx.slide.name} | {TILE_PX} px / {TILE_UM} um | batch {a.batch} | "
+          f"{'bf16' if ctx.cuda else 'fp32'}")
+    print(f"| {'section':20} | {'what':50} | {'tiles':>6} | {'tiles/s':>8} | {'MPix/s':>7} | "
           f"{'vs limit':>8} |")
-    print(f"|{'-' * 10}|{'-' * 46}|{'-' * 8}|{'-' * 10}|{'-' * 9}|{'-' * 10}|")
+    print(f"|{'-' * 22}|{'-' * 52}|{'-' * 8}|{'-' * 10}|{'-' * 9}|{'-' * 10}|", flush=True)
+
+
+def print_rows(ctx: Context, rows: list[Row]) -> None:
+    """Rows not yet printed, as soon as they are measured (a slow model never hides the rest)."""
+    if rows and not ctx.header_done:
+        print_header(ctx)
+        ctx.header_done = True
     for r in rows:
+        if r.printed:
+            continue
+        r.printed = True
+        if r.note:
+            print(f"| {r.section:20} | {r.name:50} | {r.note:>37} |")
+            continue
         lim = ctx.limits.get(r.limit_key or "")
         ratio = f"{r.mpix_per_s / lim:8.2f}" if lim else " " * 8
-        print(f"| {r.section:8} | {r.name:44} | {r.tiles:6d} | {r.tiles_per_s:8.0f} | "
-              f"{r.mpix_per_s:7.1f} | {ratio} |")
+        print(f"| {r.section:20} | {r.name:50} | {r.tiles:6d} | {r.tiles_per_s:8.0f} | "
+              f"{r.mpix_per_s:7.1f} | {ratio} |", flush=True)
+
+
+def load() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (dry run)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CPU dry run sizes: --size 900 --batch 8 --tiles 16 --repeats 1")
     ap.add_argument("--size", type=int, default=10000, help="side of the synthetic pyramid")
     ap.add_argument("--threads", type=int, nargs="+", default=None,
-                    help="CPU thread counts (default: 1, 4, ..., usable cores)")
+                    help="CPU thread counts (default: 1, 4, usable cores)")
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--tiles", type=int, default=2048, help="tiles for the model's batch rows")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-tiles", type=int, default=None, help="cap for decoder rows")
+    ap.add_argument("--models", nargs="+", default=[v[0] for v in MODELS.values()],
+                    choices=[v[0] for v in MODELS.values()])
+    ap.add_argument("--sections", nargs="+", default=None,
+                    choices=[f.__name__.removesuffix("_rows") for f in SECTIONS],
+                    help="run only these sections (model rows need extract)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.size, args.batch, args.tiles, args.repeats = 900, 8, 16, 1
     cores = usable_cores()
     args.threads = args.threads or sorted({1, min(4, cores), cores})
     cache = Path(os.environ.get("SLIDEFLOW_BENCH_CACHE", tempfile.gettempdir()))
     slide = make_pyramid(cache / f"sf_bench_{args.size}.tif", args.size, args.size)
-    ctx = Context(args, slide, args.device)
-    rows: list[Row] = []
-    for section in SECTIONS:
-        rows.extend(section(ctx))
-    print_table(ctx, rows)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Context(args, slide, args.device, workdir=Path(tmp))
+        rows: list[Row] = []
+        for section in SECTIONS:
+            if args.sections is None or section.__name__.removesuffix("_rows") in args.sections:
+                new = section(ctx)
+                print_rows(ctx, new)
+                rows.extend(new)
+        print(f"# {time.perf_counter() - t0:.0f} s in all, load {load()} at the end")
     return rows
 
 
