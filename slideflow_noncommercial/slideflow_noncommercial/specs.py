@@ -408,7 +408,29 @@ _MADELEINE_BIB = """@inproceedings{jaume2024multistain,
   booktitle={European Conference on Computer Vision},
   year={2024}
 }"""
+_GIGAPATH_BIB = """@article{xu2024gigapath,
+  title={A whole-slide foundation model for digital pathology from real-world data},
+  author={Xu, Hanwen and Usuyama, Naoto and Bagga, Jaspreet and Zhang, Sheng and Rao, Rajesh
+          and Naumann, Tristan and Wong, Cliff and Gero, Zelalem and others and Poon, Hoifung},
+  journal={Nature},
+  volume={630},
+  pages={181--188},
+  year={2024},
+  doi={10.1038/s41586-024-07441-w}
+}"""
 _TRIDENT_SLIDE = "mahmoodlab/TRIDENT trident/slide_encoder_models/load.py"
+_GIGAPATH_LICENSE = "Prov-GigaPath licence (non-commercial research only)"
+_GIGAPATH_REF = ("prov-gigapath/prov-gigapath gigapath/slide_encoder.py (LongNetViT, "
+                 "gigapath_slide_enc12l768d, coords_to_pos, get_optimal_segment_length, "
+                 "create_model: global_pool False, checkpoint['model'] of slide_encoder.pth), "
+                 "gigapath/pos_embed.py (2-D sin-cos), gigapath/torchscale/model/"
+                 "LongNetConfig.py (LongNet_12_layers_768_dim: 16 heads, FFN 3072, dilated "
+                 "ratios [1, 2, 4, 8, 16]) and the torchscale EncoderConfig/Encoder/"
+                 "DilatedAttention it bundles; gigapath/pipeline.py (1536-d tile features, "
+                 "level-0 top-left coords); demo/2_tiling_demo.py (0.5 mpp, 256-px tiles); "
+                 "LICENSE (non-commercial research only); " + _TRIDENT_SLIDE +
+                 " (GigaPathSlideEncoder: global_pool=True, all_layer_embed [11], "
+                 "tile_size = patch_size_level0)")
 
 
 def slide_encoder_specs():
@@ -417,6 +439,26 @@ def slide_encoder_specs():
 
     nc = {"distribution": DISTRIBUTION, "license": "CC-BY-NC-ND-4.0", "gated": True}
     return [
+        SlideEncoderSpec(
+            name="gigapath_slide", family="gigapath_slide", dim=768, tile_extractor="gigapath",
+            tile_features=1536, tile_px=256, tile_um="20x", geometry_strict=True,
+            positional="level0", citation=_GIGAPATH_BIB,
+            aliases=("gigapath", "prov_gigapath_slide", "gigapath_slide_enc12l768d"),
+            build={"in_chans": 1536, "embed_dim": 768, "depth": 12, "heads": 16,
+                   "mlp_ratio": 4.0, "slide_ngrids": 1000, "tile_size": 256,
+                   "max_wsi_size": 262144, "dilated_ratios": (1, 2, 4, 8, 16),
+                   "global_pool": False, "layer": None},
+            weights=hf("prov-gigapath/prov-gigapath", "slide_encoder.pth"),
+            checkpoint_keys=("model", "state_dict"),
+            # the fixed sin-cos table, if a checkpoint stores it, is rebuilt from the formula
+            expected_unexpected=("pos_embed",),
+            slideflow_pair=True, distribution=DISTRIBUTION, license=_GIGAPATH_LICENSE,
+            gated=True,
+            description="Prov-GigaPath slide encoder: LongNet (12 layers, 768-d, dilated "
+                        "attention) over GigaPath tile features with 2-D sin-cos positions of "
+                        "floor(level-0 xy / 256); class token -> 768-d. global_pool=True / "
+                        "layer=k give the pooled / per-layer variants",
+            reference=_GIGAPATH_REF),
         SlideEncoderSpec(
             name="titan", family="titan", dim=768, tile_extractor="conch_v15",
             tile_features=768, tile_px=512, tile_um="20x", geometry_strict=True,

@@ -25,7 +25,9 @@ FAMILY_BUILDERS = {
     "chief": "slideflow.model.slide_encoders.mil:build_chief",
     "madeleine": "slideflow.model.slide_encoders.mil:build_madeleine",
     "titan": "slideflow.model.slide_encoders.titan:build_titan",
+    "gigapath_slide": "slideflow.model.slide_encoders.gigapath:build_gigapath_slide",
 }
+POSITIONAL = ("none", "grid", "level0")
 
 
 def tile_microns(tile_px: int | None, tile_um: Any) -> float | None:
@@ -48,8 +50,9 @@ class SlideEncoderSpec:
     tile_features: the tile feature width it expects (None: any, e.g. mean pooling).
     tile_px / tile_um: the tile geometry it was trained on (None: any); with
         ``geometry_strict`` a bag of another geometry is refused rather than used.
-    positional: how coordinates enter the model ('none', or 'grid' = level-0 corners divided
-        by patch_size_level0, the tile extent in level-0 pixels).
+    positional: how coordinates enter the model ('none'; 'grid' = level-0 corners divided
+        by patch_size_level0, the tile extent in level-0 pixels; 'level0' = level-0 corners
+        binned by the model itself, e.g. GigaPath's floor(xy / 256)).
     slideflow_pair: ``build_feature_extractor(tile_extractor)`` returns the two-stage
         (tile + slide) object, as Slideflow 3 does for 'gigapath'.
     """
@@ -85,8 +88,8 @@ class SlideEncoderSpec:
             raise ValueError(f"invalid slide encoder name {self.name!r}")
         if self.level not in LEVELS:
             raise ValueError(f"{self.name}: level must be one of {LEVELS}")
-        if self.positional not in ("none", "grid"):
-            raise ValueError(f"{self.name}: positional must be 'none' or 'grid'")
+        if self.positional not in POSITIONAL:
+            raise ValueError(f"{self.name}: positional must be one of {POSITIONAL}")
         object.__setattr__(self, "aliases", tuple(self.aliases))
         if isinstance(self.weights, Mapping):
             object.__setattr__(self, "weights", WeightsSource(**dict(self.weights)))
