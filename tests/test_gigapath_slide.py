@@ -16,6 +16,7 @@ import torch
 
 import slideflow as sf
 from slideflow.errors import WeightsError
+from slideflow.model.slide_encoders import get_slide_spec
 from slideflow.model.slide_encoders.gigapath import grid_cells, sincos_2d
 from slideflow.model.slide_encoders.longnet import DilatedAttention, optimal_segment_lengths
 
@@ -23,7 +24,7 @@ from slideflow.model.slide_encoders.longnet import DilatedAttention, optimal_seg
 def test_segment_lengths_and_spec_facts():
     # get_optimal_segment_length(262144, 256): 2 ** linspace(10, 20, 5), truncated
     assert optimal_segment_lengths() == (1024, 5792, 32768, 185363, 1048576)
-    spec = sf.model.slide_encoders.get_slide_spec("gigapath_slide")
+    spec = get_slide_spec("gigapath_slide")
     assert (spec.dim, spec.tile_extractor, spec.tile_features) == (768, "gigapath", 1536)
     assert (spec.tile_px, spec.tile_um, spec.positional) == (256, "20x", "level0")
     assert spec.build["heads"] == 16 and spec.build["depth"] == 12
@@ -33,7 +34,7 @@ def test_segment_lengths_and_spec_facts():
     assert spec.gated and spec.slideflow_pair and "non-commercial" in spec.license
     assert spec.distribution == "slideflow-noncommercial"
     for alias in ("gigapath", "gigapath.slide", "gigapath_slide_enc12l768d"):
-        assert sf.model.slide_encoders.get_slide_spec(alias).name == "gigapath_slide"
+        assert get_slide_spec(alias).name == "gigapath_slide"
 
 
 # ------------------------------------------------------------- dilated attention reference

@@ -418,6 +418,13 @@ _GIGAPATH_BIB = """@article{xu2024gigapath,
   year={2024},
   doi={10.1038/s41586-024-07441-w}
 }"""
+_PRISM_BIB = """@article{shaikovski2024prism,
+  title={PRISM: A Multi-Modal Generative Foundation Model for Slide-Level Histopathology},
+  author={Shaikovski, George and Casson, Adam and Severson, Kristen and Zimmermann, Eric and
+          others},
+  journal={arXiv preprint arXiv:2405.10254},
+  year={2024}
+}"""
 _TRIDENT_SLIDE = "mahmoodlab/TRIDENT trident/slide_encoder_models/load.py"
 _GIGAPATH_LICENSE = "Prov-GigaPath licence (non-commercial research only)"
 _GIGAPATH_REF = ("prov-gigapath/prov-gigapath gigapath/slide_encoder.py (LongNetViT, "
@@ -459,6 +466,29 @@ def slide_encoder_specs():
                         "floor(level-0 xy / 256); class token -> 768-d. global_pool=True / "
                         "layer=k give the pooled / per-layer variants",
             reference=_GIGAPATH_REF),
+        SlideEncoderSpec(
+            name="prism", family="prism", dim=1280, tile_extractor="virchow",
+            tile_features=2560, tile_px=224, tile_um="20x", citation=_PRISM_BIB,
+            aliases=("paige_prism", "prism_slide"),
+            build={"latent_seq": 512, "latent_dim": 1280, "context_dim": 2560,
+                   "mhsa_heads": 8, "perceiver_depth": 8, "transformer_depth": 6,
+                   "share_xattn_start_layer": 1, "share_tf_start_layer": 0,
+                   "xattn_heads": 1, "mlp_mult": 1},
+            weights=hf("paige-ai/Prism", "model.safetensors", "pytorch_model.bin"),
+            expected_unexpected=("text_decoder.*", "text_to_latents.*", "img_to_latents.*",
+                                 "temperature"),
+            description="PRISM slide encoder only: Perceiver (513 latents x 1280, 8 "
+                        "cross-attention layers with shared weights, 6-block latent "
+                        "transformer) over Virchow tile embeddings; the slide embedding is "
+                        "the normalised first latent (image_embedding), 1280-d. The BioGPT "
+                        "report decoder and the contrastive heads are not built",
+            reference="huggingface.co/paige-ai/Prism perceiver.py (CrossAttention, MHSA, "
+                      "GEGLU FeedForward, Perceiver, PerceiverResampler), configuring_prism.py "
+                      "(PerceiverConfig defaults), modeling_prism.py (slide_representations, "
+                      "image_resampler), model card (Virchow V1 2560-d inputs, 1280-d "
+                      "image_embedding, CC-BY-NC-ND-4.0, gated); " + _TRIDENT_SLIDE +
+                      " (prism -> virchow); Virchow model card (224-px tiles at 0.5 mpp)",
+            **nc),
         SlideEncoderSpec(
             name="titan", family="titan", dim=768, tile_extractor="conch_v15",
             tile_features=768, tile_px=512, tile_um="20x", geometry_strict=True,

@@ -1,7 +1,7 @@
 """Core slide encoders (permissive) and the names that live in licence-split distributions.
 
-Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE, CHIEF,
-GigaPath) are in ``slideflow_noncommercial.specs:slide_encoder_specs``.
+Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE, CHIEF, GigaPath, PRISM) are in
+``slideflow_noncommercial.specs:slide_encoder_specs``.
 """
 
 from __future__ import annotations
@@ -38,4 +38,5 @@ EXTERNAL: tuple[ExternalSlideEntry, ...] = (
     ExternalSlideEntry("madeleine", *_NC, "CC-BY-NC-ND-4.0", 512, "conch"),
     ExternalSlideEntry("gigapath_slide", *_NC,
                        "Prov-GigaPath licence (non-commercial research only)", 768, "gigapath"),
+    ExternalSlideEntry("prism", *_NC, "CC-BY-NC-ND-4.0", 1280, "virchow"),
 )

@@ -45,6 +45,8 @@ def build_slide_encoder(name: str, weights: str | os.PathLike | None = None,
     if has_params and (weights is not None or pretrained):
         resolved = W.resolve(spec, weights)
         sd = W.read_state_dict(resolved.paths, spec)
+        if hasattr(module, "canonicalize_state_dict"):  # e.g. names of shared blocks
+            sd = module.canonicalize_state_dict(sd)
         W.load_strict(module, sd, expected_missing=spec.expected_missing,
                       expected_unexpected=spec.expected_unexpected, source=resolved.source)
         sha, source = resolved.digest, resolved.source

@@ -26,6 +26,7 @@ FAMILY_BUILDERS = {
     "madeleine": "slideflow.model.slide_encoders.mil:build_madeleine",
     "titan": "slideflow.model.slide_encoders.titan:build_titan",
     "gigapath_slide": "slideflow.model.slide_encoders.gigapath:build_gigapath_slide",
+    "prism": "slideflow.model.slide_encoders.prism:build_prism",
 }
 POSITIONAL = ("none", "grid", "level0")
 
