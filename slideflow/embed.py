@@ -6,7 +6,8 @@
     embed_patients(manifest) -> [EmbeddedPatient, ...] in order of first appearance
 
 Settings are frozen, validated dataclasses (`PreprocessingConfig`, `ExecutionConfig`). A
-patient embedding is the mean of its slide embeddings (no patient-level model is built in).
+patient embedding is the mean of its slide embeddings, or the patient stage of a patient-level
+encoder (MOOZY's case transformer over its slide embeddings).
 ``region_tile_multiple=k`` also groups the tile embeddings by parent region of k x k tiles:
 ``region_embeddings`` (R, k*k, D), ``region_mask`` (R, k*k) and ``region_x``/``region_y``.
 """
@@ -115,12 +116,8 @@ def group_regions(features: np.ndarray, coords: np.ndarray, tile_size_lv0: int, 
 
 def _resolve(tile_extractor: Any, slide_encoder: Any, execution: ExecutionConfig):
     from .features import resolve_extractor
-    from .slide_embeddings import resolve_slide_encoder
 
-    enc = None
-    if slide_encoder is not None:
-        kw = {"device": execution.device} if isinstance(slide_encoder, str) else {}
-        enc = resolve_slide_encoder(slide_encoder, **kw)
+    enc = None if slide_encoder is None else _resolve_encoder(slide_encoder, execution)
     name = tile_extractor if tile_extractor is not None else (enc.tile_extractor if enc else None)
     if name is None:
         raise SlideflowError("embed_slide needs tile_extractor= (or a slide encoder that names "
@@ -200,8 +197,10 @@ def _slide_vector(item: Any) -> tuple[str, np.ndarray]:
     raise TypeError("slides must be EmbeddedSlide objects or (sample_id, vector) pairs")
 
 
-def embed_patient(slides: Sequence[Any], patient_id: str) -> EmbeddedPatient:
-    """Mean of the slide embeddings of one patient (EmbeddedSlide or (id, vector) items)."""
+def embed_patient(slides: Sequence[Any], patient_id: str,
+                  slide_encoder: Any = None) -> EmbeddedPatient:
+    """One patient's embedding from its slide embeddings (EmbeddedSlide or (id, vector)
+    items): the patient stage of a patient-level `slide_encoder` (e.g. MOOZY), else the mean."""
     pairs = [_slide_vector(s) for s in slides]
     if not pairs:
         raise SlideflowError(f"patient {patient_id!r} has no slides")
@@ -210,6 +209,8 @@ def embed_patient(slides: Sequence[Any], patient_id: str) -> EmbeddedPatient:
         raise SlideflowError(f"patient {patient_id!r}: slide embeddings of different widths "
                              f"{sorted(widths)}; use one slide encoder")
     vecs = np.stack([v for _, v in pairs])
+    if slide_encoder is not None and hasattr(slide_encoder, "aggregate"):
+        return EmbeddedPatient(str(patient_id), slide_encoder.aggregate(vecs), dict(pairs))
     return EmbeddedPatient(str(patient_id), vecs.mean(axis=0), dict(pairs))
 
 
@@ -260,4 +261,22 @@ def embed_patients(manifest: Any, tile_extractor: Any = None, slide_encoder: Any
                               sample_id=sid, _resolved=resolved)
             sid, vec = _slide_vector(emb)
         groups.setdefault(r["patient_id"], []).append((sid, vec))
-    return [embed_patient(pairs, pid) for pid, pairs in groups.items()]
+    encoder = resolved[1] if resolved is not None else None
+    if encoder is None and slide_encoder is not None and _patient_level(slide_encoder):
+        encoder = _resolve_encoder(slide_encoder, exe)  # every slide was given: model only
+    return [embed_patient(pairs, pid, encoder) for pid, pairs in groups.items()]
+
+
+def _patient_level(slide_encoder: Any) -> bool:
+    if isinstance(slide_encoder, str):
+        from .model.slide_encoders import get_slide_spec
+
+        return get_slide_spec(slide_encoder).level == "patient"
+    return getattr(getattr(slide_encoder, "spec", None), "level", "slide") == "patient"
+
+
+def _resolve_encoder(slide_encoder: Any, execution: ExecutionConfig):
+    from .slide_embeddings import resolve_slide_encoder
+
+    kw = {"device": execution.device} if isinstance(slide_encoder, str) else {}
+    return resolve_slide_encoder(slide_encoder, **kw)

@@ -425,6 +425,15 @@ _PRISM_BIB = """@article{shaikovski2024prism,
   journal={arXiv preprint arXiv:2405.10254},
   year={2024}
 }"""
+_MOOZY_BIB = """@misc{kotp2026moozy,
+  title={MOOZY: A Patient-First Foundation Model for Computational Pathology},
+  author={Kotp, Yousef and Trinh, Vincent Quoc-Huy and Pal, Christopher and
+          Hosseini, Mahdi S.},
+  year={2026},
+  eprint={2603.27048},
+  archivePrefix={arXiv},
+  primaryClass={cs.CV}
+}"""
 _TRIDENT_SLIDE = "mahmoodlab/TRIDENT trident/slide_encoder_models/load.py"
 _GIGAPATH_LICENSE = "Prov-GigaPath licence (non-commercial research only)"
 _GIGAPATH_REF = ("prov-gigapath/prov-gigapath gigapath/slide_encoder.py (LongNetViT, "
@@ -466,6 +475,28 @@ def slide_encoder_specs():
                         "floor(level-0 xy / 256); class token -> 768-d. global_pool=True / "
                         "layer=k give the pooled / per-layer variants",
             reference=_GIGAPATH_REF),
+        SlideEncoderSpec(
+            name="moozy", family="moozy", dim=768, level="patient",
+            tile_extractor="lunit_vits8", tile_features=384, tile_px=224, tile_um="20x",
+            positional="grid", citation=_MOOZY_BIB, aliases=("moozy_case",),
+            build={"feat_dim": 384, "dim": 768, "heads": 12, "depth": 6, "hidden": 3072,
+                   "registers": 4, "qk_norm": False, "layerscale": 0.0, "case_heads": 12,
+                   "case_depth": 3, "case_hidden": 3072, "case_layerscale": 1e-5,
+                   "case_qk_norm": False},
+            weights=hf("AtlasAnalyticsLab/MOOZY", "moozy.pt"),
+            checkpoint_parts=(("teacher_slide_encoder", "slide_encoder."),
+                              ("case_transformer", "case_transformer.")),
+            distribution=DISTRIBUTION, license="CC-BY-NC-SA-4.0", gated=False,
+            description="MOOZY: slide encoder (ViT, 6 blocks, 768-d, 4 registers, 2-D ALiBi "
+                        "over the tile grid) over Lunit DINO ViT-S/8 features, 768-d slide "
+                        "embedding; patients: case transformer (3 blocks) over the slide "
+                        "embeddings, 768-d. No VRAM token cap (every tile is used)",
+            reference="AtlasAnalyticsLab/MOOZY moozy/models/{moozy_slide_encoder,"
+                      "case_transformer,layers,factory,serialization,variants}.py, "
+                      "moozy/config/model.py, moozy/data/features/grid.py, moozy/data/stage2/"
+                      "dataset.py, moozy/encoding.py (lunit_vit_small_patch8_dino, 224 px, "
+                      "20x), moozy/hf_hub.py (moozy.pt), MODEL_CARD.md (6-layer slide "
+                      "encoder, 3-layer case transformer, CC BY-NC-SA 4.0, no access gate)"),
         SlideEncoderSpec(
             name="prism", family="prism", dim=1280, tile_extractor="virchow",
             tile_features=2560, tile_px=224, tile_um="20x", citation=_PRISM_BIB,

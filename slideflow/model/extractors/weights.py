@@ -287,6 +287,11 @@ def read_state_dict(paths: Iterable[Path], spec: ExtractorSpec) -> dict[str, tor
     return strip_prefixes(merged, spec.strip_prefixes)
 
 
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """The object stored in a weights file (tensors and plain containers only)."""
+    return _read_file(Path(path))
+
+
 def _read_file(path: Path) -> object:
     try:
         if path.suffix == ".safetensors":

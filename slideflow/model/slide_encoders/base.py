@@ -102,6 +102,20 @@ class SlideEncoder:
         out = out.float().reshape(-1)
         return out.cpu().numpy() if as_numpy else out.to(out_device)
 
+    def aggregate(self, slide_embeddings: Any) -> np.ndarray:
+        """A patient embedding from this encoder's slide embeddings (S, D): the model's own
+        patient stage for patient-level encoders (MOOZY's case transformer), else the mean."""
+        v = np.asarray(slide_embeddings, np.float32)
+        if v.ndim != 2 or len(v) == 0:
+            raise ValueError(f"{self.name}: expected slide embeddings (S, D) with S >= 1, got "
+                             f"{v.shape}")
+        stage = getattr(self.model, "aggregate", None)
+        if stage is None:
+            return v.mean(axis=0)
+        with torch.inference_mode(), self._amp():
+            out = stage(torch.from_numpy(v).to(self.device))
+        return out.float().reshape(-1).cpu().numpy()
+
     def _amp(self):
         if self._autocast is None:
             return contextlib.nullcontext()

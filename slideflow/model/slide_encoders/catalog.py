@@ -1,6 +1,6 @@
 """Core slide encoders (permissive) and the names that live in licence-split distributions.
 
-Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE, CHIEF, GigaPath, PRISM) are in
+Plain data only (no torch). The non-commercial encoders (TITAN, FEATHER, MADELEINE, CHIEF, GigaPath, PRISM, MOOZY) are in
 ``slideflow_noncommercial.specs:slide_encoder_specs``.
 """
 
@@ -39,4 +39,5 @@ EXTERNAL: tuple[ExternalSlideEntry, ...] = (
     ExternalSlideEntry("gigapath_slide", *_NC,
                        "Prov-GigaPath licence (non-commercial research only)", 768, "gigapath"),
     ExternalSlideEntry("prism", *_NC, "CC-BY-NC-ND-4.0", 1280, "virchow"),
+    ExternalSlideEntry("moozy", *_NC, "CC-BY-NC-SA-4.0", 768, "lunit_vits8"),
 )

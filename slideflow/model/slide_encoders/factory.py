@@ -44,7 +44,8 @@ def build_slide_encoder(name: str, weights: str | os.PathLike | None = None,
     resolved = None
     if has_params and (weights is not None or pretrained):
         resolved = W.resolve(spec, weights)
-        sd = W.read_state_dict(resolved.paths, spec)
+        sd = (read_parts(resolved.paths, spec.checkpoint_parts) if spec.checkpoint_parts
+              else W.read_state_dict(resolved.paths, spec))
         if hasattr(module, "canonicalize_state_dict"):  # e.g. names of shared blocks
             sd = module.canonicalize_state_dict(sd)
         W.load_strict(module, sd, expected_missing=spec.expected_missing,
@@ -68,6 +69,24 @@ def build_slide_encoder(name: str, weights: str | os.PathLike | None = None,
     return SlideEncoder(spec, module, device=dev, pretrained=resolved is not None or not has_params,
                         weights_source=source, weights_sha256=sha, config_kwargs=config,
                         mixed_precision=mixed_precision)
+
+
+def read_parts(paths, parts) -> dict[str, Any]:
+    """One state dict from checkpoints holding several (``{key: state dict, ...}``), each
+    placed under its prefix; a missing part is an error naming it."""
+    from ...errors import WeightsError
+    from ..extractors.weights import read_checkpoint
+
+    merged: dict[str, Any] = {}
+    for path in paths:
+        obj = read_checkpoint(path)
+        for key, prefix in parts:
+            sub = obj.get(key) if isinstance(obj, Mapping) else None
+            if not isinstance(sub, Mapping):
+                raise WeightsError(f"{path}: no state dict under {key!r} (expected keys "
+                                   f"{[k for k, _ in parts]})")
+            merged.update({prefix + k: v for k, v in sub.items()})
+    return merged
 
 
 _REBUILD_KEYS = {"name", "weights", "pretrained", "seed", "model_kwargs"}

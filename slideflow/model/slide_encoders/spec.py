@@ -27,6 +27,7 @@ FAMILY_BUILDERS = {
     "titan": "slideflow.model.slide_encoders.titan:build_titan",
     "gigapath_slide": "slideflow.model.slide_encoders.gigapath:build_gigapath_slide",
     "prism": "slideflow.model.slide_encoders.prism:build_prism",
+    "moozy": "slideflow.model.slide_encoders.moozy:build_moozy",
 }
 POSITIONAL = ("none", "grid", "level0")
 
@@ -54,6 +55,9 @@ class SlideEncoderSpec:
     positional: how coordinates enter the model ('none'; 'grid' = level-0 corners divided
         by patch_size_level0, the tile extent in level-0 pixels; 'level0' = level-0 corners
         binned by the model itself, e.g. GigaPath's floor(xy / 256)).
+    checkpoint_parts: ((checkpoint key, prefix), ...) for checkpoints that keep several state
+        dicts side by side (MOOZY's ``teacher_slide_encoder`` + ``case_transformer``): each
+        is loaded under its prefix.
     slideflow_pair: ``build_feature_extractor(tile_extractor)`` returns the two-stage
         (tile + slide) object, as Slideflow 3 does for 'gigapath'.
     """
@@ -80,6 +84,7 @@ class SlideEncoderSpec:
     strip_prefixes: tuple[str, ...] = ("module.",)
     expected_missing: tuple[str, ...] = ()
     expected_unexpected: tuple[str, ...] = ()
+    checkpoint_parts: tuple[tuple[str, str], ...] = ()
     slideflow_pair: bool = False
     description: str = ""
     reference: str = ""
@@ -92,6 +97,8 @@ class SlideEncoderSpec:
         if self.positional not in POSITIONAL:
             raise ValueError(f"{self.name}: positional must be one of {POSITIONAL}")
         object.__setattr__(self, "aliases", tuple(self.aliases))
+        object.__setattr__(self, "checkpoint_parts",
+                           tuple(tuple(p) for p in self.checkpoint_parts))
         if isinstance(self.weights, Mapping):
             object.__setattr__(self, "weights", WeightsSource(**dict(self.weights)))
 
