@@ -30,3 +30,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def slides() -> Path:
     return SLIDES
+
+
+@pytest.fixture()
+def cmu_slides_project(tmp_path: Path, slides: Path):
+    """A fresh project whose slide folder holds CMU-1-Small-Region (a symlink, read in place)."""
+    import slideflow as sf
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / CMU.name).symlink_to(CMU)
+    return sf.create_project(tmp_path / "proj", slides=folder)

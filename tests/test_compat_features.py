@@ -4,7 +4,6 @@ to_torch writes a bags_config.json that rebuild_extractor reads (issue 13)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +24,8 @@ def ext():
 
 
 @pytest.fixture()
-def dataset(tmp_path: Path, slides: Path):
-    folder = tmp_path / "slides"
-    folder.mkdir()
-    (folder / CMU.name).symlink_to(CMU)
-    return sf.create_project(tmp_path / "proj", slides=folder).dataset(TILE_PX, TILE_UM)
+def dataset(cmu_slides_project):
+    return cmu_slides_project.dataset(TILE_PX, TILE_UM)
 
 
 def test_normalizer_is_honoured(dataset, ext, tmp_path):

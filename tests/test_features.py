@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,11 +22,8 @@ def ext():
 
 
 @pytest.fixture()
-def project(tmp_path: Path, slides: Path):
-    folder = tmp_path / "slides"
-    folder.mkdir()
-    (folder / CMU.name).symlink_to(CMU)
-    return sf.create_project(tmp_path / "proj", slides=folder)
+def project(cmu_slides_project):
+    return cmu_slides_project
 
 
 def test_bags_from_slides_match_the_wsi_grid(project, ext, tmp_path):

@@ -10,7 +10,6 @@ foundation slide encoders, whose tile extractors need gated weights.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,11 +46,8 @@ def ext():
 
 
 @pytest.fixture()
-def dataset(tmp_path: Path, slides: Path):
-    folder = tmp_path / "slides"
-    folder.mkdir()
-    (folder / CMU.name).symlink_to(CMU)
-    return sf.create_project(tmp_path / "proj", slides=folder).dataset(TILE_PX, TILE_UM)
+def dataset(cmu_slides_project):
+    return cmu_slides_project.dataset(TILE_PX, TILE_UM)
 
 
 def test_mean_equals_bag_mean_and_config_rebuilds(dataset, ext, tmp_path):
@@ -103,11 +99,9 @@ def test_dataset_bags_reused_then_recomputed(dataset, lite_mean, tmp_path):
         torch.load(out / "CMU-1-Small-Region.pt", weights_only=True).numpy(), vec, rtol=1e-5)
 
 
-def test_geometry_and_extractor_mismatches_are_errors(tmp_path, slides, ext, lite_mean):
-    folder = tmp_path / "slides"
-    folder.mkdir()
-    (folder / CMU.name).symlink_to(CMU)
-    other = sf.create_project(tmp_path / "p", slides=folder).dataset(56, 224)
+def test_geometry_and_extractor_mismatches_are_errors(tmp_path, cmu_slides_project, ext,
+                                                     lite_mean):
+    other = cmu_slides_project.dataset(56, 224)
     with pytest.raises(TileMismatchError, match="112-px tiles"):
         sf.generate_slide_embeddings(other, lite_mean, tmp_path / "o", progress=False)
     bags = tmp_path / "bags56"
