@@ -17,8 +17,11 @@ import torch
 import slideflow as sf
 from slideflow.errors import WeightsError
 from slideflow.model.slide_encoders import get_slide_spec
-from slideflow.model.slide_encoders.gigapath import grid_cells, sincos_2d
-from slideflow.model.slide_encoders.longnet import DilatedAttention, optimal_segment_lengths
+from slideflow.model.slide_encoders.families.gigapath import grid_cells, sincos_2d
+from slideflow.model.slide_encoders.families.longnet import (
+    DilatedAttention,
+    optimal_segment_lengths,
+)
 
 
 def test_segment_lengths_and_spec_facts():

@@ -13,7 +13,7 @@ import torch
 import slideflow as sf
 from slideflow.errors import WeightsError
 from slideflow.model.slide_encoders import get_slide_spec
-from slideflow.model.slide_encoders.moozy import grid_tokens
+from slideflow.model.slide_encoders.families.moozy import grid_tokens
 
 SMALL = {"depth": 1, "case_depth": 1}
 

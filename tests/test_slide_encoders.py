@@ -199,7 +199,7 @@ def test_official_layout_loads_strictly(tmp_path, name):
 
 
 def test_titan_grid_and_alibi_follow_the_reference():
-    from slideflow.model.slide_encoders.titan import alibi_bias, alibi_slopes, feature_grid
+    from slideflow.model.slide_encoders.families.titan import alibi_bias, alibi_slopes, feature_grid
 
     assert alibi_slopes(12)[:8] == alibi_slopes(8)  # Press et al. interleaving
     assert alibi_slopes(8)[0] == 0.5

@@ -15,11 +15,11 @@ import importlib.util
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from ...errors import ExtractorNotFound
+from ..plugins import entry_point_items
 from .catalog import EXTERNAL, INSTALL
 from .catalog import specs as core_specs
 from .families import family_builder, import_failures
@@ -60,21 +60,13 @@ def _discover() -> dict[str, ExtractorSpec]:
         if _discovered is not None:
             return _discovered
         found: dict[str, ExtractorSpec] = {}
-        for ep in entry_points(group=GROUP):
-            try:
-                obj = ep.load()
-                items = obj() if callable(obj) else obj
-                for item in items:
-                    spec = _coerce(item, f"entry point {ep.name}")
-                    key = normalize(spec.name)
-                    if key in found and found[key] != spec:
-                        log.warning("extractor %r from entry point %r shadows an earlier one",
-                                    spec.name, ep.name)
-                    found[key] = spec
-            except Exception as exc:  # one broken plugin must not hide the others
-                _load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
-                log.warning("cannot load extractor entry point %r (%s): %s", ep.name, ep.value,
-                            exc)
+        for ep_name, spec in entry_point_items(GROUP, errors=_load_errors, convert=_coerce,
+                                               what="extractor"):
+            key = normalize(spec.name)
+            if key in found and found[key] != spec:
+                log.warning("extractor %r from entry point %r shadows an earlier one",
+                            spec.name, ep_name)
+            found[key] = spec
         if not any(s.distribution == "slideflow" for s in found.values()):
             # running from a source tree whose entry-point metadata is not installed
             for spec in core_specs():

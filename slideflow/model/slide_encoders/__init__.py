@@ -1,7 +1,8 @@
 """Slide (and patient) encoders: tile features + coordinates -> one vector per slide.
 
 Specs are data (`SlideEncoderSpec`); the registry answers without importing torch; the
-architectures (`mil`, `titan`) are imported when an encoder is built.
+architectures (`families`: one module per family, registered with `@register_family`) are
+imported when an encoder is built.
 """
 
 from __future__ import annotations

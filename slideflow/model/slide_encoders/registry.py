@@ -14,11 +14,12 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 from typing import Any
 
 from ...errors import SlideEncoderNotFound
 from ..extractors.registry import GROUP, normalize
+from ..plugins import entry_point_items
+from .families import family_builder, import_failures
 from .spec import ExternalSlideEntry, SlideEncoderSpec
 
 log = logging.getLogger(__name__)
@@ -48,18 +49,9 @@ def _discover() -> dict[str, SlideEncoderSpec]:
         from .catalog import slide_encoder_specs as core
 
         found = {normalize(s.name): s for s in core()}
-        for ep in entry_points(group=GROUP):
-            try:
-                module = importlib.import_module(ep.module)
-                fn = getattr(module, ATTRIBUTE, None)
-                if fn is None:
-                    continue
-                for item in (fn() if callable(fn) else fn):
-                    spec = _coerce(item, f"entry point {ep.name}")
-                    found[normalize(spec.name)] = spec
-            except Exception as exc:  # one broken plug-in must not hide the others
-                _load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
-                log.warning("cannot load slide encoders of entry point %r: %s", ep.name, exc)
+        for _, spec in entry_point_items(GROUP, errors=_load_errors, attribute=ATTRIBUTE,
+                                         convert=_coerce, what="slide encoder"):
+            found[normalize(spec.name)] = spec
         _discovered = found
         return found
 
@@ -136,7 +128,7 @@ def register_slide_encoder(spec: SlideEncoderSpec | Mapping[str, Any],
             if not callable(builder):
                 raise TypeError("builder must be callable or a 'module:callable' string")
             _plugin_builders[key] = builder
-        elif spec.builder_path is None:
+        elif spec.builder is None and family_builder(spec.family) is None:
             raise ValueError(f"{spec.name}: give a builder (family {spec.family!r} is not "
                              "built in)")
         _plugins[key] = spec
@@ -153,11 +145,18 @@ def resolve_builder(spec: SlideEncoderSpec) -> Callable[..., Any]:
     key = normalize(spec.name)
     if key in _plugin_builders:
         return _plugin_builders[key]
-    path = spec.builder_path
-    if not path or ":" not in path:
-        raise SlideEncoderNotFound(f"{spec.name}: no builder for family {spec.family!r}")
-    module_name, attr = path.split(":", 1)
-    return getattr(importlib.import_module(module_name), attr)
+    if spec.builder:  # a registered spec's own "module:callable" (never from a config)
+        if ":" not in spec.builder:
+            raise SlideEncoderNotFound(f"{spec.name}: builder {spec.builder!r} is not "
+                                       "'module:callable'")
+        module_name, attr = spec.builder.split(":", 1)
+        return getattr(importlib.import_module(module_name), attr)
+    builder = family_builder(spec.family)
+    if builder is None:
+        failed = import_failures()
+        hint = f" (family modules that failed to import: {failed})" if failed else ""
+        raise SlideEncoderNotFound(f"{spec.name}: no builder for family {spec.family!r}{hint}")
+    return builder
 
 
 def list_slide_encoders(installed_only: bool = False):

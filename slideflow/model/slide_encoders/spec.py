@@ -18,17 +18,6 @@ from ..extractors.spec import NO_WEIGHTS, WeightsSource
 
 LEVELS = ("slide", "patient")
 
-# family -> "module:callable" building the torch module
-FAMILY_BUILDERS = {
-    "mean": "slideflow.model.slide_encoders.mil:build_mean",
-    "feather": "slideflow.model.slide_encoders.mil:build_feather",
-    "chief": "slideflow.model.slide_encoders.mil:build_chief",
-    "madeleine": "slideflow.model.slide_encoders.mil:build_madeleine",
-    "titan": "slideflow.model.slide_encoders.titan:build_titan",
-    "gigapath_slide": "slideflow.model.slide_encoders.gigapath:build_gigapath_slide",
-    "prism": "slideflow.model.slide_encoders.prism:build_prism",
-    "moozy": "slideflow.model.slide_encoders.moozy:build_moozy",
-}
 POSITIONAL = ("none", "grid", "level0")
 
 
@@ -101,10 +90,6 @@ class SlideEncoderSpec:
                            tuple(tuple(p) for p in self.checkpoint_parts))
         if isinstance(self.weights, Mapping):
             object.__setattr__(self, "weights", WeightsSource(**dict(self.weights)))
-
-    @property
-    def builder_path(self) -> str | None:
-        return self.builder or FAMILY_BUILDERS.get(self.family)
 
     @property
     def tile_microns(self) -> float | None:

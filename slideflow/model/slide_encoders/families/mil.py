@@ -28,7 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .spec import SlideEncoderSpec
+from ..spec import SlideEncoderSpec
+from . import register_family
 
 
 class MeanPool(nn.Module):
@@ -47,6 +48,7 @@ def options(spec: SlideEncoderSpec, kwargs: dict[str, Any], allowed: tuple[str, 
     return merged
 
 
+@register_family("mean")
 def build_mean(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     options(spec, kwargs, ())
     return MeanPool()
@@ -89,6 +91,7 @@ class FeatherABMIL(nn.Module):
         return (F.softmax(scores, dim=-1) @ h).reshape(-1)    # heads concatenated
 
 
+@register_family("feather")
 def build_feather(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     b = options(spec, kwargs, ("in_dim", "embed_dim", "attn_dim", "num_heads"))
     return FeatherABMIL(int(b.get("in_dim", spec.tile_features or 768)),
@@ -137,6 +140,7 @@ class ChiefSlide(nn.Module):
         return (F.softmax(scores, dim=1) @ h).reshape(-1)
 
 
+@register_family("chief")
 def build_chief(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     b = options(spec, kwargs, ("size", "n_classes", "n_organs", "text_dim"))
     return ChiefSlide(tuple(b.get("size", (768, 512, 256))), int(b.get("n_classes", 2)),
@@ -189,6 +193,7 @@ class MadeleineSlide(nn.Module):
         return self.projector(pooled.reshape(-1))                # e-major flatten, as view()
 
 
+@register_family("madeleine")
 def build_madeleine(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     b = options(spec, kwargs, ("in_dim", "hidden", "n_heads", "attn_hidden", "token_dim"))
     return MadeleineSlide(int(b.get("in_dim", spec.tile_features or 512)),

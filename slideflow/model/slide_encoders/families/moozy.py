@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .spec import SlideEncoderSpec
+from ..spec import SlideEncoderSpec
+from . import register_family
 from .titan import alibi_slopes
 
 GRID_TOLERANCE = 0.25
@@ -191,6 +192,7 @@ MOOZY_OPTIONS = ("feat_dim", "dim", "heads", "depth", "hidden", "registers", "qk
                  "case_qk_norm")
 
 
+@register_family("moozy")
 def build_moozy(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     from .mil import options
 

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .spec import SlideEncoderSpec
+from ..spec import SlideEncoderSpec
+from . import register_family
 
 
 def alibi_slopes(n: int) -> list[float]:
@@ -161,6 +162,7 @@ class TitanSlide(nn.Module):
 TITAN_OPTIONS = ("in_dim", "dim", "depth", "heads", "mlp_ratio", "pool_heads", "pool_queries")
 
 
+@register_family("titan")
 def build_titan(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     from .mil import options
 

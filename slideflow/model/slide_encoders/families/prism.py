@@ -35,8 +35,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...errors import WeightsError
-from .spec import SlideEncoderSpec
+from ....errors import WeightsError
+from ..spec import SlideEncoderSpec
+from . import register_family
 
 
 class CrossAttention(nn.Module):
@@ -183,6 +184,7 @@ PRISM_OPTIONS = ("latent_seq", "latent_dim", "context_dim", "mhsa_heads", "perce
                  "xattn_heads", "mlp_mult")
 
 
+@register_family("prism")
 def build_prism(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     from .mil import options
 

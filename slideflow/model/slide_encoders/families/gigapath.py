@@ -35,8 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..spec import SlideEncoderSpec
+from . import register_family
 from .longnet import LongNetEncoder, optimal_segment_lengths
-from .spec import SlideEncoderSpec
 
 
 def grid_cells(coords: torch.Tensor, tile_size: int, ngrids: int) -> tuple[torch.Tensor,
@@ -128,6 +129,7 @@ GIGAPATH_OPTIONS = ("in_chans", "embed_dim", "depth", "heads", "mlp_ratio", "sli
                     "global_pool", "layer")
 
 
+@register_family("gigapath_slide")
 def build_gigapath_slide(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
     from .mil import options
 
