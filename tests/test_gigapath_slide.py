@@ -36,6 +36,8 @@ def test_segment_lengths_and_spec_facts():
     assert spec.weights.filenames == ("slide_encoder.pth",)
     assert spec.gated and spec.slideflow_pair and "non-commercial" in spec.license
     assert spec.distribution == "slideflow-noncommercial"
+    full = sf.build_slide_encoder("gigapath_slide", pretrained=False, device="meta").model
+    assert 86e6 < sum(p.numel() for p in full.parameters()) < 87e6  # slide2vec: 87M
     for alias in ("gigapath", "gigapath.slide", "gigapath_slide_enc12l768d"):
         assert get_slide_spec(alias).name == "gigapath_slide"
 

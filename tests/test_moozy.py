@@ -28,6 +28,11 @@ def test_spec_facts():
     assert spec.weights.filenames == ("moozy.pt",)
     assert spec.build["depth"] == 6 and spec.build["case_depth"] == 3
     assert spec.build["registers"] == 4 and spec.build["heads"] == 12
+    full = sf.build_slide_encoder("moozy", pretrained=False, device="meta").model
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    # MODEL_CARD.md: slide encoder 42.8M, case transformer 21.3M
+    assert round(count(full.slide_encoder) / 1e6, 1) == 42.8
+    assert round(count(full.case_transformer) / 1e6, 1) == 21.3
 
 
 def test_grid_tokens_follow_moozy_grid_rules():
