@@ -29,7 +29,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "create_project": ("slideflow.project", "create_project"),
     "load_project": ("slideflow.project", "load_project"),
     "Dataset": ("slideflow.dataset", "Dataset"),
-    "build_feature_extractor": ("slideflow.slide_embeddings", "build_feature_extractor"),
+    "build_feature_extractor": ("slideflow.two_stage", "build_feature_extractor"),
     "list_extractors": ("slideflow.model", "list_extractors"),
     "rebuild_extractor": ("slideflow.model", "rebuild_extractor"),
     "register_extractor": ("slideflow.model", "register_extractor"),

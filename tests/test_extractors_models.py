@@ -281,3 +281,45 @@ def test_cls_mean_excludes_registers():
         out = ClsMeanFeatures(net)(x)
     assert tokens.shape == (1, 1 + 4 + 16, 16) and out.shape == (1, 32)
     torch.testing.assert_close(out[:, 16:], tokens[:, 5:].mean(1))
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
+def test_native_resnet_equals_torchvision(arch):
+    """`families.resnet` replaces torchvision's ResNets: same module names in the same order
+    (checkpoints load strictly, BatchNorm folding finds the same pairs), same outputs."""
+    import torchvision
+
+    from slideflow.model.extractors.families.resnet import resnet
+
+    tv, ours = getattr(torchvision.models, arch)(weights=None).eval(), resnet(arch).eval()
+    assert [n for n, _ in tv.named_modules()] == [n for n, _ in ours.named_modules()]
+    g = torch.Generator().manual_seed(3)
+    sd = {k: (torch.randn(v.shape, generator=g) * 0.05 if v.is_floating_point() else v)
+          for k, v in tv.state_dict().items()}
+    sd = {k: v.abs() + 0.5 if k.endswith("running_var") else v for k, v in sd.items()}
+    tv.load_state_dict(sd)
+    ours.load_state_dict(sd)  # strict
+    x = torch.randn(2, 3, 64, 64, generator=g)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), tv(x), rtol=0, atol=0)
+
+
+def test_resnet50_one_slide_job_imports_only_what_it_uses(tmp_path):
+    """Cold one-slide job: building ResNet50 from a local file imports neither torchvision
+    (seconds: its ops import torch._dynamo) nor the slide-embedding outputs."""
+    import subprocess
+    import sys
+
+    from slideflow.model.extractors.families.resnet import resnet
+
+    ckpt = tmp_path / "r50.pth"
+    torch.save(resnet("resnet50").state_dict(), ckpt)
+    code = ("import sys, slideflow as sf; "
+            f"e = sf.build_feature_extractor('resnet50_imagenet', weights=r'{ckpt}', "
+            "device='cpu', batch_size=2); "
+            "import numpy as np; f = e(np.zeros((2, 64, 64, 3), np.uint8)); "
+            "assert f.shape == (2, 2048), f.shape; "
+            "bad = [m for m in ('torchvision', 'slideflow.model.slide_encoders.outputs', "
+            "'transformers', 'open_clip', 'timm') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -252,3 +252,19 @@ def test_simclr_checkpoint_layouts(layout, tmp_path):
     ext = sf.build_feature_extractor("simclr", arch="resnet18", weights=tmp_path / "simclr.ckpt")
     np.testing.assert_array_equal(ext(TILES), src(TILES))
     assert ext.dump_config()["kwargs"]["arch"] == "resnet18"
+
+
+def test_finite_check_uses_the_sum_but_decides_element_wise():
+    """cast_checked's fast path (a NaN/inf makes the sum NaN/inf) never refuses finite
+    weights whose sum overflows, and still names a single inf or NaN."""
+    from slideflow.model.extractors.weights import cast_checked
+
+    big = torch.full((4,), 3e38)  # finite, but the float32 sum overflows to inf
+    assert cast_checked(big, torch.float32, "w") is big
+    half = torch.full((8,), 60000.0, dtype=torch.float16)  # fp16 sum overflows too
+    assert torch.equal(cast_checked(half, torch.float32, "h"), half.float())
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        t = torch.zeros(1000)
+        t[517] = bad
+        with pytest.raises(WeightsError, match="'w'.* 1 non-finite"):
+            cast_checked(t, torch.float32, "w")

@@ -64,3 +64,32 @@ def test_misordered_modules_are_left_unfolded():
     _randomise_bn(m)
     assert fold_batchnorm(_Misordered()) == 1  # the naive rule would fold it...
     assert folded_copy(m, probe_px=16) is m    # ...but the probe catches the difference
+
+
+class _FixedSize(nn.Module):
+    """Conv + BN that only accepts its own input size (as a model with fixed embeddings)."""
+
+    def __init__(self, px: int):
+        super().__init__()
+        self.px = px
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        if x.shape[-1] != self.px:
+            raise ValueError(f"input must be {self.px} px")
+        return self.bn(self.conv(x)).mean((2, 3))
+
+
+def test_probe_is_small_and_falls_back_to_the_models_size():
+    """The check probes at 64 px (cheap); a model refusing that is probed at probe_px."""
+    m = _FixedSize(96).eval()
+    _randomise_bn(m)
+    fused = folded_copy(m, probe_px=96)
+    assert fused is not m and not any(isinstance(x, nn.BatchNorm2d) for x in fused.modules())
+    seen = []
+    m64 = _FixedSize(64).eval()
+    m64.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[-1]))
+    # one 64-px probe each through the model and its folded copy (the hook is copied too)
+    assert folded_copy(m64, probe_px=224) is not m64 and seen == [64, 64]
+    assert folded_copy(_FixedSize(50).eval(), probe_px=96) is not None  # refuses both: unfolded

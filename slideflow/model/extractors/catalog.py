@@ -88,7 +88,7 @@ def _tv(arch: str, dim: int, ckpt: str, head: str, aliases: tuple[str, ...] = ()
         name=f"{arch}_imagenet", family="torchvision", dim=dim, input_px=224,
         license="BSD-3-Clause (torchvision weights)", citation=citation, aliases=aliases,
         interpolation="bilinear", antialias=False, resize=False, cnn=True,
-        build={"arch": arch},
+        build={"arch": arch, "meta_init": True},
         weights=WeightsSource("torch_hub", path=ckpt, repo_id=f"timm/{arch}.tv_in1k",
                               filenames=("model.safetensors", "pytorch_model.bin"),
                               url=f"https://download.pytorch.org/models/{ckpt}"),

@@ -1,5 +1,8 @@
 """torchvision CNNs (ResNet, DenseNet...): ImageNet extractors, SimCLR encoders, RetCCL.
 
+ResNets (and ResNeXt / Wide ResNet) are built by `.resnet` with torchvision's layout, so the
+common ResNet50 job never imports torchvision; DenseNets come from torchvision.
+
 The classifier is replaced by an identity, so the default features are the globally pooled
 activations (ResNet-50: 2048-d). ``layers=`` selects intermediate blocks by their torchvision
 names ('layer3', 'layer4', 'features.denseblock4', ...).
@@ -14,7 +17,7 @@ from torch import nn
 
 from ..base import Built
 from ..spec import ExtractorSpec
-from . import register_family
+from . import register_family, resnet
 
 ARCHS = {  # arch -> (pooled feature dim, classifier attribute)
     "resnet18": (512, "fc"), "resnet34": (512, "fc"), "resnet50": (2048, "fc"),
@@ -34,13 +37,16 @@ def build(spec: ExtractorSpec, arch: str | None = None, **kwargs) -> Built:
     if kwargs:
         raise TypeError(f"{spec.name}: unknown options {sorted(kwargs)} (torchvision family "
                         "takes arch=)")
-    import torchvision
-
     arch = arch or spec.build["arch"]
     if arch not in ARCHS:
         raise ValueError(f"{spec.name}: arch must be one of {sorted(ARCHS)}, not {arch!r}")
     dim, head = ARCHS[arch]
-    net = getattr(torchvision.models, arch)(weights=None)
+    if arch in resnet.ARCHS:  # same names and numbers, without importing torchvision
+        net = resnet.resnet(arch)
+    else:
+        import torchvision
+
+        net = getattr(torchvision.models, arch)(weights=None)
     setattr(net, head, nn.Identity())
     info: dict = {}
     if arch != spec.build.get("arch"):
