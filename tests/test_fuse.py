@@ -21,7 +21,7 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("name", ["resnet50_imagenet", "densenet121_imagenet",
+@pytest.mark.parametrize("name", ["resnet50_imagenet", "resnet18_imagenet", "densenet121_imagenet",
                                   "efficientnet_b0_imagenet"])
 def test_folding_preserves_outputs(name):
     ext = sf.build_feature_extractor(name, pretrained=False)

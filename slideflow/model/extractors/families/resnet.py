@@ -78,6 +78,10 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision-layout ResNet: conv1, bn1, relu, maxpool, layer1-4, avgpool, fc."""
 
+    #: every Conv+BN pair registered in a row is applied in a row (see `fuse.folded_copy`;
+    #: tests/test_fuse.py compares folded and unfolded outputs)
+    bn_fold_safe = True
+
     def __init__(self, arch: str, num_classes: int = 1000):
         super().__init__()
         kind, depths, groups, width = ARCHS[arch]
@@ -101,6 +105,8 @@ class ResNet(nn.Module):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc: nn.Module = nn.Linear(cin, num_classes)
+        if self.conv1.weight.is_meta:
+            return  # weights come from a checkpoint; normal_ on meta tensors imports torch._dynamo
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
