@@ -64,6 +64,22 @@ def test_batch_runner_keeps_order_and_values():
         np.testing.assert_allclose(feats, expected, rtol=1e-6)
 
 
+def test_batch_runner_in_flight_depth_on_cpu():
+    """The CUDA hand-out order (features of batch k returned while k+depth is submitted,
+    the rest at drain) runs on the CPU with an explicit depth."""
+    tiles = _tiles(20)
+    expected = tiles.reshape(len(tiles), -1, 3).astype(np.float64).mean(axis=1)
+    runner = BatchRunner(MeanModel(), depth=2)
+    ready = [[tag for _, tag in runner.submit(tiles[a:a + 4], a)] for a in range(0, 20, 4)]
+    assert ready == [[], [], [0], [4], [8]]
+    rest = runner.drain()
+    assert [tag for _, tag in rest] == [12, 16] and runner.drain() == []
+    out = list(BatchRunner(MeanModel(), depth=2).run((tiles[a:a + 4], a)
+                                                     for a in range(0, 20, 4)))
+    np.testing.assert_allclose(np.concatenate([f for f, _ in out]), expected, rtol=1e-6)
+    assert BatchRunner(MeanModel()).depth == 0
+
+
 def test_batch_runner_rejects_wrong_feature_count():
     class Wrong(MeanModel):
         num_features = 4

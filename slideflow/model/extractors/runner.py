@@ -60,11 +60,13 @@ class BatchRunner:
     object that has `device`, `preprocess` and `forward_preprocessed`.
     """
 
-    def __init__(self, extractor: Any, depth: int = 2):
+    def __init__(self, extractor: Any, depth: int | None = None):
         self.extractor = extractor
         self.device = torch.device(getattr(extractor, "device", "cpu"))
         self._cuda = self.device.type == "cuda"
-        self.depth = max(1, int(depth)) if self._cuda else 0
+        # batches in flight: 2 on CUDA, none elsewhere (nothing is asynchronous on the CPU);
+        # an explicit depth applies on any device, so CI runs the CUDA hand-out order on CPU
+        self.depth = (2 if self._cuda else 0) if depth is None else max(0, int(depth))
         self._copy_stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._pending: deque[tuple[torch.Tensor, Any, Any]] = deque()
         self.num_features = getattr(extractor, "num_features", None)
