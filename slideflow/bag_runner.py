@@ -184,32 +184,43 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
     todo = targets if opts.force else [t for t in targets if not current(t)]
     if not todo:
         return out
-    with contextlib.ExitStack() as locks:
-        for outdir in dict.fromkeys(t.outdir for t in todo):  # AtlasPatch targets share one
-            lock = locks.enter_context(SlideLock(outdir, job.name))
-            if not lock.acquired:
-                out.status, out.error = BUSY, f"locked by {lock.holder()}"
-                return out
-            if lock.took_over:
-                out.notes.append(f"took over the stale lock of {lock.took_over} in {outdir}")
-        if not opts.force:  # another process may have finished it since we looked
-            todo = [t for t in todo if not current(t)]
-            if not todo:
-                return out
-        for outdir in dict.fromkeys(t.outdir for t in todo):
-            for p in clean_stale_temps(outdir, job.name):
-                log.info("%s: removed %s left by a dead run", job.name, p.name)
-                out.notes.append(f"removed {p.name} left by a dead run")
-        try:
+    try:
+        with contextlib.ExitStack() as locks:
+            for outdir in dict.fromkeys(t.outdir for t in todo):  # AtlasPatch targets share one
+                lock = locks.enter_context(SlideLock(outdir, job.name))
+                if not lock.acquired:
+                    out.status, out.error = BUSY, f"locked by {lock.holder()}"
+                    return out
+                if lock.took_over:
+                    out.notes.append(f"took over the stale lock of {lock.took_over} in {outdir}")
+            if not opts.force:  # another process may have finished it since we looked
+                todo = [t for t in todo if not current(t)]
+                if not todo:
+                    return out
+            for outdir in dict.fromkeys(t.outdir for t in todo):
+                for p in clean_stale_temps(outdir, job.name):
+                    log.info("%s: removed %s left by a dead run", job.name, p.name)
+                    out.notes.append(f"removed {p.name} left by a dead run")
             out.tiles = _write_bags(job, todo, opts, normalizer, on_tiles)
             out.status = DONE
-        except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
-            if isinstance(exc, BagsConfigMismatchError):
-                raise
-            out.status, out.error_type, out.error = FAILED, type(exc).__name__, str(exc)
-            log.warning("%s: failed (%s: %s)", job.name, type(exc).__name__, exc)
+    except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, BagsConfigMismatchError):
+            raise
+        out.status = FAILED
+        out.error_type, out.error = failure_text(exc, [t.outdir for t in todo])
+        log.warning("%s: failed (%s: %s)", job.name, out.error_type, out.error)
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
+    """(error type, reason) of a failed slide; a full disk says where and what to do."""
+    from .io.atomic import disk_full_error, disk_full_text
+
+    full = disk_full_text(exc, ", ".join(str(d) for d in dict.fromkeys(outdirs)))
+    if full is not None:
+        return type(disk_full_error(exc)).__name__, full
+    return type(exc).__name__, str(exc)
 
 
 def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normalizer: Any,

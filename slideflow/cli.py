@@ -257,14 +257,22 @@ def features(
         raise typer.Exit(2) from None
     summary = run_summary(report.outcomes, time.perf_counter() - start,
                           extractors=names, outdir=str(outdir), superseded=report.superseded)
-    write_run_files(outdir, report.outcomes, summary)
+    errors, written = [], True
+    try:
+        write_run_files(outdir, report.outcomes, summary)
+    except OSError as exc:  # e.g. a full disk: say so, the summary is printed below
+        errors.append(f"failures.csv and summary.json not written to {outdir} ({exc})")
+        written = False
     for o in report.outcomes:
         if o.status == "failed":
             typer.echo(f"FAILED {o.slide}: {o.error_type}: {o.error}", err=True)
-    if not quiet or summary["failed"]:
+    if not quiet or summary["failed"] or errors:
         typer.echo(human_summary(summary))
-    if summary["failed"]:
+    for why in errors:
+        typer.echo(f"error: {why}", err=True)
+    if summary["failed"] and written:
         typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
+    if summary["failed"] or errors:
         raise typer.Exit(1)
 
 
@@ -310,7 +318,9 @@ def extract_tiles(
     typer.echo(repr(result))
     for name, why in result.failed.items():
         typer.echo(f"FAILED {name}: {why}", err=True)
-    if result.failed:
+    for why in result.errors:
+        typer.echo(f"error: {why}", err=True)
+    if result.failed or result.errors:
         raise typer.Exit(1)
 
 

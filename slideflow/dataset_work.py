@@ -70,8 +70,12 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
         for j in jobs:
             by_dir.setdefault(j.outdir, []).append(j.name)
         for outdir, names in by_dir.items():
-            summary.reports.append(write_report(outdir / "extraction_report.html", summary,
-                                                names, opt))
+            report = outdir / "extraction_report.html"
+            try:
+                summary.reports.append(write_report(report, summary, names, opt))
+            except OSError as exc:  # e.g. a full disk: the summary itself still comes back
+                summary.errors.append(f"{report}: report not written ({exc})")
+                log.warning("%s: report not written (%s)", report, exc)
     return summary
 
 

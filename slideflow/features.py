@@ -299,7 +299,12 @@ def generate_bags(
     start = time.perf_counter()
     superseded: dict[str, list[str]] = {}
     for t in targets:  # one configuration per folder, claimed before any bag is written
-        claim = claim_target(t, force_regenerate)
+        try:
+            claim = claim_target(t, force_regenerate)
+        except OSError as exc:  # e.g. a full disk: the run cannot start; say so
+            raise SlideflowError(f"{t.outdir}: cannot claim the folder for this run, its "
+                                 f"configuration was not written ({exc}); no bag was written"
+                                 ) from exc
         if claim.moved:
             superseded[str(claim.superseded)] = [str(p.relative_to(t.outdir))
                                                  for p in claim.moved]

@@ -24,8 +24,9 @@ import numpy as np
 
 from ..errors import NoTissueError, ROIError, SlideflowError
 from ..io import imgcodec
-from ..io.atomic import write_json_atomic
+from ..io.atomic import discard, disk_full_text, write_json_atomic
 from ..io.locks import SlideLock
+from ..io.npz import index_path_for
 from ..io.tfrecord import build_index, read_index
 from ..pipeline import run
 from ..selection import open_wsi
@@ -92,7 +93,9 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
     except Stopped:
         raise
     except Exception as exc:  # one bad slide never stops the batch
-        res.status, res.error = "failed", f"{type(exc).__name__}: {exc}"
+        full = disk_full_text(exc, job.outdir)
+        res.status, res.error = "failed", (f"OSError: {full}" if full else
+                                           f"{type(exc).__name__}: {exc}")
         log.warning("%s: failed (%s)", job.name, res.error)
         log.debug("%s: traceback", job.name, exc_info=True)
     finally:
@@ -152,6 +155,37 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
         try:
             n, loose = _write_tiles(job, wsi, coords, order, opt, res, encode_pool,
                                     encode_threads, read_threads, progress, stop)
+            if loose is not None:  # the TFRecord is in place: move the loose tiles in too
+                final = job.tiles_dir / job.name
+                try:
+                    if final.exists():
+                        shutil.rmtree(final)
+                    os.replace(loose, final)
+                finally:
+                    shutil.rmtree(loose, ignore_errors=True)
+            if n < 10:
+                res.warnings.append(f"only {n} tiles")
+            res.tiles = n
+            if preview_width:
+                try:
+                    buf = io.BytesIO()
+                    # 128-colour PNG: ~40 kB per slide at 256 px, 5x smaller than full RGB
+                    wsi.preview(width=preview_width).quantize(128).save(buf, format="PNG",
+                                                                       optimize=True)
+                    res.preview_png = buf.getvalue()
+                except Exception as exc:  # a picture is never worth failing a slide
+                    res.warnings.append(f"no preview ({exc})")
+            meta = {
+                "complete": True, "slide": job.name, "request": request, "tiles": n,
+                "tiles_in_grid": int(wsi.grid.size), "tiles_kept": n_kept,
+                "full_extract_px": int(wsi.full_extract_px), "mpp": wsi.mpp,
+                "mpp_source": wsi.mpp_source, "tile_px": int(tile_px), "tile_um": tile_um,
+                "slide_path": str(job.slide_path), "wsi": wsi.settings(),
+                "tfrecord_bytes": job.tfrecord.stat().st_size,
+                "tiles_saved": bool(opt.save_tiles),
+                "slideflow_version": __version__,
+            }
+            write_json_atomic(side, json.loads(json.dumps(meta, default=str)))  # metadata LAST
         except BaseException:
             if _stat(job.tfrecord) == old_file:  # old TFRecord untouched: old sidecar still true
                 if old_sidecar is None:
@@ -159,39 +193,13 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
                 else:
                     with contextlib.suppress(OSError, ValueError):
                         write_json_atomic(side, json.loads(old_sidecar))
+            else:  # ours, moved in but never described (e.g. the disk filled up): not kept
+                for p in (job.tfrecord, index_path_for(job.tfrecord), side):
+                    discard(p)
             raise
-        if loose is not None:  # the TFRecord is in place: move the loose tiles in too
-            final = job.tiles_dir / job.name
-            try:
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(loose, final)
-            finally:
-                shutil.rmtree(loose, ignore_errors=True)
-        if n < 10:
-            res.warnings.append(f"only {n} tiles")
-        res.tiles = n
-        if preview_width:
-            try:
-                buf = io.BytesIO()
-                # 128-colour PNG: ~40 kB per slide at 256 px, 5x smaller than full RGB
-                wsi.preview(width=preview_width).quantize(128).save(buf, format="PNG",
-                                                                   optimize=True)
-                res.preview_png = buf.getvalue()
-            except Exception as exc:  # a picture is never worth failing a slide
-                res.warnings.append(f"no preview ({exc})")
-        meta = {
-            "complete": True, "slide": job.name, "request": request, "tiles": n,
-            "tiles_in_grid": int(wsi.grid.size), "tiles_kept": n_kept,
-            "full_extract_px": int(wsi.full_extract_px), "mpp": wsi.mpp,
-            "mpp_source": wsi.mpp_source, "tile_px": int(tile_px), "tile_um": tile_um,
-            "slide_path": str(job.slide_path), "wsi": wsi.settings(),
-            "tfrecord_bytes": job.tfrecord.stat().st_size, "tiles_saved": bool(opt.save_tiles),
-            "slideflow_version": __version__,
-        }
-        write_json_atomic(side, json.loads(json.dumps(meta, default=str)))  # metadata LAST
     finally:
         wsi.close()
+
 
 def _write_tiles(job: ExtractJob, wsi: Any, coords: np.ndarray, order: np.ndarray | None,
                  opt: ExtractOptions, res: SlideResult, encode_pool: ThreadPoolExecutor,

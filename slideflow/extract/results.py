@@ -44,6 +44,8 @@ class ExtractionSummary(OutcomeCounts):
     results: dict[str, SlideResult] = field(default_factory=dict)
     seconds: float = 0.0
     reports: list[Path] = field(default_factory=list)
+    #: run-level problems (a report that could not be written, e.g. on a full disk)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -91,10 +93,11 @@ class ExtractionSummary(OutcomeCounts):
         rate = self.tiles / self.seconds if self.seconds else 0.0
         busy = len(self.busy)
         held = f", {busy} held by other processes" if busy else ""
+        errors = f"; {len(self.errors)} run errors" if self.errors else ""
         return (f"ExtractionSummary({self.label}: {len(self.done)} extracted, "
                 f"{len(self.skipped) - busy} reused{held}, {len(self.failed)} failed; "
                 f"{self.tiles} tiles in "
-                f"{self.seconds:.1f} s, {rate:.0f} tiles/s)")
+                f"{self.seconds:.1f} s, {rate:.0f} tiles/s{errors})")
 
     def _repr_html_(self) -> str:
         return summary_table_html(self)

@@ -16,7 +16,6 @@ complete); the caller moves the loose-tile folder into place after the TFRecord.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..io import imgcodec
-from ..io.atomic import tmp_prefix
+from ..io.atomic import close_quietly, discard, tmp_prefix
 from ..io.tfrecord import TFRecordWriter
 
 #: batches whose encoding may be in flight before the oldest one is written
@@ -127,21 +126,26 @@ class TFRecordSink:
             try:
                 self._finish()
             except BaseException as err:
-                self._cleanup(failed=True)
-                self._writer.__exit__(type(err), err, err.__traceback__)
+                try:
+                    self._cleanup(failed=True)
+                finally:
+                    self._writer.__exit__(type(err), err, err.__traceback__)
                 raise
-        self._cleanup(failed=exc_type is not None)
-        self._writer.__exit__(exc_type, exc, tb)
+        try:
+            self._cleanup(failed=exc_type is not None)
+        finally:  # the TFRecord is committed (or its temporary file removed) in any case
+            self._writer.__exit__(exc_type, exc, tb)
 
     def _cleanup(self, failed: bool) -> None:
+        """Release the staging file and, on failure, the loose tiles. Never raises for a full
+        disk: closing a file with unflushed bytes fails again there."""
         for _, futs in self._pending:
             for f in futs:
                 f.cancel()
         self._pending.clear()
         if self._staged is not None:
-            self._staged[0].close()
-            self._staged[1].unlink(missing_ok=True)
+            close_quietly(self._staged[0])
+            discard(self._staged[1])
             self._staged = None
         if failed and self.loose is not None:
-            shutil.rmtree(self.loose, ignore_errors=True)
-
+            discard(self.loose)

@@ -14,8 +14,9 @@ a level-0 read of `patch_size_level0` pixels, which covers the same area.
 
 Several extractors go into one file: in one pass (`BagWriter(..., encoders=[...])` with the
 columns of each side by side), or one after another (a later run with the same tiles merges its
-encoder into the existing file; other tiles are refused). The file is written under a
-temporary name and replaces the old one only when complete.
+encoder into the existing file; other tiles are refused). The file is built in memory
+(`h5_common.MemoryH5`: HDF5 never meets a full disk), written under a temporary name and
+replaces the old one only when complete.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ import numpy as np
 
 from ..errors import BagError
 from .base import CHUNK_ROWS, Bag, dumps_meta, geometry_attrs, parse_geometry
-from .h5_common import TempH5Sink, append_rows, create_rows, pick_encoder, py, write_attrs
+from .h5_common import MemoryH5Sink, append_rows, create_rows, pick_encoder, py, write_attrs
 
 
-class AtlasPatchSink(TempH5Sink):
-    """Streams rows into `<out>/patches/<slide>.h5` (temporary name until `close()`).
+class AtlasPatchSink(MemoryH5Sink):
+    """Rows for `<out>/patches/<slide>.h5`, built in memory and written on `close()`.
 
     `encoders` is a list of (name, dim): the incoming feature columns are split in that order,
     one `/features/<name>` dataset each.

@@ -9,12 +9,13 @@ run can tell leftovers of dead processes from the files a live process is writin
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,11 @@ def tmp_path_for(dest: str | os.PathLike) -> Path:
     fd, name = tempfile.mkstemp(prefix=tmp_prefix(dest.name), dir=dest.parent)
     try:
         os.fchmod(fd, 0o666 & ~umask())
-    finally:
+    except BaseException:
         os.close(fd)
+        discard(name)
+        raise
+    os.close(fd)
     return Path(name)
 
 
@@ -72,13 +76,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         if tmp.is_dir() or tmp.exists():
             os.replace(tmp, dest)
     except BaseException:
-        with contextlib.suppress(OSError):
-            if tmp.is_dir():
-                import shutil
-
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+        discard(tmp)
         raise
 
 
@@ -89,6 +87,25 @@ def atomic_open(dest: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def stage(dest: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """A complete, fsynced temporary file beside `dest`, NOT moved into place.
+
+    For outputs made of several files (data + index): stage every file first, then `os.replace`
+    them in order, so that a full disk fails before anything finished is touched. On error the
+    temporary file is removed.
+    """
+    tmp = tmp_path_for(dest)
+    try:
+        with open(tmp, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        discard(tmp)
+        raise
+    return tmp
 
 
 class AtomicWriter:
@@ -121,6 +138,53 @@ class AtomicWriter:
     def __del__(self) -> None:
         if not getattr(self, "finished", True):  # partially built objects count as finished
             self.abort()
+
+
+def close_quietly(fh: Any) -> None:
+    """Close a file whose contents are being discarded. Closing flushes the buffer, and on a
+    full disk that flush fails again; the error must not stop the temporary file's removal."""
+    if fh is not None:
+        with contextlib.suppress(OSError, ValueError):
+            fh.close()
+
+
+def discard(path: str | os.PathLike | None) -> None:
+    """Remove a temporary output (file or folder); a missing one is fine."""
+    if path is None:
+        return
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+#: errno values of a full disk or an exhausted quota
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full_error(exc: BaseException | None) -> OSError | None:
+    """The full-disk (or quota) OSError behind `exc`, if any: libraries that write through a
+    file object (torch.save) raise their own error from it."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def disk_full_text(exc: BaseException, where: Any) -> str | None:
+    """'disk full writing to <where> (...); ... free space and rerun' when `exc` comes from a
+    full disk (the writers have removed the slide's temporary files by then), else None."""
+    full = disk_full_error(exc)
+    if full is None:
+        return None
+    return (f"disk full writing to {where} ({full.strerror or full}); nothing of this slide "
+            "was kept: free space and rerun")
 
 
 def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:

@@ -9,6 +9,8 @@
 Multi-encoder files (AtlasPatch layout) keep one `coords` and a group `/features/<encoder>` of
 datasets; a new encoder is merged into an existing file by writing a complete copy under a
 temporary name and replacing the file (`add_h5_features`, or `BagWriter(..., encoder=)`).
+Files are built in memory and written whole (`h5_common.MemoryH5`): HDF5 never meets a full
+disk, which crashed the process.
 
 TRIDENT writes its geometry attributes on the `coords` dataset (trident/IO.py `coords_to_h5`,
 read back by `read_coords` from `f['coords'].attrs`), so we do the same. TRIDENT chunks one row
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import tmp_path_for
 from .base import (
     CHUNK_ROWS,
     GEOMETRY_KEYS,
@@ -38,10 +38,10 @@ from .base import (
     slide_of,
 )
 from .h5_common import (
-    TempH5Sink,
+    MemoryH5,
+    MemoryH5Sink,
     append_rows,
     create_rows,
-    fsync,
     pick_encoder,
     py,
     write_attrs,
@@ -68,8 +68,8 @@ def _layout(h5: Any, path: Path) -> str:
     return "multi" if isinstance(obj, h5py.Group) else "single"
 
 
-class H5Sink(TempH5Sink):
-    """Streams rows into `<slide>.h5.tmp-*` one chunk at a time; `close()` renames it."""
+class H5Sink(MemoryH5Sink):
+    """Rows go into an in-memory h5 one chunk at a time; `close()` writes it to `<slide>.h5`."""
 
     def __init__(self, path: Path, num_features: int, patch_size_level0: int,
                  meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None, *,
@@ -123,39 +123,33 @@ def add_h5_features(path: str | os.PathLike, encoder: str, features: Any,
                     meta: Mapping[str, Any] | None = None) -> Path:
     """Add (or replace) `/features/<encoder>` in an existing multi-encoder h5, atomically.
 
-    The file is copied to a temporary name, the dataset added there, and the copy replaces the
+    The file is changed in memory and written back under a temporary name that replaces the
     original; readers never see a half-written file. Rows must match the file's `coords`.
     """
-    import h5py
-
     path = Path(path)
     if not path.exists():
         raise BagError(f"{path}: not found; write the first encoder with write_bag(..., encoder=)")
     f = np.asarray(features, dtype=np.float32)
-    tmp = tmp_path_for(path)
+    mem = MemoryH5(path.read_bytes())  # changed in memory, written back in one go
     try:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "a") as h5:
-            layout = _layout(h5, path)
-            if layout == "single":
-                raise BagError(f"{path}: single-encoder layout (/features is a dataset); "
-                               "cannot add a named encoder")
-            n = h5["coords"].shape[0] if "coords" in h5 else None
-            if f.ndim != 2 or f.shape[0] != n:
-                raise BagError(f"{path}: features for {encoder!r} must be ({n}, D), got {f.shape}")
-            group = h5.require_group("features")
-            if encoder in group:
-                del group[encoder]
-            ds = create_rows(group, encoder, f.shape[1], "float32",
-                             min(max(f.shape[0], 1), CHUNK_ROWS), n=f.shape[0])
-            ds[...] = f
-            write_attrs(ds, _features_attrs(slide_of(path), encoder, dict(meta or {})))
-        fsync(tmp)
-        os.replace(tmp, path)
+        h5 = mem.file
+        if _layout(h5, path) == "single":
+            raise BagError(f"{path}: single-encoder layout (/features is a dataset); "
+                           "cannot add a named encoder")
+        n = h5["coords"].shape[0] if "coords" in h5 else None
+        if f.ndim != 2 or f.shape[0] != n:
+            raise BagError(f"{path}: features for {encoder!r} must be ({n}, D), got {f.shape}")
+        group = h5.require_group("features")
+        if encoder in group:
+            del group[encoder]
+        ds = create_rows(group, encoder, f.shape[1], "float32",
+                         min(max(f.shape[0], 1), CHUNK_ROWS), n=f.shape[0])
+        ds[...] = f
+        write_attrs(ds, _features_attrs(slide_of(path), encoder, dict(meta or {})))
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        mem.discard()
         raise
-    return path
+    return mem.commit(path)
 
 
 def list_h5_encoders(path: str | os.PathLike) -> list[str]:

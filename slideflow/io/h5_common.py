@@ -1,12 +1,20 @@
 """HDF5 pieces shared by the CLAM/TRIDENT writer (`h5`) and the AtlasPatch writer
 (`atlaspatch`): one way to write attributes, grow chunked datasets, pick an encoder's features,
-and write a file under a temporary name that replaces the old one only when complete (fsync,
-then `os.replace`), carrying the other encoders of an existing file over.
+and write a file that replaces the old one only when complete, carrying the other encoders of an
+existing file over.
+
+Files are built in memory (`MemoryH5`) and written to disk whole when complete (temporary name,
+fsync, `os.replace`). HDF5 cannot recover from a full disk: a failed flush leaves its file state
+broken, h5py flushes again when the object is finalised, and the process crashed (exit 139) at
+the next file it opened. In memory, HDF5 never meets the disk; the finished bytes go through
+`atomic.stage`, whose errors are plain OSErrors (the slide fails, its temporary file is removed,
+the run goes on). The cost is the memory of one bag while it is written, as for a `.pt`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -15,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import tmp_path_for
+from .atomic import stage
 from .base import CHUNK_ROWS, ChunkedSink
 
 
@@ -69,28 +77,49 @@ def pick_encoder(group: Any, path: Path, encoder: str | None) -> str:
     return encoder
 
 
-def fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class MemoryH5:
+    """An h5py File built in a BytesIO; `commit(dest)` writes it atomically (see module doc).
+
+    `initial` (the bytes of an existing file) opens that file for changes, else a new one.
+    """
+
+    def __init__(self, initial: bytes | None = None):
+        import h5py
+
+        self._buf: io.BytesIO | None = io.BytesIO(initial or b"")
+        self.file: Any = h5py.File(self._buf, "w" if initial is None else "a")
+
+    def commit(self, dest: Path) -> Path:
+        """Close the file and move its bytes to `dest` (temporary file + os.replace)."""
+        buf = self._buf
+        self.file.close()  # in memory: nothing here can fail for lack of disk space
+        try:
+            tmp = stage(dest, lambda fh: fh.write(buf.getbuffer()))
+        finally:
+            self._buf = None
+        os.replace(tmp, dest)
+        return dest
+
+    def discard(self) -> None:
+        """Drop the file (nothing was written to disk)."""
+        with contextlib.suppress(Exception):
+            self.file.close()
+        self._buf = None
 
 
-class TempH5Sink(ChunkedSink):
-    """A chunked sink writing `<path>.tmp-*` and moving it over `path` on `commit()`."""
+class MemoryH5Sink(ChunkedSink):
+    """A chunked sink building its h5 in memory and writing it over `path` on `_commit()`."""
 
     def __init__(self, path: Path, num_features: int, chunk_rows: int = CHUNK_ROWS):
         super().__init__(num_features, chunk_rows)
         self.path = Path(path)
-        self._tmp = tmp_path_for(self.path)
+        self._mem: MemoryH5 | None = None
         self._h5: Any = None
 
     def _create_file(self) -> Any:
-        import h5py
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._h5 = h5py.File(self._tmp, "w")
+        self._mem = MemoryH5()
+        self._h5 = self._mem.file
         return self._h5
 
     @contextlib.contextmanager
@@ -113,16 +142,11 @@ class TempH5Sink(ChunkedSink):
                 old.copy(ds, self._h5["features"], name=name)
 
     def _commit(self) -> Path:
-        """Close, fsync and move the complete file into place (metadata already written)."""
-        self._h5.close()
-        self._h5 = None
-        fsync(self._tmp)
-        os.replace(self._tmp, self.path)
-        return self.path
+        """Write the complete file into place (metadata already written)."""
+        mem, self._mem, self._h5 = self._mem, None, None
+        return mem.commit(self.path)
 
     def abort(self) -> None:
-        if self._h5 is not None:
-            with contextlib.suppress(Exception):
-                self._h5.close()
-            self._h5 = None
-        self._tmp.unlink(missing_ok=True)
+        if self._mem is not None:
+            self._mem.discard()
+        self._mem = self._h5 = None

@@ -111,10 +111,15 @@ def _create(path: Path, info: dict[str, Any]) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as fh:
-        json.dump(info, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # e.g. a full disk: an empty lock would block the slide for minutes
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
     return True
 
 

@@ -3,7 +3,8 @@
 
 The index's `arr_0` holds tile CENTRES (Slideflow's convention); we add `patch_size_level0` and
 a JSON `slideflow` member (geometry attrs + meta) so coordinates convert back to top-left
-corners. The .pt is moved into place first and the index written last (it is the metadata).
+corners. Both files are staged under temporary names first; then the .pt is moved into place and the
+index last (it is the metadata).
 torch is imported only when a .pt is written or read.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import atomic_open
+from .atomic import discard, stage
 from .bags_config import provenance_of, read_bags_config
 from .base import Bag, geometry_attrs, to_json
 from .npz import index_path_for, save_npz
@@ -55,6 +57,11 @@ class PtSink:
         self.rows = need
 
     def close(self) -> Path:
+        """Stage the .pt and its index as temporary files, then move both into place.
+
+        A full disk fails while staging, before anything is replaced: no .pt is ever left
+        without its index (the metadata), and an existing finished bag stays as it was.
+        """
         import torch
 
         n = self.rows
@@ -62,27 +69,46 @@ class PtSink:
         tensor = torch.from_numpy(self._f)
         centres = self._c[:n] + self.patch_size_level0 // 2
         index = index_path_for(self.path)
-        with atomic_open(self.path, "wb") as fh:  # a file object: fixed archive name, so
-            torch.save(tensor, fh)                 # reruns are byte-identical
-            index.unlink(missing_ok=True)          # no stale index beside the new .pt
         sidecar = {"format_version": 1, "coord_origin_arr_0": "centre",
                    "patch_size_level0": self.patch_size_level0, "attrs": self.attrs,
                    "meta": to_json(self.meta)}
-        write_pt_index(index, centres, sidecar)  # metadata last
+        # a file object: fixed archive name, so reruns are byte-identical
+        pt_tmp = stage(self.path, lambda fh: torch.save(tensor, fh))
+        index_tmp, moved = None, False
+        try:
+            index_tmp = stage_pt_index(index, centres, sidecar)
+            index.unlink(missing_ok=True)  # no stale index beside the new .pt
+            os.replace(pt_tmp, self.path)
+            moved = True
+            os.replace(index_tmp, index)  # metadata last
+        except BaseException:
+            discard(pt_tmp)
+            discard(index_tmp)
+            if moved:  # our .pt is in place without its index: not a bag
+                discard(self.path)
+            raise
         return self.path
 
     def abort(self) -> None:
         self._f = self._c = np.empty((0, 2))
 
 
+def _pt_index_arrays(centres: np.ndarray, sidecar: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    return {"arr_0": np.ascontiguousarray(centres, np.int64).reshape(-1, 2),
+            "patch_size_level0": np.asarray([sidecar["patch_size_level0"]], np.int64),
+            "slideflow": np.asarray([json.dumps(to_json(dict(sidecar)), sort_keys=True)])}
+
+
+def stage_pt_index(index: Path, centres: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
+    """`write_pt_index` into a temporary file beside `index` (not moved into place)."""
+    arrays = _pt_index_arrays(centres, sidecar)
+    return stage(index, lambda fh: save_npz(fh, arrays))
+
+
 def write_pt_index(index: Path, centres: np.ndarray, sidecar: Mapping[str, Any]) -> None:
     """Slideflow index: `arr_0` = (N, 2) centres; our extras (1-element arrays):
     `patch_size_level0` int64 and `slideflow` (JSON: attrs + meta). No pickled objects."""
-    arrays = {"arr_0": np.ascontiguousarray(centres, np.int64).reshape(-1, 2),
-              "patch_size_level0": np.asarray([sidecar["patch_size_level0"]], np.int64),
-              "slideflow": np.asarray([json.dumps(to_json(dict(sidecar)), sort_keys=True)])}
-    with atomic_open(index, "wb") as fh:
-        save_npz(fh, arrays)  # fixed zip timestamps -> byte-identical reruns
+    os.replace(stage_pt_index(index, centres, sidecar), index)  # fixed zip timestamps
 
 
 def load_pt_index(path: Path) -> tuple[np.ndarray, dict[str, Any]]:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import TFRecordError
-from .atomic import atomic_open
+from .atomic import stage
 from .npz import index_path_for, save_npz
 from .tfrecord_codec import FRAMING, parse_example, scan_records
 
@@ -36,14 +36,18 @@ class TFRecordIndex(NamedTuple):
         return int(self.offsets.shape[0])
 
 
-def write_index(path: str | os.PathLike, index: TFRecordIndex) -> Path:
-    """Write the index of the TFRecord at `path` atomically; returns the index path."""
+def stage_index(path: str | os.PathLike, index: TFRecordIndex) -> Path:
+    """The index of the TFRecord at `path` written to a temporary file beside it (not moved)."""
     arrays = {"arr_0": np.asarray(index.offsets, np.int64).reshape(-1, 2)}
     if index.locations is not None:
         arrays["locations"] = np.asarray(index.locations, np.int64).reshape(-1, 2)
+    return stage(index_path_for(path), lambda fh: save_npz(fh, arrays))
+
+
+def write_index(path: str | os.PathLike, index: TFRecordIndex) -> Path:
+    """Write the index of the TFRecord at `path` atomically; returns the index path."""
     dest = index_path_for(path)
-    with atomic_open(dest, "wb") as fh:
-        save_npz(fh, arrays)
+    os.replace(stage_index(path, index), dest)
     return dest
 
 

@@ -12,10 +12,10 @@ import numpy as np
 
 from ..errors import TFRecordError
 from . import protobuf
-from .atomic import AtomicWriter, tmp_path_for
+from .atomic import AtomicWriter, close_quietly, discard, tmp_path_for
 from .npz import index_path_for
 from .tfrecord_codec import FRAMING, U32, masked_crc
-from .tfrecord_index import TFRecordIndex, write_index
+from .tfrecord_index import TFRecordIndex, stage_index
 
 
 class TFRecordWriter(AtomicWriter):
@@ -77,25 +77,42 @@ class TFRecordWriter(AtomicWriter):
                              if self._has_locs else None)
 
     def close(self) -> None:
-        """Finish: fsync, drop the old index, rename into place, then write the index."""
+        """Finish: fsync, stage the index, drop the old index, rename both into place.
+
+        Everything that can fail on a full disk happens before anything is replaced; on such
+        a failure the temporary files are removed and an existing file at `path` is untouched.
+        """
         if self._done:
             return
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        index_tmp = None
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            if self.with_index:
+                index_tmp = stage_index(self.path, self.index)
+        except BaseException:
+            self.abort()
+            raise
         self._done = True
-        index_path_for(self.path).unlink(missing_ok=True)  # it describes the file we replace
-        os.replace(self._tmp, self.path)
-        if self.with_index:
-            write_index(self.path, self.index)
+        index = index_path_for(self.path)
+        try:
+            index.unlink(missing_ok=True)  # it describes the file we replace
+            os.replace(self._tmp, self.path)
+            if index_tmp is not None:
+                os.replace(index_tmp, index)
+        except BaseException:
+            discard(self._tmp)
+            discard(index_tmp)
+            raise
 
     def abort(self) -> None:
         """Discard everything written; an existing file at `path` is not touched."""
         if self._done:
             return
         self._done = True
-        self._fh.close()
-        self._tmp.unlink(missing_ok=True)
+        close_quietly(self._fh)  # its flush fails again on a full disk
+        discard(self._tmp)
 
     @property
     def finished(self) -> bool:
