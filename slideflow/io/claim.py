@@ -134,10 +134,13 @@ def move_aside(paths: Iterable[Path], folder: Path, dest: Path | None) -> tuple[
 def claim_config(path: str | os.PathLike, cfg: Mapping[str, Any], *, force: bool = False
                  ) -> Claim:
     """Claim a bag folder for `cfg` (see module doc); returns what was done."""
+    from .locks import clean_stale_temps
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _folder_lock(path)
     try:
+        clean_stale_temps(path.parent, path.name)  # a config write of a killed run
         try:
             existing = read_bags_config(path, missing_ok=True)
         except BagsConfigError:

@@ -306,3 +306,21 @@ def test_extraction_report_on_a_full_disk(tmp_path, monkeypatch, capsys):
     assert code == 1, (out, err)
     assert "0 extracted, 1 reused, 0 failed" in out and "1 run errors" in out
     assert "report not written (" in err and "No space left on device" in err
+
+
+@hostile("stale-config-temp", "a bags_config.json.tmp-* left by a run killed while claiming "
+         "the folder", "removed by the next run's claim (its owner is dead); the run's "
+         "outputs and nothing else remain (it survived every rerun)")
+def test_claim_removes_a_dead_runs_config_temp(ext, tmp_path):
+    import subprocess
+
+    from slideflow.io.atomic import TMP_MARK, host_tag
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "bags"
+    out.mkdir()
+    stale = out / f"bags_config.json{TMP_MARK}{dead.pid}-{host_tag()}-x1y2z3"
+    stale.write_text('{"half": ')
+    assert list(_bags(ext, out, jobs=JOBS[1:]).done) == ["B"]
+    assert outputs(out) == bag_files("pt", "B")
