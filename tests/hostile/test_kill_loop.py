@@ -1,4 +1,4 @@
-"""kill -9 at random points of `extract-tiles` (TFRecords) and `features` (bags), twice in a
+"""kill -9 at seeded random points of `extract-tiles` (TFRecords) and `features` (bags), twice in a
 row, then a rerun: the rerun finishes, its outputs are byte-identical to an uninterrupted run,
 and no temporary file, lock or half-finished output is left. Between kills, every output that
 looks finished must already be byte-identical to the uninterrupted run's.
@@ -72,6 +72,22 @@ def _leftovers(folder: Path) -> list[str]:
                   if TMP_MARK in p.name or ".lock" in p.name)
 
 
+POLL = 0.005  # s between looks at the output folder
+
+
+class _Progress:
+    """Finished outputs in a folder (final names with `suffix`; temporary names excluded)."""
+
+    def __init__(self, folder: Path, suffix: str):
+        self.folder, self.suffix = folder, suffix
+
+    def count(self) -> int:
+        if not self.folder.exists():
+            return 0
+        return sum(1 for p in self.folder.rglob(f"*{self.suffix}")
+                   if p.name.endswith(self.suffix) and TMP_MARK not in p.name)
+
+
 class _Workers:
     """Started one ahead, so that the next process imports while this one works."""
 
@@ -94,17 +110,28 @@ class _Workers:
         self.next = self._spawn()
         return p
 
-    def run(self, args: list[str]) -> float:
-        """Run the CLI with `args` to the end; returns its working seconds."""
+    def run(self, args: list[str], progress: _Progress) -> list[float]:
+        """Run the CLI with `args` to the end; returns when each output appeared (s)."""
         p = self._start(args)
-        t0 = time.perf_counter()
+        t0, seen, times = time.perf_counter(), progress.count(), []
+        while p.poll() is None:
+            now = progress.count()
+            times += [time.perf_counter() - t0] * (now - seen)
+            seen = now
+            time.sleep(POLL)
         p.communicate(timeout=600)
         assert p.returncode == 0
-        return time.perf_counter() - t0
+        times += [time.perf_counter() - t0] * (progress.count() - seen)
+        return times
 
-    def kill_at(self, args: list[str], delay: float) -> bool:
-        """Run the CLI with `args`, kill -9 it after `delay` s; True when it was killed."""
+    def kill_at(self, args: list[str], progress: _Progress, after: int, delay: float) -> bool:
+        """Run the CLI with `args`; kill -9 it `delay` s after `after` more outputs appeared
+        (progress, not wall time: a faster or slower machine still lands the kill inside the
+        work). True when it was killed before it ended."""
         p = self._start(args)
+        target = progress.count() + after
+        while p.poll() is None and progress.count() < target:
+            time.sleep(POLL)
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.communicate()
@@ -126,20 +153,32 @@ def _nothing_false_finished(out: Path, ref: dict[str, bytes]) -> None:
         assert rel in ref and data == ref[rel], f"{rel} looks finished but differs"
 
 
-def _loop(workers: _Workers, rerun, args_for, out_of) -> tuple[dict[str, bytes], int]:
+def _loop(workers: _Workers, rerun, args_for, out_of,
+          suffix: str) -> tuple[dict[str, bytes], int]:
     """The uninterrupted run (its bytes: the reference), then the kill rounds; returns the
-    reference and how many kills left the work unfinished (the others came after the end)."""
+    reference and how many kills left the work unfinished (the others came after the end).
+
+    Each kill waits for a seeded random number of new outputs (fewer than remain), then a
+    seeded random delay shorter than the reference run's time per output: before the first
+    output, within a write, or between two."""
     ref_root = workers.script.parent / "ref"
-    span = workers.run(args_for(ref_root))
+    times = workers.run(args_for(ref_root), _Progress(out_of(ref_root), suffix))
+    assert len(times) == 3, times  # one output per slide, each seen appearing
     ref = _outputs(out_of(ref_root))
+    per_output = (times[-1] - times[0]) / max(len(times) - 1, 1)
     rng = random.Random(11)
     interrupted = 0
     try:
         for r in range(ROUNDS):
             root = workers.script.parent / f"round{r}"
             args = args_for(root)
-            for k in range(KILLS):  # the second kill lands on the first one's leftovers
-                workers.kill_at(args, rng.uniform(0.05, span / (k + 1)))
+            progress = _Progress(out_of(root), suffix)
+            for _ in range(KILLS):  # the second kill lands on the first one's leftovers
+                todo = len(times) - progress.count()
+                after = rng.randrange(todo) if todo > 0 else 0
+                delay = rng.uniform(0.05, times[0]) if after == 0 else \
+                    rng.uniform(0.0, 0.5 * per_output)
+                workers.kill_at(args, progress, after, delay)
                 out = out_of(root)
                 if out.exists():
                     _nothing_false_finished(out, ref)
@@ -171,9 +210,9 @@ def test_kill_loop_extract_tiles(tmp_path, slide_dir):
         return root / "tfrecords"
 
     ref, interrupted = _loop(_Workers(tmp_path, 0), lambda a: runner.invoke(app, a),
-                             project, out_of)
+                             project, out_of, ".tfrecords")
     assert len([k for k in ref if k.endswith(".tfrecords")]) == 3
-    assert interrupted >= ROUNDS  # most kills landed while slides were being written
+    assert interrupted >= ROUNDS, interrupted  # kills landed while slides were being written
 
 
 @hostile("kill-9-loop-features", "kill -9 at seeded random points of `features` (3 slides, "
@@ -194,7 +233,7 @@ def test_kill_loop_features(tmp_path, slide_dir):
         return runner.invoke(app, args[:-2])  # registered in this process already
 
     ref, interrupted = _loop(_Workers(tmp_path, torch.get_num_threads()), rerun, args_for,
-                        lambda root: root / "bags")
+                             lambda root: root / "bags", ".pt")
     assert sorted(ref) == sorted(["bags_config.json"] + [f"{n}{s}" for n in SLIDES
                                                          for s in (".pt", ".index.npz")])
-    assert interrupted >= ROUNDS
+    assert interrupted >= ROUNDS, interrupted
