@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from state_dict_shapes import layernorm as _ln
+from state_dict_shapes import linear as _lin
 
 import slideflow as sf
 from slideflow.errors import WeightsError
@@ -167,12 +169,6 @@ def test_pooling_and_layer_variants():
         sf.build_slide_encoder("gigapath_slide", pretrained=False, device="cpu", layer=4, **kw)
 
 
-def _lin(prefix, out_f, in_f):
-    return {f"{prefix}.weight": (out_f, in_f), f"{prefix}.bias": (out_f,)}
-
-
-def _ln(prefix, n):
-    return {f"{prefix}.weight": (n,), f"{prefix}.bias": (n,)}
 
 
 def gigapath_official(depth):

@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from state_dict_shapes import layernorm as _ln
+from state_dict_shapes import linear as _lin
 
 import slideflow as sf
 from slideflow.errors import WeightsError
@@ -71,12 +73,6 @@ def test_alibi_bias_and_permutation_invariance():
         enc(feats, coords)
 
 
-def _lin(prefix, out_f, in_f):
-    return {f"{prefix}.weight": (out_f, in_f), f"{prefix}.bias": (out_f,)}
-
-
-def _ln(prefix, n):
-    return {f"{prefix}.weight": (n,), f"{prefix}.bias": (n,)}
 
 
 def _block(prefix, layerscale):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from state_dict_shapes import layernorm as _ln
+from state_dict_shapes import linear as _lin
 
 import slideflow as sf
 from slideflow.errors import WeightsError
@@ -61,15 +63,6 @@ def test_weight_sharing_and_cross_attention():
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
-def _lin(prefix, out_f, in_f, bias=True):
-    d = {f"{prefix}.weight": (out_f, in_f)}
-    if bias:
-        d[f"{prefix}.bias"] = (out_f,)
-    return d
-
-
-def _ln(prefix, n):
-    return {f"{prefix}.weight": (n,), f"{prefix}.bias": (n,)}
 
 
 def prism_official(latents=4, dim=16, context=2560, depth=3, tdepth=2, dedup=False):

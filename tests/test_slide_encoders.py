@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from state_dict_shapes import layernorm as _ln
+from state_dict_shapes import linear as _lin
 
 import slideflow as sf
 from slideflow.errors import SlideEncoderNotFound, WeightsError
@@ -93,15 +95,6 @@ def test_unknown_model_option_is_an_error():
 
 
 # ------------------------------------------------------------------ official key layouts
-def _lin(prefix, out_f, in_f, bias=True):
-    d = {f"{prefix}.weight": (out_f, in_f)}
-    if bias:
-        d[f"{prefix}.bias"] = (out_f,)
-    return d
-
-
-def _ln(prefix, n):
-    return {f"{prefix}.weight": (n,), f"{prefix}.bias": (n,)}
 
 
 def feather_official():
