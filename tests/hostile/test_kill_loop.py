@@ -84,8 +84,7 @@ class _Progress:
     def count(self) -> int:
         if not self.folder.exists():
             return 0
-        return sum(1 for p in self.folder.rglob(f"*{self.suffix}")
-                   if p.name.endswith(self.suffix) and TMP_MARK not in p.name)
+        return sum(TMP_MARK not in p.name for p in self.folder.rglob(f"*{self.suffix}"))
 
 
 class _Workers:
