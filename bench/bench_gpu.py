@@ -17,7 +17,7 @@ $SLIDEFLOW_BENCH_CACHE and reads it at 224 px / 112 µm (as-is level 0, no QC). 
                `extractor('x.tfrecords')` per decoder
 
 `vs limit`: reader rows divide by the libjpeg-turbo rate of the same stored tiles on the same
-threads (measured right before each reader repeat, best of --repeats for both); model rows by
+threads (--rounds interleaved decode/read rounds, median of each); model rows by
 the first row of their model. CUDA-only rows print "skipped (no CUDA)" on a CPU run.
 Sections are functions `(ctx) -> list[Row]` in SECTIONS.
 """
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -170,18 +171,19 @@ def reader_rows(ctx: Context) -> list[Row]:
     streams, layout = stored_streams(ctx.slide)
     stored_mpix = len(streams) * layout.tile_w * layout.tile_h / 1e6
     for threads in ctx.args.threads:
-        # paired with a decode of the same stored tiles right before it, best of each over the
-        # repeats, so a loaded machine slows both sides of the ratio alike
-        best_read, best_dec, n = float("inf"), float("inf"), 0
-        for _ in range(max(1, ctx.args.repeats)):
-            best_dec = min(best_dec, decode_seconds(streams, threads))
+        # interleaved rounds of (decode the same stored tiles, read), medians of each: a noisy
+        # or loaded machine slows both sides alike, and one lucky run on either side (what a
+        # best-of would keep) does not decide the ratio
+        dec_s, read_s, n = [], [], 0
+        for _ in range(max(1, ctx.args.rounds)):
+            dec_s.append(decode_seconds(streams, threads))
             t = time.perf_counter()
             n = read("stored", threads, "cpu")
-            best_read = min(best_read, time.perf_counter() - t)
+            read_s.append(time.perf_counter() - t)
         key = f"cpu{threads}-paired"
-        ctx.limits[key] = stored_mpix / best_dec
-        rows.append(Row("reader", f"stored tiles, cpu decoder, {threads} threads", n, best_read,
-                        n * out_mpix_per_tile, limit_key=key))
+        ctx.limits[key] = stored_mpix / statistics.median(dec_s)
+        rows.append(Row("reader", f"stored tiles, cpu decoder, {threads} threads", n,
+                        statistics.median(read_s), n * out_mpix_per_tile, limit_key=key))
     if not ctx.cuda:
         rows.append(skipped("reader", "stored tiles, cuda decoder (nvJPEG)"))
     else:
@@ -402,6 +404,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--tiles", type=int, default=2048, help="tiles for the model's batch rows")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="interleaved decode/read rounds for the reader rows (medians)")
     ap.add_argument("--max-tiles", type=int, default=None, help="cap for decoder rows")
     ap.add_argument("--models", nargs="+", default=[v[0] for v in MODELS.values()],
                     choices=[v[0] for v in MODELS.values()])
@@ -410,7 +414,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     help="run only these sections (model rows need extract)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.size, args.batch, args.tiles, args.repeats = 900, 8, 16, 1
+        args.size, args.batch, args.tiles, args.repeats, args.rounds = 900, 8, 16, 1, 1
     cores = usable_cores()
     args.threads = args.threads or sorted({1, min(4, cores), cores})
     cache = Path(os.environ.get("SLIDEFLOW_BENCH_CACHE", tempfile.gettempdir()))

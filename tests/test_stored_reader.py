@@ -217,7 +217,8 @@ def test_torch_area_resize_matches_cv2(n_in, n_out):
     np.testing.assert_allclose(area_matrix(n_in, n_out).sum(1), 1.0)
 
 
-def test_corrupt_stored_tile_names_the_file(tmp_path, pyramid):
+@pytest.mark.parametrize("threads, batch", [(1, 64), (2, 1), (2, 5)])
+def test_corrupt_stored_tile_names_the_file(tmp_path, pyramid, threads, batch):
     path = tmp_path / "corrupt.tif"
     shutil.copy(pyramid, path)
     with tifffile.TiffFile(path) as tf:
@@ -227,7 +228,20 @@ def test_corrupt_stored_tile_names_the_file(tmp_path, pyramid):
         fh.write(b"\x00" * n)
     wsi = sf.WSI(path, 256, 256 * MPP)
     with pytest.raises(errors.SlideReadError, match="corrupt.tif.*col 1, row 0"):
-        _all(wsi)
+        _all(wsi, num_threads=threads, batch_size=batch)
+
+
+def test_abandoned_iteration_stops_its_threads(pyramid):
+    """Closing the batch iterator early (a consumer that stops) leaves no reader threads."""
+    import threading
+
+    wsi = sf.WSI(pyramid, 200, 300 * MPP, use_edge_tiles=True)
+    it = wsi.tiles(batch_size=2, num_threads=2)
+    first, _ = next(it)
+    it.close()
+    assert first.shape == (2, 200, 200, 3)
+    assert not [t for t in threading.enumerate() if t.name.startswith("sf-stored")]
+    np.testing.assert_array_equal(first, _all(wsi)[:2])
 
 
 def test_reader_threads_default_to_usable_cores():

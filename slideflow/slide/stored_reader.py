@@ -12,7 +12,9 @@ missing tiles are white, as the region reader returns them.
 Batches come out as `(tiles, coords)` in coords order, whatever the thread count:
 
 - CPU decoder: tiles is a numpy uint8 (B, tile_px, tile_px, 3) array. Reads, decodes and cuts
-  run in a thread pool (simplejpeg and cv2 release the GIL).
+  run in a thread pool (simplejpeg, numpy copies and cv2 release the GIL). A cut task waits
+  on nothing: it counts the decode groups it needs, and the thread that finishes the last of
+  them cuts at once, while those stored tiles are still in its cache (`_Scheduler`).
 - torch decoder: tiles is a torch uint8 (B, tile_px, tile_px, 3) contiguous tensor on the
   decoder's device; cutting (a gather) and area resampling run there, so a CUDA decoder hands
   tiles to the model without a host round trip.
@@ -22,9 +24,10 @@ coords is always a numpy int64 (B, 2) array of level-0 top-left corners.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -67,13 +70,16 @@ class StoredTileReader:
         self.c1 = np.minimum((self.lx + r - 1) // lay.tile_w, lay.cols - 1)
         self.r0 = np.minimum(self.ly // lay.tile_h, lay.rows)
         self.r1 = np.minimum((self.ly + r - 1) // lay.tile_h, lay.rows - 1)
+        # python ints for the per-tile planning loops (numpy scalars are ~10x slower to index)
+        self._spans = list(zip(self.r0.tolist(), self.r1.tolist(), self.c0.tolist(),
+                               self.c1.tolist()))
 
     # -- planning -------------------------------------------------------------------------
     def keys(self, i: int) -> list[int]:
         """Flat indices of the stored tiles output tile i overlaps (row-major)."""
         cols = self.layout.cols
-        return [r * cols + c for r in range(int(self.r0[i]), int(self.r1[i]) + 1)
-                for c in range(int(self.c0[i]), int(self.c1[i]) + 1)]
+        r0, r1, c0, c1 = self._spans[i]
+        return [r * cols + c for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
 
     def batch_keys(self, start: int, stop: int) -> list[int]:
         seen: dict[int, None] = {}
@@ -158,14 +164,20 @@ class StoredTileReader:
             self.decoder = saved
         return out
 
-    def _cut_chunk(self, out: np.ndarray, start: int, stop: int, base: int,
-                   futs: dict[int, Future]) -> None:
-        cache: dict[int, Any] = {}
+    def _cut_into(self, out: np.ndarray, start: int, stop: int, base: int,
+                  tiles: dict[int, Any]) -> None:
+        """Output tiles start..stop into out[start - base:]; as-is reads are pasted straight
+        into their slot (no intermediate region)."""
+        if self.choice.needs_resize:
+            for i in range(start, stop):
+                out[i - base] = self.cut(i, tiles)
+            return
+        r = self.choice.read_px
         for i in range(start, stop):
-            for k in self.keys(i):
-                if k not in cache:
-                    cache[k] = futs[k].result()[k]
-            out[i - base] = self.cut(i, cache)
+            dst = out[i - base]
+            if self._paste(i, tiles, dst) != r * r:  # edge or missing tile: white background
+                dst[:] = 255
+                self._paste(i, tiles, dst)
 
     def iter_batches(self, batch_size: int = 64, num_threads: int | None = None,
                      read_ahead: int | None = None) -> Iterator[tuple[Any, np.ndarray]]:
@@ -187,42 +199,25 @@ class StoredTileReader:
             batch_keys.append(ks)
             for k in ks:
                 last_use[k] = b
-        owner: dict[int, Future] = {}
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sf-stored")
-        pending: deque[tuple[int, np.ndarray, list[Future]]] = deque()
-        # FIFO pool: a cut task is queued after every decode it waits on, so it cannot deadlock
         chunk = max(1, min(CUT_CHUNK, -(-batch_size // threads)))
+        sched = _Scheduler(self, threads)
+        pending: deque[tuple[int, np.ndarray, _Batch]] = deque()
         next_b = 0
         try:
             while next_b < len(bounds) or pending:
                 while next_b < len(bounds) and len(pending) < window:
                     a, z = bounds[next_b]
-                    new = [k for k in batch_keys[next_b] if k not in owner]
-                    for g in self._groups(new):
-                        f = pool.submit(self._decode_group, g)
-                        for k in g:
-                            owner[k] = f
                     out = np.empty((z - a, px, px, 3), np.uint8)
-                    cuts = []
-                    for s in range(a, z, chunk):
-                        e = min(s + chunk, z)
-                        deps = {k: owner[k] for i in range(s, e) for k in self.keys(i)}
-                        cuts.append(pool.submit(self._cut_chunk, out, s, e, a, deps))
-                    pending.append((next_b, out, cuts))
+                    done = sched.plan(out, a, z, chunk, batch_keys[next_b])
+                    pending.append((next_b, out, done))
                     next_b += 1
-                b, out, cuts = pending.popleft()
-                for f in cuts:
-                    f.result()
-                for k in batch_keys[b]:
-                    if last_use[k] == b:
-                        owner.pop(k, None)
+                b, out, done = pending.popleft()
+                done.wait()
+                sched.release([k for k in batch_keys[b] if last_use[k] == b])
                 a, z = bounds[b]
                 yield out, self.coords[a:z].copy()
         finally:
-            for _, _, cuts in pending:
-                for f in cuts:
-                    f.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
+            sched.close()
 
     # -- torch path -----------------------------------------------------------------------
     def _iter_torch(self, batch_size: int) -> Iterator[tuple[Any, np.ndarray]]:
@@ -281,6 +276,131 @@ class StoredTileReader:
         iy = (gy % lay.tile_h)[:, :, None].expand_as(idx)
         ix = (gx % lay.tile_w)[:, None, :].expand_as(idx)
         return stack[idx, iy, ix]
+
+
+class _Batch:
+    """One batch in flight: how many of its cut chunks are left, and the first error."""
+
+    def __init__(self, chunks: int):
+        self.left = chunks
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+
+    def wait(self) -> None:
+        self.event.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class _Group:
+    """A decode task (a run of stored tiles): done flag, error, cut chunks waiting on it."""
+
+    __slots__ = ("keys", "done", "error", "waiting")
+
+    def __init__(self, keys: list[int]):
+        self.keys = keys
+        self.done = False
+        self.error: BaseException | None = None
+        self.waiting: list[_Cut] = []
+
+
+class _Cut:
+    """A cut task: output tiles start..stop of a batch, and how many decode groups it awaits."""
+
+    __slots__ = ("left", "out", "start", "stop", "base", "batch")
+
+    def __init__(self, left: int, out: np.ndarray, start: int, stop: int, base: int,
+                 batch: _Batch):
+        self.left, self.out, self.start, self.stop, self.base, self.batch = (
+            left, out, start, stop, base, batch)
+
+
+class _Scheduler:
+    """Runs decode groups and cut chunks on a thread pool with dependency counts, not waits.
+
+    A blocking `future.result()` inside a cut task idles its worker while another decodes; on
+    two cores that cost 10-20 % of the reader's rate. Here the thread that completes the last
+    decode group a cut chunk needs runs that chunk immediately (the tiles are cache-hot), and a
+    chunk whose groups are already done is queued directly. Decoded tiles live in `tiles` until
+    the last batch that uses them has been yielded (`release`).
+    """
+
+    def __init__(self, reader: StoredTileReader, threads: int):
+        self.reader = reader
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sf-stored")
+        self.lock = threading.Lock()
+        self.tiles: dict[int, Any] = {}  # decoded stored tiles (None: missing in the file)
+        self.group_of: dict[int, _Group] = {}
+
+    def plan(self, out: np.ndarray, a: int, z: int, chunk: int, keys: list[int]) -> _Batch:
+        """Queue the decodes and cuts of output tiles a..z (writing into out)."""
+        r = self.reader
+        batch = _Batch(-(-(z - a) // chunk))
+        ready: list[_Cut] = []
+        with self.lock:
+            groups = [_Group(g) for g in r._groups([k for k in keys if k not in self.group_of])]
+            for g in groups:
+                for k in g.keys:
+                    self.group_of[k] = g
+            for s in range(a, z, chunk):
+                e = min(s + chunk, z)
+                deps = {id(g): g for i in range(s, e) for k in r.keys(i)
+                        for g in (self.group_of[k],)}
+                for g in deps.values():
+                    if g.done and g.error is not None and batch.error is None:
+                        batch.error = g.error
+                waits = [g for g in deps.values() if not g.done]
+                cut = _Cut(len(waits), out, s, e, a, batch)
+                for g in waits:
+                    g.waiting.append(cut)
+                if not waits:
+                    ready.append(cut)
+        for g in groups:
+            self.pool.submit(self._decode, g)
+        for cut in ready:
+            self.pool.submit(self._cut, cut)
+        return batch
+
+    def _decode(self, group: _Group) -> None:
+        try:
+            decoded, error = self.reader._decode_group(group.keys), None
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller by every batch using it
+            decoded, error = {}, exc
+        with self.lock:
+            self.tiles.update(decoded)
+            group.done, group.error = True, error
+            ready = []
+            for cut in group.waiting:
+                if error is not None and cut.batch.error is None:
+                    cut.batch.error = error
+                cut.left -= 1
+                if cut.left == 0:
+                    ready.append(cut)
+            group.waiting = []
+        for cut in ready:
+            self._cut(cut)
+
+    def _cut(self, cut: _Cut) -> None:
+        batch = cut.batch
+        try:
+            if batch.error is None:
+                self.reader._cut_into(cut.out, cut.start, cut.stop, cut.base, self.tiles)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            batch.error = batch.error or exc
+        with self.lock:
+            batch.left -= 1
+            if batch.left == 0:
+                batch.event.set()
+
+    def release(self, keys: list[int]) -> None:
+        """Forget stored tiles no later batch uses."""
+        with self.lock:
+            for k in keys:
+                self.tiles.pop(k, None)
+                self.group_of.pop(k, None)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pad_hwc(t: Any, h: int, w: int) -> Any:
