@@ -2,7 +2,9 @@
 extraction, and per model every way of feeding it), measured against its own limits.
 
 Run on a CUDA host:   python bench/bench_gpu.py                        (about 2-4 minutes)
-Dry run on CPU:       python bench/bench_gpu.py --device cpu --quick   (every code path, small)
+Dry run on CPU:       python bench/bench_gpu.py --device cpu --quick   (every CPU row, small)
+Rehearsal on CPU:     python bench/bench_gpu.py --device cpu --quick --gpu-rows-on-cpu
+                      (also the CUDA-only rows, with torch's decoders on the CPU)
 
 It builds (once) a JPEG pyramid of --size x --size px from CMU-1 pixels (bench/synthetic.py) in
 $SLIDEFLOW_BENCH_CACHE and reads it at 224 px / 112 µm (as-is level 0, no QC). Sections:
@@ -80,6 +82,15 @@ class Context:
     def cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    @property
+    def gpu_rows(self) -> bool:
+        """Run the CUDA-only rows: on CUDA, or on the CPU with --gpu-rows-on-cpu."""
+        return self.cuda or self.args.gpu_rows_on_cpu
+
+    def torch_decoder(self) -> TorchDecoder:
+        """The GPU decoder (nvJPEG on CUDA; torchvision's CPU decoder on a CPU rehearsal)."""
+        return TorchDecoder(self.device)
+
     def sync(self) -> None:
         if self.cuda:
             import torch
@@ -134,10 +145,10 @@ def decoder_rows(ctx: Context) -> list[Row]:
         ctx.limits[f"cpu{threads}"] = mpix / secs
         rows.append(Row("decode", f"libjpeg-turbo, {threads} threads", len(streams), secs,
                         mpix))
-    if not ctx.cuda:
+    if not ctx.gpu_rows:
         rows.append(skipped("decode", f"nvJPEG, batch {ctx.args.batch}"))
     else:
-        dec = TorchDecoder(ctx.device)
+        dec = ctx.torch_decoder()
         batch = ctx.args.batch
 
         def run() -> None:
@@ -158,7 +169,7 @@ def reader_rows(ctx: Context) -> list[Row]:
     rows = []
     out_mpix_per_tile = TILE_PX * TILE_PX / 1e6
 
-    def read(tile_reader: str, threads: int, decoder: str) -> int:
+    def read(tile_reader: str, threads: int, decoder: Any) -> int:
         wsi = sf.WSI(ctx.slide, TILE_PX, TILE_UM, tile_reader=tile_reader)
         n = 0
         for tiles, _ in wsi.tiles(batch_size=ctx.args.batch, num_threads=threads,
@@ -184,12 +195,12 @@ def reader_rows(ctx: Context) -> list[Row]:
         ctx.limits[key] = stored_mpix / statistics.median(dec_s)
         rows.append(Row("reader", f"stored tiles, cpu decoder, {threads} threads", n,
                         statistics.median(read_s), n * out_mpix_per_tile, limit_key=key))
-    if not ctx.cuda:
+    if not ctx.gpu_rows:
         rows.append(skipped("reader", "stored tiles, cuda decoder (nvJPEG)"))
     else:
-        read("stored", 1, ctx.device)  # warm-up
-        secs, n = best_of(lambda: read("stored", 1, ctx.device), ctx.args.repeats)
-        rows.append(Row("reader", f"stored tiles, {ctx.device} decoder", n, secs,
+        read("stored", 1, ctx.torch_decoder())  # warm-up
+        secs, n = best_of(lambda: read("stored", 1, ctx.torch_decoder()), ctx.args.repeats)
+        rows.append(Row("reader", f"stored tiles, torch decoder on {ctx.device}", n, secs,
                         n * out_mpix_per_tile, limit_key="cuda"))
     for threads in ctx.args.threads:
         secs, n = best_of(lambda t=threads: read("region", t, "cpu"), 1)
@@ -315,17 +326,17 @@ def model_rows(ctx: Context) -> list[Row]:
         for decoder in ("cpu", "cuda"):
             for t in threads:
                 what = f"extractor(wsi), {decoder} decoder, {t} threads"
-                if decoder == "cuda" and not ctx.cuda:
+                if decoder == "cuda" and not ctx.gpu_rows:
                     rows.append(skipped(label, what))
                     continue
                 wsi = sf.WSI(ctx.slide, TILE_PX, TILE_UM)
-                dec = "cpu" if decoder == "cpu" else ctx.device
+                dec = "cpu" if decoder == "cpu" else ctx.torch_decoder()
                 rows.append(timed_row(ctx, label, what, lambda e=ext, w=wsi, t=t, d=dec: len(
                     e(w, num_threads=t, decoder=d).rows)))
                 wsi.close()
         for decoder in ("cpu", "nvjpeg"):
             what = f"extractor('x.tfrecords'), {decoder} decoder"
-            if decoder == "nvjpeg" and not ctx.cuda:
+            if decoder == "nvjpeg" and not ctx.gpu_rows:
                 rows.append(skipped(label, what))
                 continue
             rows.append(timed_row(ctx, label, what,
@@ -404,6 +415,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--tiles", type=int, default=2048, help="tiles for the model's batch rows")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--gpu-rows-on-cpu", action="store_true",
+                    help="rehearse the CUDA-only rows with torch's CPU decoders (checks the "
+                         "code paths before a GPU session; their rates mean nothing)")
     ap.add_argument("--rounds", type=int, default=7,
                     help="interleaved decode/read rounds for the reader rows (medians)")
     ap.add_argument("--max-tiles", type=int, default=None, help="cap for decoder rows")
