@@ -8,13 +8,14 @@ from pathlib import Path
 from ...errors import SlideNotFoundError, UnsupportedSlideError
 from .base import SlideReader
 
-#: backend name -> (module, class); 'auto' tries them in this order
+#: backend name -> (module, class); 'auto' tries AUTO_ORDER (vips and cucim: only when asked)
 BACKENDS: dict[str, tuple[str, str]] = {
     "openslide": ("slideflow.slide.backends.openslide_backend", "OpenSlideReader"),
     "tiffslide": ("slideflow.slide.backends.tiffslide_backend", "TiffSlideReader"),
     "dicom": ("slideflow.slide.backends.dicom_backend", "DicomReader"),
     "vips": ("slideflow.slide.backends.vips_backend", "VipsReader"),
     "image": ("slideflow.slide.backends.image_backend", "ImageReader"),
+    "cucim": ("slideflow.slide.backends.cucim_backend", "CuCIMReader"),
 }
 AUTO_ORDER = ("openslide", "tiffslide", "dicom", "image")
 #: plain image formats: opened by the 'image' backend only (no WSI library reads them)
