@@ -14,6 +14,7 @@ Two cuCIM behaviours this class hides:
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,30 @@ class CuCIMReader(SlideReader):
         w0, h0 = self._dims[0]
         return [(w0 / w + h0 / h) / 2.0 for w, h in self._dims]
 
-    @property
+    @cached_property
     def mpp(self) -> float | None:
-        """Aperio `MPP`, else the TIFF resolution tags (as openslide reads them), else None."""
+        """Aperio `MPP`, else the TIFF resolution tags (as openslide reads them), else None.
+
+        The resolution is read as the exact TIFF rational (tifffile): cuCIM reports it as a
+        float32, which turns a stored 0.499 into 0.4990000020.
+        """
         aperio = positive_float(self._meta.get("aperio", {}).get("MPP"))
         if aperio:
             return aperio
         tiff = self._meta.get("tiff", {})
         per_unit = _UNIT_MICRONS.get(str(tiff.get("resolution_unit", "")).lower())
         xres = positive_float(tiff.get("x_resolution"))
-        return per_unit / xres if per_unit and xres else None
+        if not per_unit or not xres:
+            return None
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(self.path) as tf:
+                num, den = tf.pages[0].tags["XResolution"].value
+            xres = positive_float(num / den) or xres
+        except Exception:  # noqa: BLE001 - keep cuCIM's float32 value
+            pass
+        return per_unit / xres
 
     @property
     def vendor(self) -> str | None:
