@@ -17,7 +17,7 @@ $(STAMP):
 # cuCIM backend, CPU reading only (so its tests run in CI): the wheel plus its two
 # pure-Python imports; cupy and the nvidia-* libraries it lists are needed only on GPU
 # hosts, where `pip install slideflow[cucim]` installs them
-	$(BIN)/python -m pip install -q --no-deps cucim-cu13 lazy_loader click
+	$(BIN)/python -m pip install -q --no-deps cucim-cu13==26.10.0 lazy_loader click
 	@for d in slideflow_gpl slideflow_noncommercial; do \
 	  if [ -f $$d/pyproject.toml ]; then $(BIN)/python -m pip install -q --no-deps -e ./$$d || exit 1; fi; done
 	@rm -f $(VENV)/.stamp-*
