@@ -5,14 +5,18 @@ The Makefile installs cuCIM's CPU reader (`cucim-cu13 --no-deps`), so CI runs th
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import CMU, CMU_TIFF, NDPI, TCGA_J2K
 
-pytest.importorskip("cucim")
+# through the backend module: it sets cuFile's log path before cucim is first imported
+pytest.importorskip("slideflow.slide.backends.cucim_backend")
 
 import slideflow as sf  # noqa: E402
 from slideflow.errors import UnsupportedSlideError  # noqa: E402
@@ -131,3 +135,16 @@ def test_missing_cucim_says_not_installed(slides, monkeypatch):
     monkeypatch.setitem(sys.modules, "cucim", None)  # `import cucim` -> ImportError
     with pytest.raises(UnsupportedSlideError, match="backend 'cucim' is not installed"):
         sf.WSI(CMU, 128, 256, backend="cucim")
+
+
+def test_no_cufile_log_in_the_working_directory(slides, tmp_path):
+    """With torch's CUDA libraries installed, `import cucim` initialises cuFile, which wrote
+    cufile.log into the current directory; the backend points it at the temp folder."""
+    code = ("import torch\nfrom slideflow.slide.backends import open_reader\n"
+            f"open_reader({str(CMU)!r}, 'cucim').read_region(0, 0, 0, 8, 8)\n")
+    env = {k: v for k, v in os.environ.items() if k != "CUFILE_LOGFILE_PATH"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    assert not (tmp_path / "cufile.log").exists()

@@ -14,14 +14,22 @@ Two cuCIM behaviours this class hides:
 
 from __future__ import annotations
 
+import os
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cucim import CuImage  # this module is imported only when backend='cucim' is asked for
 
-from .base import SlideReader, pad_to, positive_float
+# Importing cucim where libcufile is installed (torch's CUDA wheels bring it) initialises
+# cuFile, which writes `cufile.log` into the current directory (on CPU hosts: "unable to load
+# libcuda.so.1"). Keep it out of the user's folder unless they chose a log path themselves.
+os.environ.setdefault("CUFILE_LOGFILE_PATH", os.path.join(tempfile.gettempdir(), "cufile.log"))
+
+from cucim import CuImage  # noqa: E402 - imported only when backend='cucim' is asked for
+
+from .base import SlideReader, pad_to, positive_float  # noqa: E402
 
 #: TIFF ResolutionUnit names cuCIM reports -> microns per unit
 _UNIT_MICRONS = {"centimeter": 10_000.0, "inch": 25_400.0}
