@@ -152,3 +152,51 @@ def test_extract_tiles_skips_a_held_slide_and_cleans_dead_temps(tmp_path, slides
     assert r.status == "done" and r.tiles == 24
     assert not dead.exists() and live.exists()
     assert not list(out.glob("*.lock"))
+
+
+def test_dead_takeover_mutex_is_cleared_and_the_lock_taken_in_one_call(tmp_path):
+    """A process killed inside the takeover (its mutex and its stale lock left behind): the
+    next run takes the slide at once, instead of skipping it for this run (kill -9 loop)."""
+    dead = _dead_pid()
+    _fake_lock(tmp_path, "s1", pid=dead)
+    mutex = tmp_path / "s1.lock.takeover"
+    mutex.write_text(json.dumps({"host": os.uname().nodename, "pid": dead, "token": "m"}))
+    lock = SlideLock(tmp_path, "s1")
+    assert lock.acquire() and lock.took_over
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_live_takeover_mutex_is_left_alone(tmp_path):
+    _fake_lock(tmp_path, "s1", pid=_dead_pid())
+    mutex = tmp_path / "s1.lock.takeover"
+    mutex.write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "token": "m"}))
+    assert not SlideLock(tmp_path, "s1").acquire()  # another (live) process is taking over
+    assert json.loads(mutex.read_text())["token"] == "m"
+
+
+def test_lock_files_are_never_empty_and_leave_no_temporaries(tmp_path, monkeypatch):
+    """Locks appear with their owner already written (temporary file + hard link), readable
+    by other users; without hard links the O_EXCL fallback gives the same result."""
+    lock = SlideLock(tmp_path, "s1")
+    assert lock.acquire()
+    assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert lock.path.stat().st_mode & 0o044 == 0o044 & ~_umask()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.lock"]
+    lock.release()
+
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    a, b = SlideLock(tmp_path, "s2"), SlideLock(tmp_path, "s2")
+    assert a.acquire() and not b.acquire()
+    assert json.loads(a.path.read_text())["token"] == a.info["token"]
+    a.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _umask() -> int:
+    from slideflow.io.atomic import umask
+
+    return umask()

@@ -25,6 +25,7 @@ lock never both take it, and a fresh lock created meanwhile is never removed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import TMP_MARK, host_tag
+from .atomic import TMP_MARK, host_tag, tmp_prefix
 
 LOCK_SUFFIX = ".lock"
 TAKEOVER_SUFFIX = ".takeover"
@@ -107,6 +108,38 @@ def is_stale(info: dict[str, Any], age: float, timeout: float) -> bool:
 
 
 def _create(path: Path, info: dict[str, Any]) -> bool:
+    """Create `path` holding `info` if it does not exist; False if it does.
+
+    The content is written to a temporary file first and hard-linked into place, so the file
+    never exists empty: a process killed between creating and writing an O_EXCL file left an
+    empty lock whose owner nobody could name, judged by age alone (minutes). A killed writer
+    leaves only its temporary name, which `clean_stale_temps` removes. Filesystems without
+    hard links fall back to O_EXCL + write.
+    """
+    tmp = path.with_name(tmp_prefix(path.name) + secrets.token_hex(4))
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # others read the owner
+    try:
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK):
+                raise  # e.g. a full disk: reported, nothing half-made is left
+            return _create_excl(path, info)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _create_excl(path: Path, info: dict[str, Any]) -> bool:
+    """O_EXCL create + write, for filesystems without hard links."""
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
@@ -131,6 +164,34 @@ def describe(path: str | os.PathLike) -> str:
 def _describe_info(info: dict[str, Any]) -> str:
     when = time.strftime("%H:%M:%S", time.localtime(info.get("started", 0)))
     return f"{info.get('host', '?')} pid {info.get('pid', '?')} since {when}"
+
+
+def _clear_dead_mutex(mutex: Path) -> bool:
+    """Remove a takeover mutex whose owner died inside the critical section (or that is older
+    than TAKEOVER_STALE_SECONDS). True when it is gone.
+
+    It is moved to a unique name first and checked to be the one judged dead: two processes
+    that both find a dead mutex must not remove each other's fresh one (that would let both
+    into the critical section). A fresh mutex moved by mistake is linked back.
+    """
+    seen, age = _read(mutex), _age(mutex)
+    if seen is None or age is None:
+        return True
+    if not (age > TAKEOVER_STALE_SECONDS or (seen and is_stale(seen, 0.0, float("inf")))):
+        return False
+    grave = mutex.with_name(f"{mutex.name}.stale-{secrets.token_hex(4)}")
+    try:
+        os.rename(mutex, grave)
+    except FileNotFoundError:
+        return True
+    try:
+        if _read(grave) != seen:  # replaced between the read and the rename: put it back
+            with contextlib.suppress(OSError):
+                os.link(grave, mutex)
+            return False
+        return True
+    finally:
+        grave.unlink(missing_ok=True)
 
 
 class SlideLock:
@@ -171,13 +232,13 @@ class SlideLock:
         if not is_stale(seen, age, self.timeout):
             return False
         mutex = self.path.with_name(self.path.name + TAKEOVER_SUFFIX)
-        if not _create(mutex, _owner_info()):
-            m_info, m_age = _read(mutex), _age(mutex)
-            if m_age is not None and m_info is not None and (
-                    m_age > TAKEOVER_STALE_SECONDS or is_stale(m_info, 0.0, float("inf"))):
-                with contextlib.suppress(FileNotFoundError):
-                    mutex.unlink()
-            return False  # another process is taking over (or we retry on the next run)
+        for _ in range(2):  # a dead process's mutex is cleared, then tried once more
+            if _create(mutex, _owner_info()):
+                break
+            if not _clear_dead_mutex(mutex):
+                return False  # another process is taking over
+        else:
+            return False
         try:
             now = _read(self.path)
             if now is None:
