@@ -120,10 +120,7 @@ def _create(path: Path, info: dict[str, Any]) -> bool:
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # others read the owner
     try:
         try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(info, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_owner(fd, info)
             os.link(tmp, path)
             return True
         except FileExistsError:
@@ -138,6 +135,14 @@ def _create(path: Path, info: dict[str, Any]) -> bool:
             os.unlink(tmp)
 
 
+def _write_owner(fd: int, info: dict[str, Any]) -> None:
+    """Write `info` as JSON to `fd` (closed afterwards), flushed to disk."""
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _create_excl(path: Path, info: dict[str, Any]) -> bool:
     """O_EXCL create + write, for filesystems without hard links."""
     try:
@@ -145,10 +150,7 @@ def _create_excl(path: Path, info: dict[str, Any]) -> bool:
     except FileExistsError:
         return False
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_owner(fd, info)
     except BaseException:  # e.g. a full disk: an empty lock would block the slide for minutes
         with contextlib.suppress(OSError):
             path.unlink()
