@@ -200,3 +200,23 @@ def _umask() -> int:
     from slideflow.io.atomic import umask
 
     return umask()
+
+
+def test_leftovers_of_a_takeover_killed_after_the_rename_are_swept(tmp_path):
+    """Killed after moving the stale lock away but before removing its mutex and the renamed
+    lock: the next process creates the lock directly and removes both leftovers (kill -9
+    loop: 'kill-b.lock.takeover' was left behind)."""
+    dead = _dead_pid()
+    mutex = tmp_path / "s1.lock.takeover"
+    mutex.write_text(json.dumps({"host": os.uname().nodename, "pid": dead, "token": "m"}))
+    (tmp_path / "s1.lock.stale-0a1b2c3d").write_text("{}")
+    (tmp_path / "s1.lock.takeover.stale-0a1b2c3d").write_text("{}")
+    (tmp_path / "s10.lock.stale-0a1b2c3d").write_text("{}")  # another slide's: untouched
+    lock = SlideLock(tmp_path, "s1")
+    assert lock.acquire()
+    lock.release()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s10.lock.stale-0a1b2c3d"]
+    live = {"host": os.uname().nodename, "pid": os.getpid(), "token": "m"}
+    mutex.write_text(json.dumps(live))  # a live process's takeover in progress: kept
+    assert SlideLock(tmp_path, "s1").acquire()
+    assert mutex.exists()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import secrets
@@ -221,6 +222,7 @@ class SlideLock:
         for _ in range(3):
             if _create(self.path, info):
                 self._held(info)
+                self._sweep()
                 return True
             if not self._take_over_stale():
                 return False
@@ -259,6 +261,14 @@ class SlideLock:
             return True
         finally:
             mutex.unlink(missing_ok=True)
+
+    def _sweep(self) -> None:
+        """Remove what a process killed inside a takeover of this lock left: its mutex (when
+        its owner is dead) and renamed stale locks. Holding the lock, nothing else can need
+        them: a live takeover in progress keeps its mutex, and its own grave is optional."""
+        _clear_dead_mutex(self.path.with_name(self.path.name + TAKEOVER_SUFFIX))
+        for grave in self.path.parent.glob(f"{glob.escape(self.path.name)}*.stale-*"):
+            grave.unlink(missing_ok=True)
 
     def _held(self, info: dict[str, Any]) -> None:
         self.acquired, self.info = True, info
