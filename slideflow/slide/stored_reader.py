@@ -120,17 +120,22 @@ class StoredTileReader:
         return (f"stored tile (col {k % cols}, row {k // cols}) of level {self.choice.level} "
                 f"cannot be decoded: {exc}")
 
-    def cut(self, i: int, tiles: dict[int, Any]) -> np.ndarray:
-        """Output tile i (tile_px, tile_px, 3) from decoded stored tiles (numpy)."""
-        r = self.choice.read_px
-        region = np.empty((r, r, 3), np.uint8)
+    def cut(self, i: int, tiles: dict[int, Any], out: np.ndarray | None = None) -> np.ndarray:
+        """Output tile i (tile_px, tile_px, 3) from decoded stored tiles (numpy), written into
+        `out` when given; an as-is read is pasted straight into it (no intermediate region)."""
+        r, resize = self.choice.read_px, self.choice.needs_resize
+        region = out if out is not None and not resize else np.empty((r, r, 3), np.uint8)
         if self._paste(i, tiles, region) != r * r:  # edge or missing tile: white background
             region[:] = 255
             self._paste(i, tiles, region)
-        if self.choice.needs_resize:
-            px = self.choice.tile_px
-            return cv2.resize(region, (px, px), interpolation=cv2.INTER_AREA)
-        return region
+        if not resize:
+            return region
+        px = self.choice.tile_px
+        tile = cv2.resize(region, (px, px), interpolation=cv2.INTER_AREA)
+        if out is None:
+            return tile
+        out[...] = tile
+        return out
 
     def _paste(self, i: int, tiles: dict[int, Any], region: np.ndarray) -> int:
         """Copy the parts of the stored tiles inside output tile i; returns pixels covered."""
@@ -159,25 +164,16 @@ class StoredTileReader:
         try:
             for n, i in enumerate(indices):
                 decoded = self._decode_group(self.keys(int(i)))
-                out[n] = self.cut(int(i), decoded)
+                self.cut(int(i), decoded, out[n])
         finally:
             self.decoder = saved
         return out
 
     def _cut_into(self, out: np.ndarray, start: int, stop: int, base: int,
                   tiles: dict[int, Any]) -> None:
-        """Output tiles start..stop into out[start - base:]; as-is reads are pasted straight
-        into their slot (no intermediate region)."""
-        if self.choice.needs_resize:
-            for i in range(start, stop):
-                out[i - base] = self.cut(i, tiles)
-            return
-        r = self.choice.read_px
+        """Output tiles start..stop into out[start - base:]."""
         for i in range(start, stop):
-            dst = out[i - base]
-            if self._paste(i, tiles, dst) != r * r:  # edge or missing tile: white background
-                dst[:] = 255
-                self._paste(i, tiles, dst)
+            self.cut(i, tiles, out[i - base])
 
     def iter_batches(self, batch_size: int = 64, num_threads: int | None = None,
                      read_ahead: int | None = None) -> Iterator[tuple[Any, np.ndarray]]:
