@@ -100,15 +100,11 @@ def build_feather(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- CHIEF
-class _AttnNetGated(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.attention_a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(0.25))
-        self.attention_b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(0.25))
-        self.attention_c = nn.Linear(hidden, 1)
+class _AttnNetGated(GatedAttention):
+    """CHIEF's gated attention: the same layers, returning (scores, input)."""
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.attention_c(self.attention_a(x) * self.attention_b(x)), x
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return super().forward(x), x
 
 
 class _AttHead(nn.Module):  # trained auxiliary head; kept for the checkpoint layout
@@ -148,17 +144,6 @@ def build_chief(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------- MADELEINE
-class _BatchedABMIL(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.attention_a = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(0.25))
-        self.attention_b = nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(0.25))
-        self.attention_c = nn.Linear(hidden, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attention_c(self.attention_a(x) * self.attention_b(x))
-
-
 class _ABMILEmbedder(nn.Module):
     def __init__(self, in_dim: int, hidden: int, heads: int, attn_hidden: int):
         super().__init__()
@@ -168,7 +153,7 @@ class _ABMILEmbedder(nn.Module):
             nn.Linear(hidden, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(0.1),
             nn.Linear(hidden, hidden * heads), nn.LayerNorm(hidden * heads), nn.GELU(),
             nn.Dropout(0.1))
-        self.attn = nn.ModuleList(_BatchedABMIL(hidden, attn_hidden) for _ in range(heads))
+        self.attn = nn.ModuleList(GatedAttention(hidden, attn_hidden) for _ in range(heads))
 
 
 class MadeleineSlide(nn.Module):
