@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .backends.base import level_pixel
 from .decode import CpuDecoder, TorchDecoder, area_resize_torch, make_decoder
 from .geometry import LevelChoice
 from .stored import StoredLevel
@@ -63,8 +64,8 @@ class StoredTileReader:
         self.choice = choice
         self.decoder = make_decoder(decoder)
         ds = choice.downsample
-        self.lx = np.rint(self.coords[:, 0] / ds).astype(np.int64)
-        self.ly = np.rint(self.coords[:, 1] / ds).astype(np.int64)
+        self.lx = level_pixel(self.coords[:, 0], ds)
+        self.ly = level_pixel(self.coords[:, 1], ds)
         r, lay = choice.read_px, layout
         self.c0 = np.minimum(self.lx // lay.tile_w, lay.cols)
         self.c1 = np.minimum((self.lx + r - 1) // lay.tile_w, lay.cols - 1)

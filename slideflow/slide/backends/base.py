@@ -197,6 +197,16 @@ def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def level_pixel(v: Any, downsample: float) -> Any:
+    """Level pixel(s) of level-0 coordinate(s) `v`: `rint(v / downsample)`, halves to even.
+
+    Every reader maps coordinates onto a level this way (no sub-pixel interpolation; the
+    README's "Fractional downsamples" rule). Scalars give an int, arrays an int64 array.
+    """
+    out = np.rint(np.asarray(v, dtype=np.float64) / downsample).astype(np.int64)
+    return int(out) if out.ndim == 0 else out
+
+
 def pad_to(region: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pad an RGB array with white up to (height, width)."""
     h, w = region.shape[:2]

@@ -29,7 +29,7 @@ os.environ.setdefault("CUFILE_LOGFILE_PATH", os.path.join(tempfile.gettempdir(),
 
 from cucim import CuImage  # noqa: E402 - imported only when backend='cucim' is asked for
 
-from .base import SlideReader, pad_to, positive_float  # noqa: E402
+from .base import SlideReader, level_pixel, pad_to, positive_float  # noqa: E402
 
 #: TIFF ResolutionUnit names cuCIM reports -> microns per unit
 _UNIT_MICRONS = {"centimeter": 10_000.0, "inch": 25_400.0}
@@ -137,7 +137,7 @@ class CuCIMReader(SlideReader):
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         ds = self.level_downsamples[level]
         lw, lh = self._dims[level]
-        lx, ly = (int(x), int(y)) if level == 0 else (int(np.rint(x / ds)), int(np.rint(y / ds)))
+        lx, ly = level_pixel(x, ds), level_pixel(y, ds)
         # the part of the request inside the level; the rest is white
         x0, y0 = max(lx, 0), max(ly, 0)
         x1, y1 = min(lx + width, lw), min(ly + height, lh)

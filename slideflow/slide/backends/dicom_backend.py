@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SlideReader, pad_to
+from .base import SlideReader, level_pixel, pad_to
 
 
 class DicomReader(SlideReader):
@@ -60,7 +60,7 @@ class DicomReader(SlideReader):
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         ds = self.level_downsamples[level]
-        lx, ly = int(round(x / ds)), int(round(y / ds))
+        lx, ly = level_pixel(x, ds), level_pixel(y, ds)
         lw, lh = self.level_dimensions[level]
         # wsidicom refuses reads past the image edge: read the inside part, pad with white
         rw, rh = max(0, min(width, lw - lx)), max(0, min(height, lh - ly))

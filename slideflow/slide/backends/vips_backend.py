@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SlideReader, pad_to
+from .base import SlideReader, level_pixel, pad_to
 
 
 class VipsReader(SlideReader):
@@ -55,7 +55,7 @@ class VipsReader(SlideReader):
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         im = self._levels[level]
         ds = self.level_downsamples[level]
-        lx, ly = int(round(x / ds)), int(round(y / ds))
+        lx, ly = level_pixel(x, ds), level_pixel(y, ds)
         rw, rh = max(0, min(width, im.width - lx)), max(0, min(height, im.height - ly))
         if rw == 0 or rh == 0:
             return np.full((height, width, 3), 255, np.uint8)
