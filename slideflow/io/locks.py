@@ -169,6 +169,11 @@ def _describe_info(info: dict[str, Any]) -> str:
     return f"{info.get('host', '?')} pid {info.get('pid', '?')} since {when}"
 
 
+def _grave(path: Path) -> Path:
+    """A unique name a stale lock or mutex is renamed to before it is removed."""
+    return path.with_name(f"{path.name}.stale-{secrets.token_hex(4)}")
+
+
 def _clear_dead_mutex(mutex: Path) -> bool:
     """Remove a takeover mutex whose owner died inside the critical section (or that is older
     than TAKEOVER_STALE_SECONDS). True when it is gone.
@@ -182,7 +187,7 @@ def _clear_dead_mutex(mutex: Path) -> bool:
         return True
     if not (age > TAKEOVER_STALE_SECONDS or (seen and is_stale(seen, 0.0, float("inf")))):
         return False
-    grave = mutex.with_name(f"{mutex.name}.stale-{secrets.token_hex(4)}")
+    grave = _grave(mutex)
     try:
         os.rename(mutex, grave)
     except FileNotFoundError:
@@ -235,7 +240,7 @@ class SlideLock:
             return True  # released meanwhile: try to create again
         if not is_stale(seen, age, self.timeout):
             return False
-        mutex = self.path.with_name(self.path.name + TAKEOVER_SUFFIX)
+        mutex = self._mutex
         for _ in range(2):  # a dead process's mutex is cleared, then tried once more
             if _create(mutex, _owner_info()):
                 break
@@ -250,7 +255,7 @@ class SlideLock:
             if now.get("token") != seen.get("token") or not is_stale(
                     now, _age(self.path) or 0.0, self.timeout):
                 return False  # replaced by a fresh lock meanwhile
-            grave = self.path.with_name(f"{self.path.name}.stale-{secrets.token_hex(4)}")
+            grave = _grave(self.path)
             try:
                 os.rename(self.path, grave)
             except FileNotFoundError:
@@ -265,10 +270,17 @@ class SlideLock:
     def _sweep(self) -> None:
         """Remove what a process killed inside a takeover of this lock left: its mutex (when
         its owner is dead) and renamed stale locks. Holding the lock, nothing else can need
-        them: a live takeover in progress keeps its mutex, and its own grave is optional."""
-        _clear_dead_mutex(self.path.with_name(self.path.name + TAKEOVER_SUFFIX))
-        for grave in self.path.parent.glob(f"{glob.escape(self.path.name)}*.stale-*"):
-            grave.unlink(missing_ok=True)
+        them: a live takeover in progress keeps its mutex, and its own grave is optional.
+        The folder is listed only when a mutex is there (one stat per lock otherwise: a
+        listing per slide would grow with the folder)."""
+        if self._mutex.exists() and _clear_dead_mutex(self._mutex):
+            for grave in self.path.parent.glob(f"{glob.escape(self.path.name)}*.stale-*"):
+                grave.unlink(missing_ok=True)
+
+    @property
+    def _mutex(self) -> Path:
+        """The takeover mutex of this lock (see the module doc)."""
+        return self.path.with_name(self.path.name + TAKEOVER_SUFFIX)
 
     def _held(self, info: dict[str, Any]) -> None:
         self.acquired, self.info = True, info
