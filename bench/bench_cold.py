@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--slide", default=str(CMU))
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     cache = Path(os.environ.get("SLIDEFLOW_BENCH_CACHE", tempfile.gettempdir())) / "sf_cold"
     cache.mkdir(parents=True, exist_ok=True)
     ckpt, torch_home = checkpoint(cache)

@@ -186,7 +186,7 @@ def reader_rows(ctx: Context) -> list[Row]:
         # or loaded machine slows both sides alike, and one lucky run on either side (what a
         # best-of would keep) does not decide the ratio
         dec_s, read_s, n = [], [], 0
-        for _ in range(max(1, ctx.args.rounds)):
+        for _ in range(ctx.args.rounds):
             dec_s.append(decode_seconds(streams, threads))
             t = time.perf_counter()
             n = read("stored", threads, "cpu")
@@ -431,6 +431,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     choices=[f.__name__.removesuffix("_rows") for f in SECTIONS],
                     help="run only these sections (model rows need extract)")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.quick:
         args.size, args.batch, args.tiles, args.repeats, args.rounds = 900, 8, 16, 1, 1
     cores = usable_cores()
