@@ -24,7 +24,7 @@ $(STAMP):
 	@touch $@
 
 demo: venv
-	$(BIN)/python -m slideflow.demo
+	$(BIN)/python -m slideflow.cli.demo
 
 test: venv
 	$(BIN)/python -m ruff check slideflow slideflow_gpl slideflow_noncommercial tests bench

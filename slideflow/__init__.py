@@ -9,49 +9,58 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import hooks
+from . import hooks, legacy_paths
 from .version import __version__
 
 
 def _engine_call(extractor: Any, x: Any, **kwargs: Any) -> Any:
     """`extractor(wsi)` / `extractor('x.tfrecords')`: handed to the engine (see `hooks`)."""
-    from .pipeline import call_extractor
+    from .engine.pipeline import call_extractor
 
     return call_extractor(extractor, x, **kwargs)
 
 
+def _embed_bag_folder(*args: Any, **kwargs: Any) -> Any:
+    """`SlideEncoder.generate_and_save`: the engine writes the files (see `hooks`)."""
+    from .engine.slide_embedding_outputs import embed_bag_folder
+
+    return embed_bag_folder(*args, **kwargs)
+
+
 hooks.register_input_handler(_engine_call)
+hooks.provide("embed_bag_folder", _embed_bag_folder)
+legacy_paths.install()
 
 # public name -> (module, attribute); attribute None means the module itself
 _LAZY: dict[str, tuple[str, str | None]] = {
     "WSI": ("slideflow.slide.wsi", "WSI"),
-    "Project": ("slideflow.project", "Project"),
-    "create_project": ("slideflow.project", "create_project"),
-    "load_project": ("slideflow.project", "load_project"),
-    "Dataset": ("slideflow.dataset", "Dataset"),
-    "build_feature_extractor": ("slideflow.two_stage", "build_feature_extractor"),
+    "Project": ("slideflow.project.project", "Project"),
+    "create_project": ("slideflow.project.project", "create_project"),
+    "load_project": ("slideflow.project.project", "load_project"),
+    "Dataset": ("slideflow.project.dataset", "Dataset"),
+    "build_feature_extractor": ("slideflow.engine.two_stage", "build_feature_extractor"),
     "list_extractors": ("slideflow.model", "list_extractors"),
     "rebuild_extractor": ("slideflow.model", "rebuild_extractor"),
     "register_extractor": ("slideflow.model", "register_extractor"),
     "load_plugin": ("slideflow.model", "load_plugin"),
-    "DatasetFeatures": ("slideflow.dataset_work", "DatasetFeatures"),
+    "DatasetFeatures": ("slideflow.project.dataset_work", "DatasetFeatures"),
     "build_slide_encoder": ("slideflow.model.slide_encoders", "build_slide_encoder"),
     "list_slide_encoders": ("slideflow.model.slide_encoders", "list_slide_encoders"),
     "register_slide_encoder": ("slideflow.model.slide_encoders", "register_slide_encoder"),
     "rebuild_slide_encoder": ("slideflow.model.slide_encoders", "rebuild_slide_encoder"),
-    "generate_slide_embeddings": ("slideflow.slide_embeddings", "generate_slide_embeddings"),
-    "embed_slide": ("slideflow.embed", "embed_slide"),
-    "embed_slides": ("slideflow.embed", "embed_slides"),
-    "embed_patient": ("slideflow.embed", "embed_patient"),
-    "embed_patients": ("slideflow.embed", "embed_patients"),
-    "EmbeddedSlide": ("slideflow.embed", "EmbeddedSlide"),
-    "EmbeddedPatient": ("slideflow.embed", "EmbeddedPatient"),
-    "PreprocessingConfig": ("slideflow.embed", "PreprocessingConfig"),
-    "ExecutionConfig": ("slideflow.embed", "ExecutionConfig"),
+    "generate_slide_embeddings": ("slideflow.engine.slide_embeddings", "generate_slide_embeddings"),
+    "embed_slide": ("slideflow.engine.embed", "embed_slide"),
+    "embed_slides": ("slideflow.engine.embed", "embed_slides"),
+    "embed_patient": ("slideflow.engine.embed", "embed_patient"),
+    "embed_patients": ("slideflow.engine.embed", "embed_patients"),
+    "EmbeddedSlide": ("slideflow.engine.embed", "EmbeddedSlide"),
+    "EmbeddedPatient": ("slideflow.engine.embed", "EmbeddedPatient"),
+    "PreprocessingConfig": ("slideflow.engine.embed", "PreprocessingConfig"),
+    "ExecutionConfig": ("slideflow.engine.embed", "ExecutionConfig"),
     "errors": ("slideflow.errors", None),
     "io": ("slideflow.io", None),
     "norm": ("slideflow.norm", None),
-    "data": ("slideflow.data", None),
+    "data": ("slideflow.project.data", None),
     "slide": ("slideflow.slide", None),
     "model": ("slideflow.model", None),
 }
@@ -66,8 +75,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from slideflow.dataset import Dataset
-    from slideflow.dataset_work import DatasetFeatures
     from slideflow.model import (
         build_feature_extractor,
         list_extractors,
@@ -75,7 +82,9 @@ if TYPE_CHECKING:  # pragma: no cover
         rebuild_extractor,
         register_extractor,
     )
-    from slideflow.project import Project, create_project, load_project
+    from slideflow.project.dataset import Dataset
+    from slideflow.project.dataset_work import DatasetFeatures
+    from slideflow.project.project import Project, create_project, load_project
     from slideflow.slide.wsi import WSI
 
 

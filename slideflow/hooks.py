@@ -1,4 +1,4 @@
-"""The one upward call in the package, inverted: how `extractor(wsi)` reaches the engine.
+"""The upward calls in the package, inverted: how `extractor(wsi)` reaches the engine.
 
 `model/` takes arrays and tensors only and never imports the engine, yet users call
 `extractor(wsi)` and `extractor('x.tfrecords')`. So the model layer asks this module for the
@@ -6,6 +6,9 @@ handler of inputs it does not know, and the engine side provides it: the package
 a function that imports `slideflow.pipeline` on first use. The root always runs before any
 submodule, so the handler is there whichever module a user imported first, and the model layer
 depends only on this leaf module (no torch, no slide, no engine here).
+
+The same holds for Slideflow's `SlideEncoder.generate_and_save(bags, outdir)`: writing files
+is the engine's job, so the model layer calls the ``"embed_bag_folder"`` entry of `call`.
 """
 
 from __future__ import annotations
@@ -32,3 +35,20 @@ def call_input_handlers(extractor: Any, x: Any, **kwargs: Any) -> Any:
         if result is not NotImplemented:
             return result
     return NotImplemented
+
+
+_provided: dict[str, Callable[..., Any]] = {}
+
+
+def provide(name: str, fn: Callable[..., Any]) -> None:
+    """Register the engine-side function that the model layer reaches as ``call(name, ...)``."""
+    _provided[name] = fn
+
+
+def call(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Run the function registered under `name` (the package root registers them on import)."""
+    try:
+        fn = _provided[name]
+    except KeyError:
+        raise RuntimeError(f"no engine function registered as {name!r}; import slideflow first") from None
+    return fn(*args, **kwargs)

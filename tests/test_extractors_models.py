@@ -320,7 +320,7 @@ def test_resnet50_one_slide_job_imports_only_what_it_uses(tmp_path):
             "device='cpu', batch_size=2); "
             "import numpy as np; f = e(np.zeros((2, 64, 64, 3), np.uint8)); "
             "assert f.shape == (2, 2048), f.shape; "
-            "bad = [m for m in ('torchvision', 'slideflow.model.slide_encoders.outputs', "
+            "bad = [m for m in ('torchvision', 'slideflow.engine.slide_embedding_outputs', "
             "'transformers', 'open_clip', 'timm', 'torch._dynamo') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -34,7 +34,7 @@ def _tile_um(value: str) -> float | str:
 
 def _expand(paths: list[Path], recursive: bool = True) -> list[Path]:
     """Slide files and DICOM folders given, plus the slides inside the folders given."""
-    from .slide import find_slides, is_slide
+    from ..slide import find_slides, is_slide
 
     out: list[Path] = []
     for p in paths:
@@ -63,7 +63,7 @@ def shard(items: list, spec: str | None) -> list:
 @app.command()
 def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dimensions, levels, MPP, vendor and associated images of a slide."""
-    from .slide.backends import open_reader
+    from ..slide.backends import open_reader
 
     r = open_reader(slide)
     data = {"path": str(slide), "backend": r.name, "vendor": r.vendor, "dimensions": r.dimensions,
@@ -86,7 +86,7 @@ def preview(
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("preview.png"),
 ) -> None:
     """Write a PNG of the slide with the tissue mask, ROIs and kept tiles."""
-    from .slide.wsi import WSI
+    from ..slide.wsi import WSI
 
     wsi = WSI(slide, tile_px, _tile_um(tile_um), mpp=mpp, rois=rois)
     if qc:
@@ -114,7 +114,7 @@ def _read_mpp_csv(path: Path) -> dict[str, float]:
     """{slide name or file name: mpp} from a CSV with columns `wsi,mpp`."""
     import csv
 
-    from .io.manifest import parse_spacing
+    from ..io.manifest import parse_spacing
 
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
@@ -130,12 +130,12 @@ def _read_mpp_csv(path: Path) -> dict[str, float]:
 
 def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float | None,
           mpp_csv: Path | None) -> list:
-    from .features import SlideJob
-    from .slide import slide_name
+    from ..engine.features import SlideJob
+    from ..slide import slide_name
 
     jobs = []
     if manifest is not None:
-        from .io.manifest import read_manifest
+        from ..io.manifest import read_manifest
 
         for row in read_manifest(manifest):
             jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
@@ -214,12 +214,12 @@ def features(
     """
     import time
 
-    from .errors import SlideflowError
-    from .features import TileSelection, generate_bags
-    from .io.runlog import human_summary, run_summary, write_run_files
-    from .model import build_feature_extractor, load_plugin
-    from .slide.geometry import check_tile_geometry
-    from .validate import positive_int
+    from ..engine.features import TileSelection, generate_bags
+    from ..errors import SlideflowError
+    from ..io.runlog import human_summary, run_summary, write_run_files
+    from ..model import build_feature_extractor, load_plugin
+    from ..slide.geometry import check_tile_geometry
+    from ..validate import positive_int
 
     _set_verbosity(quiet, verbose)
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
@@ -308,7 +308,7 @@ def extract_tiles(
     img_format: Annotated[str, typer.Option(help="jpg or png")] = "jpg",
 ) -> None:
     """Extract tiles of a project's slides into TFRecords."""
-    from .project import load_project
+    from ..project.project import load_project
 
     P = load_project(project)
     result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
@@ -327,13 +327,13 @@ def extract_tiles(
 @app.command()
 def extractors() -> None:
     """List every known extractor (installed or not)."""
-    from .model import list_extractors
+    from ..model import list_extractors
 
     typer.echo(list_extractors().to_string())
 
 
 def _register_extra_commands() -> None:
-    from .cli_encode import register
+    from .encode import register
 
     register(app)
 
@@ -357,7 +357,7 @@ def ray_argv(argv: list[str]) -> list[str]:
 def main() -> None:
     import sys
 
-    from .errors import SlideflowError
+    from ..errors import SlideflowError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

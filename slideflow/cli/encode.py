@@ -27,7 +27,7 @@ def _tile_um(value: str | None) -> float | str | None:
 
 
 def _expand(paths: list[Path]) -> list[Path]:
-    from .slide import find_slides, is_slide
+    from ..slide import find_slides, is_slide
 
     out: list[Path] = []
     for p in paths:
@@ -38,8 +38,8 @@ def _expand(paths: list[Path]) -> list[Path]:
 def plan_encoders(names: list[str], tile_extractor: str | None, pretrained: bool = True,
                   weights: str | None = None) -> tuple[list[Any], str]:
     """Build the encoders and the one tile extractor they share (clear error otherwise)."""
-    from .model.slide_encoders import build_slide_encoder, get_slide_spec
-    from .model.slide_encoders.outputs import canonical_extractor
+    from ..engine.slide_embedding_outputs import canonical_extractor
+    from ..model.slide_encoders import build_slide_encoder, get_slide_spec
 
     specs = [get_slide_spec(n) for n in names]
     needs = {canonical_extractor(s.tile_extractor) for s in specs if s.tile_extractor}
@@ -80,8 +80,8 @@ def encode_slide(
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Slide embeddings straight from slides (tile bags are made or reused on the way)."""
-    from .features import jobs_from_paths
-    from .slide_embeddings import generate_slide_embeddings
+    from ..engine.features import jobs_from_paths
+    from ..engine.slide_embeddings import generate_slide_embeddings
 
     if fmt not in ("pt", "h5"):
         raise typer.BadParameter(f"--format must be pt or h5, got {fmt!r}")
@@ -124,9 +124,9 @@ def encode_patient(
     """Patient embeddings (mean of each patient's slide embeddings), manifest order."""
     import torch
 
-    from .embed import PreprocessingConfig, embed_patients
-    from .io.atomic import atomic_path, write_json_atomic
-    from .model.slide_encoders import build_slide_encoder
+    from ..engine.embed import PreprocessingConfig, embed_patients
+    from ..io.atomic import atomic_path, write_json_atomic
+    from ..model.slide_encoders import build_slide_encoder
 
     enc = build_slide_encoder(slide_encoder, pretrained=not random_weights)
     pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_um),

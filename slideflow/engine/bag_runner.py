@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BagsConfigMismatchError, SlideflowError
+from ..errors import BagsConfigMismatchError, SlideflowError
 from .features import (
     SlideJob,
     _bag_is_current,
@@ -106,7 +106,7 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
 
 def config_of(t: BagTarget) -> Path:
     """The target's config file (AtlasPatch folders: one per extractor)."""
-    from .io.bags_config import config_file
+    from ..io.bags_config import config_file
 
     return config_file(t.outdir, t.fmt, t.cfg["provenance"]["extractor"])
 
@@ -115,7 +115,7 @@ def claim_target(t: BagTarget, force: bool) -> Any:
     """Claim the target's folder for its configuration (`slideflow.io.claim`); with `force`,
     also move aside every bag there that the configuration does not describe. Returns the
     `Claim` (where things were moved)."""
-    from .io.claim import claim_config
+    from ..io.claim import claim_config
 
     claim = claim_config(config_of(t), t.cfg, force=force)
     if force and t.fmt != "atlaspatch":  # AtlasPatch files hold several extractors: kept
@@ -130,11 +130,11 @@ def claim_target(t: BagTarget, force: bool) -> Any:
 def _supersede_stale(t: BagTarget, dest: Path | None) -> tuple[Path | None, list[Path]]:
     """Move bags of other settings or formats (with their index and images) aside. A bag a
     live process is writing (locked) is left to it: its commit re-checks the config."""
-    from .io.bags import bag_path, list_bags, read_bag_meta, slide_of
-    from .io.bags_config import normalize
-    from .io.claim import move_aside
-    from .io.locks import SlideLock
-    from .io.npz import index_path_for
+    from ..io.bags import bag_path, list_bags, read_bag_meta, slide_of
+    from ..io.bags_config import normalize
+    from ..io.claim import move_aside
+    from ..io.locks import SlideLock
+    from ..io.npz import index_path_for
 
     want = normalize(t.request)
     moved: list[Path] = []
@@ -171,7 +171,7 @@ def longest_first(jobs: list[SlideJob]) -> list[SlideJob]:
 def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
                 normalizer: Any = None, on_tiles: Any = None) -> SlideOutcome:
     """Make the missing bags of one slide (see module doc). Never raises for a bad slide."""
-    from .io.locks import SlideLock, clean_stale_temps
+    from ..io.locks import SlideLock, clean_stale_temps
 
     t0 = time.perf_counter()
     out = SlideOutcome(job.name, REUSED)
@@ -215,7 +215,7 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
 
 def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
     """(error type, reason) of a failed slide; a full disk says where and what to do."""
-    from .io.atomic import disk_full_error, disk_full_text
+    from ..io.atomic import disk_full_error, disk_full_text
 
     full = disk_full_text(exc, ", ".join(str(d) for d in dict.fromkeys(outdirs)))
     if full is not None:
@@ -226,9 +226,9 @@ def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
 def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normalizer: Any,
                 on_tiles: Any) -> int:
     """Read the slide once, run every extractor, commit every bag; returns the tile count."""
+    from ..io.bags import BagWriter
+    from ..io.claim import verify_claim
     from .fanout import run_features_many
-    from .io.bags import BagWriter
-    from .io.claim import verify_claim
 
     first = todo[0].extractor
     source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
@@ -267,13 +267,13 @@ class _ImageDir:
     def __init__(self, outdir: Path, name: str):
         import tempfile
 
-        from .io.atomic import tmp_prefix
+        from ..io.atomic import tmp_prefix
 
         self.dest = outdir / f"{name}.images"
         self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(self.dest.name), dir=outdir))
 
     def tee(self, source: Any) -> Any:
-        from .io import imgcodec
+        from ..io import imgcodec
 
         for tiles, coords in source:
             for tile, (x, y) in zip(tiles, coords.tolist()):

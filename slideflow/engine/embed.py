@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SlideflowError
+from ..errors import SlideflowError
 from .selection import TileSelection
 
 
@@ -136,9 +136,9 @@ def embed_slide(path: str | os.PathLike, tile_extractor: Any = None, slide_encod
                 execution: ExecutionConfig | None = None, sample_id: str | None = None,
                 _resolved: tuple[Any, Any] | None = None) -> EmbeddedSlide:
     """Tile (and slide) embeddings of one slide, in memory (see module doc)."""
+    from ..slide import slide_name
     from .pipeline import RowCollector, run_features
     from .selection import open_wsi
-    from .slide import slide_name
     from .slide_embeddings import check_geometry
 
     pre = preprocessing or PreprocessingConfig()
@@ -269,7 +269,7 @@ def embed_patients(manifest: Any, tile_extractor: Any = None, slide_encoder: Any
 
 def _patient_level(slide_encoder: Any) -> bool:
     if isinstance(slide_encoder, str):
-        from .model.slide_encoders import get_slide_spec
+        from ..model.slide_encoders import get_slide_spec
 
         return get_slide_spec(slide_encoder).level == "patient"
     return getattr(getattr(slide_encoder, "spec", None), "level", "slide") == "patient"

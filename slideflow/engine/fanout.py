@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..validate import positive_int
 from .pipeline import Batch, Sink, _Prefetcher, forward_batch, run_features
-from .validate import positive_int
 
 
 def _cat(parts: list[Any]) -> Any:

@@ -17,14 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidArgumentError, OutputConflictError, SlideflowError, TFRecordError
-from .io.bags import bag_path, read_bag_meta
-from .io.bags_config import normalize
-from .io.base import FORMATS
-from .io.identity import file_identity, promised_records, tfrecord_identity
-from .io.runlog import OutcomeCounts
-from .model import build_feature_extractor
-from .norm import autoselect, resolve
+from ..errors import InvalidArgumentError, OutputConflictError, SlideflowError, TFRecordError
+from ..io.bags import bag_path, read_bag_meta
+from ..io.bags_config import normalize
+from ..io.base import FORMATS
+from ..io.identity import file_identity, promised_records, tfrecord_identity
+from ..io.runlog import OutcomeCounts
+from ..model import build_feature_extractor
+from ..norm import autoselect, resolve
+from ..slide import slide_name
+from ..slide.geometry import check_tile_geometry, make_grid
+from ..slide.wsi import WSI
+from ..validate import optional_positive_int, positive_int
+from ..version import __version__
 from .pipeline import (
     RowCollector,
     default_decoder,
@@ -34,11 +39,6 @@ from .pipeline import (
     tfrecord_source,
 )
 from .selection import TileSelection, open_wsi
-from .slide import slide_name
-from .slide.geometry import check_tile_geometry, make_grid
-from .slide.wsi import WSI
-from .validate import optional_positive_int, positive_int
-from .version import __version__
 
 log = logging.getLogger("slideflow")
 

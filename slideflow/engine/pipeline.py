@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .io.tfrecord import TFRecord
+from ..io.tfrecord import TFRecord
 
 Batch = tuple[Any, np.ndarray]  # uint8 (B, H, W, 3) numpy or tensor, int64 (B, 2)
 Sink = Callable[[Any, np.ndarray], None]
@@ -132,7 +132,7 @@ def run(source: Iterable[Batch], sink: Sink, *, extractor: Any = None, normalize
     """
     stats = RunStats()
     if extractor is not None:
-        from .model.extractors.runner import BatchRunner
+        from ..model.extractors.runner import BatchRunner
 
         runner = BatchRunner(extractor)
         source = _rebatch(source, extractor.batch_size)
@@ -174,7 +174,7 @@ def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
 
 def forward_batch(extractor: Any, tiles: Any) -> np.ndarray:
     """Features (B, D) float32 of one uint8 NHWC batch (preprocess + model, no grad)."""
-    from .model.extractors.runner import BatchRunner
+    from ..model.extractors.runner import BatchRunner
 
     runner = BatchRunner(extractor)
     ready = runner.submit(tiles) + runner.drain()
@@ -296,7 +296,7 @@ def slide_read_options(extractor: Any) -> dict[str, Any]:
     device = gpu_decode_device(extractor)
     if device is None:
         return {}
-    from .slide.decode import TorchDecoder
+    from ..slide.decode import TorchDecoder
 
     return {"decoder": TorchDecoder(device)}
 

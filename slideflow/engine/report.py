@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .io.atomic import atomic_open
+from ..io.atomic import atomic_open
 
 if TYPE_CHECKING:  # pragma: no cover
     from .extract import ExtractionSummary, ExtractOptions, SlideResult

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError
-from .slide.qc import QC_METHODS, QCSettings
-from .slide.wsi import WSI
-from .validate import finite, positive_int
+from ..errors import InvalidArgumentError
+from ..slide.qc import QC_METHODS, QCSettings
+from ..slide.wsi import WSI
+from ..validate import finite, positive_int
 
 ROI_METHODS = ("auto", "inside", "outside", "ignore")
 # The order of the JSON record (`selection_dict`), as written by earlier releases.

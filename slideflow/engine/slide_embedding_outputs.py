@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BagError, SlideflowError, TileMismatchError
-from ...version import __version__
+from ..errors import BagError, SlideflowError, TileMismatchError
+from ..version import __version__
 
 log = logging.getLogger("slideflow")
 
@@ -46,7 +46,7 @@ class SlideEmbeddingsReport:
 
 def resolve_slide_encoder(encoder: Any, **kwargs: Any):
     if isinstance(encoder, str):
-        from .factory import build_slide_encoder
+        from ..model.slide_encoders.factory import build_slide_encoder
 
         return build_slide_encoder(encoder, **kwargs)
     return encoder
@@ -55,7 +55,7 @@ def resolve_slide_encoder(encoder: Any, **kwargs: Any):
 def canonical_extractor(name: str | None) -> str | None:
     if name is None:
         return None
-    from ..extractors.registry import get_spec, normalize
+    from ..model.extractors.registry import get_spec, normalize
 
     try:
         return normalize(get_spec(name).name)
@@ -70,7 +70,7 @@ def _bags_extractor(cfg: dict[str, Any]) -> str | None:
 
 def check_geometry(encoder: Any, tile_px: Any, tile_um: Any, where: str) -> None:
     """Refuse (strict encoders) or warn about tiles of another size than the encoder's."""
-    from .spec import tile_microns
+    from ..model.slide_encoders.spec import tile_microns
 
     spec = encoder.spec
     if spec.tile_px is None:
@@ -103,8 +103,8 @@ def check_bags_fit(cfg: dict[str, Any], encoder: Any, where: str) -> None:
 
 # ------------------------------------------------------------------------------- sources
 def bag_files(source: Any, encoder: Any) -> tuple[list[Path], dict[str, Any] | None]:
-    from ...io.bags import list_bags
-    from ...io.bags_config import read_bags_config
+    from ..io.bags import list_bags
+    from ..io.bags_config import read_bags_config
 
     if isinstance(source, (list, tuple)):
         files = [Path(p) for p in source]
@@ -130,7 +130,7 @@ def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.n
     """`<outdir>/<slide>.pt` (or `.h5` with `slide_features/<encoder>`), atomically."""
     import torch
 
-    from ...io.atomic import atomic_path, tmp_path_for
+    from ..io.atomic import atomic_path, tmp_path_for
 
     vec = np.asarray(vec, np.float32).reshape(-1)
     if fmt == "pt":
@@ -142,7 +142,7 @@ def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.n
 
     import h5py
 
-    from ...io.base import dumps_meta
+    from ..io.base import dumps_meta
 
     dest = outdir / f"{slide}.h5"
     tmp = tmp_path_for(dest)
@@ -198,7 +198,7 @@ def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbed
                ) -> SlideEmbeddingsReport:
     """Embed each bag file into `outdir` (existing outputs kept unless `overwrite`); the
     config is written last."""
-    from ...io.bags import read_bag, slide_of
+    from ..io.bags import read_bag, slide_of
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
@@ -237,8 +237,8 @@ def embed_bag_folder(source: Any, encoder: Any, outdir: str | os.PathLike, *, fm
 
 def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,
                   files: list[Path], fmt: str) -> None:
-    from ...io.atomic import write_json_atomic
-    from ...io.base import to_json
+    from ..io.atomic import write_json_atomic
+    from ..io.base import to_json
 
     path = outdir / CONFIG_NAME
     entry = {
@@ -259,7 +259,7 @@ def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,
 
 def rebuild_slide_encoders(outdir_or_config: str | os.PathLike, device: Any = None) -> dict:
     """{name: SlideEncoder} rebuilt from a `slide_embeddings.json` (registered names only)."""
-    from .factory import rebuild_slide_encoder
+    from ..model.slide_encoders.factory import rebuild_slide_encoder
 
     p = Path(outdir_or_config)
     p = p if p.suffix == ".json" else p / CONFIG_NAME

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import SlideflowError, TileMismatchError
-from .model.slide_encoders.outputs import (
+from ..errors import SlideflowError, TileMismatchError
+from .slide_embedding_outputs import (
     CONFIG_NAME,
     SlideEmbeddingsReport,
     bag_files,
@@ -92,8 +92,8 @@ def generate_slide_embeddings(
     Extra keyword arguments are the tile stage's (tile-selection options such as ``qc``,
     ``max_tiles``, ``min_tiles``, ``force_regenerate``...) and apply only when bags are made.
     """
-    from .io.bags import list_bags, slide_of
-    from .io.bags_config import read_bags_config
+    from ..io.bags import list_bags, slide_of
+    from ..io.bags_config import read_bags_config
 
     start = time.perf_counter()
     encoder = resolve_slide_encoder(slide_encoder)

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .io import imgcodec
+from ..io import imgcodec
 
 
 def _decode(raws: list[bytes], device: Any) -> Any:
     import torch
 
-    from .slide.decode import TorchDecoder
+    from ..slide.decode import TorchDecoder
 
     if all(imgcodec.sniff(r) == "jpg" for r in raws):
         imgs = TorchDecoder(device).decode_many(raws)

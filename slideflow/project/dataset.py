@@ -19,6 +19,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import DatasetError, SlideflowError
+from ..io.atomic import is_temporary
+from ..io.tfrecord import TFRecord, get_tfrecord_label, read_index
+from ..slide.geometry import check_tile_geometry
 from .annotations import (
     PATIENT,
     SLIDE,
@@ -26,10 +30,6 @@ from .annotations import (
     read_annotations,
     validate_annotations,
 )
-from .errors import DatasetError, SlideflowError
-from .io.atomic import is_temporary
-from .io.tfrecord import TFRecord, get_tfrecord_label, read_index
-from .slide.geometry import check_tile_geometry
 from .sources import Source, load_sources
 
 log = logging.getLogger("slideflow")
@@ -321,7 +321,7 @@ class Dataset:
         A TFRecord whose `.extract.json` says its extraction did not finish is left out
         unless `include_incomplete`.
         """
-        from .extract import is_incomplete
+        from ..engine.extract import is_incomplete
 
         self._need_label()
         out = {n: v[2] for n, v in sorted(self._present().items()) if v[2] is not None}
@@ -348,7 +348,7 @@ class Dataset:
         """Feature bags for every slide: from its TFRecord when extracted, else from the slide
         (`source='slides' | 'tfrecords'` forces one); options as
         `slideflow.features.generate_feature_bags`. Returns a `BagsReport`."""
-        from .features import generate_feature_bags
+        from ..engine.features import generate_feature_bags
 
         return generate_feature_bags(self.feature_jobs(source), extractor, outdir, self.tile_px,
                                      self.tile_um, **kwargs)
@@ -370,7 +370,7 @@ class Dataset:
         ``incl_slidenames``, ``incl_loc``, ``shard``, ``shuffle``, ``seed``, ``balance``, ...)
         are those of `slideflow.io.tensorflow.interleave`. Imports TensorFlow.
         """
-        from .io import tensorflow as sftf
+        from ..io import tensorflow as sftf
 
         tfrecords = self.tfrecords()
         if not tfrecords:
@@ -381,7 +381,7 @@ class Dataset:
     def torch(self, labels: str | Mapping[str, Any] | None = None, **kwargs: Any):
         """A PyTorch `TileDataset` over this dataset's TFRecords (same tiles and order as
         `tensorflow()` for the same seed); keywords as `slideflow.io.torch_data.TileDataset`."""
-        from .io.torch_data import TileDataset
+        from ..io.torch_data import TileDataset
 
         tfrecords = self.tfrecords()
         if not tfrecords:
@@ -391,7 +391,7 @@ class Dataset:
     def feature_jobs(self, source: str = "auto") -> list[Any]:
         """`slideflow.features.SlideJob`s: from the TFRecord when it exists (`source='auto'`),
         always from TFRecords ('tfrecords') or always from the slides ('slides')."""
-        from .features import SlideJob
+        from ..engine.features import SlideJob
 
         if source not in ("auto", "slides", "tfrecords"):
             raise ValueError("source must be 'auto', 'slides' or 'tfrecords'")

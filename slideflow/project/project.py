@@ -24,10 +24,10 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import ProjectError
+from ..io.atomic import atomic_open, write_json_atomic
 from .annotations import blank_annotations, read_annotations, write_annotations
 from .dataset import Dataset
-from .errors import ProjectError
-from .io.atomic import atomic_open, write_json_atomic
 from .sources import Source, discover_slides, load_sources, resolve_path, save_source
 
 log = logging.getLogger("slideflow")

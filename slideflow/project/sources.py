@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ProjectError
-from .io.atomic import write_json_atomic
-from .slide import find_slides, slide_name
+from ..errors import ProjectError
+from ..io.atomic import write_json_atomic
+from ..slide import find_slides, slide_name
 
 log = logging.getLogger("slideflow")
 

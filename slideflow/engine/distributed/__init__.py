@@ -13,7 +13,7 @@ from typing import Any
 
 def worker_extractors(targets: list[Any], device: Any) -> list[Any]:
     """The targets with extractors rebuilt from their configs on `device` (in a worker)."""
-    from ..model.extractors.rebuild import rebuild_extractor
+    from ...model.extractors.rebuild import rebuild_extractor
 
     out = []
     for t in targets:

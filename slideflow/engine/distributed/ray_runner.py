@@ -74,7 +74,7 @@ def run_ray(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
     try:
         import ray as ray_mod
     except ImportError:
-        from ..errors import SlideflowError
+        from ...errors import SlideflowError
 
         raise SlideflowError("Ray is not installed: pip install 'slideflow[ray]'") from None
     from ..progress import track_slides

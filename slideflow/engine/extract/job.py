@@ -22,17 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import NoTissueError, ROIError, SlideflowError
-from ..io import imgcodec
-from ..io.atomic import discard, disk_full_text, write_json_atomic
-from ..io.locks import SlideLock
-from ..io.npz import index_path_for
-from ..io.tfrecord import build_index, read_index
+from ...errors import NoTissueError, ROIError, SlideflowError
+from ...io import imgcodec
+from ...io.atomic import discard, disk_full_text, write_json_atomic
+from ...io.locks import SlideLock
+from ...io.npz import index_path_for
+from ...io.tfrecord import build_index, read_index
+from ...slide import slide_name
+from ...slide.geometry import check_tile_geometry
+from ...version import __version__
 from ..pipeline import run
 from ..selection import open_wsi
-from ..slide import slide_name
-from ..slide.geometry import check_tile_geometry
-from ..version import __version__
 from .results import SlideResult
 from .sidecar import (
     ExtractJob,

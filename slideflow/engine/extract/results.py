@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io.runlog import OutcomeCounts
-from ..io.tfrecord import get_tfrecord_label
+from ...io.runlog import OutcomeCounts
+from ...io.tfrecord import get_tfrecord_label
 from ..report import summary_table_html
 
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from ..io import imgcodec
+from ...io import imgcodec
+from ...slide.geometry import check_tile_geometry
 from ..progress import track_slides
-from ..slide.geometry import check_tile_geometry
 from .job import extract_job
 from .results import ExtractionSummary, SlideResult
 from .sidecar import ExtractJob, ExtractOptions

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlideflowError
-from ..io.identity import SIDECAR_SUFFIX, file_identity
-from ..io.locks import clean_stale_temps
-from ..io.tfrecord import build_index, read_index
-from ..norm import resolve
+from ...errors import SlideflowError
+from ...io.identity import SIDECAR_SUFFIX, file_identity
+from ...io.locks import clean_stale_temps
+from ...io.tfrecord import build_index, read_index
+from ...norm import resolve
+from ...validate import optional_positive_int, positive_int
 from ..selection import TileSelection
-from ..validate import optional_positive_int, positive_int
 
 FORMAT_VERSION = 1
 

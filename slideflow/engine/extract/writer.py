@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io import imgcodec
-from ..io.atomic import close_quietly, discard, tmp_prefix
-from ..io.tfrecord import TFRecordWriter
+from ...io import imgcodec
+from ...io.atomic import close_quietly, discard, tmp_prefix
+from ...io.tfrecord import TFRecordWriter
 
 #: batches whose encoding may be in flight before the oldest one is written
 IN_FLIGHT = 2

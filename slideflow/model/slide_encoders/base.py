@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ... import hooks
 from ...errors import TileMismatchError
 from .spec import SlideEncoderSpec
 
@@ -132,8 +133,6 @@ class SlideEncoder:
                           overwrite: bool = False, **kwargs: Any):
         """Slideflow's spelling: embed every bag of a folder (or a list of bag files) into
         ``outdir/<slide>.pt`` (``fmt='h5'``: ``slide_features/<name>`` in ``<slide>.h5``)."""
-        from .outputs import embed_bag_folder
-
         if isinstance(bags, (list, tuple)):
             bags = [Path(b) for b in bags]
-        return embed_bag_folder(bags, self, outdir, overwrite=overwrite, **kwargs)
+        return hooks.call("embed_bag_folder", bags, self, outdir, overwrite=overwrite, **kwargs)
