@@ -10,14 +10,41 @@ from __future__ import annotations
 import base64
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..io.atomic import atomic_open
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .extract import ExtractionSummary, ExtractOptions, SlideResult
+
+# What the page reads, as protocols: `extract` (SlideResult, ExtractionSummary, ExtractOptions)
+# sits above this module and uses it for notebooks' HTML, so the report never imports it back.
+class SlideResult(Protocol):
+    slide: str
+    status: str
+    tiles: int
+    seconds: float
+    error: str | None
+    reason: str | None
+    warnings: list[str]
+    info: dict[str, Any]
+    timings: dict[str, float]
+    preview_png: bytes | None
+
+
+class ExtractionSummary(Protocol):
+    @property
+    def results(self) -> Mapping[str, SlideResult]: ...
+    @property
+    def label(self) -> str: ...
+    tile_px: int
+    tile_um: Any
+    seconds: float
+
+
+class ExtractOptions(Protocol):
+    def request_record(self) -> dict[str, Any]: ...
+    def normalizer_config(self) -> Any: ...
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
