@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t_start = time.perf_counter()
     import slideflow as sf
-    from slideflow.features import TileSelection, generate_bags, jobs_from_paths
+    from slideflow.engine.features import TileSelection, generate_bags, jobs_from_paths
 
     slide = args.slide or sf.data.sample_slide()
     args.outdir.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BagsConfigMismatchError, SlideflowError
+from ..io import imgcodec
+from ..io.atomic import disk_full_error, disk_full_text, tmp_prefix
+from ..io.bags import BagWriter, bag_path, list_bags, read_bag_meta, slide_of
+from ..io.bags_config import config_file, normalize
+from ..io.claim import claim_config, move_aside, verify_claim
+from ..io.locks import SlideLock, clean_stale_temps
+from ..io.npz import index_path_for
+from .fanout import run_features_many
 from .features import (
     SlideJob,
     _bag_is_current,
@@ -27,6 +35,7 @@ from .features import (
     bags_config,
     source_identity,
 )
+from .progress import track_slides
 from .selection import TileSelection
 
 log = logging.getLogger("slideflow")
@@ -106,8 +115,6 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
 
 def config_of(t: BagTarget) -> Path:
     """The target's config file (AtlasPatch folders: one per extractor)."""
-    from ..io.bags_config import config_file
-
     return config_file(t.outdir, t.fmt, t.cfg["provenance"]["extractor"])
 
 
@@ -115,8 +122,6 @@ def claim_target(t: BagTarget, force: bool) -> Any:
     """Claim the target's folder for its configuration (`slideflow.io.claim`); with `force`,
     also move aside every bag there that the configuration does not describe. Returns the
     `Claim` (where things were moved)."""
-    from ..io.claim import claim_config
-
     claim = claim_config(config_of(t), t.cfg, force=force)
     if force and t.fmt != "atlaspatch":  # AtlasPatch files hold several extractors: kept
         dest, moved = _supersede_stale(t, claim.superseded)
@@ -130,12 +135,6 @@ def claim_target(t: BagTarget, force: bool) -> Any:
 def _supersede_stale(t: BagTarget, dest: Path | None) -> tuple[Path | None, list[Path]]:
     """Move bags of other settings or formats (with their index and images) aside. A bag a
     live process is writing (locked) is left to it: its commit re-checks the config."""
-    from ..io.bags import bag_path, list_bags, read_bag_meta, slide_of
-    from ..io.bags_config import normalize
-    from ..io.claim import move_aside
-    from ..io.locks import SlideLock
-    from ..io.npz import index_path_for
-
     want = normalize(t.request)
     moved: list[Path] = []
     for bag in list_bags(t.outdir):
@@ -171,8 +170,6 @@ def longest_first(jobs: list[SlideJob]) -> list[SlideJob]:
 def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
                 normalizer: Any = None, on_tiles: Any = None) -> SlideOutcome:
     """Make the missing bags of one slide (see module doc). Never raises for a bad slide."""
-    from ..io.locks import SlideLock, clean_stale_temps
-
     t0 = time.perf_counter()
     out = SlideOutcome(job.name, REUSED)
 
@@ -215,8 +212,6 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
 
 def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
     """(error type, reason) of a failed slide; a full disk says where and what to do."""
-    from ..io.atomic import disk_full_error, disk_full_text
-
     full = disk_full_text(exc, ", ".join(str(d) for d in dict.fromkeys(outdirs)))
     if full is not None:
         return type(disk_full_error(exc)).__name__, full
@@ -226,10 +221,6 @@ def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
 def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normalizer: Any,
                 on_tiles: Any) -> int:
     """Read the slide once, run every extractor, commit every bag; returns the tile count."""
-    from ..io.bags import BagWriter
-    from ..io.claim import verify_claim
-    from .fanout import run_features_many
-
     first = todo[0].extractor
     source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
                                        first.batch_size, opts.num_threads, opts.max_tiles,
@@ -267,14 +258,10 @@ class _ImageDir:
     def __init__(self, outdir: Path, name: str):
         import tempfile
 
-        from ..io.atomic import tmp_prefix
-
         self.dest = outdir / f"{name}.images"
         self.tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(self.dest.name), dir=outdir))
 
     def tee(self, source: Any) -> Any:
-        from ..io import imgcodec
-
         for tiles, coords in source:
             for tile, (x, y) in zip(tiles, coords.tolist()):
                 (self.tmp / f"{x}_{y}.png").write_bytes(imgcodec.encode(tile, "png", 100))
@@ -322,8 +309,6 @@ def _count_tiles(sink: Any, on_tiles: Any) -> Any:
 def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
                normalizer: Any = None, progress: bool = True) -> list[SlideOutcome]:
     """Every job in this process, in the given order."""
-    from .progress import track_slides
-
     outcomes = []
     with track_slides(len(jobs), "features", enabled=progress) as bar:
         for job in jobs:

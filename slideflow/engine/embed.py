@@ -23,7 +23,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideflowError
-from .selection import TileSelection
+from ..model.slide_encoders import get_slide_spec
+from ..slide import slide_name
+from .features import resolve_extractor
+from .pipeline import RowCollector, run_features
+from .selection import TileSelection, open_wsi
+from .slide_embeddings import check_geometry, resolve_slide_encoder
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,6 @@ def group_regions(features: np.ndarray, coords: np.ndarray, tile_size_lv0: int, 
 
 
 def _resolve(tile_extractor: Any, slide_encoder: Any, execution: ExecutionConfig):
-    from .features import resolve_extractor
-
     enc = None if slide_encoder is None else _resolve_encoder(slide_encoder, execution)
     name = tile_extractor if tile_extractor is not None else (enc.tile_extractor if enc else None)
     if name is None:
@@ -136,11 +139,6 @@ def embed_slide(path: str | os.PathLike, tile_extractor: Any = None, slide_encod
                 execution: ExecutionConfig | None = None, sample_id: str | None = None,
                 _resolved: tuple[Any, Any] | None = None) -> EmbeddedSlide:
     """Tile (and slide) embeddings of one slide, in memory (see module doc)."""
-    from ..slide import slide_name
-    from .pipeline import RowCollector, run_features
-    from .selection import open_wsi
-    from .slide_embeddings import check_geometry
-
     pre = preprocessing or PreprocessingConfig()
     exe = execution or ExecutionConfig()
     ext, enc = _resolved or _resolve(tile_extractor, slide_encoder, exe)
@@ -269,14 +267,10 @@ def embed_patients(manifest: Any, tile_extractor: Any = None, slide_encoder: Any
 
 def _patient_level(slide_encoder: Any) -> bool:
     if isinstance(slide_encoder, str):
-        from ..model.slide_encoders import get_slide_spec
-
         return get_slide_spec(slide_encoder).level == "patient"
     return getattr(getattr(slide_encoder, "spec", None), "level", "slide") == "patient"
 
 
 def _resolve_encoder(slide_encoder: Any, execution: ExecutionConfig):
-    from .slide_embeddings import resolve_slide_encoder
-
     kw = {"device": execution.device} if isinstance(slide_encoder, str) else {}
     return resolve_slide_encoder(slide_encoder, **kw)

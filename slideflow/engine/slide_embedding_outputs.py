@@ -22,6 +22,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError, SlideflowError, TileMismatchError
+from ..io.atomic import atomic_path, tmp_path_for, write_json_atomic
+from ..io.bags import list_bags, read_bag, slide_of
+from ..io.bags_config import read_bags_config
+from ..io.base import dumps_meta, to_json
+from ..model.extractors.registry import get_spec, normalize
+from ..model.slide_encoders.factory import build_slide_encoder, rebuild_slide_encoder
+from ..model.slide_encoders.spec import tile_microns
 from ..version import __version__
 
 log = logging.getLogger("slideflow")
@@ -46,8 +53,6 @@ class SlideEmbeddingsReport:
 
 def resolve_slide_encoder(encoder: Any, **kwargs: Any):
     if isinstance(encoder, str):
-        from ..model.slide_encoders.factory import build_slide_encoder
-
         return build_slide_encoder(encoder, **kwargs)
     return encoder
 
@@ -55,7 +60,6 @@ def resolve_slide_encoder(encoder: Any, **kwargs: Any):
 def canonical_extractor(name: str | None) -> str | None:
     if name is None:
         return None
-    from ..model.extractors.registry import get_spec, normalize
 
     try:
         return normalize(get_spec(name).name)
@@ -70,8 +74,6 @@ def _bags_extractor(cfg: dict[str, Any]) -> str | None:
 
 def check_geometry(encoder: Any, tile_px: Any, tile_um: Any, where: str) -> None:
     """Refuse (strict encoders) or warn about tiles of another size than the encoder's."""
-    from ..model.slide_encoders.spec import tile_microns
-
     spec = encoder.spec
     if spec.tile_px is None:
         return
@@ -103,9 +105,6 @@ def check_bags_fit(cfg: dict[str, Any], encoder: Any, where: str) -> None:
 
 # ------------------------------------------------------------------------------- sources
 def bag_files(source: Any, encoder: Any) -> tuple[list[Path], dict[str, Any] | None]:
-    from ..io.bags import list_bags
-    from ..io.bags_config import read_bags_config
-
     if isinstance(source, (list, tuple)):
         files = [Path(p) for p in source]
         folders = sorted({p.parent for p in files})
@@ -130,7 +129,6 @@ def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.n
     """`<outdir>/<slide>.pt` (or `.h5` with `slide_features/<encoder>`), atomically."""
     import torch
 
-    from ..io.atomic import atomic_path, tmp_path_for
 
     vec = np.asarray(vec, np.float32).reshape(-1)
     if fmt == "pt":
@@ -142,7 +140,6 @@ def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.n
 
     import h5py
 
-    from ..io.base import dumps_meta
 
     dest = outdir / f"{slide}.h5"
     tmp = tmp_path_for(dest)
@@ -198,8 +195,6 @@ def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbed
                ) -> SlideEmbeddingsReport:
     """Embed each bag file into `outdir` (existing outputs kept unless `overwrite`); the
     config is written last."""
-    from ..io.bags import read_bag, slide_of
-
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     outdir.mkdir(parents=True, exist_ok=True)
@@ -237,9 +232,6 @@ def embed_bag_folder(source: Any, encoder: Any, outdir: str | os.PathLike, *, fm
 
 def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,
                   files: list[Path], fmt: str) -> None:
-    from ..io.atomic import write_json_atomic
-    from ..io.base import to_json
-
     path = outdir / CONFIG_NAME
     entry = {
         "slide_encoder": encoder.dump_config(),
@@ -259,8 +251,6 @@ def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,
 
 def rebuild_slide_encoders(outdir_or_config: str | os.PathLike, device: Any = None) -> dict:
     """{name: SlideEncoder} rebuilt from a `slide_embeddings.json` (registered names only)."""
-    from ..model.slide_encoders.factory import rebuild_slide_encoder
-
     p = Path(outdir_or_config)
     p = p if p.suffix == ".json" else p / CONFIG_NAME
     cfg = json.loads(p.read_text())

@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SlideflowError, TileMismatchError
+from ..io.bags import list_bags, slide_of
+from ..io.bags_config import read_bags_config
+from .features import generate_bags, jobs_from_paths, resolve_extractor
+from .selection import TileSelection
 from .slide_embedding_outputs import (
     CONFIG_NAME,
     SlideEmbeddingsReport,
@@ -44,9 +48,6 @@ __all__ = ["CONFIG_NAME", "SlideEmbeddingsReport", "TwoStageExtractor", "build_f
 
 def _tile_stage(jobs: Sequence[Any], encoder: Any, bags_dir: Path, tile_px: int, tile_um: Any,
                 tile_extractor: Any, progress: bool, **bag_kwargs: Any):
-    from .features import generate_bags, resolve_extractor
-    from .selection import TileSelection
-
     name = tile_extractor or encoder.tile_extractor
     if name is None:
         raise SlideflowError(f"{encoder.name} reads any tile features: pass "
@@ -92,9 +93,6 @@ def generate_slide_embeddings(
     Extra keyword arguments are the tile stage's (tile-selection options such as ``qc``,
     ``max_tiles``, ``min_tiles``, ``force_regenerate``...) and apply only when bags are made.
     """
-    from ..io.bags import list_bags, slide_of
-    from ..io.bags_config import read_bags_config
-
     start = time.perf_counter()
     encoder = resolve_slide_encoder(slide_encoder)
     outdir = Path(outdir)
@@ -108,8 +106,6 @@ def generate_slide_embeddings(
         if is_dataset:
             jobs, px, um = source.feature_jobs("auto"), source.tile_px, source.tile_um
         else:
-            from .features import jobs_from_paths
-
             jobs = jobs_from_paths(source)
             px, um = _default_geometry(encoder, tile_px, tile_um)
         report.bags = _tile_stage(jobs, encoder, bags, px, um, tile_extractor, progress,

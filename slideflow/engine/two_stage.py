@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SlideflowError
+from ..model import build_feature_extractor as build_tile
+from ..model.slide_encoders import build_slide_encoder, paired_slide_encoder
 
 __all__ = ["TwoStageExtractor", "build_feature_extractor"]
 
@@ -27,8 +29,6 @@ class TwoStageExtractor:
     @property
     def slide(self) -> Any:
         if self._slide is None:
-            from ..model.slide_encoders import build_slide_encoder, paired_slide_encoder
-
             spec = paired_slide_encoder(self.tile.name)
             if spec is None:
                 raise AttributeError(f"{self.tile.name}: no paired slide encoder")
@@ -70,9 +70,6 @@ def build_feature_extractor(name: str, *args: Any, **kwargs: Any) -> Any:
     ``slide_encoder_weights`` and ``global_pool`` (the slide encoder's). ``pretrained=False``
     without slide weights makes the slide encoder random too.
     """
-    from ..model import build_feature_extractor as build_tile
-    from ..model.slide_encoders import paired_slide_encoder
-
     sf3 = {k: kwargs.pop(k) for k in _SF3_PAIR_OPTIONS if k in kwargs}
     if "tile_encoder_weights" in sf3:
         if args or kwargs.get("weights") is not None:

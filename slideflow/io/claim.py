@@ -34,6 +34,7 @@ from .bags_config import (
     read_bags_config,
     write_bags_config,
 )
+from .locks import SlideLock, clean_stale_temps
 
 SUPERSEDED_PREFIX = ".superseded-"
 #: seconds a run waits for another run's claim (a few file operations) before giving up
@@ -90,8 +91,6 @@ def _mismatch(path: Path, diffs: list[str], during: bool = False) -> BagsConfigM
 
 def _folder_lock(path: Path) -> Any:
     """The folder's claim lock, waited for (claims take milliseconds)."""
-    from .locks import SlideLock
-
     lock = SlideLock(path.parent, path.name)
     deadline = time.monotonic() + CLAIM_WAIT_SECONDS
     while not lock.acquire():
@@ -134,8 +133,6 @@ def move_aside(paths: Iterable[Path], folder: Path, dest: Path | None) -> tuple[
 def claim_config(path: str | os.PathLike, cfg: Mapping[str, Any], *, force: bool = False
                  ) -> Claim:
     """Claim a bag folder for `cfg` (see module doc); returns what was done."""
-    from .locks import clean_stale_temps
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = _folder_lock(path)

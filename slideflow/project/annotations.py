@@ -15,6 +15,7 @@ import pandas as pd
 
 from ..errors import ProjectError
 from ..io.atomic import atomic_open
+from ..io.manifest import is_manifest_columns
 
 log = logging.getLogger("slideflow")
 
@@ -89,8 +90,6 @@ def _from_manifest(df: pd.DataFrame, origin: str | os.PathLike) -> pd.DataFrame:
     [,patient_id]`, see `slideflow.io.manifest`) read as annotations: `sample_id` is the slide
     name, `patient_id` the patient and `spacing_at_level_0` the `mpp` column; the other columns
     are kept as they are."""
-    from ..io.manifest import is_manifest_columns
-
     if not is_manifest_columns(list(df.columns)):
         return df
     renames = {"sample_id": SLIDE}

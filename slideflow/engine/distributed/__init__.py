@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...model.extractors.rebuild import rebuild_extractor
+
 
 def worker_extractors(targets: list[Any], device: Any) -> list[Any]:
     """The targets with extractors rebuilt from their configs on `device` (in a worker)."""
-    from ...model.extractors.rebuild import rebuild_extractor
-
     out = []
     for t in targets:
         prov = t.cfg.get("provenance") or {}

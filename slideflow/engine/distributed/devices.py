@@ -26,6 +26,7 @@ from ..bag_runner import (
     worker_name,
 )
 from ..features import SlideJob
+from ..progress import track_slides
 from . import device_list, driver_threads, worker_extractors
 
 log = logging.getLogger("slideflow")
@@ -64,8 +65,6 @@ def run_devices(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions
                 normalizer: Any = None, devices: Any, progress: bool = True
                 ) -> list[SlideOutcome]:
     """Process `jobs` with one worker per device; outcomes in the order of `jobs`."""
-    from ..progress import track_slides
-
     devs = device_list(devices)
     ctx = mp.get_context("spawn")
     job_q: Any = ctx.Queue()

@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+from ...errors import SlideflowError
 from ..bag_runner import (
     FAILED,
     BagOptions,
@@ -29,6 +30,7 @@ from ..bag_runner import (
     worker_name,
 )
 from ..features import SlideJob
+from ..progress import track_slides
 from . import driver_threads, worker_extractors
 
 log = logging.getLogger("slideflow")
@@ -74,10 +76,7 @@ def run_ray(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
     try:
         import ray as ray_mod
     except ImportError:
-        from ...errors import SlideflowError
-
         raise SlideflowError("Ray is not installed: pip install 'slideflow[ray]'") from None
-    from ..progress import track_slides
 
     started = _connect(ray_mod, ray)
     try:
