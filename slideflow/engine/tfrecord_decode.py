@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from ..io import imgcodec
+from ..slide.decode import TorchDecoder
 
 
 def _decode(raws: list[bytes], device: Any) -> Any:
     import torch
 
-    from ..slide.decode import TorchDecoder
 
     if all(imgcodec.sniff(r) == "jpg" for r in raws):
         imgs = TorchDecoder(device).decode_many(raws)

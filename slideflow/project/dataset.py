@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..engine.extract import is_incomplete
+from ..engine.features import SlideJob, generate_feature_bags
 from ..errors import DatasetError, SlideflowError
 from ..io.atomic import is_temporary
 from ..io.tfrecord import TFRecord, get_tfrecord_label, read_index
@@ -30,6 +32,7 @@ from .annotations import (
     read_annotations,
     validate_annotations,
 )
+from .dataset_work import extract_dataset
 from .sources import Source, load_sources
 
 log = logging.getLogger("slideflow")
@@ -321,8 +324,6 @@ class Dataset:
         A TFRecord whose `.extract.json` says its extraction did not finish is left out
         unless `include_incomplete`.
         """
-        from ..engine.extract import is_incomplete
-
         self._need_label()
         out = {n: v[2] for n, v in sorted(self._present().items()) if v[2] is not None}
         if not include_incomplete:
@@ -338,8 +339,6 @@ class Dataset:
         """Extract tiles of every slide to TFRecords; see `slideflow.extract.ExtractOptions`
         and `slideflow.dataset_work.extract_dataset` for the options. Returns an
         `ExtractionSummary`."""
-        from .dataset_work import extract_dataset
-
         self._need_label()
         return extract_dataset(self, **kwargs)
 
@@ -348,8 +347,6 @@ class Dataset:
         """Feature bags for every slide: from its TFRecord when extracted, else from the slide
         (`source='slides' | 'tfrecords'` forces one); options as
         `slideflow.features.generate_feature_bags`. Returns a `BagsReport`."""
-        from ..engine.features import generate_feature_bags
-
         return generate_feature_bags(self.feature_jobs(source), extractor, outdir, self.tile_px,
                                      self.tile_um, **kwargs)
 
@@ -391,8 +388,6 @@ class Dataset:
     def feature_jobs(self, source: str = "auto") -> list[Any]:
         """`slideflow.features.SlideJob`s: from the TFRecord when it exists (`source='auto'`),
         always from TFRecords ('tfrecords') or always from the slides ('slides')."""
-        from ..engine.features import SlideJob
-
         if source not in ("auto", "slides", "tfrecords"):
             raise ValueError("source must be 'auto', 'slides' or 'tfrecords'")
         tfrs = self.tfrecords(as_dict=True) if self.label and source != "slides" else {}

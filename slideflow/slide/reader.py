@@ -20,6 +20,7 @@ import numpy as np
 from ..validate import positive_int
 from .backends.base import SlideReader
 from .geometry import LevelChoice
+from .stored_reader import usable_cores
 
 #: at most this many tiles per region read (bounds a read to ~16 x 1 tiles)
 MAX_RUN = 16
@@ -51,8 +52,6 @@ def plan_runs(coords: np.ndarray, stride: int, max_run: int = MAX_RUN) -> list[R
 
 def default_threads() -> int:
     """Reader threads: the usable cores (decode is the bottleneck and releases the GIL)."""
-    from .stored_reader import usable_cores
-
     return usable_cores()
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ROIError
 from .geometry import TileGrid
+from .mask import BinaryMask, is_mask_image, load_mask
 
 
 @dataclass
@@ -31,8 +32,6 @@ class ROI:
 def load_rois(path: str | Path) -> list[Any]:
     """Read ROIs from a `.geojson`/`.json` (QuPath export), a slideflow `.csv` or a binary mask
     image (`.png`/`.tif`/...: one `BinaryMask` ROI scaled to the slide)."""
-    from .mask import is_mask_image, load_mask
-
     path = Path(path)
     if not path.exists():
         raise ROIError(f"{path}: ROI file not found")
@@ -111,8 +110,6 @@ RoiLike = str | Path | ROI | Any
 def coerce_rois(rois: RoiLike | Iterable[RoiLike] | None) -> list[Any]:
     """ROIs from Slideflow's spellings: a path, a list of paths (GeoJSON, CSV and mask images
     mixed), ROI objects, BinaryMask objects, or a mix of these."""
-    from .mask import BinaryMask
-
     if rois is None:
         return []
     if isinstance(rois, (str, Path)):
@@ -147,8 +144,6 @@ def roi_keep_mask(
     `filter_method`: 'center' tests the tile centre; a float f in (0, 1] keeps tiles whose
     area inside the ROIs is at least f (for mask images: the covered fraction of mask pixels).
     """
-    from .mask import BinaryMask
-
     gh, gw = grid.shape
     masks = [r for r in rois if isinstance(r, BinaryMask)]
     polygons = [r for r in rois if not isinstance(r, BinaryMask)]

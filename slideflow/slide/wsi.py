@@ -15,9 +15,13 @@ from ..validate import positive_float, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
+from .decode import make_decoder
+from .preview import draw_preview
 from .qc import FILTER_FIELDS, QCSettings
 from .reader import TileReader
 from .roi import ROI, coerce_rois, roi_keep_mask
+from .stored import open_stored_level
+from .stored_reader import StoredTileReader
 from .tissue import qc_method_name
 
 #: how tiles are read: stored JPEG tiles decoded by slideflow, or the backend's read_region
@@ -297,7 +301,6 @@ class WSI:
         """(StoredLevel or None, reason) for the level tiles are read from."""
         if self.tile_reader == "region":
             return None, "tile_reader='region'"
-        from .stored import open_stored_level
 
         layout, why = open_stored_level(self.reader, self.level_choice.level)
         if layout is None and self.tile_reader == "stored":
@@ -315,8 +318,6 @@ class WSI:
         coords = self._coords if coords is None else coords
         layout = self._stored[0]
         if layout is not None:
-            from .stored_reader import StoredTileReader
-
             return StoredTileReader(layout, coords, self.level_choice, decoder)
         return TileReader(self.reader, coords, self.full_extract_px, self.stride_px,
                           self.level_choice)
@@ -342,8 +343,6 @@ class WSI:
         decoded and resampled there on the stored-tile path (uploaded once on the region path).
         `num_threads` defaults to the usable cores.
         """
-        from .decode import make_decoder
-
         batch_size = positive_int(batch_size, "batch_size")
 
         dec = make_decoder(decoder)
@@ -378,8 +377,6 @@ class WSI:
 
     def preview(self, width: int = 1024, **kwargs: Any):
         """Thumbnail with the QC mask, ROIs and the kept tiles drawn on it (PIL image)."""
-        from .preview import draw_preview
-
         return draw_preview(self, width=width, **kwargs)
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from .preprocess import Preprocess
+from .sf3 import as_feature_extractor
 from .spec import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -64,7 +65,5 @@ class TorchFeatureExtractor:
     def __call__(self, obj: Any, **kwargs: Any) -> Any:
         """Features of uint8 tiles, a WSI or a .tfrecords path (slideflow's engine)."""
         if self._engine is None:
-            from .sf3 import as_feature_extractor
-
             self._engine = as_feature_extractor(self)
         return self._engine(obj, **kwargs)

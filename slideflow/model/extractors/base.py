@@ -22,9 +22,13 @@ from torch import nn
 
 from ...hooks import call_input_handlers
 from ...validate import positive_int
+from ..slide_encoders.factory import build_slide_encoder
+from ..slide_encoders.registry import paired_slide_encoder
+from .fuse import folded_copy
 from .preprocess import Preprocess
 from .runner import BatchRunner, as_nchw_uint8
 from .spec import EXTRACTOR_CLASS, ExtractorSpec
+from .vit_outputs import attention, dense
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +158,6 @@ class FeatureExtractor:
         # gives the same output; `model` keeps the checkpoint's layout for state_dict() users
         self._runner = self.model
         if device.type != "meta" and not any(m._forward_hooks for m in module.modules()):
-            from .fuse import folded_copy
-
             self._runner = folded_copy(self.model, probe_px=preprocess.input_px)
 
     # ------------------------------------------------------------------ attributes
@@ -204,9 +206,6 @@ class FeatureExtractor:
     def slide(self):
         """The slide encoder paired with this tile extractor (built on first use)."""
         if getattr(self, "_slide", None) is None:
-            from ..slide_encoders.factory import build_slide_encoder
-            from ..slide_encoders.registry import paired_slide_encoder
-
             spec = paired_slide_encoder(self.name)
             if spec is None:
                 raise AttributeError(f"{self.name}: no slide encoder is paired with this tile "
@@ -216,15 +215,11 @@ class FeatureExtractor:
 
     def dense(self, batch: Any) -> np.ndarray:
         """(B, D, h, w) patch tokens of a ViT extractor (see `vit_outputs.dense`)."""
-        from .vit_outputs import dense
-
         return dense(self, batch)
 
     def attention(self, batch: Any, blocks: Sequence[int] = (-1,)) -> np.ndarray:
         """(B, heads, h, w) class-token attention, exact under fused kernels
         (see `vit_outputs.attention`)."""
-        from .vit_outputs import attention
-
         return attention(self, batch, blocks)
 
     def __repr__(self) -> str:

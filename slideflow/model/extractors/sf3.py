@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ExtractorNotFound, WeightsError
-from .registry import get_spec, normalize
+from .registry import _lock, _plugins, get_spec, normalize, register_extractor, unregister_extractor
+from .spec import ExtractorSpec
 
 _TORCH_BACKENDS = (None, "torch", "pytorch")
 _TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar")
@@ -113,9 +114,6 @@ def register_torch(key_name: str | Callable[..., Any] | None = None):
 
 
 def _register_factory(name: str, fn: Callable[..., Any]) -> None:
-    from .registry import _lock, _plugins, register_extractor
-    from .spec import ExtractorSpec
-
     key = normalize(name)
     with _lock:
         if key in _plugins and key not in _factories:
@@ -138,8 +136,6 @@ def is_sf3_factory(name: Any) -> bool:
 
 
 def unregister_torch(name: str) -> None:
-    from .registry import unregister_extractor
-
     _factories.pop(normalize(name), None)
     unregister_extractor(name)
 
@@ -162,7 +158,6 @@ def as_feature_extractor(obj: Any, *, name: str | None = None,
 
     from .base import FeatureExtractor
     from .preprocess import Preprocess
-    from .spec import ExtractorSpec
 
     if isinstance(obj, FeatureExtractor):
         return obj

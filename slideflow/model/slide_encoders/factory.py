@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ...errors import UnsafeConfigError
+from ...errors import UnsafeConfigError, WeightsError
 from .registry import get_slide_spec, resolve_builder
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,6 @@ def build_slide_encoder(name: str, weights: str | os.PathLike | None = None,
 def read_parts(paths, parts) -> dict[str, Any]:
     """One state dict from checkpoints holding several (``{key: state dict, ...}``), each
     placed under its prefix; a missing part is an error naming it."""
-    from ...errors import WeightsError
     from ..extractors.weights import read_checkpoint
 
     merged: dict[str, Any] = {}

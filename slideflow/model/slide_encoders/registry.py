@@ -19,6 +19,8 @@ from typing import Any
 from ...errors import SlideEncoderNotFound
 from ..extractors.registry import GROUP, normalize
 from ..plugins import entry_point_items
+from .catalog import EXTERNAL
+from .catalog import slide_encoder_specs as core
 from .families import family_builder, import_failures
 from .spec import ExternalSlideEntry, SlideEncoderSpec
 
@@ -46,7 +48,6 @@ def _discover() -> dict[str, SlideEncoderSpec]:
     with _lock:
         if _discovered is not None:
             return _discovered
-        from .catalog import slide_encoder_specs as core
 
         found = {normalize(s.name): s for s in core()}
         for _, spec in entry_point_items(GROUP, errors=_load_errors, attribute=ATTRIBUTE,
@@ -70,8 +71,6 @@ def _all() -> dict[str, SlideEncoderSpec]:
 
 
 def _external() -> dict[str, ExternalSlideEntry]:
-    from .catalog import EXTERNAL
-
     return {normalize(e.name): e for e in EXTERNAL}
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from ..spec import SlideEncoderSpec
 from . import register_family
 from .longnet import LongNetEncoder, optimal_segment_lengths
+from .mil import options
 
 
 def grid_cells(coords: torch.Tensor, tile_size: int, ngrids: int) -> tuple[torch.Tensor,
@@ -131,6 +132,4 @@ GIGAPATH_OPTIONS = ("in_chans", "embed_dim", "depth", "heads", "mlp_ratio", "sli
 
 @register_family("gigapath_slide")
 def build_gigapath_slide(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
-    from .mil import options
-
     return GigaPathSlideEncoder(**options(spec, kwargs, GIGAPATH_OPTIONS))

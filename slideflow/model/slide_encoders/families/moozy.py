@@ -36,6 +36,7 @@ from torch.nn import functional as F
 
 from ..spec import SlideEncoderSpec
 from . import register_family
+from .mil import options
 from .titan import alibi_slopes
 
 GRID_TOLERANCE = 0.25
@@ -194,6 +195,4 @@ MOOZY_OPTIONS = ("feat_dim", "dim", "heads", "depth", "hidden", "registers", "qk
 
 @register_family("moozy")
 def build_moozy(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
-    from .mil import options
-
     return Moozy(**options(spec, kwargs, MOOZY_OPTIONS))

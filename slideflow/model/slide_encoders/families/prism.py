@@ -38,6 +38,7 @@ from torch.nn import functional as F
 from ....errors import WeightsError
 from ..spec import SlideEncoderSpec
 from . import register_family
+from .mil import options
 
 
 class CrossAttention(nn.Module):
@@ -186,6 +187,4 @@ PRISM_OPTIONS = ("latent_seq", "latent_dim", "context_dim", "mhsa_heads", "perce
 
 @register_family("prism")
 def build_prism(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
-    from .mil import options
-
     return PrismSlideEncoder(**options(spec, kwargs, PRISM_OPTIONS))

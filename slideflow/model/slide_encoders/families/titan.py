@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from ..spec import SlideEncoderSpec
 from . import register_family
+from .mil import options
 
 
 def alibi_slopes(n: int) -> list[float]:
@@ -164,6 +165,4 @@ TITAN_OPTIONS = ("in_dim", "dim", "depth", "heads", "mlp_ratio", "pool_heads", "
 
 @register_family("titan")
 def build_titan(spec: SlideEncoderSpec, **kwargs: Any) -> nn.Module:
-    from .mil import options
-
     return TitanSlide(**options(spec, kwargs, TITAN_OPTIONS))
