@@ -87,11 +87,13 @@ class _Finder(importlib.abc.MetaPathFinder):
         new = new_path(fullname)
         if new is None:
             return None
-        is_package = new in sys.modules and hasattr(sys.modules[new], "__path__")
-        if not is_package:
-            found = importlib.util.find_spec(new)
-            is_package = found is not None and found.submodule_search_locations is not None
-        return importlib.util.spec_from_loader(fullname, _Alias(new), is_package=is_package)
+        loaded = sys.modules.get(new)
+        found = loaded.__spec__ if loaded is not None else importlib.util.find_spec(new)
+        if found is None:
+            return None
+        return importlib.util.spec_from_loader(  # origin: runpy sets sys.argv[0] from it
+            fullname, _Alias(new), origin=found.origin,
+            is_package=found.submodule_search_locations is not None)
 
 
 def install() -> None:
