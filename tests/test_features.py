@@ -53,7 +53,8 @@ def test_bag_runner_decodes_on_the_extractors_device(project, ext, tmp_path, mon
     tiles go to nvJPEG and slides to the reader's torch decoder on that device. Here the policy
     says "decode on the extractor's device" for a CPU extractor, so the same wiring runs the
     torchvision decoders on the CPU; only the device placement is untested."""
-    from slideflow import features, pipeline, tfrecord_decode
+    from slideflow import pipeline, tfrecord_decode
+    from slideflow.engine import slide_job
     from slideflow.model.extractors import runner
     from slideflow.slide import decode
 
@@ -64,7 +65,7 @@ def test_bag_runner_decodes_on_the_extractors_device(project, ext, tmp_path, mon
                                         progress=False)
     policy = lambda e: "cpu" if e is ext else None  # noqa: E731
     monkeypatch.setattr(pipeline, "gpu_decode_device", policy)
-    monkeypatch.setattr(features, "gpu_decode_device", policy)
+    monkeypatch.setattr(slide_job, "gpu_decode_device", policy)
     seen, nvjpeg, torch_decodes = [], [], []
     real_to_device, real_decode = runner.BatchRunner._to_device, tfrecord_decode._decode
     real_many = decode.TorchDecoder.decode_many

@@ -27,7 +27,9 @@ from ..io.claim import claim_config, move_aside, verify_claim
 from ..io.locks import SlideLock, clean_stale_temps
 from ..io.npz import index_path_for
 from .fanout import run_features_many
-from .features import (
+from .progress import track_slides
+from .selection import TileSelection
+from .slide_job import (
     SlideJob,
     _bag_is_current,
     _check_record_count,
@@ -35,8 +37,6 @@ from .features import (
     bags_config,
     source_identity,
 )
-from .progress import track_slides
-from .selection import TileSelection
 
 log = logging.getLogger("slideflow")
 

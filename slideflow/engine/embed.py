@@ -25,10 +25,10 @@ import numpy as np
 from ..errors import SlideflowError
 from ..model.slide_encoders import get_slide_spec
 from ..slide import slide_name
-from .features import resolve_extractor
 from .pipeline import RowCollector, run_features
 from .selection import TileSelection, open_wsi
 from .slide_embeddings import check_geometry, resolve_slide_encoder
+from .slide_job import resolve_extractor
 
 
 @dataclass(frozen=True)

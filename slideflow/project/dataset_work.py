@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from ..engine.extract import ExtractionSummary, ExtractJob, ExtractOptions, run_jobs
-from ..engine.features import bags_config, iter_job_features, resolve_extractor, resolve_normalizer
 from ..engine.progress import track_slides
 from ..engine.report import write_report
 from ..engine.selection import TileSelection
+from ..engine.slide_job import bags_config, iter_job_features, resolve_extractor, resolve_normalizer
 from ..io.bags import list_bags, read_bag, slide_of, write_bag
 from ..io.bags_config import config_path, write_bags_config
 from ..io.tfrecord import get_tfrecord_label

@@ -25,8 +25,8 @@ from ..bag_runner import (
     report_outcome,
     worker_name,
 )
-from ..features import SlideJob
 from ..progress import track_slides
+from ..slide_job import SlideJob
 from . import device_list, driver_threads, worker_extractors
 
 log = logging.getLogger("slideflow")
