@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from .paths import slide_name
+
 log = logging.getLogger("slideflow")
 
 #: file suffixes recognised as slides (DICOM folders are recognised by their .dcm files)
@@ -12,19 +14,6 @@ SLIDE_SUFFIXES = (
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif",
     ".qptiff", ".dcm", ".isyntax", ".czi",
 )
-
-
-def slide_name(path: str | Path) -> str:
-    """Slide name used everywhere (annotations, TFRecords, bags): the file stem, the folder name
-    for DICOM folders, and without '.ome' for OME-TIFF."""
-    path = Path(path)
-    if path.is_dir():
-        return path.name
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def is_slide(path: str | Path) -> bool:

@@ -12,10 +12,11 @@ import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
 from ..validate import positive_float, positive_int
-from . import geometry, slide_name, tissue
+from . import geometry, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
 from .decode import make_decoder
+from .paths import slide_name
 from .preview import draw_preview
 from .qc import FILTER_FIELDS, QCSettings
 from .reader import TileReader
