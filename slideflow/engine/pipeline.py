@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..io.tfrecord import TFRecord
+from .rebatch import Batch, Rebatcher
 
-Batch = tuple[Any, np.ndarray]  # uint8 (B, H, W, 3) numpy or tensor, int64 (B, 2)
 Sink = Callable[[Any, np.ndarray], None]
 
 _DONE = object()
@@ -183,8 +183,6 @@ def forward_batch(extractor: Any, tiles: Any) -> np.ndarray:
 
 def _rebatch(source: Iterable[Batch], batch_size: int) -> Iterator[Batch]:
     """Re-chunk a stream of batches to exactly `batch_size` (the last may be shorter)."""
-    from .fanout import Rebatcher
-
     chunker = Rebatcher(batch_size)
     for tiles, coords in source:
         yield from chunker.push(tiles, coords)
