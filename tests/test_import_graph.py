@@ -28,7 +28,6 @@ MAX_LINES = 400
 OVER_LIMIT = {
     "slideflow.project.dataset": 510,
     "slideflow.model.extractors.weights": 443,
-    "slideflow.io.tensorflow": 415,
     "slideflow.slide.stored_reader": 411,
     "slideflow.slide.wsi": 405,
 }
