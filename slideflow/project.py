@@ -203,6 +203,20 @@ class Project:
             outdir = self.root / "pt_files" / str(name)
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 
+    def train_mil(self, config: Any, train_dataset: Dataset, val_dataset: Dataset,
+                  outcomes: Any, bags: Any, *, exp_label: str | None = None,
+                  outdir: str | os.PathLike | None = None, **kwargs: Any):
+        """`sf.mil.train_mil` into `<outdir or root/mil>/<NNNNN>-<exp_label or model>` (a new
+        numbered folder per run, as Slideflow 3 does)."""
+        from .mil.train import train_mil
+
+        base = Path(outdir) if outdir is not None else self.root / "mil"
+        taken = [p.name[:5] for p in base.iterdir()] if base.is_dir() else []
+        n = max([int(t) + 1 for t in taken if t.isdigit()], default=0)
+        run = base / f"{n:05d}-{exp_label or config.model}"
+        return train_mil(config, train_dataset, val_dataset, outcomes, bags, outdir=run,
+                         **kwargs)
+
     # -- display -------------------------------------------------------------------------------
     def _counts(self) -> dict[str, Any]:
         try:
