@@ -9,7 +9,8 @@ instance clustering) or None.
   encoders), one linear head.
 - transmil: Shao et al. 2021: linear projection, class token, two self-attention layers with the
   PPEG positional encoding (depthwise 7/5/3 convolutions on the tokens laid out as a square)
-  between them. Exact softmax attention stands in for the paper's Nystrom approximation.
+  between them. Exact softmax attention stands in for the paper's Nystrom approximation;
+  tile attention is the class token's attention rollout.
 - clam_sb / clam_mb: Lu et al. 2021, gated attention with one (sb) or one-per-class (mb)
   branches; instance clustering: the top-k attended tiles of the true class are pseudo-labelled
   positive, the bottom-k negative (plus top-k negative for other classes when there are more
@@ -142,22 +143,28 @@ class TransMIL(_MIL):
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         pad = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
         t = torch.cat([cls, h], dim=1)
-        w = None
+        weights = []
         for i, layer in enumerate(self.layers):
-            last = i == len(self.layers) - 1
-            t, w = layer(t, pad, need_weights=need_weights and last)
+            t, w = layer(t, pad, need_weights=need_weights)
+            weights.append(w)
             if i == 0:
                 t = torch.cat([t[:, :1], self.pos_layer(t[:, 1:], mask)], dim=1)
-        return self.norm(t)[:, 0], w
+        return self.norm(t)[:, 0], weights
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self._run(x, mask)[0])
 
     def attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The class token's attention over the tiles in the last layer (heads averaged)."""
-        w = self._run(x, mask, need_weights=True)[1][:, 0, 1:]
-        w = w * _full_mask(x, mask)
-        return w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        """Attention rollout (Abnar & Zuidema 2020) of the class token over the tiles: the
+        heads-averaged attention of every layer, with the residual as 0.5 identity, multiplied
+        through the layers (the last layer's weights alone have mixed tokens already)."""
+        weights = self._run(x, mask, need_weights=True)[1]
+        eye = torch.eye(weights[0].shape[-1], dtype=x.dtype, device=x.device)
+        roll = eye.expand_as(weights[0])
+        for w in weights:
+            roll = (0.5 * w + 0.5 * eye) @ roll
+        att = roll[:, 0, 1:] * _full_mask(x, mask)
+        return att / att.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 class CLAM(_MIL):
