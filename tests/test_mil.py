@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("pyarrow")
 
+from mil_synth import make_bags  # noqa: E402
+
 import slideflow as sf  # noqa: E402
 from slideflow.mil import MILError, mil_config  # noqa: E402
-
-from mil_synth import make_bags  # noqa: E402
 
 FAST = {"attention_mil": (5e-3, {"hidden": 64, "attn_hidden": 32}),
         "clam_sb": (5e-3, {"hidden": 64, "attn_hidden": 32}),
