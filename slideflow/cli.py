@@ -334,8 +334,10 @@ def extractors() -> None:
 
 def _register_extra_commands() -> None:
     from .cli_encode import register
+    from .cli_mil import register as register_mil
 
     register(app)
+    register_mil(app)
 
 
 _register_extra_commands()

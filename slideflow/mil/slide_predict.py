@@ -18,7 +18,7 @@ from .config import MILError
 from .inference import load_model, run_one
 
 
-def _extractor(params: dict[str, Any], folder: Path, extractor: Any, normalizer: Any):
+def model_extractor(params: dict[str, Any], folder: Path, extractor: Any, normalizer: Any):
     cfg = params.get("bags_extractor")
     if extractor is None:
         if not cfg:
@@ -78,7 +78,7 @@ def slide_outputs(model: Any, slide: Any, extractor: Any = None, *, normalizer: 
     `(net, params, folder)` of `load_model` (reused over many slides). With `heatmap_dir`,
     also writes the slide's heatmap PNG and GeoJSON there (info: their paths)."""
     net, params, folder = model if isinstance(model, tuple) else load_model(model)
-    extractor, normalizer = _extractor(params, folder, extractor, normalizer)
+    extractor, normalizer = model_extractor(params, folder, extractor, normalizer)
     wsi, opened = _open(slide, params.get("bags_extractor"), folder)
     try:
         grid = extractor(wsi, normalizer=normalizer)
@@ -105,4 +105,4 @@ def slide_outputs(model: Any, slide: Any, extractor: Any = None, *, normalizer: 
     return out, att_grid, info
 
 
-__all__ = ["predict_slide", "slide_outputs"]
+__all__ = ["model_extractor", "predict_slide", "slide_outputs"]
