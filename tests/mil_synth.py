@@ -27,8 +27,10 @@ def bags_config(dim: int, extractor: str = "synthetic", tile_px: int = 224,
 
 def make_bags(folder: Path, n_bags: int = 120, dim: int = 32, tiles: tuple[int, int] = (40, 64),
               planted: int = 4, shift: float = 3.0, seed: int = 0, patients_per: int = 1,
-              extractor: str = "synthetic") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Write bags into `folder`; return (annotations slide/patient/label/score, planted rows)."""
+              extractor: str = "synthetic", config: dict | None = None
+              ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Write bags into `folder` (with `config` as their bags_config.json when given); return
+    (annotations slide/patient/label/score, planted rows)."""
     rng = np.random.default_rng(seed)
     direction = np.zeros(dim, np.float32)
     direction[0] = 1.0
@@ -49,5 +51,5 @@ def make_bags(folder: Path, n_bags: int = 120, dim: int = 32, tiles: tuple[int, 
         rows.append({"slide": slide, "patient": f"pt_{i // patients_per:03d}",
                      "label": "pos" if positive else "neg",
                      "score": float(len(hot) * 1.0 + rng.normal(0, 0.1))})
-    write_bags_config(folder, bags_config(dim, extractor))
+    write_bags_config(folder, config or bags_config(dim, extractor))
     return pd.DataFrame(rows), planted_rows
