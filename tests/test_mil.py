@@ -279,3 +279,30 @@ def test_kfold_split_keeps_patients_together(tmp_path):
         assert not {site[s] for s in train.slides()} & {site[s] for s in val.slides()}
     with pytest.raises(sf.errors.DatasetError, match="k must be"):
         ds.kfold_split(1)
+
+
+def test_feather_fine_tunes_from_its_slide_encoder_weights(tmp_path):
+    from slideflow.mil.models import build_model
+    from slideflow.model.slide_encoders.families.mil import FeatherABMIL
+
+    torch.manual_seed(5)
+    ckpt = tmp_path / "feather.pth"
+    torch.save(FeatherABMIL(768).state_dict(), ckpt)
+    start = torch.load(ckpt, weights_only=True)
+    net = build_model("feather", 768, 2, weights=str(ckpt))
+    for key, value in start.items():
+        assert torch.equal(net.encoder_abmil.state_dict()[key], value), key
+    with pytest.raises(MILError, match="768 features per tile"):
+        build_model("feather", 32, 2, weights=str(ckpt))
+
+    bags = tmp_path / "bags"
+    df, _ = make_bags(bags, n_bags=12, dim=768, tiles=(6, 10))
+    cfg = mil_config("feather", lr=1e-4, epochs=1, batch_size=4, bag_size=8,
+                     model_kwargs={"weights": str(ckpt)})
+    res = sf.mil.train_mil(cfg, df.iloc[:8], df.iloc[8:], "label", bags, outdir=tmp_path / "m",
+                           progress=False)
+    tuned = torch.load(res.outdir / "models/best_valid.pth", weights_only=True)
+    moved = tuned["encoder_abmil.model.patch_embed.0.weight"] - start["model.patch_embed.0.weight"]
+    assert 0 < moved.abs().max() < 0.01  # fine-tuned: started from the checkpoint, then moved
+    ev = sf.mil.eval_mil(res.outdir, df.iloc[8:], "label", bags, outdir=tmp_path / "e")
+    pd.testing.assert_frame_equal(ev, res.predictions)

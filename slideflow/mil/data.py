@@ -196,13 +196,14 @@ def make_labels(df: pd.DataFrame, outcome: str, available: Iterable[str], level:
 
 def sample_batch(store: BagStore, labels: Labels, order: Sequence[int], bag_size: int,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A padded (B, bag_size, D) batch and its (B, bag_size) mask: up to `bag_size` tiles drawn
-    without replacement from each bag (all of them, in order, when the bag is smaller)."""
-    dim = store.features(labels.slides[labels.keys[order[0]]][0]).shape[1]
-    x = np.zeros((len(order), bag_size, dim), np.float32)
-    mask = np.zeros((len(order), bag_size), bool)
-    for row, i in enumerate(order):
-        parts = [store.features(s) for s in labels.slides[labels.keys[i]]]
+    """A padded (B, W, D) batch and its (B, W) mask: up to `bag_size` tiles drawn without
+    replacement from each bag (all of them, in order, when the bag is smaller); W is bag_size,
+    or the largest bag of the batch when all are smaller."""
+    bags = [[store.features(s) for s in labels.slides[labels.keys[i]]] for i in order]
+    width = min(bag_size, max(sum(len(p) for p in parts) for parts in bags))
+    x = np.zeros((len(order), width, bags[0][0].shape[1]), np.float32)
+    mask = np.zeros((len(order), width), bool)
+    for row, parts in enumerate(bags):
         sizes = [len(p) for p in parts]
         n = sum(sizes)
         pick = np.sort(rng.choice(n, bag_size, replace=False)) if n > bag_size else np.arange(n)
@@ -211,7 +212,7 @@ def sample_batch(store: BagStore, labels: Labels, order: Sequence[int], bag_size
             sel = pick[(pick >= starts[j]) & (pick < starts[j + 1])] - starts[j]
             at = np.searchsorted(pick, starts[j])
             x[row, at:at + len(sel)] = part[sel]
-        mask[row, :min(n, bag_size)] = True
+        mask[row, :min(n, width)] = True
     return x, mask
 
 

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..model.slide_encoders.families.mil import FeatherABMIL, GatedAttention
+from .config import MILError
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -82,9 +83,13 @@ class FeatherMIL(AttentionMIL):
         if weights or pretrained:
             from ..model.slide_encoders import build_slide_encoder
 
-            enc = build_slide_encoder("feather", weights=weights)
-            module = getattr(enc, "model", enc)
-            self.encoder_abmil.load_state_dict(module.state_dict())
+            enc = build_slide_encoder("feather", weights=weights, device="cpu")
+            start = enc.model.state_dict()
+            want = start["model.patch_embed.0.weight"].shape[1]
+            if want != n_in:
+                raise MILError(f"feather's weights take {want} features per tile "
+                                 f"({enc.spec.tile_extractor} bags); these bags have {n_in}")
+            self.encoder_abmil.load_state_dict(start)
 
     def _attend(self, x, mask):
         abmil = self.encoder_abmil.model
