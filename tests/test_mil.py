@@ -306,3 +306,26 @@ def test_feather_fine_tunes_from_its_slide_encoder_weights(tmp_path):
     assert 0 < moved.abs().max() < 0.01  # fine-tuned: started from the checkpoint, then moved
     ev = sf.mil.eval_mil(res.outdir, df.iloc[8:], "label", bags, outdir=tmp_path / "e")
     pd.testing.assert_frame_equal(ev, res.predictions)
+
+
+# ---------------------------------------------------------------------------------- CLI
+def test_cli_mil_train_manifest(small, tmp_path):
+    from typer.testing import CliRunner
+
+    from slideflow.cli import app
+
+    bags, train, val = small
+    manifest = tmp_path / "manifest.csv"
+    pd.concat([train, val]).to_csv(manifest, index=False)
+    args = ["mil", "train", str(manifest), "--bags", str(bags), "--outcome", "label",
+            "-o", str(tmp_path / "out"), "-k", "2", "--epochs", "1", "--bag-size", "8", "-q"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("AUROC") == 2
+    vals = [set(json.loads((tmp_path / f"out/fold{i}/mil_params.json").read_text())
+                ["splits"]["val"]) for i in (0, 1)]
+    assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
+    again = CliRunner().invoke(app, args)  # a finished run is never overwritten
+    assert again.exit_code == 2 and "error:" in again.output and "already holds" in again.output
+    typo = CliRunner().invoke(app, [*args[:6], "lable", *args[7:]])
+    assert typo.exit_code == 2 and "no column 'lable'" in typo.output

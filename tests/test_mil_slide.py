@@ -79,3 +79,27 @@ def test_cli_predict_writes_heatmaps(model_dir, slides, tmp_path):
     assert (out / "heatmaps/CMU-1-Small-Region.png").read_bytes()[:4] == b"\x89PNG"
     bad = CliRunner().invoke(app, ["mil", "predict", str(tmp_path), str(CMU), "-o", str(out)])
     assert bad.exit_code == 2 and "error:" in bad.output and "mil_params.json" in bad.output
+
+
+def test_eval_mil_attention_heatmaps(model_dir, cmu_slides_project, tmp_path):
+    from slideflow.io.bags import write_bag
+    from slideflow.io.bags_config import write_bags_config
+
+    P = cmu_slides_project
+    pd.DataFrame([{"slide": CMU.stem, "patient": "p1", "label": "pos"}]).to_csv(
+        P.annotations, index=False)
+    with sf.WSI(CMU, TILE_PX, TILE_UM) as wsi:
+        coords, extent = wsi.coords, wsi.full_extract_px
+    bags = tmp_path / "bags"
+    rng = np.random.default_rng(0)
+    write_bag(bags / f"{CMU.stem}.pt", rng.standard_normal((len(coords), 1280)).astype(
+        np.float32), coords, patch_size_level0=extent)
+    write_bags_config(bags, json.loads((model_dir / "mil_params.json").read_text())
+                      ["bags_extractor"])
+    df = sf.mil.eval_mil(model_dir, P.dataset(), "label", bags, outdir=tmp_path / "ev",
+                         attention_heatmaps=True)
+    assert list(df.slide) == [CMU.stem]
+    geo = json.loads((tmp_path / f"ev/heatmaps/{CMU.stem}.geojson").read_text())
+    assert len(geo["features"]) == len(coords)
+    assert geo["features"][0]["geometry"]["coordinates"][0][0] == coords[0].tolist()
+    assert (tmp_path / f"ev/heatmaps/{CMU.stem}.png").stat().st_size > 1000
