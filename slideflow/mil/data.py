@@ -208,10 +208,11 @@ def sample_batch(store: BagStore, labels: Labels, order: Sequence[int], bag_size
         n = sum(sizes)
         pick = np.sort(rng.choice(n, bag_size, replace=False)) if n > bag_size else np.arange(n)
         starts = np.cumsum([0, *sizes])
-        for j, part in enumerate(parts):
-            sel = pick[(pick >= starts[j]) & (pick < starts[j + 1])] - starts[j]
-            at = np.searchsorted(pick, starts[j])
-            x[row, at:at + len(sel)] = part[sel]
+        for j, part in enumerate(parts):  # gathered straight into the batch: one copy
+            sel = pick if len(parts) == 1 else \
+                pick[(pick >= starts[j]) & (pick < starts[j + 1])] - starts[j]
+            at = 0 if len(parts) == 1 else int(np.searchsorted(pick, starts[j]))
+            np.take(part, sel, axis=0, out=x[row, at:at + len(sel)])
         mask[row, :min(n, width)] = True
     return x, mask
 

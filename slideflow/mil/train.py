@@ -137,10 +137,12 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
             start = time.perf_counter()
             model.train()
             order = rng.permutation(n_tr)
-            total = 0.0
+            total, data_s = 0.0, 0.0
             for b in range(steps):
                 idx = order[b * bs:(b + 1) * bs]
+                t0 = time.perf_counter()
                 x, m = sample_batch(store, tr, idx, config.bag_size, rng)
+                data_s += time.perf_counter() - t0
                 y = torch.from_numpy(tr.y[idx])
                 logits, extra = model.loss_terms(torch.from_numpy(x), torch.from_numpy(m), y)
                 loss = bag_loss(logits, y)
@@ -152,6 +154,7 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
                 if sched is not None:
                     sched.step()
                 total += float(loss.detach()) * len(idx)
+            train_s = time.perf_counter() - start
             out, _ = run_bags(model, store, va, cls)
             with torch.no_grad():
                 pred = torch.from_numpy(out)
@@ -160,7 +163,9 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
             score = val_score(va.y, out, cls)
             history.append({"epoch": epoch, "train_loss": total / max(1, min(n_tr, steps * bs)),
                             "valid_loss": vloss, score_name: score,
-                            "seconds": round(time.perf_counter() - start, 3)})
+                            "seconds": round(time.perf_counter() - start, 3),
+                            "train_seconds": round(train_s, 3),
+                            "data_seconds": round(data_s, 3)})
             bar.update(history[-1], score_name)
             if config.save_monitor == "last" or best is None or vloss < best[0]:
                 best = (vloss, copy.deepcopy(model.state_dict()))
