@@ -329,3 +329,18 @@ def test_cli_mil_train_manifest(small, tmp_path):
     assert again.exit_code == 2 and "error:" in again.output and "already holds" in again.output
     typo = CliRunner().invoke(app, [*args[:6], "lable", *args[7:]])
     assert typo.exit_code == 2 and "no column 'lable'" in typo.output
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_mil_fc_pooling_and_attention(pool):
+    from slideflow.mil.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("mil_fc", 4, 2, hidden=6, pool=pool).eval()
+    x, mask = torch.randn(2, 5, 4), torch.ones(2, 5, dtype=torch.bool)
+    mask[0, 3:] = False
+    h = net.encoder(x)
+    pooled = h[0, :3].mean(0) if pool == "mean" else h[0, :3].max(0).values
+    torch.testing.assert_close(net(x, mask)[0], net.head(pooled))
+    att = net.attention(x, mask)
+    assert torch.all(att[0, 3:] == 0) and torch.allclose(att.sum(1), torch.ones(2))
