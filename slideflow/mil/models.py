@@ -249,16 +249,17 @@ class MILFC(_MIL):
         self.head = nn.Linear(hidden, n_out)
 
     def _pooled(self, x, mask):
+        """(pooled (B, hidden), argmax tile per dimension (B, hidden) or None for mean)."""
         mask = _full_mask(x, mask)
         h = self.encoder(x)
         if self.pool == "max":
-            return h.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1)
+            best = h.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(dim=1)
+            return best.values, best.indices
         m = mask.unsqueeze(-1).to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp_min(1), None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self._pooled(x, mask)
-        return self.head(out[0] if self.pool == "max" else out[0])
+        return self.head(self._pooled(x, mask)[0])
 
     def attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """mean: uniform over the tiles; max: each tile's share of the pooled dimensions."""
@@ -266,9 +267,9 @@ class MILFC(_MIL):
         if self.pool == "mean":
             m = mask.to(x.dtype)
             return m / m.sum(1, keepdim=True).clamp_min(1)
-        idx = self._pooled(x, mask)[0].indices                    # (B, hidden)
+        idx = self._pooled(x, mask)[1]                            # (B, hidden)
         counts = torch.zeros(mask.shape, dtype=x.dtype, device=x.device)
-        counts.scatter_add_(1, idx, torch.ones_like(idx, dtype=x.dtype))
+        counts.scatter_add_(1, idx, torch.ones(idx.shape, dtype=x.dtype, device=x.device))
         return counts / idx.shape[1]
 
 
