@@ -103,3 +103,17 @@ def test_eval_mil_attention_heatmaps(model_dir, cmu_slides_project, tmp_path):
     assert len(geo["features"]) == len(coords)
     assert geo["features"][0]["geometry"]["coordinates"][0][0] == coords[0].tolist()
     assert (tmp_path / f"ev/heatmaps/{CMU.stem}.png").stat().st_size > 1000
+
+
+def test_predict_slide_refuses_another_extractor(model_dir):
+    class Other:
+        name, num_features = "resnet_like", 1280
+
+        def dump_config(self):
+            return {"class": "slideflow.model.extractors.Other", "kwargs": {}}
+
+    with pytest.raises(MILError, match="resnet_like differs from the one the model"):
+        sf.mil.predict_slide(model_dir, CMU, extractor=Other())
+    Other.num_features = 512
+    with pytest.raises(MILError, match="gives 512 features; the model .* takes 1280"):
+        sf.mil.predict_slide(model_dir, CMU, extractor=Other())
