@@ -78,8 +78,8 @@ def _heatmaps(outdir: Path, per_slide: Mapping[str, tuple[np.ndarray, np.ndarray
 
 
 def _prepare(model: Any, dataset: Any, outcomes: Any, bags: Any,
-             aggregation_level: str | None, config: MILConfig | None):
-    net, params, folder = load_model(model)
+             aggregation_level: str | None, config: MILConfig | None, device: Any):
+    net, params, folder = load_model(model, device)
     if config is not None and config.to_dict() != params["config"]:
         log.warning("config differs from the model's mil_params.json; the saved one is used")
     outcome = outcome_column(outcomes)
@@ -102,13 +102,13 @@ def _prepare(model: Any, dataset: Any, outcomes: Any, bags: Any,
 
 def eval_mil(weights: str | Path, dataset: Any, outcomes: Any, bags: Any,
              config: MILConfig | None = None, *, outdir: str | Path = "mil",
-             attention_heatmaps: bool = False, aggregation_level: str | None = None
-             ) -> pd.DataFrame:
+             attention_heatmaps: bool = False, aggregation_level: str | None = None,
+             device: Any = None) -> pd.DataFrame:
     """Evaluate a trained model (its folder or weights file) on `dataset`'s bags; writes
     predictions.parquet, metrics.json, attention/ (and heatmaps/ with `attention_heatmaps`)
     into `outdir` and returns the predictions."""
     net, params, labels, store, cls, key_col, cfg = _prepare(weights, dataset, outcomes, bags,
-                                                             aggregation_level, config)
+                                                             aggregation_level, config, device)
     df, _ = write_results(Path(outdir), net, store, labels, cls,
                           params.get("class_names") or [], key_col, attention=True,
                           heatmaps=attention_heatmaps, dataset=dataset,
@@ -118,12 +118,12 @@ def eval_mil(weights: str | Path, dataset: Any, outcomes: Any, bags: Any,
 
 def predict_mil(model: str | Path, dataset: Any, outcomes: Any, bags: Any, *,
                 config: MILConfig | None = None, attention: bool = False,
-                aggregation_level: str | None = None
+                aggregation_level: str | None = None, device: Any = None
                 ) -> pd.DataFrame | tuple[pd.DataFrame, list[np.ndarray]]:
     """Predictions (slide|patient, y_true, y_pred0..k) without writing anything; with
     `attention`, also one attention array per bag (Slideflow 3's return shape)."""
     net, params, labels, store, cls, key_col, _ = _prepare(model, dataset, outcomes, bags,
-                                                           aggregation_level, config)
+                                                           aggregation_level, config, device)
     out, atts = run_bags(net, store, labels, cls, attention)
     df = predictions_frame(labels.keys, key_col, labels.y, out, params.get("class_names") or [])
     return (df, atts) if attention else df  # type: ignore[return-value]

@@ -26,8 +26,18 @@ def model_from_config(config: MILConfig, n_in: int, n_out: int, *, for_training:
     return build_model(config.model, n_in, n_out, **kwargs)
 
 
-def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any], Path]:
-    """(model in eval mode, mil_params.json, run folder) for a run folder or weights file."""
+def resolve_device(device: Any = None) -> Any:
+    """`device`, or CUDA when available, else the CPU (the CPU run is the reproducible one)."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(model_dir: str | Path, device: Any = None) -> tuple[Any, dict[str, Any], Path]:
+    """(model in eval mode on `device`, mil_params.json, run folder) for a run folder or a
+    weights file."""
     import torch
 
     folder, params = read_params(model_dir)
@@ -43,7 +53,7 @@ def load_model(model_dir: str | Path) -> tuple[Any, dict[str, Any], Path]:
     except Exception as e:  # noqa: BLE001 - unreadable or mismatched weights
         raise MILError(f"{weights}: cannot load these weights into {config.model} "
                        f"({type(e).__name__}: {e})") from e
-    model.eval()
+    model.eval().to(resolve_device(device))
     return model, params, folder
 
 
@@ -52,12 +62,13 @@ def run_one(model: Any, features: np.ndarray, classification: bool, attention: b
     """(outputs (n_out,), attention (N,) or None) for one bag."""
     import torch
 
+    device = next(model.parameters()).device
     with torch.no_grad():
-        x = torch.from_numpy(np.ascontiguousarray(features, np.float32))[None]
+        x = torch.from_numpy(np.ascontiguousarray(features, np.float32))[None].to(device)
         logits = model(x)[0]
         out = torch.softmax(logits, dim=-1) if classification else logits
-        att = model.attention(x)[0].numpy().astype(np.float32) if attention else None
-    return out.numpy().astype(np.float32), att
+        att = model.attention(x)[0].cpu().numpy().astype(np.float32) if attention else None
+    return out.cpu().numpy().astype(np.float32), att
 
 
 def run_bags(model: Any, store: BagStore, labels: Labels, classification: bool,
@@ -85,4 +96,4 @@ def split_attention(store: BagStore, labels: Labels, atts: list[np.ndarray]
     return out
 
 
-__all__ = ["load_model", "model_from_config", "run_bags", "run_one", "split_attention"]
+__all__ = ["load_model", "resolve_device", "model_from_config", "run_bags", "run_one", "split_attention"]

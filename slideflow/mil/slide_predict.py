@@ -62,12 +62,13 @@ def _open(slide: Any, cfg: dict[str, Any] | None, folder: Path):
 
 
 def predict_slide(model: str | Path, slide: Any, extractor: Any = None, *,
-                  normalizer: Any = None, config: Any = None, attention: bool = False
-                  ) -> np.ndarray | tuple[np.ndarray, np.ma.MaskedArray]:
+                  normalizer: Any = None, config: Any = None, attention: bool = False,
+                  device: Any = None) -> np.ndarray | tuple[np.ndarray, np.ma.MaskedArray]:
     """Prediction for one slide (path or WSI) from a trained model folder (Slideflow 3's
     signature). Returns class probabilities (or the regressed value); with `attention`,
     also a masked (grid_h, grid_w) attention grid aligned with the WSI's tile grid."""
-    out, att_grid, _ = slide_outputs(model, slide, extractor, normalizer=normalizer)
+    out, att_grid, _ = slide_outputs(load_model(model, device), slide, extractor,
+                                     normalizer=normalizer)
     return (out, att_grid) if attention else out
 
 

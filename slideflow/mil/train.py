@@ -6,7 +6,6 @@ order, so the same data and config give byte-identical weights and predictions.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -31,7 +30,7 @@ from .data import (
     sample_batch,
 )
 from .evaluate import write_results
-from .inference import model_from_config, run_bags
+from .inference import model_from_config, resolve_device, run_bags
 from .metrics import val_score
 from .outputs import PARAMS, WEIGHTS, versions, write_history, write_params, write_weights
 
@@ -77,13 +76,15 @@ def _class_weights(y: np.ndarray, n: int):
 
 def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes: Any,
               bags: Any, *, outdir: str | Path = "mil", exp_label: str | None = None,
-              attention_heatmaps: bool = False, progress: bool = True) -> MILResult:
+              attention_heatmaps: bool = False, progress: bool = True,
+              device: Any = None) -> MILResult:
     """Train `config.model` on `bags` (Slideflow 3: ``sf.mil.train_mil``).
 
     `train_dataset` / `val_dataset`: Datasets (or DataFrames with slide, patient and outcome
     columns); `outcomes`: the annotation column; `bags`: a bag folder (or list of folders /
     files). Writes the run folder described in `slideflow.mil.outputs` into `outdir`
     (`outdir/<exp_label>` when given); a folder that already holds a finished run is refused.
+    `device`: default CUDA when available, else the CPU (where runs are byte-reproducible).
     """
     import torch
     from torch.nn import functional as F
@@ -115,13 +116,15 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = model_from_config(config, n_in, n_out, for_training=True)
+    dev = resolve_device(device)
+    model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.wd)
     n_tr, bs = len(tr.keys), config.batch_size
     steps = (n_tr // bs if config.drop_last and n_tr >= bs else math.ceil(n_tr / bs))
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr,
                                                  total_steps=config.epochs * steps)
              if config.fit_one_cycle else None)
-    weight = _class_weights(tr.y, n_out) if cls and config.weighted_loss else None
+    weight = _class_weights(tr.y, n_out).to(dev) if cls and config.weighted_loss else None
 
     def bag_loss(logits, y):
         if cls:
@@ -143,8 +146,9 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
                 t0 = time.perf_counter()
                 x, m = sample_batch(store, tr, idx, config.bag_size, rng)
                 data_s += time.perf_counter() - t0
-                y = torch.from_numpy(tr.y[idx])
-                logits, extra = model.loss_terms(torch.from_numpy(x), torch.from_numpy(m), y)
+                y = torch.from_numpy(tr.y[idx]).to(dev)
+                logits, extra = model.loss_terms(torch.from_numpy(x).to(dev),
+                                                 torch.from_numpy(m).to(dev), y)
                 loss = bag_loss(logits, y)
                 if extra is not None:
                     loss = model.bag_weight * loss + (1 - model.bag_weight) * extra
@@ -168,7 +172,8 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
                             "data_seconds": round(data_s, 3)})
             bar.update(history[-1], score_name)
             if config.save_monitor == "last" or best is None or vloss < best[0]:
-                best = (vloss, copy.deepcopy(model.state_dict()))
+                best = (vloss, {k: v.detach().cpu().clone()
+                                for k, v in model.state_dict().items()})
     assert best is not None
     model.load_state_dict(best[1])
     model.eval()
