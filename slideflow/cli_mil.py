@@ -19,6 +19,11 @@ from typing import Annotated, Any
 
 import typer
 
+from .errors import SlideflowError
+from .io.atomic import atomic_open
+from .io.runlog import human_summary, run_summary, write_run_files
+from .mil import mil_config
+
 mil_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="Multiple-instance learning on feature bags.")
 
@@ -27,7 +32,6 @@ def _table(source: Path) -> Any:
     """Annotations of a project folder, or a manifest CSV (slide, patient, outcome columns)."""
     import pandas as pd
 
-    from .errors import SlideflowError
     from .project import is_project, load_project
 
     if source.is_dir() and is_project(source):
@@ -61,8 +65,6 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train one model per fold; prints each fold's validation metrics."""
-    from .errors import SlideflowError
-    from .mil import mil_config
     from .mil.splits import fold_slides
     from .mil.train import train_mil
 
@@ -109,9 +111,6 @@ def predict(
     """Predict slides with a trained model (extractor rebuilt from the model folder)."""
     import pandas as pd
 
-    from .errors import SlideflowError
-    from .io.atomic import atomic_open
-    from .io.runlog import human_summary, run_summary, write_run_files
     from .mil.inference import load_model
     from .mil.slide_predict import model_extractor, slide_outputs
     from .slide import find_slides, is_slide

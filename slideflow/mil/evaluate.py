@@ -25,6 +25,7 @@ from .data import (
     make_labels,
     outcome_column,
 )
+from .heatmap import save_slide_heatmap
 from .inference import load_model, run_bags, split_attention
 from .metrics import classification_metrics, regression_metrics
 from .outputs import predictions_frame, write_attention, write_metrics, write_predictions
@@ -56,8 +57,6 @@ def write_results(outdir: Path, model: Any, store: BagStore, labels: Labels,
 def _heatmaps(outdir: Path, per_slide: Mapping[str, tuple[np.ndarray, np.ndarray]],
               dataset: Any, bags_cfg: Mapping[str, Any] | None, df: pd.DataFrame,
               key_col: str, labels: Labels) -> None:
-    from .heatmap import save_slide_heatmap
-
     paths = {} if dataset is None or isinstance(dataset, pd.DataFrame) else \
         dataset.slide_paths(as_dict=True)
     if bags_cfg is None:

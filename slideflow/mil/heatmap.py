@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..io.atomic import atomic_open
+from ..slide.wsi import WSI
 from .config import MILError
 
 
@@ -84,8 +85,6 @@ def save_slide_heatmap(slide_path: str | Path, attention: np.ndarray, coords: np
                        bags_cfg: Mapping[str, Any], outdir: str | Path,
                        prediction: Mapping[str, float] | None = None) -> tuple[Path, Path]:
     """`save_heatmap` for a slide file, opened at the bags' tile geometry."""
-    from ..slide.wsi import WSI
-
     prov = bags_cfg.get("provenance") or {}
     with WSI(slide_path, int(bags_cfg["tile_px"]), bags_cfg["tile_um"]) as wsi:
         return save_heatmap(wsi, attention, coords, outdir, prediction,

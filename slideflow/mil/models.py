@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..model.slide_encoders import build_slide_encoder
 from ..model.slide_encoders.families.mil import FeatherABMIL, GatedAttention
 from .config import MILError
 
@@ -81,8 +82,6 @@ class FeatherMIL(AttentionMIL):
         self.head = nn.Linear(embed_dim, n_out)
         self.drop = nn.Dropout(dropout)
         if weights or pretrained:
-            from ..model.slide_encoders import build_slide_encoder
-
             enc = build_slide_encoder("feather", weights=weights, device="cpu")
             start = enc.model.state_dict()
             want = start["model.patch_embed.0.weight"].shape[1]

@@ -26,6 +26,7 @@ import pandas as pd
 from ..io.atomic import atomic_open, atomic_path, write_json_atomic
 from ..io.npz import save_npz
 from ..version import __version__
+from .config import MILError
 
 PARAMS = "mil_params.json"
 WEIGHTS = "models/best_valid.pth"
@@ -112,8 +113,6 @@ def write_params(outdir: Path, params: Mapping[str, Any]) -> None:
 
 def read_params(model_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """(run folder, mil_params.json) for a run folder or a weights file inside it."""
-    from .config import MILError
-
     p = Path(model_dir)
     folder = p if p.is_dir() else (p.parent.parent if p.parent.name == "models" else p.parent)
     path = folder / PARAMS

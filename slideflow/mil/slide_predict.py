@@ -14,7 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..model import rebuild_extractor
+from ..selection import TileSelection, open_wsi
 from .config import MILError
+from .heatmap import save_heatmap
 from .inference import load_model, run_one
 
 
@@ -24,8 +27,6 @@ def model_extractor(params: dict[str, Any], folder: Path, extractor: Any, normal
         if not cfg:
             raise MILError(f"{folder}: the model records no bags_extractor (its bags had no "
                            "bags_config.json); pass extractor=")
-        from ..model import rebuild_extractor
-
         extractor, rebuilt = rebuild_extractor(cfg)
         return extractor, normalizer if normalizer is not None else rebuilt
     if int(extractor.num_features) != int(params["input_shape"]):
@@ -50,8 +51,6 @@ def _open(slide: Any, cfg: dict[str, Any] | None, folder: Path):
         return slide, False
     if not cfg:
         raise MILError(f"{folder}: tile geometry unknown (no bags_extractor); pass a WSI")
-    from ..selection import TileSelection, open_wsi
-
     record = dict((cfg.get("provenance") or {}).get("tile_selection") or {})
     try:
         selection = TileSelection(**record)
@@ -95,8 +94,6 @@ def slide_outputs(model: Any, slide: Any, extractor: Any = None, *, normalizer: 
         info: dict[str, Any] = {"slide": wsi.name, "tiles": len(feats),
                                 "coords": np.asarray(grid.coords), "attention": att}
         if heatmap_dir is not None:
-            from .heatmap import save_heatmap
-
             pred = {f"y_pred{i}": float(v) for i, v in enumerate(out)}
             info["png"], info["geojson"] = save_heatmap(wsi, att, grid.coords, heatmap_dir,
                                                         pred)
