@@ -344,3 +344,13 @@ def test_mil_fc_pooling_and_attention(pool):
     torch.testing.assert_close(net(x, mask)[0], net.head(pooled))
     att = net.attention(x, mask)
     assert torch.all(att[0, 3:] == 0) and torch.allclose(att.sum(1), torch.ones(2))
+
+
+def test_missing_pyarrow_is_named_before_training(small, tmp_path, monkeypatch):
+    import sys
+
+    bags, train, val = small
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow -> ImportError
+    with pytest.raises(MILError, match=r"pyarrow: pip install 'slideflow\[mil\]'"):
+        sf.mil.train_mil(_quick(), train, val, "label", bags, outdir=tmp_path, progress=False)
+    assert not tmp_path.joinpath("models").exists()

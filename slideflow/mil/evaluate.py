@@ -28,7 +28,13 @@ from .data import (
 from .heatmap import save_slide_heatmap
 from .inference import load_model, run_bags, split_attention
 from .metrics import classification_metrics, regression_metrics
-from .outputs import predictions_frame, write_attention, write_metrics, write_predictions
+from .outputs import (
+    predictions_frame,
+    require_parquet,
+    write_attention,
+    write_metrics,
+    write_predictions,
+)
 
 log = logging.getLogger("slideflow")
 
@@ -106,6 +112,7 @@ def eval_mil(weights: str | Path, dataset: Any, outcomes: Any, bags: Any,
     """Evaluate a trained model (its folder or weights file) on `dataset`'s bags; writes
     predictions.parquet, metrics.json, attention/ (and heatmaps/ with `attention_heatmaps`)
     into `outdir` and returns the predictions."""
+    require_parquet()
     net, params, labels, store, cls, key_col, cfg = _prepare(weights, dataset, outcomes, bags,
                                                              aggregation_level, config, device)
     df, _ = write_results(Path(outdir), net, store, labels, cls,

@@ -32,6 +32,15 @@ PARAMS = "mil_params.json"
 WEIGHTS = "models/best_valid.pth"
 
 
+def require_parquet() -> None:
+    """predictions.parquet needs pyarrow: say so before any training time is spent."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise MILError("MIL runs write predictions.parquet, which needs pyarrow: "
+                       "pip install 'slideflow[mil]'") from None
+
+
 def predictions_frame(keys: Sequence[str], key_col: str, y_true: np.ndarray, out: np.ndarray,
                       class_names: Sequence[str]) -> pd.DataFrame:
     """slide|patient, y_true (class index or value), y_pred0..k (probabilities or values)."""
@@ -127,6 +136,7 @@ def read_params(model_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     return folder, params
 
 
-__all__ = ["PARAMS", "WEIGHTS", "predictions_frame", "read_params", "versions",
+__all__ = ["PARAMS", "WEIGHTS", "predictions_frame", "read_params", "require_parquet",
+           "versions",
            "write_attention", "write_history", "write_metrics", "write_params",
            "write_predictions", "write_weights"]

@@ -32,7 +32,15 @@ from .data import (
 from .evaluate import write_results
 from .inference import model_from_config, resolve_device, run_bags
 from .metrics import val_score
-from .outputs import PARAMS, WEIGHTS, versions, write_history, write_params, write_weights
+from .outputs import (
+    PARAMS,
+    WEIGHTS,
+    require_parquet,
+    versions,
+    write_history,
+    write_params,
+    write_weights,
+)
 
 log = logging.getLogger("slideflow")
 
@@ -91,6 +99,7 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
 
     if not isinstance(config, MILConfig):
         raise MILError(f"config must come from mil_config(...), got {type(config).__name__}")
+    require_parquet()
     outcome = outcome_column(outcomes)
     outdir = Path(outdir) / exp_label if exp_label else Path(outdir)
     if (outdir / PARAMS).exists():
