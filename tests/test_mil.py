@@ -354,3 +354,31 @@ def test_missing_pyarrow_is_named_before_training(small, tmp_path, monkeypatch):
     with pytest.raises(MILError, match=r"pyarrow: pip install 'slideflow\[mil\]'"):
         sf.mil.train_mil(_quick(), train, val, "label", bags, outdir=tmp_path, progress=False)
     assert not tmp_path.joinpath("models").exists()
+
+
+def test_transmil_rollout_matches_full_attention_matrices():
+    """The row-at-a-time rollout equals the product of the full heads-averaged matrices."""
+    from slideflow.mil.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("transmil", 8, 2, hidden=16, heads=4).eval()
+    x, mask = torch.randn(2, 11, 8), torch.ones(2, 11, dtype=torch.bool)
+    mask[1, 7:] = False
+    with torch.no_grad():
+        _, inputs, pad = net._run(x, mask, keep_inputs=True)
+        eye = torch.eye(12)
+        roll = eye.expand(2, 12, 12)
+        for layer, y in zip(net.layers, inputs):
+            w = layer.attn(y, y, y, key_padding_mask=pad, need_weights=True)[1]
+            roll = (0.5 * w + 0.5 * eye) @ roll
+        want = roll[:, 0, 1:] * mask
+        want = want / want.sum(-1, keepdim=True)
+        got = net.attention(x, mask)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        from slideflow.mil import models
+
+        r = torch.rand(2, 12) * pad.logical_not()
+        blocks = models._row_times_attention(net.layers[0].attn, inputs[0], pad, r, budget=5)
+        whole = models._row_times_attention(net.layers[0].attn, inputs[0], pad, r)
+    torch.testing.assert_close(blocks, whole)
+    assert torch.all(got[1, 7:] == 0)

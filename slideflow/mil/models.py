@@ -119,9 +119,9 @@ class _TransLayer(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
 
-    def forward(self, x, pad, need_weights=False):
+    def forward(self, x, pad):
         y = self.norm(x)
-        out, w = self.attn(y, y, y, key_padding_mask=pad, need_weights=need_weights)
+        out, w = self.attn(y, y, y, key_padding_mask=pad, need_weights=False)
         return x + out, w
 
 
@@ -141,19 +141,20 @@ class TransMIL(_MIL):
         self.head = nn.Linear(hidden, n_out)
         nn.init.normal_(self.cls_token, std=0.02)
 
-    def _run(self, x, mask, need_weights=False):
+    def _run(self, x, mask, keep_inputs=False):
         mask = _full_mask(x, mask)
         h = self.fc1(x)
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         pad = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], dim=1)
         t = torch.cat([cls, h], dim=1)
-        weights = []
+        inputs = []
         for i, layer in enumerate(self.layers):
-            t, w = layer(t, pad, need_weights=need_weights)
-            weights.append(w)
+            if keep_inputs:
+                inputs.append(layer.norm(t))
+            t = layer(t, pad)[0]
             if i == 0:
                 t = torch.cat([t[:, :1], self.pos_layer(t[:, 1:], mask)], dim=1)
-        return self.norm(t)[:, 0], weights
+        return self.norm(t)[:, 0], inputs, pad
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self._run(x, mask)[0])
@@ -161,14 +162,35 @@ class TransMIL(_MIL):
     def attention(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention rollout (Abnar & Zuidema 2020) of the class token over the tiles: the
         heads-averaged attention of every layer, with the residual as 0.5 identity, multiplied
-        through the layers (the last layer's weights alone have mixed tokens already)."""
-        weights = self._run(x, mask, need_weights=True)[1]
-        eye = torch.eye(weights[0].shape[-1], dtype=x.dtype, device=x.device)
-        roll = eye.expand_as(weights[0])
-        for w in weights:
-            roll = (0.5 * w + 0.5 * eye) @ roll
-        att = roll[:, 0, 1:] * _full_mask(x, mask)
+        through the layers (the last layer's weights alone have mixed tokens already). Only the
+        class token's row is carried, and each layer's attention is formed a block of rows at
+        a time, so memory grows with the number of tiles, not its square."""
+        _, inputs, pad = self._run(x, mask, keep_inputs=True)
+        r = torch.zeros(pad.shape, dtype=x.dtype, device=x.device)
+        r[:, 0] = 1
+        for layer, y in zip(reversed(self.layers), reversed(inputs)):
+            r = 0.5 * _row_times_attention(layer.attn, y, pad, r) + 0.5 * r
+        att = r[:, 1:] * _full_mask(x, mask)
         return att / att.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _row_times_attention(attn: nn.MultiheadAttention, y: torch.Tensor, pad: torch.Tensor,
+                         r: torch.Tensor, budget: int = 1 << 24) -> torch.Tensor:
+    """r @ A for the heads-averaged attention matrix A of `attn` on `y` (B, S, E), computed a
+    block of query rows at a time (at most `budget` scores in memory)."""
+    b, s, e = y.shape
+    heads = attn.num_heads
+    q, k, _ = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).split(e, dim=-1)
+    q = q.reshape(b, s, heads, -1).transpose(1, 2) * (e // heads) ** -0.5   # (B, h, S, d)
+    k = k.reshape(b, s, heads, -1).transpose(1, 2)
+    bias = torch.zeros(pad.shape, dtype=y.dtype, device=y.device).masked_fill(
+        pad, float("-inf"))[:, None, None, :]
+    out = torch.zeros_like(r)
+    step = max(1, budget // max(1, heads * s))
+    for i in range(0, s, step):
+        rows = torch.softmax(q[:, :, i:i + step] @ k.transpose(-1, -2) + bias, dim=-1)
+        out += torch.einsum("bc,bhcs->bs", r[:, i:i + step], rows) / heads
+    return out
 
 
 class CLAM(_MIL):
