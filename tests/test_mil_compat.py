@@ -71,3 +71,18 @@ def test_documented_mil_calls(project, tmp_path):
                               bags=bags)
     pd.testing.assert_frame_equal(pred, df)
     assert list(pred.columns) == ["slide", "y_true", "y_pred0", "y_pred1"]
+
+
+def test_cli_mil_train_on_a_project(project, tmp_path):
+    from typer.testing import CliRunner
+
+    from slideflow.cli import app
+
+    P, bags = project
+    res = CliRunner().invoke(app, ["mil", "train", str(P.root), "--bags", bags, "--outcome",
+                                   "tumor_type", "--model", "mil_fc", "-k", "2", "--epochs", "1",
+                                   "-o", str(tmp_path / "runs"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["fold0", "fold1"]
+    params = json.loads((tmp_path / "runs/fold1/mil_params.json").read_text())
+    assert params["model"] == "mil_fc" and len(params["splits"]["val"]) == 9
