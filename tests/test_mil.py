@@ -382,3 +382,12 @@ def test_transmil_rollout_matches_full_attention_matrices():
         whole = models._row_times_attention(net.layers[0].attn, inputs[0], pad, r)
     torch.testing.assert_close(blocks, whole)
     assert torch.all(got[1, 7:] == 0)
+
+
+def test_patient_in_both_splits_is_warned(tmp_path, caplog):
+    bags = tmp_path / "bags"
+    df, _ = make_bags(bags, n_bags=12, dim=8, tiles=(6, 8), patients_per=2)
+    with caplog.at_level("WARNING", logger="slideflow"):
+        sf.mil.train_mil(_quick(), df.iloc[:7], df.iloc[7:], "label", bags,
+                         outdir=tmp_path / "m", progress=False)
+    assert "1 patient(s) have slides in both train and validation (pt_003)" in caplog.text

@@ -114,6 +114,13 @@ def train_mil(config: MILConfig, train_dataset: Any, val_dataset: Any, outcomes:
     tr = make_labels(tr_df, outcome, paths, level, cls, names, "train_dataset")
     va = make_labels(va_df, outcome, paths, level, cls, names, "val_dataset")
     _check_disjoint(tr, va, level)
+    if level == "slide":
+        shared = sorted(set(tr_df.patient[tr_df.slide.isin(tr.keys)]) &
+                        set(va_df.patient[va_df.slide.isin(va.keys)]))
+        if shared:
+            log.warning("%d patient(s) have slides in both train and validation (%s): "
+                        "validation is optimistic; split with kfold_split", len(shared),
+                        ", ".join(map(str, shared[:5])))
     used = {s: paths[s] for lab in (tr, va) for k in lab.keys for s in lab.slides[k]}
     extractor_cfg = bags_extractor(used.values())
     store = BagStore(used)
