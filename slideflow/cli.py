@@ -306,13 +306,15 @@ def extract_tiles(
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option()] = "otsu",
     img_format: Annotated[str, typer.Option(help="jpg or png")] = "jpg",
+    passthrough: Annotated[bool, typer.Option(help="write stored JPEG tiles as they are where "
+                                              "output tiles coincide with them")] = True,
 ) -> None:
     """Extract tiles of a project's slides into TFRecords."""
     from .project import load_project
 
     P = load_project(project)
     result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
-                             img_format=img_format)
+                             img_format=img_format, passthrough=passthrough)
     for note in result.notes:
         typer.echo(f"recovered {note}")
     typer.echo(repr(result))
