@@ -188,3 +188,21 @@ def test_shuffle_and_loose_tiles_keep_stored_bytes(tmp_path, slides):
     loose = sorted((tmp_path / "loose").rglob("*.jpg"))
     assert len(loose) == 20
     assert sorted(p.read_bytes() for p in loose) == sorted(r["image_raw"] for r in plain)
+
+
+def test_cli_flag(cmu_slides_project):
+    from typer.testing import CliRunner
+
+    from slideflow.cli import app
+
+    root = str(cmu_slides_project.root)
+    # 119.76 µm at the file's 0.499 µm/px is 240 px: the SVS's stored tiles
+    args = ["extract-tiles", root, "--tile-px", "240", "--tile-um", "119.76", "--qc", "none"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    side = next(cmu_slides_project.root.rglob("*.extract.json"))
+    assert json.loads(side.read_text())["passthrough"] == {"tiles": 108, "of": 108}
+    res = CliRunner().invoke(app, [*args, "--no-passthrough"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(side.read_text())
+    assert meta["request"]["passthrough"] is False and meta["passthrough"]["tiles"] == 0
