@@ -93,10 +93,10 @@ def check_passthrough(path: Path, out: Path, sample: int = 200) -> str:
     import openslide
 
     from slideflow.io.tfrecord import TFRecord
-    from slideflow.slide.passthrough import self_contained
+    from slideflow.slide.passthrough import self_contained, wsi_passthrough_plan
 
     wsi = sf.WSI(path, 256, 128)
-    layout, plan = wsi._stored[0], wsi.passthrough_plan()
+    layout, plan = wsi._stored[0], wsi_passthrough_plan(wsi)
     assert plan.count == len(wsi), plan.fallback_reasons
     records = [rec["image_raw"] for rec in TFRecord(next(out.glob("*.tfrecords")))]
     stored = layout.read(plan.keys)

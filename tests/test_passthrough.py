@@ -26,6 +26,7 @@ from slideflow.slide.passthrough import (
     jpeg_head,
     plan_passthrough,
     self_contained,
+    wsi_passthrough_plan,
 )
 from slideflow.slide.stored import StoredLevel
 
@@ -55,7 +56,7 @@ def test_passthrough_is_the_stored_stream_and_decodes_to_openslide(tmp_path, sli
     res, records = _extract(tmp_path, slide, px, use_edge_tiles=True)
     wsi = sf.WSI(slide, px, px / 2, mpp=0.5, use_edge_tiles=True)
     layout = wsi._stored[0]
-    plan = wsi.passthrough_plan()
+    plan = wsi_passthrough_plan(wsi)
     inside = ((wsi.coords + px <= wsi.dimensions).all(axis=1))
     assert (plan.keys >= 0).tolist() == inside.tolist()  # only edge tiles are re-encoded
     assert res.info["passthrough"] == {"tiles": int(inside.sum()), "of": len(wsi),

@@ -32,6 +32,7 @@ from ..pipeline import run
 from ..selection import open_wsi
 from ..slide import slide_name
 from ..slide.geometry import check_tile_geometry
+from ..slide.passthrough import wsi_passthrough_plan, wsi_passthrough_tiles
 from ..version import __version__
 from .results import SlideResult
 from .sidecar import (
@@ -217,7 +218,7 @@ def _write_tiles(job: ExtractJob, wsi: Any, coords: np.ndarray, order: np.ndarra
                         tiles_dir=job.tiles_dir if opt.save_tiles else None,
                         progress=progress, stop=stop)
     why = opt.passthrough_blocker()
-    plan = wsi.passthrough_plan(coords) if why is None else None
+    plan = wsi_passthrough_plan(wsi, coords) if why is None else None
     why = why or plan.why_not
     res.info["passthrough"] = _passthrough_record(plan, why, len(coords))
     if why is not None:
@@ -225,7 +226,7 @@ def _write_tiles(job: ExtractJob, wsi: Any, coords: np.ndarray, order: np.ndarra
     try:
         with sink:
             if why is None:
-                source = wsi.passthrough_tiles(plan, coords, opt.batch_size, read_threads)
+                source = wsi_passthrough_tiles(wsi, plan, coords, opt.batch_size, read_threads)
             else:
                 source = wsi.tiles(batch_size=opt.batch_size, num_threads=read_threads,
                                    coords=coords)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -214,6 +215,37 @@ def _with_odd_frames(layout: StoredLevel, keys: np.ndarray, redo: list[int],
         tile[:min(h, img.shape[0]), :min(w, img.shape[1])] = img[:h, :w]
         out.append(tile)
     return np.stack(out)
+
+
+def wsi_passthrough_plan(wsi: Any, coords: np.ndarray | None = None) -> PassthroughPlan:
+    """Which of `wsi`'s tiles at `coords` (default: all kept) are stored tiles as they are."""
+    coords = wsi.coords if coords is None else coords
+    layout, why = wsi._stored
+    if layout is None:
+        return PassthroughPlan(np.full(len(coords), -1, np.int64),
+                               f"tiles are read through the backend ({why})")
+    return plan_passthrough(layout, wsi.level_choice, coords)
+
+
+def wsi_passthrough_tiles(wsi: Any, plan: PassthroughPlan, coords: np.ndarray | None = None,
+                          batch_size: int = 64, num_threads: int | None = None
+                          ) -> Iterator[tuple[EncodedTiles, np.ndarray]]:
+    """`passthrough_batches` for `wsi`: the tiles `plan` does not pass through are read by
+    `wsi.tiles()` (threaded reader); read errors name the slide."""
+    from ..errors import SlideReadError
+
+    coords = wsi.coords if coords is None else coords
+    rest = np.asarray(coords)[plan.keys < 0]
+    fallback = wsi.tiles(batch_size, num_threads, coords=rest) if len(rest) else None
+    try:
+        yield from passthrough_batches(wsi._stored[0], plan, coords, fallback, batch_size)
+    except SlideReadError:
+        raise
+    except Exception as exc:
+        raise SlideReadError(f"{wsi.path}: tile read failed: {exc}") from exc
+    finally:
+        if fallback is not None:
+            fallback.close()
 
 
 def _stream(layout: StoredLevel, data: bytes) -> bytes | None:

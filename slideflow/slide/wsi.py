@@ -321,38 +321,6 @@ class WSI:
         return TileReader(self.reader, coords, self.full_extract_px, self.stride_px,
                           self.level_choice)
 
-    def passthrough_plan(self, coords: np.ndarray | None = None):
-        """Which tiles at `coords` are stored JPEG tiles as they are (`passthrough.py`)."""
-        from .passthrough import PassthroughPlan, plan_passthrough
-
-        coords = self._coords if coords is None else coords
-        layout, why = self._stored
-        if layout is None:
-            return PassthroughPlan(np.full(len(coords), -1, np.int64),
-                                   f"tiles are read through the backend ({why})")
-        return plan_passthrough(layout, self.level_choice, coords)
-
-    def passthrough_tiles(self, plan: Any, coords: np.ndarray | None = None,
-                          batch_size: int = 64, num_threads: int | None = None
-                          ) -> Iterator[tuple[Any, np.ndarray]]:
-        """(EncodedTiles, coords) batches: stored JPEG streams where `plan` allows, pixels of
-        the other tiles (read by `tiles()`) for the caller to encode (see `passthrough.py`)."""
-        from .passthrough import passthrough_batches
-
-        coords = self._coords if coords is None else coords
-        batch_size = positive_int(batch_size, "batch_size")
-        rest = np.asarray(coords)[plan.keys < 0]
-        fallback = self.tiles(batch_size, num_threads, coords=rest) if len(rest) else None
-        try:
-            yield from passthrough_batches(self._stored[0], plan, coords, fallback, batch_size)
-        except SlideReadError:
-            raise
-        except Exception as exc:
-            raise self._read_error(exc) from exc
-        finally:
-            if fallback is not None:
-                fallback.close()
-
     def read_tile(self, i: int) -> np.ndarray:
         """uint8 (tile_px, tile_px, 3) of the i-th kept tile."""
         n = len(self)
@@ -374,14 +342,17 @@ class WSI:
         decoded and resampled there on the stored-tile path (uploaded once on the region path).
         `num_threads` defaults to the usable cores.
         """
-        from .decode import make_decoder
+        from .decode import CpuDecoder, make_decoder
+        from .decode_check import wsi_decode_check
 
         batch_size = positive_int(batch_size, "batch_size")
 
         dec = make_decoder(decoder)
-        reader = self._tile_reader(coords, dec)
+        check = wsi_decode_check(self, dec)  # a GPU decoder that fails it: CPU decode
+        use = dec if check is None or check.ok else CpuDecoder()
+        reader = self._tile_reader(coords, use)
         it = reader.iter_batches(batch_size=batch_size, num_threads=num_threads)
-        if dec.kind == "torch" and isinstance(reader, TileReader):
+        if dec.kind == "torch" and (isinstance(reader, TileReader) or use is not dec):
             it = _to_device(it, dec.device)
         try:
             while True:
