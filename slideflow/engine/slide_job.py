@@ -25,6 +25,7 @@ from ..io.identity import file_identity, promised_records, tfrecord_identity
 from ..model import build_feature_extractor
 from ..norm import autoselect, resolve
 from ..slide import slide_name
+from ..slide.decode_check import decoder_record
 from ..slide.geometry import make_grid
 from ..slide.wsi import WSI
 from ..version import __version__
@@ -37,6 +38,7 @@ from .pipeline import (
     tfrecord_source,
 )
 from .selection import TileSelection, open_wsi
+from .tfrecord_decode import decoder_record as tfrecord_decoder_record
 
 log = logging.getLogger("slideflow")
 
@@ -120,18 +122,22 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                                                device=gpu_decode_device(extractor)):
                 yield tiles, np.asarray(locs, np.int64) - half
 
-        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
+        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),
+                                   "decoder": tfrecord_decoder_record(
+                                       job.tfrecord, gpu_decode_device(extractor))}
     wsi = _open_job_wsi(job, tile_px, tile_um, selection)
     coords = wsi.coords
     if max_tiles is not None and len(coords) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
         coords = coords[keep]
+    read = slide_read_options(extractor)
     meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
             "objective_power": wsi.reader.objective_power,
-            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px}
+            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px,
+            "decoder": decoder_record(wsi, read.get("decoder", "cpu"))}
     return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords,
-                     **slide_read_options(extractor)), wsi.full_extract_px, meta
+                     **read), wsi.full_extract_px, meta
 
 
 def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):
