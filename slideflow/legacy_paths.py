@@ -21,6 +21,7 @@ from types import CodeType, ModuleType
 MOVED: dict[str, str] = {
     "slideflow.cli_encode": "slideflow.cli.encode",
     "slideflow.demo": "slideflow.cli.demo",
+    "slideflow.cli_mil": "slideflow.cli.mil",
     "slideflow.dataset": "slideflow.project.dataset",
     "slideflow.dataset_work": "slideflow.project.dataset_work",
     "slideflow.annotations": "slideflow.project.annotations",

@@ -21,6 +21,9 @@ from typing import Annotated
 import click
 import typer
 
+from ..errors import SlideflowError
+from ..validate import positive_int
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="slideflow: whole-slide images to tiles and feature vectors.")
 
@@ -217,11 +220,9 @@ def features(
     import time
 
     from ..engine.features import TileSelection, generate_bags
-    from ..errors import SlideflowError
     from ..io.runlog import human_summary, run_summary, write_run_files
     from ..model import build_feature_extractor, load_plugin
     from ..slide.geometry import check_tile_geometry
-    from ..validate import positive_int
 
     _set_verbosity(quiet, verbose)
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
@@ -336,8 +337,8 @@ def extractors() -> None:
 
 
 def _register_extra_commands() -> None:
-    from ..cli_mil import register as register_mil
     from .encode import register
+    from .mil import register as register_mil
 
     register(app)
     register_mil(app)
@@ -362,7 +363,6 @@ def ray_argv(argv: list[str]) -> list[str]:
 def main() -> None:
     import sys
 
-    from ..errors import SlideflowError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -19,6 +19,9 @@ from typing import Annotated, Any
 
 import typer
 
+from ..io.atomic import atomic_path, write_json_atomic
+from ..slide import find_slides, is_slide
+
 
 def _tile_um(value: str | None) -> float | str | None:
     if value is None:
@@ -27,8 +30,6 @@ def _tile_um(value: str | None) -> float | str | None:
 
 
 def _expand(paths: list[Path]) -> list[Path]:
-    from ..slide import find_slides, is_slide
-
     out: list[Path] = []
     for p in paths:
         out.extend(find_slides(p) if p.is_dir() and not is_slide(p) else [p])
@@ -125,7 +126,6 @@ def encode_patient(
     import torch
 
     from ..engine.embed import PreprocessingConfig, embed_patients
-    from ..io.atomic import atomic_path, write_json_atomic
     from ..model.slide_encoders import build_slide_encoder
 
     enc = build_slide_encoder(slide_encoder, pretrained=not random_weights)

@@ -19,10 +19,11 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import SlideflowError
-from .io.atomic import atomic_open
-from .io.runlog import human_summary, run_summary, write_run_files
-from .mil import mil_config
+from ..errors import SlideflowError
+from ..io.atomic import atomic_open
+from ..io.runlog import human_summary, run_summary, write_run_files
+from ..mil import mil_config
+from ..slide import find_slides, is_slide
 
 mil_app = typer.Typer(add_completion=False, no_args_is_help=True,
                       help="Multiple-instance learning on feature bags.")
@@ -32,7 +33,7 @@ def _table(source: Path) -> Any:
     """Annotations of a project folder, or a manifest CSV (slide, patient, outcome columns)."""
     import pandas as pd
 
-    from .project import is_project, load_project
+    from ..project.project import is_project, load_project
 
     if source.is_dir() and is_project(source):
         return load_project(source).dataset().annotations
@@ -65,8 +66,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train one model per fold; prints each fold's validation metrics."""
-    from .mil.splits import fold_slides
-    from .mil.train import train_mil
+    from ..mil.splits import fold_slides
+    from ..mil.train import train_mil
 
     try:
         config = mil_config(model, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -111,9 +112,8 @@ def predict(
     """Predict slides with a trained model (extractor rebuilt from the model folder)."""
     import pandas as pd
 
-    from .mil.inference import load_model
-    from .mil.slide_predict import model_extractor, slide_outputs
-    from .slide import find_slides, is_slide
+    from ..mil.inference import load_model
+    from ..mil.slide_predict import model_extractor, slide_outputs
 
     start = time.perf_counter()
     try:

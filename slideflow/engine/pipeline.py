@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from ..io.tfrecord import TFRecord
+from ..slide.decode import TorchDecoder
 from .rebatch import Batch, Rebatcher
+from .tfrecord_decode import nvjpeg_batches
 
 Sink = Callable[[Any, np.ndarray], None]
 
@@ -300,7 +302,6 @@ def tfrecord_source(path: Any, batch_size: int = 64, num_threads: int | None = N
         return TFRecord(path).iter_batches(batch_size, num_threads=num_threads)
     if decoder != "nvjpeg":
         raise ValueError(f"decoder must be 'cpu' or 'nvjpeg', not {decoder!r}")
-    from .tfrecord_decode import nvjpeg_batches
 
     return nvjpeg_batches(TFRecord(path), batch_size, device, num_threads)
 
@@ -326,7 +327,6 @@ def slide_read_options(extractor: Any) -> dict[str, Any]:
     device = gpu_decode_device(extractor)
     if device is None:
         return {}
-    from ..slide.decode import TorchDecoder
 
     return {"decoder": TorchDecoder(device)}
 

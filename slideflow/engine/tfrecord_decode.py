@@ -19,15 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..io import imgcodec
+from ..io.tfrecord import TFRecord
 from ..slide.decode import TorchDecoder
+from ..slide.decode_check import check_decoder, cpu_record
 
 
 def decode_check(tfrecord: Any, device: Any) -> Any:
     """The colour self-check verdict of the `device` decoder on this TFRecord (None: its first
     record is not JPEG, nothing to check)."""
-    from ..slide.decode import TorchDecoder
-    from ..slide.decode_check import check_decoder
-
     for rec in tfrecord:
         raw = rec["image_raw"]
         if imgcodec.sniff(raw) != "jpg":
@@ -39,9 +38,6 @@ def decode_check(tfrecord: Any, device: Any) -> Any:
 def decoder_record(path: Any, device: Any) -> dict[str, Any]:
     """Provenance of how the TFRecord at `path` is decoded for an extractor on `device` (None:
     the CPU decoders)."""
-    from ..io.tfrecord import TFRecord
-    from ..slide.decode_check import cpu_record
-
     check = decode_check(TFRecord(path), device) if device is not None else None
     if check is None:
         return cpu_record() if device is None else {"requested": str(device), "used": "cpu"}

@@ -24,6 +24,7 @@ from ..engine.features import SlideJob, generate_feature_bags
 from ..errors import DatasetError, SlideflowError
 from ..io.atomic import is_temporary
 from ..io.tfrecord import TFRecord, get_tfrecord_label, read_index
+from ..mil.splits import kfold_split
 from ..slide.geometry import check_tile_geometry
 from .annotations import (
     PATIENT,
@@ -405,8 +406,6 @@ class Dataset:
                     site_labels: str = "site", seed: int = 0) -> list[tuple[Dataset, Dataset]]:
         """[(train, val)] for k folds; a patient's slides never straddle train and val
         (stratified by `labels`: a column name or {slide: label}). See `slideflow.mil.splits`."""
-        from ..mil.splits import kfold_split
-
         return kfold_split(self, k, labels=labels, preserved_site=preserved_site,
                            site_labels=site_labels, seed=seed)
 

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SlideReadError
 from .backends.base import level_pixel
+from .decode import CpuDecoder
 from .geometry import LevelChoice
 from .stored import SOI, StoredLevel
 
@@ -201,8 +203,6 @@ def _with_odd_frames(layout: StoredLevel, keys: np.ndarray, redo: list[int],
                      planned: np.ndarray) -> np.ndarray:
     """Pixels for `redo`: the planned fallback rows, plus stored frames that turned out not to
     be whole tiles, decoded here (libjpeg-turbo, as the stored-tile reader does)."""
-    from .decode import CpuDecoder
-
     dec, it = CpuDecoder(), iter(planned)
     h, w = layout.tile_h, layout.tile_w
     out = []
@@ -232,8 +232,6 @@ def wsi_passthrough_tiles(wsi: Any, plan: PassthroughPlan, coords: np.ndarray | 
                           ) -> Iterator[tuple[EncodedTiles, np.ndarray]]:
     """`passthrough_batches` for `wsi`: the tiles `plan` does not pass through are read by
     `wsi.tiles()` (threaded reader); read errors name the slide."""
-    from ..errors import SlideReadError
-
     coords = wsi.coords if coords is None else coords
     rest = np.asarray(coords)[plan.keys < 0]
     fallback = wsi.tiles(batch_size, num_threads, coords=rest) if len(rest) else None

@@ -24,6 +24,7 @@ from ...hooks import call_input_handlers
 from ...validate import positive_int
 from ..slide_encoders.factory import build_slide_encoder
 from ..slide_encoders.registry import paired_slide_encoder
+from .cpu_precision import choose_cpu_precision
 from .fuse import folded_copy
 from .preprocess import Preprocess
 from .runner import BatchRunner, as_nchw_uint8
@@ -161,8 +162,6 @@ class FeatureExtractor:
             self._runner = folded_copy(self.model, probe_px=preprocess.input_px)
         self.precision_note: str | None = None
         if mixed_precision == "auto" and device.type == "cpu":
-            from .cpu_precision import choose_cpu_precision
-
             self.precision, self.precision_note = choose_cpu_precision(self)
             self._autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
 
