@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..io.tfrecord import TFRecord
-from ..slide.decode import TorchDecoder
+from ..slide import decode as slide_decode  # TorchDecoder looked up per call (tests swap it)
 from .rebatch import Batch, Rebatcher
 from .tfrecord_decode import nvjpeg_batches
 
@@ -328,7 +328,7 @@ def slide_read_options(extractor: Any) -> dict[str, Any]:
     if device is None:
         return {}
 
-    return {"decoder": TorchDecoder(device)}
+    return {"decoder": slide_decode.TorchDecoder(device)}
 
 
 def tfrecord_features(extractor: Any, path: Any, *, normalizer: Any = None,

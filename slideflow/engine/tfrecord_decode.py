@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import imgcodec
 from ..io.tfrecord import TFRecord
-from ..slide.decode import TorchDecoder
+from ..slide import decode as slide_decode  # TorchDecoder looked up per call (tests swap it)
 from ..slide.decode_check import check_decoder, cpu_record
 
 
@@ -31,7 +31,7 @@ def decode_check(tfrecord: Any, device: Any) -> Any:
         raw = rec["image_raw"]
         if imgcodec.sniff(raw) != "jpg":
             return None
-        return check_decoder(raw, TorchDecoder(device), tfrecord.path)
+        return check_decoder(raw, slide_decode.TorchDecoder(device), tfrecord.path)
     return None
 
 
@@ -49,7 +49,7 @@ def _decode(raws: list[bytes], device: Any, cpu: bool = False) -> Any:
 
 
     if not cpu and all(imgcodec.sniff(r) == "jpg" for r in raws):
-        imgs = TorchDecoder(device).decode_many(raws)
+        imgs = slide_decode.TorchDecoder(device).decode_many(raws)
         return torch.stack(imgs).permute(0, 2, 3, 1)  # NCHW memory, NHWC view
     tiles = np.stack([imgcodec.decode(r) for r in raws])
     return torch.from_numpy(tiles).to(device)
