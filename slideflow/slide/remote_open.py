@@ -1,0 +1,93 @@
+"""Opening a slide named by a URL: read in place when slideflow can, else from the local cache.
+
+Read in place: a TIFF (Aperio SVS, generic pyramidal TIFF) whose pyramid levels are all tiled
+8-bit RGB JPEG. tiffslide parses it through a block-cached file object (a few ranged GETs for
+the IFDs, tile offsets and JPEG tables), and the stored-tile reader fetches each batch's tiles
+with merged ranged GETs (`slideflow.remote.source`). Everything else (JPEG 2000 SVS, NDPI,
+DICOM, MRXS, a prefix ending in '/' holding a DICOM series) is downloaded once into the
+slide cache (`slideflow.remote.cache`) and opened as a local file by the usual backends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import SlideNotFoundError
+from ..remote.fetch import FetchStats
+from ..remote.url import safe_url
+from .backends.base import SlideReader
+from .backends.tiffslide_backend import TiffSlideReader
+
+#: backends that may read a URL in place
+IN_PLACE_BACKENDS = ("auto", "tiffslide")
+
+
+class RemoteTiffReader(TiffSlideReader):
+    """tiffslide over a URL's block-cached file object; `byte_source` feeds the stored-tile
+    reader. `path` is the URL (a str)."""
+
+    name = prefix = "tiffslide"
+
+    def __init__(self, source: Any):
+        import warnings
+
+        import tiffslide
+
+        self.path = source.name  # type: ignore[assignment] - a URL, not a local Path
+        self.byte_source = source
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self._slide = tiffslide.TiffSlide(source.open())
+            self._props = dict(self._slide.properties)
+
+
+def in_place_reason(source: Any) -> str | None:
+    """None when every pyramid level is a tiled RGB JPEG TIFF page, else why not."""
+    import tifffile
+
+    from .stored import _tiff_unsupported
+
+    head = source.read(0, 4)
+    if head[:2] not in (b"II", b"MM"):
+        return "not a TIFF file"
+    with tifffile.TiffFile(source.open()) as tf:
+        if tf.is_ndpi or tf.is_scn or tf.is_philips or tf.is_qpi:
+            return "NDPI/SCN/Philips/QPTIFF layouts are opened as files"
+        if not tf.series:
+            return "no image series"
+        for level in tf.series[0].levels:
+            why = _tiff_unsupported(level.pages[0])
+            if why:
+                return why
+    return None
+
+
+def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None,
+             cache: Any = None) -> SlideReader:
+    """A reader for the slide at `url` (see the module doc). `stats` counts its requests."""
+    from ..remote.source import RemoteSource
+
+    stats = stats if stats is not None else FetchStats()
+    try:
+        if not url.endswith("/"):
+            source = RemoteSource(url, stats=stats)
+            why = in_place_reason(source) if backend in IN_PLACE_BACKENDS else \
+                f"backend {backend!r} reads files"
+            if why is None:
+                reader = RemoteTiffReader(source)
+                reader.fetch_stats = stats
+                return reader
+        from ..remote.cache import SlideCache
+
+        local = (cache or SlideCache()).fetch(url, stats=stats)
+    except FileNotFoundError as exc:
+        raise SlideNotFoundError(f"{safe_url(url)}: no such object ({exc})") from None
+    from .backends import open_reader
+
+    reader = open_reader(Path(local), backend)
+    reader.fetch_stats = stats
+    return reader
+
+
+__all__ = ["RemoteTiffReader", "in_place_reason", "open_url"]
