@@ -22,6 +22,7 @@ from .io.bags import bag_path, read_bag_meta
 from .io.bags_config import normalize
 from .io.base import FORMATS
 from .io.identity import file_identity, promised_records, tfrecord_identity
+from .io.location import is_url
 from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
@@ -215,6 +216,10 @@ def source_identity(job: SlideJob) -> dict[str, Any] | None:
     try:
         if job.tfrecord is not None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
+        if is_url(job.slide_path):
+            from .remote.fetch import RemoteObject
+
+            return {"slide": RemoteObject(job.slide_path).identity()}
         if job.slide_path is not None:
             return {"slide": file_identity(job.slide_path)}
     except OSError:

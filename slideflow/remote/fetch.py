@@ -11,6 +11,7 @@ the URL, the byte range and the attempt count.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import random
 import threading
@@ -48,6 +49,24 @@ class FetchStats:
 
     def as_dict(self) -> dict[str, int]:
         return {"requests": self.requests, "bytes_fetched": self.bytes, "retries": self.retries}
+
+
+_current: contextvars.ContextVar[FetchStats | None] = contextvars.ContextVar(
+    "slideflow_fetch_stats", default=None)
+
+
+def begin_counting() -> contextvars.Token:
+    """Count the requests of remote objects opened from now on in this thread (one slide of a
+    batch run); `end_counting` returns the counts."""
+    return _current.set(FetchStats())
+
+
+def end_counting(token: contextvars.Token) -> dict[str, int] | None:
+    """{requests, bytes_fetched, retries} since `begin_counting`, None when nothing was
+    fetched."""
+    stats = _current.get()
+    _current.reset(token)
+    return stats.as_dict() if stats is not None and stats.requests else None
 
 
 class Changed(RemoteError):
@@ -99,7 +118,7 @@ class RemoteObject:
 
     def __init__(self, url: str, *, anon: bool | None = None, stats: FetchStats | None = None):
         self.url = url
-        self.stats = stats if stats is not None else FetchStats()
+        self.stats = stats if stats is not None else (_current.get() or FetchStats())
         self.retries = int(_env_float("SLIDEFLOW_REMOTE_RETRIES", 4))
         self.backoff = _env_float("SLIDEFLOW_REMOTE_BACKOFF", 0.25)
         self.fs, self.path = filesystem(url, anon)
@@ -200,4 +219,4 @@ def run_all(calls: list[Any], limit: int) -> list[Any]:
         return list(pool.map(lambda c: c(), calls))
 
 
-__all__ = ["Changed", "FetchStats", "RemoteObject", "run_all"]
+__all__ = ["Changed", "FetchStats", "RemoteObject", "begin_counting", "end_counting", "run_all"]

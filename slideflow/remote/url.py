@@ -10,27 +10,18 @@ every message).
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import SlideflowError
+from ..io.location import is_url, slide_path
 
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 #: the extra that installs the remote readers
 EXTRA_HINT = "pip install 'slideflow[cloud]'"
 
 
 class RemoteError(SlideflowError, OSError):
     """A remote slide cannot be read (the message names the URL, byte range and attempts)."""
-
-
-def is_url(value: Any) -> bool:
-    """True for a string (not a Path) of the form scheme://..., other than file://."""
-    if not isinstance(value, str):
-        return False
-    m = _SCHEME.match(value)
-    return bool(m) and m.group(1).lower() != "file"
 
 
 def scheme(url: str) -> str:
@@ -102,12 +93,9 @@ def filesystem(url: str, anon: bool | None = None) -> tuple[Any, str]:
     return fs, path
 
 
-def slide_path(value: Any) -> Any:
-    """A slide location as given: a URL stays a str, anything else becomes a Path."""
-    from pathlib import Path
-
-    return value if is_url(value) else Path(value)
-
-
 def join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name
+
+
+__all__ = ["RemoteError", "anonymous", "filesystem", "is_url", "safe_url", "slide_path",
+           "url_basename", "url_name"]

@@ -66,9 +66,10 @@ def in_place_reason(source: Any) -> str | None:
 def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None,
              cache: Any = None) -> SlideReader:
     """A reader for the slide at `url` (see the module doc). `stats` counts its requests."""
+    from ..remote.fetch import _current
     from ..remote.source import RemoteSource
 
-    stats = stats if stats is not None else FetchStats()
+    stats = stats if stats is not None else (_current.get() or FetchStats())
     try:
         if not url.endswith("/"):
             source = RemoteSource(url, stats=stats)
@@ -90,4 +91,33 @@ def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None
     return reader
 
 
-__all__ = ["RemoteTiffReader", "in_place_reason", "open_url"]
+def find_remote_slides(prefix: str, recursive: bool = False) -> list[str]:
+    """URLs of the slides under `prefix` (sorted); like `find_slides`, a folder holding
+    several .dcm objects is one slide (its prefix, ending in '/')."""
+    from ..remote.url import filesystem, join
+    from . import SLIDE_SUFFIXES
+
+    fs, path = filesystem(prefix)
+    base = path.rstrip("/")
+    proto = prefix.split("://", 1)[0]
+    try:
+        keys = sorted(fs.find(base) if recursive else fs.ls(base, detail=False))
+    except FileNotFoundError:
+        raise SlideNotFoundError(f"{safe_url(prefix)}: no such prefix") from None
+    folders: dict[str, list[str]] = {}
+    for k in keys:
+        folders.setdefault(k.rsplit("/", 1)[0], []).append(k)
+    found: list[str] = []
+    for folder, names in folders.items():
+        if sum(n.lower().endswith(".dcm") for n in names) > 1:
+            found.append(join(f"{proto}://{folder}", ""))
+            continue
+        found += [f"{proto}://{n}" for n in names if n.lower().endswith(SLIDE_SUFFIXES)
+                  and not n.rsplit("/", 1)[-1].startswith(".")]
+    if not found:
+        raise SlideNotFoundError(f"{safe_url(prefix)}: no slides under this prefix "
+                                 f"(looked for {', '.join(SLIDE_SUFFIXES)})")
+    return sorted(found)
+
+
+__all__ = ["RemoteTiffReader", "find_remote_slides", "in_place_reason", "open_url"]

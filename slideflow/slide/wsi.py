@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
-from ..validate import positive_float, positive_int
 from ..remote.url import slide_path
+from ..validate import positive_float, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
