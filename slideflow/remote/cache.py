@@ -71,16 +71,34 @@ class SlideCache:
     def key(url: str) -> str:
         return hashlib.sha256(safe_url(url).encode()).hexdigest()[:20]
 
-    def fetch(self, url: str, *, anon: bool | None = None,
-              stats: FetchStats | None = None) -> Path:
+    def cached(self, url: str, obj: RemoteObject) -> Path | None:
+        """The cached copy of the object `obj` at `url` if it is current, else None."""
+        key, dest = self.key(url), self._dest(url)
+        objects = [(url_basename(url), obj)]
+        if not self._current(key, self._want(objects), dest, objects):
+            return None
+        os.utime(self.folder / f"{key}.json")
+        return dest
+
+    def _dest(self, url: str) -> Path:
+        entry = self.folder / self.key(url)
+        return entry / url_basename(url) if not url.endswith("/") else entry / "series"
+
+    @staticmethod
+    def _want(objects: list[tuple[str, RemoteObject]]) -> list[dict[str, Any]]:
+        return [{"name": rel, "bytes": o.size, "etag": o.etag} for rel, o in objects]
+
+    def fetch(self, url: str, *, anon: bool | None = None, stats: FetchStats | None = None,
+              obj: RemoteObject | None = None) -> Path:
         """Local path of `url` (a file, or a folder for a prefix ending in '/'), downloaded
-        unless a current copy is cached."""
+        unless a current copy is cached. `obj`: the object, when already opened."""
         stats = stats if stats is not None else FetchStats()
-        objects = self._objects(url, anon, stats)
+        objects = [(url_basename(url), obj)] if obj is not None else \
+            self._objects(url, anon, stats)
         key = self.key(url)
         entry = self.folder / key
-        dest = entry / url_basename(url) if not url.endswith("/") else entry / "series"
-        want = [{"name": rel, "bytes": o.size, "etag": o.etag} for rel, o in objects]
+        dest = self._dest(url)
+        want = self._want(objects)
         deadline = time.monotonic() + self.wait
         while True:
             if self._current(key, want, dest, objects):

@@ -76,7 +76,7 @@ def filesystem(url: str, anon: bool | None = None) -> tuple[Any, str]:
     if proto in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         options = {"anon": anonymous(anon),
-                   "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}}}
+                   "config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
     elif proto in ("gs", "gcs") and anonymous(anon):

@@ -70,18 +70,23 @@ def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None
     from ..remote.source import RemoteSource
 
     stats = stats if stats is not None else (_current.get() or FetchStats())
+    from ..remote.cache import SlideCache
+
+    cache = cache or SlideCache()
     try:
+        obj = None
         if not url.endswith("/"):
             source = RemoteSource(url, stats=stats)
-            why = in_place_reason(source) if backend in IN_PLACE_BACKENDS else \
-                f"backend {backend!r} reads files"
-            if why is None:
-                reader = RemoteTiffReader(source)
-                reader.fetch_stats = stats
-                return reader
-        from ..remote.cache import SlideCache
-
-        local = (cache or SlideCache()).fetch(url, stats=stats)
+            obj = source.obj
+            local = cache.cached(url, obj)
+            if local is None:
+                why = in_place_reason(source) if backend in IN_PLACE_BACKENDS else \
+                    f"backend {backend!r} reads files"
+                if why is None:
+                    reader = RemoteTiffReader(source)
+                    reader.fetch_stats = stats
+                    return reader
+        local = cache.fetch(url, stats=stats, obj=obj)
     except FileNotFoundError as exc:
         raise SlideNotFoundError(f"{safe_url(url)}: no such object ({exc})") from None
     from .backends import open_reader

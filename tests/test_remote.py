@@ -1,0 +1,227 @@
+"""Slides read from URLs against real servers on 127.0.0.1: a Range-capable HTTP server and
+moto's S3 (both with fault injection, tests/remote_servers.py). Tiles must be pixel-identical
+to the local file's, batches must cost a bounded number of requests, faults are retried or
+fail the slide with the URL, byte range and attempt count named, and the cache never holds a
+half-written entry."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import slideflow as sf
+from slideflow.errors import SlideNotFoundError, SlideReadError
+from slideflow.io.atomic import TMP_MARK
+from slideflow.remote.cache import SlideCache, parse_size
+from slideflow.remote.source import BLOCK, merge_spans
+
+from conftest import CMU, CMU_TIFF, TCGA_J2K
+from remote_servers import RangeHTTPServer, S3Server
+
+TILE = dict(tile_px=64, tile_um=64)
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIDEFLOW_REMOTE_BACKOFF", "0.01")
+    monkeypatch.setenv("SLIDEFLOW_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def http(slides):
+    server = RangeHTTPServer({"cmu.svs": CMU.read_bytes(), "cmu.tiff": CMU_TIFF.read_bytes(),
+                              "tcga.svs": TCGA_J2K.read_bytes()})
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def s3(slides):
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3")}
+    server = S3Server()
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=server.endpoint)
+    server.put("cohort", "slides/cmu.svs", CMU)
+    server.put("cohort", "slides/tcga.svs", TCGA_J2K)
+    yield server
+    server.close()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _tiles(wsi, batch_size=16):
+    return np.concatenate([t for t, _ in wsi.tiles(batch_size=batch_size)])
+
+
+@pytest.fixture(scope="module")
+def local_cmu(slides):
+    with sf.WSI(CMU, **TILE) as w:
+        return _tiles(w), w.coords.copy()
+
+
+def test_merge_spans():
+    assert merge_spans([(10, 20), (0, 5), (30, 40)], gap=4) == [(0, 5), (10, 20), (30, 40)]
+    assert merge_spans([(10, 20), (0, 5), (25, 40)], gap=5) == [(0, 40)]
+    assert merge_spans([(0, 10), (10, 30)], gap=0, limit=20) == [(0, 10), (10, 30)]
+
+
+@pytest.mark.parametrize("where", ["http", "s3"])
+def test_svs_read_in_place_pixel_identical(where, http, s3, local_cmu):
+    url = f"{http.url}/cmu.svs" if where == "http" else "s3://cohort/slides/cmu.svs"
+    server = http if where == "http" else s3
+    with sf.WSI(url, **TILE) as w:
+        assert w.read_path == "stored" and w.name == "cmu" and w.path == url
+        assert w.fetch_stats["requests"] <= 6  # HEAD + IFDs/tables + the QC level
+        before = server.ranged_gets()
+        batches = 0
+        out = []
+        for tiles, _ in w.tiles(batch_size=16):
+            out.append(tiles)
+            batches += 1
+        gets = server.ranged_gets() - before
+    tiles, coords = local_cmu
+    assert np.array_equal(np.concatenate(out), tiles)
+    assert batches == -(-len(tiles) // 16) and len(tiles) == 391
+    assert gets <= batches  # each batch's stored tiles: one merged ranged GET at most
+
+
+def test_random_access_and_region_path_match(http, local_cmu):
+    with sf.WSI(f"{http.url}/cmu.svs", **TILE, tile_reader="region") as w:
+        assert w.read_path == "region"
+        assert np.array_equal(w.read_tile(7), local_cmu[0][7])
+
+
+def test_generic_tiff_in_place(http, slides):
+    with sf.WSI(CMU_TIFF, 128, 128, mpp=0.499) as a, \
+            sf.WSI(f"{http.url}/cmu.tiff", 128, 128, mpp=0.499) as b:
+        assert b.read_path == "stored" and b.reader.name == "tiffslide"
+        assert np.array_equal(_tiles(a), _tiles(b))
+
+
+def test_jpeg2000_goes_through_the_cache(s3, tmp_path, slides):
+    with sf.WSI(TCGA_J2K, 128, 128, mpp=0.5) as a:
+        want = _tiles(a)
+    url = "s3://cohort/slides/tcga.svs"
+    with sf.WSI(url, 128, 128, mpp=0.5) as b:
+        assert b.reader.name == "openslide" and b.name == "tcga"
+        assert np.array_equal(_tiles(b), want)
+        first = b.fetch_stats
+    cache = SlideCache()
+    [(key, size, _)] = cache.entries()
+    # the download, plus the IFD blocks read to learn it cannot be read in place
+    assert size == TCGA_J2K.stat().st_size and size < first["bytes_fetched"] <= size + 4 * BLOCK
+    record = json.loads((cache.folder / f"{key}.json").read_text())
+    assert record["url"] == url and record["objects"][0]["bytes"] == size
+    before = s3.ranged_gets()
+    with sf.WSI(url, 128, 128, mpp=0.5) as c:  # cached: a HEAD, no GET
+        assert c.fetch_stats["bytes_fetched"] == 0
+    assert s3.ranged_gets() == before
+
+
+@pytest.mark.parametrize("fault", ["503", "drop", "short"])
+@pytest.mark.parametrize("where", ["http", "s3"])
+def test_transient_faults_are_retried(fault, where, http, s3, local_cmu):
+    url = f"{http.url}/cmu.svs" if where == "http" else "s3://cohort/slides/cmu.svs"
+    server = http if where == "http" else s3
+    with sf.WSI(url, **TILE) as w:
+        server.faults[:] = [fault, fault]
+        got = _tiles(w)
+        assert w.fetch_stats["retries"] == 2
+    server.faults.clear()
+    assert np.array_equal(got, local_cmu[0])
+
+
+def test_persistent_fault_names_url_range_attempts(http, monkeypatch):
+    monkeypatch.setenv("SLIDEFLOW_REMOTE_RETRIES", "2")
+    url = f"{http.url}/cmu.svs"
+    with sf.WSI(url, **TILE) as w:
+        http.faults[:] = ["503"] * 3
+        with pytest.raises(SlideReadError) as err:
+            _tiles(w)
+    http.faults.clear()
+    msg = str(err.value)
+    assert url in msg and "failed after 3 attempts" in msg and "bytes " in msg
+
+
+def test_object_changed_between_reads_fails_clearly(slides):
+    server = RangeHTTPServer({"a.svs": CMU.read_bytes()})
+    try:
+        with sf.WSI(f"{server.url}/a.svs", **TILE) as w:
+            server.change("a.svs", CMU.read_bytes() + b"\0")
+            with pytest.raises(SlideReadError, match="changed since it was opened"):
+                _tiles(w)
+    finally:
+        server.close()
+
+
+def test_missing_object(http):
+    with pytest.raises(SlideNotFoundError, match="nothing.svs"):
+        sf.WSI(f"{http.url}/nothing.svs", **TILE)
+
+
+def test_failed_download_leaves_no_cache_entry(http, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLIDEFLOW_REMOTE_RETRIES", "1")
+    cache = SlideCache(tmp_path / "c")
+    http.faults[:] = ["drop", "drop"]
+    with pytest.raises(OSError, match="failed after 2 attempts"):
+        cache.fetch(f"{http.url}/tcga.svs")
+    http.faults.clear()
+    assert cache.entries() == []
+    assert [p.name for p in (tmp_path / "c").rglob("*") if p.is_file()] == []
+    http.faults[:] = ["drop"]  # one drop: retried, the entry completes
+    path = cache.fetch(f"{http.url}/tcga.svs")
+    assert path.read_bytes() == TCGA_J2K.read_bytes()
+    assert not [p for p in (tmp_path / "c").rglob(f"*{TMP_MARK}*")]
+
+
+def test_cache_refetches_a_changed_object_and_evicts_lru(tmp_path):
+    server = RangeHTTPServer({"a.ndpi": b"A" * 1000, "b.ndpi": b"B" * 1000,
+                              "c.ndpi": b"C" * 1000})
+    try:
+        cache = SlideCache(tmp_path / "c", max_bytes=2500)
+        pa = cache.fetch(f"{server.url}/a.ndpi")
+        assert pa.read_bytes() == b"A" * 1000 and pa.name == "a.ndpi"
+        server.change("a.ndpi", b"Z" * 1200)
+        assert cache.fetch(f"{server.url}/a.ndpi").read_bytes() == b"Z" * 1200
+        cache.fetch(f"{server.url}/b.ndpi")
+        cache.fetch(f"{server.url}/a.ndpi")  # a used again: b is now the oldest
+        cache.fetch(f"{server.url}/c.ndpi")
+        names = sorted(p.name for p in (tmp_path / "c").rglob("*.ndpi"))
+        assert names == ["a.ndpi", "c.ndpi"]
+        assert sum(s for _, s, _ in cache.entries()) <= 2500
+    finally:
+        server.close()
+
+
+def test_concurrent_fetches_download_once(tmp_path):
+    data = bytes(range(256)) * 4000
+    server = RangeHTTPServer({"x.mrxs": data})
+    try:
+        caches = [SlideCache(tmp_path / "c") for _ in range(4)]
+        paths: list = []
+        threads = [threading.Thread(target=lambda c=c: paths.append(
+            c.fetch(f"{server.url}/x.mrxs"))) for c in caches]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(paths)) == 1 and paths[0].read_bytes() == data
+        assert server.ranged_gets() == 1  # one download of 1 MB, one request
+    finally:
+        server.close()
+
+
+def test_parse_size():
+    assert parse_size("50G") == 50 << 30 and parse_size("512m") == 512 << 20
+    assert parse_size("1000") == 1000
+    with pytest.raises(ValueError, match="K/M/G/T"):
+        parse_size("lots")
