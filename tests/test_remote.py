@@ -19,7 +19,7 @@ from slideflow.remote.cache import SlideCache, parse_size
 from slideflow.remote.source import BLOCK, merge_spans
 
 from conftest import CMU, CMU_TIFF, TCGA_J2K
-from remote_servers import RangeHTTPServer, S3Server
+from remote_servers import RangeHTTPServer
 
 TILE = dict(tile_px=64, tile_um=64)
 
@@ -30,32 +30,16 @@ def _fast_retries(monkeypatch, tmp_path):
     monkeypatch.setenv("SLIDEFLOW_CACHE", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module")
-def http(slides):
-    server = RangeHTTPServer({"cmu.svs": CMU.read_bytes(), "cmu.tiff": CMU_TIFF.read_bytes(),
-                              "tcga.svs": TCGA_J2K.read_bytes()})
-    yield server
-    server.close()
+@pytest.fixture()
+def http(http_slides):
+    yield http_slides
+    http_slides.faults.clear()
 
 
-@pytest.fixture(scope="module")
-def s3(slides):
-    import os
-
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3")}
-    server = S3Server()
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=server.endpoint)
-    server.put("cohort", "slides/cmu.svs", CMU)
-    server.put("cohort", "slides/tcga.svs", TCGA_J2K)
-    yield server
-    server.close()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+@pytest.fixture()
+def s3(s3_slides):
+    yield s3_slides
+    s3_slides.faults.clear()
 
 
 def _tiles(wsi, batch_size=16):

@@ -51,6 +51,13 @@ def parse_size(text: str) -> int:
     return int(value * mult)
 
 
+def _touch(path: Path) -> None:
+    """Mark an entry used now (nanoseconds set by us: the filesystem's own clock for file
+    times can be a few milliseconds coarse, too coarse to order uses)."""
+    t = time.time_ns()
+    os.utime(path, ns=(t, t))
+
+
 def default_dir() -> Path:
     env = os.environ.get("SLIDEFLOW_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "slideflow" / "slides"
@@ -77,7 +84,7 @@ class SlideCache:
         objects = [(url_basename(url), obj)]
         if not self._current(key, self._want(objects), dest, objects):
             return None
-        os.utime(self.folder / f"{key}.json")
+        _touch(self.folder / f"{key}.json")
         return dest
 
     def _dest(self, url: str) -> Path:
@@ -102,14 +109,14 @@ class SlideCache:
         deadline = time.monotonic() + self.wait
         while True:
             if self._current(key, want, dest, objects):
-                os.utime(self.folder / f"{key}.json")
+                _touch(self.folder / f"{key}.json")
                 return dest
             with SlideLock(self.folder, key) as lock:
                 if lock.acquired:
                     if not self._current(key, want, dest, objects):
                         self._download(key, entry, dest, objects, want, url)
                         self.evict(keep=key)
-                    os.utime(self.folder / f"{key}.json")
+                    _touch(self.folder / f"{key}.json")
                     return dest
             if time.monotonic() > deadline:
                 raise RemoteError(f"{safe_url(url)}: the cache entry {entry} has been locked "

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import SlideNotFoundError
+from ..errors import SlideflowError, SlideNotFoundError
 from ..remote.fetch import FetchStats
 from ..remote.url import safe_url
 from .backends.base import SlideReader
@@ -91,7 +91,10 @@ def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None
         raise SlideNotFoundError(f"{safe_url(url)}: no such object ({exc})") from None
     from .backends import open_reader
 
-    reader = open_reader(Path(local), backend)
+    try:
+        reader = open_reader(Path(local), backend)
+    except SlideflowError as exc:  # name the URL the user gave, and where its copy is
+        raise type(exc)(f"{safe_url(url)} (cached as {local}): {exc}") from exc
     reader.fetch_stats = stats
     return reader
 
