@@ -209,3 +209,41 @@ def test_parse_size():
     assert parse_size("1000") == 1000
     with pytest.raises(ValueError, match="K/M/G/T"):
         parse_size("lots")
+
+
+def test_pyramid_levels_read_in_place_match_local(tmp_path_factory, slides):
+    """A 3-level JPEG pyramid (tifffile-written, generic TIFF): tiles read from a downsampled
+    level over HTTP equal the local file's (same level choice and pixel grid)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from synthetic import make_pyramid
+
+    path = make_pyramid(tmp_path_factory.mktemp("pyr") / "pyr.tif", 3001, 2999)
+    server = RangeHTTPServer({"pyr.tif": path.read_bytes()})
+    try:
+        for px, um in ((64, 512), (100, 300)):
+            with sf.WSI(path, px, um) as a, sf.WSI(f"{server.url}/pyr.tif", px, um) as b:
+                assert b.level_choice == a.level_choice and a.level_choice.level > 0
+                assert b.read_path == a.read_path == "stored"
+                assert np.array_equal(_tiles(a), _tiles(b))
+    finally:
+        server.close()
+
+
+def test_credentials_never_in_messages(http):
+    url = f"http://reader:s3cret@{http.url.split('://', 1)[1]}/nothing.svs"
+    with pytest.raises(SlideNotFoundError) as err:
+        sf.WSI(url, **TILE)
+    assert "s3cret" not in str(err.value) and "nothing.svs" in str(err.value)
+
+
+def test_anonymous_access_is_explicit(monkeypatch):
+    from slideflow.remote.url import filesystem
+
+    monkeypatch.delenv("SLIDEFLOW_ANON", raising=False)
+    assert filesystem("s3://public-bucket/a.svs")[0].anon is False
+    monkeypatch.setenv("SLIDEFLOW_ANON", "1")
+    fs, path = filesystem("s3://public-bucket/a.svs")
+    assert fs.anon is True and path == "public-bucket/a.svs"
