@@ -247,3 +247,38 @@ def test_anonymous_access_is_explicit(monkeypatch):
     monkeypatch.setenv("SLIDEFLOW_ANON", "1")
     fs, path = filesystem("s3://public-bucket/a.svs")
     assert fs.anon is True and path == "public-bucket/a.svs"
+
+
+def test_dicom_series_prefix_is_one_slide(s3, slides):
+    """A multi-instance DICOM WSI under a bucket prefix: listed as one slide, cached as a
+    folder, tiles identical to the local folder's."""
+    from slideflow.slide.remote_open import find_remote_slides
+
+    from conftest import CMU_DICOM
+
+    for f in sorted(CMU_DICOM.iterdir()):
+        s3.put("dicom", f"cases/case-1/{f.name}", f)
+    s3.put("dicom", "cases/other.svs", CMU)
+    assert find_remote_slides("s3://dicom/cases/", recursive=True) == [
+        "s3://dicom/cases/case-1/", "s3://dicom/cases/other.svs"]
+    assert find_remote_slides("s3://dicom/cases/") == ["s3://dicom/cases/other.svs"]
+    with sf.WSI(CMU_DICOM, **TILE) as a, sf.WSI("s3://dicom/cases/case-1/", **TILE) as b:
+        assert b.name == "case-1" and b.backend == "dicom"
+        assert np.array_equal(_tiles(a), _tiles(b))
+
+
+def test_eviction_skips_an_entry_being_downloaded(tmp_path):
+    from slideflow.io.locks import SlideLock
+
+    server = RangeHTTPServer({"a.ndpi": b"A" * 1000, "b.ndpi": b"B" * 1000})
+    try:
+        cache = SlideCache(tmp_path / "c", max_bytes=1500)
+        cache.fetch(f"{server.url}/a.ndpi")
+        key_a = cache.key(f"{server.url}/a.ndpi")
+        with SlideLock(cache.folder, key_a):  # "another process" holds a's entry
+            cache.fetch(f"{server.url}/b.ndpi")
+            assert sorted(k for k, _, _ in cache.entries()) == sorted(
+                [key_a, cache.key(f"{server.url}/b.ndpi")])
+        assert cache.evict() == [key_a]  # released: the oldest goes
+    finally:
+        server.close()
