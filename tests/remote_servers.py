@@ -211,3 +211,113 @@ class S3Server(FaultPlan):
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class DicomWebServer(FaultPlan):
+    """A minimal DICOMweb server for the instances in `folder`: QIDO-RS
+    `/studies/{s}/instances` and `/studies/{s}/series/{se}/instances`, WADO-RS
+    `.../instances/{i}/metadata` (JSON, bulk data left out) and `.../instances/{i}/frames/{n,...}`
+    (multipart/related; type="image/jpeg", the stored frames as they are). Faults apply to
+    frame requests."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        import pydicom
+        from pydicom.encaps import generate_frames
+
+        self.instances: dict[str, dict] = {}
+        for f in sorted(Path(folder).iterdir()):
+            ds = pydicom.dcmread(f)
+            frames = list(generate_frames(ds.PixelData, number_of_frames=int(
+                ds.get("NumberOfFrames", 1))))
+            meta = ds.copy()
+            del meta.PixelData
+            js = meta.to_json_dict(bulk_data_threshold=1 << 30,
+                                   bulk_data_element_handler=lambda _e: "")
+            js["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
+            self.instances[str(ds.SOPInstanceUID)] = {"ds": ds, "json": js, "frames": frames}
+        first = next(iter(self.instances.values()))["ds"]
+        self.study, self.series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+        plan = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", ctype="application/dicom+json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                import json
+                from urllib.parse import parse_qs, urlsplit
+
+                url = urlsplit(self.path)
+                parts = [p for p in url.path.split("/") if p]
+                plan.record("GET", url.path, None)
+                query = parse_qs(url.query)
+                if parts[-1] == "instances":  # QIDO-RS search
+                    wanted = [u for v in query.get("SeriesInstanceUID", []) +
+                              query.get("0020000E", []) for u in v.split(",")]
+                    if len(parts) > 4 and parts[-3] == "series":
+                        wanted.append(parts[-2])
+                    sop = query.get("SOPClassUID", query.get("00080016", [None]))[0]
+                    modality = query.get("Modality", query.get("00080060", [None]))[0]
+                    out = [self._qido(i) for i in plan.instances.values()
+                           if (not wanted or plan.series in wanted)
+                           and sop in (None, str(i["ds"].SOPClassUID))
+                           and modality in (None, str(i["ds"].get("Modality", "SM")))]
+                    return self._send(200, json.dumps(out).encode())
+                at = parts.index("instances") + 1 if "instances" in parts else len(parts)
+                if at >= len(parts) or parts[at] not in plan.instances:
+                    return self._send(404)
+                inst = plan.instances[parts[at]]
+                if parts[-1] == "metadata":
+                    return self._send(200, json.dumps([inst["json"]]).encode())
+                if parts[-2] == "frames":
+                    if plan.next_fault() == "503":
+                        return self._send(503, b"busy", "text/plain")
+                    numbers = [int(n) for n in parts[-1].split(",")]
+                    if any(not 1 <= n <= len(inst["frames"]) for n in numbers):
+                        return self._send(404)
+                    boundary = "sfboundary"
+                    body = b"".join(
+                        b"--" + boundary.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n" +
+                        inst["frames"][n - 1] + b"\r\n" for n in numbers)
+                    body += b"--" + boundary.encode() + b"--\r\n"
+                    return self._send(200, body, f'multipart/related; type="image/jpeg"; '
+                                                 f"boundary={boundary}")
+                return self._send(404)
+
+            def _qido(self, inst):
+                ds = inst["ds"]
+                return {
+                    "0020000D": {"vr": "UI", "Value": [str(ds.StudyInstanceUID)]},
+                    "0020000E": {"vr": "UI", "Value": [str(ds.SeriesInstanceUID)]},
+                    "00080018": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                    "00080016": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                    "00080060": {"vr": "CS", "Value": [str(ds.get("Modality", "SM"))]},
+                    "00083002": {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]},
+                }
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"127.0.0.1:{self.httpd.server_address[1]}"
+
+    def url(self) -> str:
+        return (f"dicomweb+http://{self.base}/dicomweb?study={self.study}"
+                f"&series={self.series}")
+
+    def frame_requests(self) -> int:
+        return sum(1 for m, p, _ in self.log if "/frames/" in p)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

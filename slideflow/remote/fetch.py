@@ -86,10 +86,10 @@ def _status(exc: BaseException) -> int | None:
             if isinstance(v, int):
                 return v
         resp = getattr(e, "response", None)
-        if isinstance(resp, dict):
-            code = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if isinstance(code, int):
-                return code
+        code = resp.get("ResponseMetadata", {}).get("HTTPStatusCode") if isinstance(
+            resp, dict) else getattr(resp, "status_code", None)  # botocore / requests
+        if isinstance(code, int):
+            return code
     return None
 
 

@@ -44,6 +44,10 @@ def url_basename(url: str) -> str:
 
 def url_name(url: str) -> str:
     """Slide name of a URL: the file stem, or the folder name of a prefix ending in '/'."""
+    if scheme(url).startswith("dicomweb"):  # the series UID (a manifest can rename it)
+        from urllib.parse import parse_qs
+
+        return parse_qs(urlsplit(url).query).get("series", ["dicomweb"])[0]
     base = url_basename(url)
     if url.rstrip().endswith("/"):
         return base

@@ -70,6 +70,8 @@ def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None
     from ..remote.source import RemoteSource
 
     stats = stats if stats is not None else (_current.get() or FetchStats())
+    if url.lower().startswith("dicomweb"):
+        return _open_dicomweb(url, stats)
     from ..remote.cache import SlideCache
 
     cache = cache or SlideCache()
@@ -97,6 +99,38 @@ def open_url(url: str, backend: str = "auto", *, stats: FetchStats | None = None
         raise type(exc)(f"{safe_url(url)} (cached as {local}): {exc}") from exc
     reader.fetch_stats = stats
     return reader
+
+
+def _open_dicomweb(url: str, stats: FetchStats) -> SlideReader:
+    from ..remote.dicomweb import JPEG_BASELINE, DicomWebSeries
+    from .backends.dicom_backend import DicomReader
+
+    series = DicomWebSeries(url, stats)
+
+    class DicomWebReader(DicomReader):
+        """wsidicom over DICOMweb (region reads, QC); `dicomweb` feeds the stored-tile
+        reader with the series' frames."""
+
+        def __init__(self) -> None:
+            import warnings
+
+            from wsidicom import WsiDicom
+            from wsidicom.web import WsiDicomWebClient
+
+            self.path = series.name  # type: ignore[assignment] - a URL
+            self.dicomweb, self.fetch_stats = series, stats
+            try:
+                series.instances()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._wsi = WsiDicom.open_web(WsiDicomWebClient(series.client),
+                                                  series.study, series.series,
+                                                  requested_transfer_syntax=JPEG_BASELINE)
+            except FileNotFoundError as exc:
+                raise SlideNotFoundError(str(exc)) from None
+            self._levels = list(self._wsi.levels)
+
+    return DicomWebReader()
 
 
 def find_remote_slides(prefix: str, recursive: bool = False) -> list[str]:

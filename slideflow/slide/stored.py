@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..remote.url import RemoteError
 from .backends.base import SlideReader
 
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
@@ -81,6 +82,10 @@ class StoredLevel:
                 for k in keys:
                     if k in self._ahead:
                         out[k] = self._ahead.pop(k)
+        src = self.byte_source()
+        if hasattr(src, "read_tiles"):  # frames by number (DICOMweb), not byte spans
+            out.update(src.read_tiles([k for k in keys if k not in out]))
+            return out
         spans: list[list[int]] = []
         for k in keys:
             if k in out:
@@ -94,7 +99,7 @@ class StoredLevel:
             spans[-1].append(k)
         ranges = [(int(self.offsets[g[0]]), int(self.offsets[g[-1]] + self.counts[g[-1]]))
                   for g in spans]
-        for g, (start, end), data in zip(spans, ranges, self.byte_source().read_spans(ranges)):
+        for g, (start, end), data in zip(spans, ranges, src.read_spans(ranges)):
             if len(data) != end - start:
                 raise OSError(f"{self.path}: file truncated (tile bytes {start}..{end} missing)")
             for k in g:
@@ -131,11 +136,15 @@ def open_stored_level(reader: SlideReader, level: int) -> tuple[StoredLevel | No
             if vendor not in TIFF_VENDORS:
                 return None, f"openslide vendor {vendor!r} is not a plain tiled TIFF"
             return _tiff_level(reader.path, reader.level_dimensions[level])
+        if getattr(reader, "dicomweb", None) is not None:
+            return _dicomweb_level(reader.dicomweb, reader.level_dimensions[level])
         src = getattr(reader, "byte_source", None)
         if src is not None:  # a URL read in place (checked JPEG-tiled when it was opened)
             return _tiff_level(reader.path, reader.level_dimensions[level], src)
         if reader.name == "dicom":
             return _dicom_level(reader.path, reader.level_dimensions[level])
+    except RemoteError:  # the network failed, not the layout: the slide fails, naming why
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse problem means: use the region path
         return None, f"stored tiles unreadable ({type(exc).__name__}: {exc})"
     return None, f"backend {reader.name!r} has no stored-tile layout"
@@ -276,6 +285,39 @@ def _dicom_scan(path: Path, dims: tuple[int, int], pydicom) -> tuple[StoredLevel
             sample = fh.read(min(int(counts[0]), 4096))
         layout.header = _header(None, sample, rgb=ds.PhotometricInterpretation == "RGB")
         return layout, "dicom"
+    return None, "; ".join(reasons) or f"no DICOM VOLUME instance of size {dims[0]}x{dims[1]}"
+
+
+def _dicomweb_level(series, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
+    """The level of a DICOMweb series (`slideflow.remote.dicomweb`) whose frames are `dims`."""
+    from pydicom.dataset import FileMetaDataset
+
+    from ..remote.dicomweb import JPEG_BASELINE, FrameSource
+
+    reasons = []
+    for sop, ds in series.instances().items():
+        if "VOLUME" not in [str(v).upper() for v in ds.get("ImageType", [])]:
+            continue
+        size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
+                int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+        if size != tuple(dims):
+            continue
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = JPEG_BASELINE  # what the frames are asked for as
+        why = _dicom_unsupported(ds)
+        if why:
+            reasons.append(why)
+            continue
+        n = int(ds.get("NumberOfFrames", 1))
+        layout = StoredLevel(series.url, size[0], size[1], int(ds.Columns), int(ds.Rows),
+                             np.arange(n, dtype=np.int64), np.ones(n, np.int64),
+                             source="dicomweb", src=FrameSource(series, sop))
+        if n != layout.rows * layout.cols:
+            reasons.append(f"{n} frames for a {layout.cols}x{layout.rows} grid")
+            continue
+        sample = layout.src.read_tiles([0])[0][:4096]
+        layout.header = _header(None, sample, rgb=ds.PhotometricInterpretation == "RGB")
+        return layout, "dicomweb"
     return None, "; ".join(reasons) or f"no DICOM VOLUME instance of size {dims[0]}x{dims[1]}"
 
 
