@@ -347,8 +347,9 @@ def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions,
 
 def report_outcome(bar: Any, o: SlideOutcome) -> None:
     """Forward one outcome to a `SlideProgress`."""
+    bar.add_fetched(o.fetched)
     if o.status == DONE:
-        bar.slide_done(o.slide, o.tiles)
+        bar.slide_done(o.slide, o.tiles, o.fetched)
     elif o.status == REUSED:
         bar.slide_skipped(o.slide, "bag exists with the same settings")
     elif o.status == BUSY:

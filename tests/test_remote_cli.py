@@ -34,7 +34,10 @@ def _pts(folder):
 
 
 def test_s3_prefix_bags_match_local_and_bad_object_fails_alone(s3_slides, local_bags,
-                                                               tmp_path, monkeypatch):
+                                                               tmp_path, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="slideflow")
     monkeypatch.setenv("SLIDEFLOW_REMOTE_BACKOFF", "0.01")
     s3_slides.put("cli", "run/CMU-1-Small-Region.svs", CMU)
     s3_slides.put("cli", "run/tcga-cr-7395-01a-01-ts1.svs", TCGA_J2K)
@@ -57,6 +60,8 @@ def test_s3_prefix_bags_match_local_and_bad_object_fails_alone(s3_slides, local_
     assert fetched["tcga-cr-7395-01a-01-ts1"]["bytes_fetched"] >= TCGA_J2K.stat().st_size
     assert fetched["CMU-1-Small-Region"]["bytes_fetched"] < 2 * CMU.stat().st_size
     assert summary["requests"] == sum(f["requests"] for f in fetched.values())
+    assert "CMU-1-Small-Region done (24 tiles, " in caplog.text  # progress: MB and requests
+    assert " MB in " in caplog.text
     assert len(list(cache.glob("*.json"))) == 2  # the JPEG 2000 slide and the broken file
 
     before = s3_slides.ranged_gets()
