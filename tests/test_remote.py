@@ -282,3 +282,20 @@ def test_eviction_skips_an_entry_being_downloaded(tmp_path):
         assert cache.evict() == [key_a]  # released: the oldest goes
     finally:
         server.close()
+
+
+def test_progress_counts_fetched_bytes(caplog):
+    import logging
+
+    from slideflow.progress import SlideProgress
+
+    caplog.set_level(logging.INFO, logger="slideflow")
+    bar = SlideProgress(2, "features")
+    bar.add_fetched({"requests": 7, "bytes_fetched": 1_900_000, "retries": 0})
+    bar.slide_done("a", 24, {"requests": 7, "bytes_fetched": 1_900_000, "retries": 0})
+    bar.add_fetched(None)
+    bar.slide_done("b", 3)
+    assert (bar.requests, bar.bytes_fetched) == (7, 1_900_000)
+    assert "1.9 MB fetched" in bar._status()
+    assert "a done (24 tiles, 1.9 MB in 7 requests) [1/2]" in caplog.text
+    assert "b done (3 tiles) [2/2]" in caplog.text
