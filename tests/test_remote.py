@@ -299,3 +299,39 @@ def test_progress_counts_fetched_bytes(caplog):
     assert "1.9 MB fetched" in bar._status()
     assert "a done (24 tiles, 1.9 MB in 7 requests) [1/2]" in caplog.text
     assert "b done (3 tiles) [2/2]" in caplog.text
+
+
+def test_s3_object_replaced_mid_read_fails_clearly(s3, slides):
+    url = s3.put("cohort", "slides/moving.svs", CMU)
+    with sf.WSI(url, **TILE) as w:
+        s3.put("cohort", "slides/moving.svs", CMU.read_bytes() + b"\0")
+        with pytest.raises(SlideReadError, match="changed since it was opened"):
+            _tiles(w)
+
+
+def test_processes_sharing_a_cache_download_once(tmp_path):
+    """Three processes ask for one slide at once: one download, three identical paths; a
+    temporary file left by a dead process is removed."""
+    import subprocess
+    import sys
+
+    data = bytes(range(256)) * 8000
+    server = RangeHTTPServer({"x.ndpi": data})
+    try:
+        cache = SlideCache(tmp_path / "c")
+        entry = cache.folder / cache.key(f"{server.url}/x.ndpi")
+        entry.mkdir(parents=True)
+        from slideflow.io.atomic import host_tag
+
+        dead = entry / f"x.ndpi{TMP_MARK}999999999-{host_tag()}-abcd"
+        dead.write_bytes(b"half")
+        code = ("import sys; from slideflow.remote.cache import SlideCache; "
+                f"print(SlideCache({str(cache.folder)!r}).fetch({server.url + '/x.ndpi'!r}))")
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+        outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert len(set(outs)) == 1 and open(outs[0], "rb").read() == data
+        assert server.ranged_gets() == 1 and not dead.exists()
+    finally:
+        server.close()
