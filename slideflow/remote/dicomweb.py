@@ -14,7 +14,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from .fetch import FetchStats, _current, _status, _transient
+from .fetch import FetchStats, current_stats, env_float, http_status, is_transient
 from .url import EXTRA_HINT, RemoteError, safe_url
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -46,7 +46,7 @@ class DicomWebSeries:
                               ) from exc
         self.url, self.name = url, safe_url(url)
         self.base, self.study, self.series = parse_dicomweb(url)
-        self.stats = stats if stats is not None else (_current.get() or FetchStats())
+        self.stats = stats if stats is not None else (current_stats() or FetchStats())
         session = requests.Session()
         session.hooks["response"].append(self._count)
         self.client = DICOMwebClient(self.base, session=session)
@@ -89,18 +89,16 @@ class DicomWebSeries:
         return out
 
     def _retry(self, call: Any, what: str) -> Any:
-        from .fetch import _env_float
-
-        tries = int(_env_float("SLIDEFLOW_REMOTE_RETRIES", 4)) + 1
-        backoff = _env_float("SLIDEFLOW_REMOTE_BACKOFF", 0.25)
+        tries = int(env_float("SLIDEFLOW_REMOTE_RETRIES", 4)) + 1
+        backoff = env_float("SLIDEFLOW_REMOTE_BACKOFF", 0.25)
         last: BaseException | None = None
         for attempt in range(1, tries + 1):
             try:
                 return call()
             except Exception as exc:  # noqa: BLE001 - requests and dicomweb-client errors
-                if _status(exc) == 404:
+                if http_status(exc) == 404:
                     raise FileNotFoundError(f"{self.name}: {what}: not found") from None
-                if not _transient(exc):
+                if not is_transient(exc):
                     raise RemoteError(f"{self.name}: {what} failed at attempt {attempt}: "
                                       f"{type(exc).__name__}: {exc}") from exc
                 last = exc

@@ -25,7 +25,7 @@ from .url import RemoteError, filesystem, safe_url, scheme
 RETRY_STATUS = (408, 425, 429, 500, 502, 503, 504)
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, default))
     except ValueError:
@@ -55,6 +55,11 @@ _current: contextvars.ContextVar[FetchStats | None] = contextvars.ContextVar(
     "slideflow_fetch_stats", default=None)
 
 
+def current_stats() -> FetchStats | None:
+    """The counters `begin_counting` set for this thread, if any."""
+    return _current.get()
+
+
 def begin_counting() -> contextvars.Token:
     """Count the requests of remote objects opened from now on in this thread (one slide of a
     batch run); `end_counting` returns the counts."""
@@ -77,7 +82,7 @@ class _Retry(Exception):
     """A failure worth another attempt."""
 
 
-def _status(exc: BaseException) -> int | None:
+def http_status(exc: BaseException) -> int | None:
     for e in (exc, exc.__cause__, exc.__context__):
         if e is None:
             continue
@@ -93,11 +98,11 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Timeouts, dropped connections, 5xx: worth retrying. 4xx (but 408/425/429): not."""
     if isinstance(exc, (FileNotFoundError, PermissionError)):
         return False
-    status = _status(exc)
+    status = http_status(exc)
     if status is not None:
         return status in RETRY_STATUS
     names = {c.__name__ for c in type(exc).__mro__}
@@ -109,7 +114,7 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _is_changed(exc: BaseException) -> bool:
-    return _status(exc) == 412 or "PreconditionFailed" in repr(exc) or \
+    return http_status(exc) == 412 or "PreconditionFailed" in repr(exc) or \
         "Precondition" in str(exc)
 
 
@@ -118,9 +123,9 @@ class RemoteObject:
 
     def __init__(self, url: str, *, anon: bool | None = None, stats: FetchStats | None = None):
         self.url = url
-        self.stats = stats if stats is not None else (_current.get() or FetchStats())
-        self.retries = int(_env_float("SLIDEFLOW_REMOTE_RETRIES", 4))
-        self.backoff = _env_float("SLIDEFLOW_REMOTE_BACKOFF", 0.25)
+        self.stats = stats if stats is not None else (current_stats() or FetchStats())
+        self.retries = int(env_float("SLIDEFLOW_REMOTE_RETRIES", 4))
+        self.backoff = env_float("SLIDEFLOW_REMOTE_BACKOFF", 0.25)
         self.fs, self.path = filesystem(url, anon)
         self.proto = scheme(url)
         info = self._attempts(lambda: self.fs.info(self.path), "metadata")
@@ -177,7 +182,7 @@ class RemoteObject:
                     raise Changed(f"{self.name}: the object changed since it was opened "
                                   f"(ETag {self.etag}); {what}, attempt {attempt}. Rerun the "
                                   "slide") from exc
-                if not _transient(exc):
+                if not is_transient(exc):
                     raise RemoteError(f"{self.name}: {what} failed at attempt {attempt}: "
                                       f"{type(exc).__name__}: {exc}") from exc
                 last = exc
@@ -219,4 +224,5 @@ def run_all(calls: list[Any], limit: int) -> list[Any]:
         return list(pool.map(lambda c: c(), calls))
 
 
-__all__ = ["Changed", "FetchStats", "RemoteObject", "begin_counting", "end_counting", "run_all"]
+__all__ = ["Changed", "FetchStats", "RemoteObject", "begin_counting", "current_stats",
+           "end_counting", "env_float", "http_status", "is_transient", "run_all"]
