@@ -3,8 +3,9 @@ per 1,000 tiles, on a synthetic JPEG pyramid.
 
 Run: .venv/bin/python bench/bench_remote.py [--size 10000] [--tile-px 256 --tile-um 128]
 
-The S3 server runs in this process (tests/remote_servers.py), so it shares the CPU with the
-reader: on a small machine the ratio understates what a separate object store gives.
+The S3 server (moto, tests/remote_servers.py) runs in a child process on 127.0.0.1; on a
+small machine it still shares the CPU cores with the reader, so the ratio understates what a
+separate object store gives.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,8 +22,6 @@ from pathlib import Path
 import slideflow as sf
 
 from synthetic import make_pyramid
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def read_all(path: str | Path, tile_px: int, tile_um: float, threads: int | None) -> dict:
@@ -49,21 +49,30 @@ def main() -> None:
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    from remote_servers import S3Server
-
     cache = Path(os.environ.get("SLIDEFLOW_BENCH_CACHE", tempfile.gettempdir()))
     local = make_pyramid(cache / f"sf_bench_{args.size}.tif", args.size, args.size)
-    server = S3Server()
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=server.endpoint)
-    url = server.put("bench", local.name, local)
-    rows = {"local": [], "s3": []}
+    tests = str(Path(__file__).resolve().parents[1] / "tests")
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {tests!r}); "
+         "from remote_servers import S3Server; s = S3Server(); print(s.endpoint, flush=True); "
+         "sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    rows: dict[str, list] = {"local": [], "s3": []}
     try:
+        endpoint = child.stdout.readline().strip()
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                          AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL_S3=endpoint)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bench")
+        s3.upload_file(str(local), "bench", local.name)
+        url = f"s3://bench/{local.name}"
         for _ in range(args.rounds):  # interleaved: a shared machine's load hits both
             for name, where in (("local", local), ("s3", url)):
                 rows[name].append(read_all(where, args.tile_px, args.tile_um, args.threads))
     finally:
-        server.close()
+        child.stdin.close()  # the server exits when its stdin closes
+        child.wait(timeout=30)
     best = {k: max(v, key=lambda r: r["tiles_per_s"]) for k, v in rows.items()}
     if best["local"]["sha256"] != best["s3"]["sha256"]:
         raise SystemExit("the tiles read from S3 differ from the local file's")
