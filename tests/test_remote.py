@@ -335,3 +335,18 @@ def test_processes_sharing_a_cache_download_once(tmp_path):
         assert server.ranged_gets() == 1 and not dead.exists()
     finally:
         server.close()
+
+
+def test_jobs_and_manifests_keep_urls(tmp_path):
+    from slideflow.features import jobs_from_paths
+    from slideflow.io.manifest import read_manifest
+
+    jobs = jobs_from_paths(["s3://b/cases/slide-1.svs", "s3://b/cases/slide-1.svs",
+                            str(CMU)])
+    assert [(j.name, j.slide_path) for j in jobs] == [
+        ("slide-1", "s3://b/cases/slide-1.svs"), (CMU.stem, CMU)]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("sample_id,image_path\na,https://host/x/a.svs\nb,rel/b.svs\n")
+    rows = read_manifest(manifest)
+    assert rows[0].image_path == "https://host/x/a.svs"
+    assert rows[1].image_path == tmp_path / "rel" / "b.svs"
