@@ -69,7 +69,8 @@ def shard(items: list, spec: str | None) -> list:
 
 
 @app.command()
-def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dimensions, levels, MPP, vendor and associated images of a slide."""
     from .slide.backends import open_reader
 
@@ -84,7 +85,7 @@ def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) 
 
 @app.command()
 def preview(
-    slide: Path,
+    slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
     tile_px: Annotated[int, typer.Option()] = 256,
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option(help="otsu, blur or both")] = "otsu",

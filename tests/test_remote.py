@@ -350,3 +350,18 @@ def test_jobs_and_manifests_keep_urls(tmp_path):
     rows = read_manifest(manifest)
     assert rows[0].image_path == "https://host/x/a.svs"
     assert rows[1].image_path == tmp_path / "rel" / "b.svs"
+
+
+def test_cli_info_and_preview_take_urls(http, tmp_path):
+    from typer.testing import CliRunner
+
+    from slideflow.cli import app
+
+    res = CliRunner().invoke(app, ["info", f"{http.url}/cmu.svs", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["path"] == f"{http.url}/cmu.svs" and data["dimensions"] == [2220, 2967]
+    assert data["backend"] == "tiffslide" and data["vendor"] == "aperio"
+    out = tmp_path / "p.png"
+    res = CliRunner().invoke(app, ["preview", f"{http.url}/cmu.svs", "-o", str(out)])
+    assert res.exit_code == 0 and out.stat().st_size > 0, res.output
