@@ -92,8 +92,8 @@ class RangeHTTPServer(FaultPlan):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                match = self.headers.get("If-Match")
-                if match and match != _etag(data):
+                match = self.headers.get("If-Match")  # strong comparison: W/ never matches
+                if match and (match.startswith("W/") or match != _etag(data)):
                     self.send_response(412)
                     self.send_header("Content-Length", "0")
                     self.end_headers()

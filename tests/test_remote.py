@@ -365,3 +365,16 @@ def test_cli_info_and_preview_take_urls(http, tmp_path):
     out = tmp_path / "p.png"
     res = CliRunner().invoke(app, ["preview", f"{http.url}/cmu.svs", "-o", str(out)])
     assert res.exit_code == 0 and out.stat().st_size > 0, res.output
+
+
+def test_weak_etag_is_not_sent_as_if_match(slides, monkeypatch):
+    """A server giving weak ETags (W/"..."): reads work (no If-Match that could never match)."""
+    import remote_servers
+
+    monkeypatch.setattr(remote_servers, "_etag", lambda data: 'W/"v1"')
+    server = RangeHTTPServer({"a.svs": CMU.read_bytes()})
+    try:
+        with sf.WSI(f"{server.url}/a.svs", **TILE) as w:
+            assert len(_tiles(w)) == 391
+    finally:
+        server.close()

@@ -161,8 +161,9 @@ class RemoteObject:
 
             bucket, key, _ = self.fs.split_path(self.path)
             return sync(self.fs.loop, _s3_range, self.fs, bucket, key, start, end, self.etag)
-        if self.proto in ("http", "https"):
-            headers = {"If-Match": self.etag} if self.etag else {}
+        if self.proto in ("http", "https"):  # a weak ETag (W/"...") never matches If-Match
+            strong = self.etag and not self.etag.startswith("W/")
+            headers = {"If-Match": self.etag} if strong else {}
             return self.fs.cat_file(self.path, start=start, end=end, headers=headers)
         return self.fs.cat_file(self.path, start=start, end=end)
 
