@@ -378,3 +378,17 @@ def test_weak_etag_is_not_sent_as_if_match(slides, monkeypatch):
             assert len(_tiles(w)) == 391
     finally:
         server.close()
+
+
+def test_torch_decoder_path_reads_a_url_like_the_local_file(http, slides):
+    """The GPU decoder's path (run here with torch on the CPU): one merged request per batch,
+    tiles equal to the same decoder on the local file."""
+    torch = pytest.importorskip("torch")
+    from slideflow.slide.decode import TorchDecoder
+
+    with sf.WSI(CMU, **TILE) as a, sf.WSI(f"{http.url}/cmu.svs", **TILE) as b:
+        want = torch.cat([t for t, _ in a.tiles(batch_size=32, decoder=TorchDecoder("cpu"))])
+        before = http.ranged_gets()
+        got = [t for t, _ in b.tiles(batch_size=32, decoder=TorchDecoder("cpu"))]
+        assert http.ranged_gets() - before <= len(got)
+    assert torch.equal(torch.cat(got), want)
