@@ -391,5 +391,6 @@ def test_torch_decoder_path_reads_a_url_like_the_local_file(http, slides):
         want = torch.cat([t for t, _ in a.tiles(batch_size=8, decoder=TorchDecoder("cpu"))])
         before = http.ranged_gets()
         got = [t for t, _ in b.tiles(batch_size=8, decoder=TorchDecoder("cpu"))]
-        assert http.ranged_gets() - before <= len(got) and len(got) == 3
+        # one per batch, plus the tile the GPU decoder is checked on (slide.decode_check)
+        assert http.ranged_gets() - before <= len(got) + 1 and len(got) == 3
     assert torch.equal(torch.cat(got), want)
