@@ -22,6 +22,10 @@ import click
 import typer
 
 from ..errors import SlideflowError
+from ..io.location import is_url
+from ..io.manifest import parse_spacing, read_manifest
+from ..io.runlog import human_summary, run_summary, write_run_files
+from ..slide import find_slides, is_slide, slide_name
 from ..validate import positive_int
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -35,12 +39,17 @@ def _tile_um(value: str) -> float | str:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
-def _expand(paths: list[Path], recursive: bool = True) -> list[Path]:
-    """Slide files and DICOM folders given, plus the slides inside the folders given."""
-    from ..slide import find_slides, is_slide
-
-    out: list[Path] = []
+def _expand(paths: list, recursive: bool = True) -> list:
+    """Slide files and DICOM folders given, plus the slides inside the folders given; a URL
+    prefix ending in '/' is listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    out: list = []
     for p in paths:
+        if is_url(p):
+            from ..slide.remote_open import find_remote_slides
+
+            out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
+            continue
+        p = Path(p)
         if p.is_dir() and not is_slide(p):
             out.extend(find_slides(p) if recursive else
                        sorted(c for c in p.iterdir() if is_slide(c)))
@@ -64,7 +73,8 @@ def shard(items: list, spec: str | None) -> list:
 
 
 @app.command()
-def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dimensions, levels, MPP, vendor and associated images of a slide."""
     from ..slide.backends import open_reader
 
@@ -79,7 +89,7 @@ def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) 
 
 @app.command()
 def preview(
-    slide: Path,
+    slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
     tile_px: Annotated[int, typer.Option()] = 256,
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option(help="otsu, blur or both")] = "otsu",
@@ -117,7 +127,6 @@ def _read_mpp_csv(path: Path) -> dict[str, float]:
     """{slide name or file name: mpp} from a CSV with columns `wsi,mpp`."""
     import csv
 
-    from ..io.manifest import parse_spacing
 
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
@@ -134,12 +143,9 @@ def _read_mpp_csv(path: Path) -> dict[str, float]:
 def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float | None,
           mpp_csv: Path | None) -> list:
     from ..engine.features import SlideJob
-    from ..slide import slide_name
 
     jobs = []
     if manifest is not None:
-        from ..io.manifest import read_manifest
-
         for row in read_manifest(manifest):
             jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
                                  mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path))
@@ -148,7 +154,7 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
         for j in jobs:
-            found = table.get(j.name, table.get(j.slide_path.name))
+            found = table.get(j.name, table.get(getattr(j.slide_path, "name", "")))
             if found is not None:
                 j.mpp = found
     names = [j.name for j in jobs]
@@ -168,8 +174,9 @@ def _ray_arg(value: str | None) -> object:
 
 @app.command()
 def features(
-    slides: Annotated[list[Path] | None, typer.Argument(
-        help="slide files, DICOM folders or folders of slides")] = None,
+    slides: Annotated[list[str] | None, typer.Argument(
+        help="slide files, DICOM folders, folders of slides, or URLs (s3://bucket/prefix/)")
+    ] = None,
     extractor: Annotated[str, typer.Option("-e", "--extractor", help="name, or several "
                                            "comma-separated (one pass over the tiles)")
                          ] = "efficientnet_lite0_imagenet",
@@ -211,6 +218,8 @@ def features(
                                         help="regenerate existing bags")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    cache: Annotated[Path | None, typer.Option(help="folder caching remote slides that cannot "
+                                               "be read in place (SLIDEFLOW_CACHE)")] = None,
 ) -> None:
     """Feature bags straight from slides (no TFRecords needed).
 
@@ -220,11 +229,12 @@ def features(
     import time
 
     from ..engine.features import TileSelection, generate_bags
-    from ..io.runlog import human_summary, run_summary, write_run_files
     from ..model import build_feature_extractor, load_plugin
     from ..slide.geometry import check_tile_geometry
 
     _set_verbosity(quiet, verbose)
+    if cache is not None:  # the environment reaches worker processes too
+        os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")

@@ -26,6 +26,7 @@ from ..io.bags_config import config_file, normalize
 from ..io.claim import claim_config, move_aside, verify_claim
 from ..io.locks import SlideLock, clean_stale_temps
 from ..io.npz import index_path_for
+from ..remote.fetch import begin_counting, end_counting
 from .fanout import run_features_many
 from .progress import track_slides
 from .selection import TileSelection
@@ -83,7 +84,7 @@ class BagOptions:
 @dataclass
 class SlideOutcome:
     """What happened to one slide: done, reused (bags current), busy (locked by a live
-    process) or failed."""
+    process) or failed; `fetched` counts the requests and bytes of a slide read from a URL."""
 
     slide: str
     status: str
@@ -93,6 +94,7 @@ class SlideOutcome:
     error: str | None = None
     worker: str | None = None
     notes: list[str] = field(default_factory=list)  # recoveries: stale locks/temps of dead runs
+    fetched: dict[str, int] | None = None  # {requests, bytes_fetched, retries} (URLs only)
 
     @property
     def message(self) -> str | None:
@@ -172,9 +174,17 @@ def longest_first(jobs: list[SlideJob]) -> list[SlideJob]:
 def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
                 normalizer: Any = None, on_tiles: Any = None) -> SlideOutcome:
     """Make the missing bags of one slide (see module doc). Never raises for a bad slide."""
-    t0 = time.perf_counter()
     out = SlideOutcome(job.name, REUSED)
+    counting = begin_counting()  # requests and bytes of a slide read from a URL
+    try:
+        return _process(job, targets, opts, normalizer, on_tiles, out)
+    finally:
+        out.fetched = end_counting(counting)
 
+
+def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normalizer: Any,
+             on_tiles: Any, out: SlideOutcome) -> SlideOutcome:
+    t0 = time.perf_counter()
     identity = source_identity(job)
 
     def current(t: BagTarget) -> bool:
@@ -323,8 +333,9 @@ def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions,
 
 def report_outcome(bar: Any, o: SlideOutcome) -> None:
     """Forward one outcome to a `SlideProgress`."""
+    bar.add_fetched(o.fetched)
     if o.status == DONE:
-        bar.slide_done(o.slide, o.tiles)
+        bar.slide_done(o.slide, o.tiles, o.fetched)
     elif o.status == REUSED:
         bar.slide_skipped(o.slide, "bag exists with the same settings")
     elif o.status == BUSY:

@@ -5,15 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .paths import slide_name
+from .paths import SLIDE_SUFFIXES, slide_name
 
 log = logging.getLogger("slideflow")
-
-#: file suffixes recognised as slides (DICOM folders are recognised by their .dcm files)
-SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif",
-    ".qptiff", ".dcm", ".isyntax", ".czi",
-)
 
 
 def is_slide(path: str | Path) -> bool:
