@@ -18,11 +18,25 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="slideflow: whole-slide images to tiles and feature vectors.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        typer.echo(f"slideflow {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="print the version and exit")] = False) -> None:
+    """slideflow: whole-slide images to tiles and feature vectors."""
 
 
 def _tile_um(value: str) -> float | str:
@@ -354,29 +368,15 @@ def ray_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `slideflow` script: exit 0 done, 1 when a slide failed, 2 for a usage error."""
     import sys
 
-    from .errors import SlideflowError
+    from .cli_errors import run_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        # without standalone mode, click returns a command's typer.Exit code instead of
-        # exiting: pass it on (exit 1 when a slide failed, 2 when the run cannot start)
-        code = app(args=ray_argv(sys.argv[1:]), prog_name="slideflow", standalone_mode=False)
-    except click.exceptions.Exit as exc:  # typer.Exit
-        raise SystemExit(exc.exit_code) from None
-    except click.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
-        typer.echo("Aborted.", err=True)
-        raise SystemExit(130) from None
-    except SlideflowError as exc:  # a clear message, never a traceback
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2 if isinstance(exc, ValueError) else 1) from None
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
+    args = ray_argv(sys.argv[1:] if argv is None else argv)
+    raise SystemExit(run_app(app, args, prog_name="slideflow"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""Usage errors from the real entry point (a subprocess): click's short usage, one `error:`
+line, exit 2, never a traceback -- whatever copy of click typer carries."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import slideflow as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    return subprocess.run([sys.executable, "-m", "slideflow", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args, usage, message", [
+    (["--bogus"], "Usage: slideflow [OPTIONS] COMMAND", "error: No such option: --bogus"),
+    (["bogus"], "Usage: slideflow [OPTIONS] COMMAND", "error: No such command 'bogus'."),
+    (["features", "--tile-px", "abc"], "Usage: slideflow features [OPTIONS]",
+     "error: Invalid value for '--tile-px'"),
+    (["info"], "Usage: slideflow info [OPTIONS]", "error: Missing argument"),
+    (["features", "--bogus"], "Usage: slideflow features [OPTIONS]",
+     "error: No such option: --bogus"),
+    (["features", "--tile-px"], None,  # click's parser gives this error no context
+     "error: Option '--tile-px' requires an argument."),
+])
+def test_usage_error_is_one_line_and_exit_2(args, usage, message):
+    res = run_cli(*args)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    if usage is not None:
+        assert lines[0].startswith(usage)
+        assert lines[1].startswith("Try 'slideflow") and lines[1].endswith("--help' for help.")
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), res.stderr
+    assert lines[-1] == errors[0]
+
+
+def test_no_arguments_shows_the_help():
+    res = run_cli()
+    assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr
+    assert res.stdout.startswith("Usage: slideflow [OPTIONS] COMMAND [ARGS]...")
+    for command in ("features", "extractors", "info"):
+        assert f"\n  {command} " in res.stdout
+    assert res.stdout.count("Usage:") == 1  # printed once
+
+
+def test_version():
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout == f"slideflow {sf.__version__}\n"
+
+
+def test_help_lists_flags_without_types():
+    res = run_cli("--help")
+    assert res.returncode == 0 and "--version" in res.stdout
+    assert "<bool>" not in res.stdout and "--help     Show this message" in res.stdout
+    sub = run_cli("features", "--help")
+    assert sub.returncode == 0 and "<bool>" not in sub.stdout
+    assert all(len(line) <= 80 for line in res.stdout.splitlines())
+
+
+def test_run_error_without_traceback(tmp_path):
+    """A SlideflowError raised by a command: `error:` line, exit 2, no traceback."""
+    res = run_cli("features", "--manifest", str(tmp_path / "missing.csv"), "-o",
+                  str(tmp_path / "out"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "missing.csv" in res.stderr
+
+
+def test_typer_click_pins_match_the_lock():
+    """The error handling is tested on the typer/click the lock file pins."""
+    import importlib.metadata as md
+
+    lock = (ROOT / "requirements-lock.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lock if "==" in line)
+    assert pins["typer"] == md.version("typer") and pins["click"] == md.version("click")
