@@ -208,7 +208,8 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
             raise
         out.status = FAILED
         out.error_type, out.error = failure_text(exc, [t.outdir for t in todo])
-        log.warning("%s: failed (%s: %s)", job.name, out.error_type, out.error)
+        # the progress line and the caller's summary report it (once)
+        log.debug("%s: failed (%s: %s)", job.name, out.error_type, out.error, exc_info=True)
     out.seconds = time.perf_counter() - t0
     return out
 

@@ -46,20 +46,6 @@ def _tile_um(value: str) -> float | str:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
-def _expand(paths: list[Path], recursive: bool = True) -> list[Path]:
-    """Slide files and DICOM folders given, plus the slides inside the folders given."""
-    from .slide import find_slides, is_slide
-
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir() and not is_slide(p):
-            out.extend(find_slides(p) if recursive else
-                       sorted(c for c in p.iterdir() if is_slide(c)))
-        else:
-            out.append(p)
-    return out
-
-
 def shard(items: list, spec: str | None) -> list:
     """Items of shard `i/n` (0-based i); SLURM array variables when `spec` is None."""
     if spec is None:
@@ -154,7 +140,9 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
         for row in read_manifest(manifest):
             jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
                                  mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path))
-    for p in _expand(slides, recursive):
+    from .slide import expand_slides
+
+    for p in expand_slides(slides, recursive):
         jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp))
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
@@ -228,6 +216,7 @@ def features(
     """
     import time
 
+    from .cli_errors import check_inputs_exist
     from .errors import SlideflowError
     from .features import TileSelection, generate_bags
     from .io.runlog import human_summary, run_summary, write_run_files
@@ -239,6 +228,7 @@ def features(
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
+    check_inputs_exist(slides)
     if precision not in (None, "fp32", "fp16", "bf16"):
         raise typer.BadParameter(f"--precision {precision!r}: fp32, fp16 or bf16")
     names = [n.strip() for n in extractor.split(",") if n.strip()]

@@ -12,6 +12,7 @@ cannot start (a `SlideflowError` that is a `ValueError`).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -26,6 +27,14 @@ USAGE_ERROR = _base("UsageError")
 CLICK_EXCEPTION = _base("ClickException")
 
 
+def check_inputs_exist(paths: list[Path] | None) -> None:
+    """Slides and folders named on the command line must exist: checked before any model is
+    built (a typo used to cost the model's load time before failing)."""
+    missing = [str(p) for p in paths or [] if not Path(p).exists()]
+    if missing:
+        raise typer.BadParameter(f"no such slide file or folder: {', '.join(missing)}")
+
+
 def show_usage_error(exc: Any) -> None:
     """Click's short usage and help hint, then one `error: ...` line (all on stderr)."""
     ctx = getattr(exc, "ctx", None)
@@ -37,7 +46,11 @@ def show_usage_error(exc: Any) -> None:
         if ctx.command.get_help_option(ctx) is not None:
             typer.echo(f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.",
                        err=True)
-    typer.echo(f"error: {exc.format_message()}", err=True)
+    message = exc.format_message()
+    if (isinstance(exc, typer.BadParameter) and exc.param is None
+            and exc.param_hint is None):  # raised by a command: its own words, no prefix
+        message = exc.message
+    typer.echo(f"error: {message}", err=True)
 
 
 def run_app(app: typer.Typer, args: list[str], prog_name: str) -> int:

@@ -50,7 +50,7 @@ def test_no_arguments_shows_the_help():
     res = run_cli()
     assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr
     assert res.stdout.startswith("Usage: slideflow [OPTIONS] COMMAND [ARGS]...")
-    for command in ("features", "extractors", "info"):
+    for command in ("features", "extractors", "info", "doctor"):
         assert f"\n  {command} " in res.stdout
     assert res.stdout.count("Usage:") == 1  # printed once
 
@@ -85,3 +85,46 @@ def test_typer_click_pins_match_the_lock():
     lock = (ROOT / "requirements-lock.txt").read_text().splitlines()
     pins = dict(line.split("==") for line in lock if "==" in line)
     assert pins["typer"] == md.version("typer") and pins["click"] == md.version("click")
+
+
+def test_missing_slide_is_refused_before_any_model_is_built(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import slideflow.model
+    from slideflow.cli import app
+
+    def boom(*a, **k):
+        raise AssertionError("the model was built before the inputs were checked")
+
+    monkeypatch.setattr(slideflow.model, "build_feature_extractor", boom)
+    res = CliRunner().invoke(app, ["features", str(tmp_path / "typo.svs"), "-o",
+                                   str(tmp_path / "out")])
+    assert res.exit_code == 2 and "typo.svs" in res.output
+    assert not (tmp_path / "out").exists()
+    proc = run_cli("features", str(tmp_path / "typo.svs"), "-e", "uni")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"error: no such slide file or folder: {tmp_path / 'typo.svs'}"
+
+
+def test_each_failure_printed_once_and_no_pydicom_noise(tmp_path, slides):
+    """Two failing slides next to a good one: each reason printed once; the Camelyon DICOM's
+    over-long UID warning from pydicom is not printed; exit 1."""
+    from hostile.tiny import plugin_args
+
+    from conftest import CMU, DICOM_CAMELYON, TCGA_J2K
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for p in (CMU, DICOM_CAMELYON, TCGA_J2K):
+        (folder / p.name).symlink_to(p)
+    res = run_cli("features", str(folder), "-o", str(tmp_path / "bags"),
+                  *plugin_args(tmp_path / "tiny"), "--tile-px", "112", "--tile-um", "224",
+                  "--qc", "none")
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text
+    assert "1 done, 0 reused, 2 failed" in res.stdout
+    assert text.count("records no microns-per-pixel") == 1
+    assert text.count("would need upsampling") == 1
+    assert "--mpp" in text  # the CLI's fix, not sf.WSI(..., mpp=)
+    assert "VR UI" not in text and "Traceback" not in text

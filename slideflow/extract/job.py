@@ -96,8 +96,8 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
         full = disk_full_text(exc, job.outdir)
         res.status, res.error = "failed", (f"OSError: {full}" if full else
                                            f"{type(exc).__name__}: {exc}")
-        log.warning("%s: failed (%s)", job.name, res.error)
-        log.debug("%s: traceback", job.name, exc_info=True)
+        # the progress line and the caller's summary report it (once)
+        log.debug("%s: failed (%s)", job.name, res.error, exc_info=True)
     finally:
         res.seconds = time.perf_counter() - t_start
     return res
