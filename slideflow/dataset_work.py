@@ -34,8 +34,11 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
                     slides_in_flight: int | None = None, progress: bool | None = True,
                     mpp_override: float | dict[str, float] | None = None,
                     **options: Any) -> ExtractionSummary:
-    """Extract every slide of a Dataset into its sources' TFRecord folders (+ reports)."""
-    opt = ExtractOptions(**options)
+    """Extract every slide of a Dataset into its sources' TFRecord folders (+ reports); `qc`
+    defaults to `slideflow.selection.DEFAULT_QC`."""
+    from .selection import DEFAULT_QC
+
+    opt = ExtractOptions(**{"qc": DEFAULT_QC, **options})
     label = get_tfrecord_label(dataset.tile_px, dataset.tile_um)
     jobs: list[ExtractJob] = []
     failed: dict[str, str] = {}
