@@ -198,12 +198,15 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
            "  - authenticate: `huggingface-cli login`, or set HF_TOKEN\n"
            f"  - or download the file yourself and pass weights='/path/to/file'")
     filenames = list(filenames)
-    if not offline:  # cached weights need no network (and no update check: sha256 pins them)
+    # cached weights need no network (and no update check: sha256 pins them); the hub treats
+    # repo ids case-insensitively but the cache keeps the spelling used to download
+    for spelling in cached_spellings(repo_id, cache_dir):
         for filename in filenames:
-            with contextlib.suppress(Exception):  # any failure here: go on to the network
-                path = hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, token=token,
+            with contextlib.suppress(Exception):  # any failure here: go on
+                path = hub.hf_hub_download(spelling, filename, cache_dir=cache_dir, token=token,
                                            local_files_only=True)
-                return ResolvedWeights([Path(path).resolve()], f"hf:{repo_id}/{filename}")
+                return ResolvedWeights([Path(path).resolve()], f"hf:{spelling}/{filename}")
+    if not offline:
         down = hub_unreachable()
         if down:
             raise WeightsError(_no_hub_message(spec.name, repo_id, filenames, down, cache_dir))
@@ -234,6 +237,21 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
     mode = " (HF_HUB_OFFLINE is set, so only the local cache was searched)" if offline else ""
     raise WeightsError(f"{spec.name}: none of {tried} found for {repo_id} in {where}{mode}. "
                        f"To use it:\n{how}")
+
+
+def cached_spellings(repo_id: str, cache_dir: str | None = None) -> list[str]:
+    """`repo_id` and every other spelling of it (case differs) that has a folder in the Hugging
+    Face cache: `MahmoodLab/UNI` downloaded as `mahmoodlab/uni` is cached under the latter."""
+    import huggingface_hub.constants as hc
+
+    root = Path(cache_dir or hc.HF_HUB_CACHE)
+    want = "models--" + repo_id.replace("/", "--")
+    found = [repo_id]
+    with contextlib.suppress(OSError):
+        for d in sorted(root.iterdir()):
+            if d.name.lower() == want.lower() and d.name != want and d.is_dir():
+                found.append(d.name[len("models--"):].replace("--", "/", 1))
+    return found
 
 
 HUB_PROBE_SECONDS = 3.0
