@@ -328,18 +328,12 @@ def extract_tiles(
         raise typer.Exit(1)
 
 
-@app.command()
-def extractors() -> None:
-    """List every known extractor (installed or not)."""
-    from .model import list_extractors
-
-    typer.echo(list_extractors().to_string())
-
-
 def _register_extra_commands() -> None:
-    from .cli_encode import register
+    from . import cli_encode, cli_extractors, doctor
 
-    register(app)
+    cli_extractors.register(app)
+    cli_encode.register(app)
+    doctor.register(app)
 
 
 _register_extra_commands()

@@ -30,6 +30,7 @@ import torch
 
 from ...errors import WeightsError
 from .spec import ExtractorSpec, WeightsSource
+from .weights_status import cached_spellings, torch_hub_dir
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +159,7 @@ def _default(spec: ExtractorSpec) -> ResolvedWeights:
         f"initialisation.{where}")
 
 
-def _torch_hub_dir() -> Path:
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
-    return Path(home) / "hub" / "checkpoints"
+_torch_hub_dir = torch_hub_dir
 
 
 def _from_package(spec: ExtractorSpec, src: WeightsSource) -> ResolvedWeights:
@@ -237,21 +235,6 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
     mode = " (HF_HUB_OFFLINE is set, so only the local cache was searched)" if offline else ""
     raise WeightsError(f"{spec.name}: none of {tried} found for {repo_id} in {where}{mode}. "
                        f"To use it:\n{how}")
-
-
-def cached_spellings(repo_id: str, cache_dir: str | None = None) -> list[str]:
-    """`repo_id` and every other spelling of it (case differs) that has a folder in the Hugging
-    Face cache: `MahmoodLab/UNI` downloaded as `mahmoodlab/uni` is cached under the latter."""
-    import huggingface_hub.constants as hc
-
-    root = Path(cache_dir or hc.HF_HUB_CACHE)
-    want = "models--" + repo_id.replace("/", "--")
-    found = [repo_id]
-    with contextlib.suppress(OSError):
-        for d in sorted(root.iterdir()):
-            if d.name.lower() == want.lower() and d.name != want and d.is_dir():
-                found.append(d.name[len("models--"):].replace("--", "/", 1))
-    return found
 
 
 HUB_PROBE_SECONDS = 3.0
