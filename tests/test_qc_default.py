@@ -60,3 +60,10 @@ def test_slide_rejected_by_extraction_qc_is_not_embedded_unfiltered(tmp_path, ex
     assert off.tiles == 24 + len(sf.WSI(CMU_TIFF, TILE_PX, TILE_UM))
     meta = read_bag_meta(tmp_path / "off", "CMU-1-Small-Region")
     assert meta["source"] == "slide" and meta["tile_selection"]["qc"] is None
+
+
+def test_porting_guide_states_the_default():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "porting.md").read_text()
+    assert f"`qc` defaults to `'{DEFAULT_QC}'`" in text
