@@ -152,8 +152,8 @@ def test_other_settings_without_force_is_refused(tmp_path, slides):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@hostile("cli-exit-status", "`python -m slideflow features` with a missing slide (a failed "
-         "slide), and with settings the folder refuses",
+@hostile("cli-exit-status", "`python -m slideflow features` with a slide that fails (no "
+         "MPP), and with settings the folder refuses",
          "exit 1 and exit 2 from the real entry point (both exited 0: main() dropped the "
          "command's exit code)")
 def test_entry_point_passes_the_exit_status_on(tmp_path, slides):
