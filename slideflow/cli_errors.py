@@ -6,7 +6,7 @@ typer >= 0.20 carries its own copy of click (`typer._click`): its usage errors a
 
 Exit status: 0 done; 1 when the command failed (e.g. a slide failed); 2 for a usage error
 (unknown option or command, bad value, missing argument, no command at all) or a run that
-cannot start (a `SlideflowError` that is a `ValueError`).
+cannot start (a `SlideflowError` that is a `ValueError`, or a slide that does not exist).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def run_app(app: typer.Typer, args: list[str], prog_name: str) -> int:
         return 130
     except SlideflowError as exc:  # a clear message, never a traceback
         typer.echo(f"error: {exc}", err=True)
-        return 2 if isinstance(exc, ValueError) else 1
+        return 2 if isinstance(exc, (ValueError, FileNotFoundError)) else 1
     finally:
         sys.stdout.flush()
     return code if isinstance(code, int) else 0

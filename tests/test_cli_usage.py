@@ -128,3 +128,10 @@ def test_each_failure_printed_once_and_no_pydicom_noise(tmp_path, slides):
     assert text.count("would need upsampling") == 1
     assert "--mpp" in text  # the CLI's fix, not sf.WSI(..., mpp=)
     assert "VR UI" not in text and "Traceback" not in text
+
+
+def test_info_on_a_missing_slide(tmp_path):
+    res = run_cli("info", str(tmp_path / "nope.svs"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope.svs'}: no such slide file or folder"]
