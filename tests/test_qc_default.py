@@ -47,6 +47,7 @@ def test_slide_rejected_by_extraction_qc_is_not_embedded_unfiltered(tmp_path, ex
     report = ds.generate_feature_bags(ext, out, progress=False)
     assert list(report.done) == ["CMU-1-Small-Region"]
     assert "CMU-1-Small-Region.jpeg" in report.failed  # no bag of unfiltered tiles
+    assert "0 tiles after tile selection (qc='otsu')" in report.failed["CMU-1-Small-Region.jpeg"]
     assert not (out / "CMU-1-Small-Region.jpeg.pt").exists()
     otsu = sf.WSI(CMU, TILE_PX, TILE_UM).qc("otsu")
     assert len(sf.io.read_bag(out / "CMU-1-Small-Region.pt")) == len(otsu) < 24
