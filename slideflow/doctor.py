@@ -85,8 +85,8 @@ def torch_lines() -> tuple[list[Line], bool]:
     return lines, True
 
 
-def gpu_decode_check() -> str:
-    """nvJPEG (torchvision on CUDA) against libjpeg-turbo on a coloured 64-px JPEG."""
+def gpu_decode_check(device: str = "cuda") -> str:
+    """nvJPEG (torchvision on `device`) against libjpeg-turbo on a coloured 64-px JPEG."""
     import numpy as np
     import simplejpeg
 
@@ -96,7 +96,7 @@ def gpu_decode_check() -> str:
     img = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
     jpeg = simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=100, colorsubsampling="444")
     try:
-        gpu = TorchDecoder("cuda").decode_many([jpeg])[0].permute(1, 2, 0).cpu().numpy()
+        gpu = TorchDecoder(device).decode_many([jpeg])[0].permute(1, 2, 0).cpu().numpy()
     except Exception as exc:  # noqa: BLE001 - report, do not crash the doctor
         return f"unavailable ({type(exc).__name__}: {exc})"
     diff = int(np.abs(gpu.astype(int) - CpuDecoder().decode(jpeg).astype(int)).max())

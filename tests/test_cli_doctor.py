@@ -96,3 +96,10 @@ def test_doctor_exit_status_names_what_is_missing(tmp_path, monkeypatch):
     assert runner.invoke(app, ["doctor", "extract-tiles"]).exit_code == 0  # no torch needed
     proc = run_cli("doctor", "bogus")
     assert proc.returncode == 2 and "error: unknown command 'bogus'" in proc.stderr
+
+
+def test_gpu_decode_self_check_logic_on_the_cpu():
+    """The colour self-check compares torchvision's decode with libjpeg-turbo's; run here with
+    torchvision on the CPU (on a GPU host the doctor runs it with nvJPEG)."""
+    msg = doctor.gpu_decode_check("cpu")
+    assert "colour self-check passes" in msg, msg
