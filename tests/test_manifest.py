@@ -21,7 +21,9 @@ def cohort(tmp_path, slides):
     (folder / "wsi").mkdir(parents=True)
     (folder / "wsi" / "a.svs").symlink_to(CMU)
     (folder / "wsi" / "b.svs").symlink_to(CMU)
-    Image.fromarray(np.full((30, 20), 255, np.uint8)).save(folder / "mask.png")
+    tissue = np.zeros((27, 20), np.uint8)  # CMU-1's aspect; tissue: the left half
+    tissue[:, :10] = 255
+    Image.fromarray(tissue).save(folder / "mask.png")
     manifest = folder / "manifest.csv"
     manifest.write_text("sample_id,image_path,mask_path,spacing_at_level_0,patient_id\n"
                         "a,wsi/a.svs,mask.png,0.25,P1\n"
@@ -98,3 +100,19 @@ def test_cli_features_manifest_jobs(cohort, tmp_path, monkeypatch):
     assert (a.name, a.slide_path, a.mpp, a.mask) == ("a", cohort.parent / "wsi" / "a.svs", 0.25,
                                                      cohort.parent / "mask.png")
     assert (b.name, b.mpp, b.mask) == ("b", None, None)
+
+
+def test_project_from_a_manifest_honours_mask_and_spacing(cohort, tmp_path, monkeypatch):
+    """A manifest given as project annotations: mask_path (relative to the manifest) replaces
+    the QC method for its slide in extraction and in bag jobs; spacing_at_level_0 is its mpp."""
+    monkeypatch.chdir(tmp_path)
+    P = sf.create_project(tmp_path / "proj", slides=cohort.parent / "wsi", annotations=cohort)
+    ds = P.dataset(112, 224)
+    mask = cohort.parent / "mask.png"
+    assert ds.annotation_masks() == {"a": mask} and ds.annotation_mpp() == {"a": 0.25}
+    jobs = {j.name: j for j in ds.feature_jobs("slides")}
+    assert (jobs["a"].mask, jobs["a"].mpp) == (mask, 0.25) and jobs["b"].mask is None
+    summary = ds.extract_tiles(report=False, progress=False)
+    assert summary["a"].tiles == len(sf.WSI(CMU, 112, 224, mpp=0.25).qc(str(mask)))
+    assert summary["b"].tiles == len(sf.WSI(CMU, 112, 224).qc("otsu"))
+    assert summary["a"].tiles != len(sf.WSI(CMU, 112, 224, mpp=0.25).qc("otsu"))
