@@ -118,10 +118,14 @@ def encode_patient(
     """Patient embeddings (mean of each patient's slide embeddings), manifest order."""
     import torch
 
+    from .cli_errors import check_inputs_exist
     from .embed import PreprocessingConfig, embed_patients
     from .io.atomic import atomic_path, write_json_atomic
+    from .io.manifest import read_manifest
     from .model.slide_encoders import build_slide_encoder
 
+    check_inputs_exist([manifest])  # and its columns, before any model is built
+    read_manifest(manifest, required=("patient_id", "image_path"))
     enc = build_slide_encoder(slide_encoder, pretrained=not random_weights)
     pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_um),
                               qc=None if qc in (None, "none") else qc)

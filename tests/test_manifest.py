@@ -116,3 +116,22 @@ def test_project_from_a_manifest_honours_mask_and_spacing(cohort, tmp_path, monk
     assert summary["a"].tiles == len(sf.WSI(CMU, 112, 224, mpp=0.25).qc(str(mask)))
     assert summary["b"].tiles == len(sf.WSI(CMU, 112, 224).qc("otsu"))
     assert summary["a"].tiles != len(sf.WSI(CMU, 112, 224, mpp=0.25).qc("otsu"))
+
+
+def test_encode_patient_checks_the_manifest_before_building(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import slideflow.model.slide_encoders as encoders
+    from slideflow.cli import app
+
+    def boom(*a, **k):
+        raise AssertionError("a model was built before the manifest was checked")
+
+    monkeypatch.setattr(encoders, "build_slide_encoder", boom)
+    res = CliRunner().invoke(app, ["encode-patient", str(tmp_path / "none.csv"), "-o",
+                                   str(tmp_path / "o")])
+    assert res.exit_code == 2 and "none.csv" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sample_id,image_path\na,x.svs\n")
+    res = CliRunner().invoke(app, ["encode-patient", str(bad), "-o", str(tmp_path / "o")])
+    assert isinstance(res.exception, ManifestError) and "patient_id" in str(res.exception)
