@@ -86,22 +86,24 @@ def torch_lines() -> tuple[list[Line], bool]:
 
 
 def gpu_decode_check(device: str = "cuda") -> str:
-    """nvJPEG (torchvision on `device`) against libjpeg-turbo on a coloured 64-px JPEG."""
+    """The decoders' colour self-check (`slide.decode_check`): torchvision on `device` (nvJPEG
+    on CUDA) against libjpeg-turbo, on a coloured 64-px JPEG."""
     import numpy as np
     import simplejpeg
 
-    from .slide.decode import CpuDecoder, TorchDecoder
+    from .slide.decode import TorchDecoder
+    from .slide.decode_check import check_decoder
 
     y, x = np.mgrid[0:64, 0:64]
     img = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
     jpeg = simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=100, colorsubsampling="444")
     try:
-        gpu = TorchDecoder(device).decode_many([jpeg])[0].permute(1, 2, 0).cpu().numpy()
+        decoder = TorchDecoder(device)
     except Exception as exc:  # noqa: BLE001 - report, do not crash the doctor
         return f"unavailable ({type(exc).__name__}: {exc})"
-    diff = int(np.abs(gpu.astype(int) - CpuDecoder().decode(jpeg).astype(int)).max())
-    return f"nvJPEG available; colour self-check {'passes' if diff <= 2 else 'FAILS'} " \
-           f"(max |diff| {diff} vs libjpeg-turbo)"
+    verdict = check_decoder(jpeg, decoder, "slideflow doctor test image")
+    return (f"torchvision on {device} available; colour self-check "
+            f"{'passes' if verdict.ok else 'FAILS'} ({verdict.describe()})")
 
 
 def hf_lines() -> list[Line]:
