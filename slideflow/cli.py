@@ -46,6 +46,24 @@ def _tile_um(value: str) -> float | str:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
+def _expand(paths: list, recursive: bool = True) -> list:
+    """Slides given: local paths by the one slide rule (`slideflow.slide.expand_slides`:
+    files, DICOM folders, the slides inside other folders), URLs as they are, a URL prefix
+    ending in '/' listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    from .io.location import is_url
+    from .slide import expand_slides
+
+    out: list = []
+    for p in paths:
+        if is_url(p):
+            from .slide.remote_open import find_remote_slides
+
+            out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
+        else:
+            out.extend(expand_slides([p], recursive))
+    return out
+
+
 def shard(items: list, spec: str | None) -> list:
     """Items of shard `i/n` (0-based i); SLURM array variables when `spec` is None."""
     if spec is None:
@@ -61,7 +79,8 @@ def shard(items: list, spec: str | None) -> list:
 
 
 @app.command()
-def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dimensions, levels, MPP, vendor and associated images of a slide."""
     from .slide.backends import open_reader
 
@@ -76,7 +95,7 @@ def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) 
 
 @app.command()
 def preview(
-    slide: Path,
+    slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
     tile_px: Annotated[int, typer.Option()] = 256,
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option(help="otsu, blur or both")] = "otsu",
@@ -140,14 +159,12 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
         for row in read_manifest(manifest):
             jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
                                  mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path))
-    from .slide import expand_slides
-
-    for p in expand_slides(slides, recursive):
+    for p in _expand(slides, recursive):
         jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp))
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
         for j in jobs:
-            found = table.get(j.name, table.get(j.slide_path.name))
+            found = table.get(j.name, table.get(getattr(j.slide_path, "name", "")))
             if found is not None:
                 j.mpp = found
     names = [j.name for j in jobs]
@@ -167,8 +184,9 @@ def _ray_arg(value: str | None) -> object:
 
 @app.command()
 def features(
-    slides: Annotated[list[Path] | None, typer.Argument(
-        help="slide files, DICOM folders or folders of slides")] = None,
+    slides: Annotated[list[str] | None, typer.Argument(
+        help="slide files, DICOM folders, folders of slides, or URLs (s3://bucket/prefix/)")
+    ] = None,
     extractor: Annotated[str, typer.Option("-e", "--extractor", help="name, or several "
                                            "comma-separated (one pass over the tiles)")
                          ] = "efficientnet_lite0_imagenet",
@@ -210,6 +228,8 @@ def features(
                                         help="regenerate existing bags")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    cache: Annotated[Path | None, typer.Option(help="folder caching remote slides that cannot "
+                                               "be read in place (SLIDEFLOW_CACHE)")] = None,
 ) -> None:
     """Feature bags straight from slides (no TFRecords needed).
 
@@ -227,6 +247,8 @@ def features(
     from .validate import positive_int
 
     _set_verbosity(quiet, verbose)
+    if cache is not None:  # the environment reaches worker processes too
+        os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")

@@ -27,10 +27,12 @@ USAGE_ERROR = _base("UsageError")
 CLICK_EXCEPTION = _base("ClickException")
 
 
-def check_inputs_exist(paths: list[Path] | None) -> None:
-    """Slides and folders named on the command line must exist: checked before any model is
-    built (a typo used to cost the model's load time before failing)."""
-    missing = [str(p) for p in paths or [] if not Path(p).exists()]
+def check_inputs_exist(paths: list | None) -> None:
+    """Slides and folders named on the command line must exist (URLs are checked when read):
+    checked before any model is built (a typo used to cost the model's load time)."""
+    from .io.location import is_url
+
+    missing = [str(p) for p in paths or [] if not is_url(p) and not Path(p).exists()]
     if missing:
         raise typer.BadParameter(f"no such slide file or folder: {', '.join(missing)}")
 

@@ -22,6 +22,7 @@ from .io.bags import bag_path, read_bag_meta
 from .io.bags_config import normalize
 from .io.base import FORMATS
 from .io.identity import file_identity, promised_records, tfrecord_identity
+from .io.location import is_url, slide_path
 from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
@@ -237,6 +238,10 @@ def source_identity(job: SlideJob) -> dict[str, Any] | None:
     try:
         if job.tfrecord is not None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
+        if is_url(job.slide_path):
+            from .remote.fetch import RemoteObject
+
+            return {"slide": RemoteObject(job.slide_path).identity()}
         if job.slide_path is not None:
             return {"slide": file_identity(job.slide_path)}
     except OSError:
@@ -409,16 +414,17 @@ def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
     same file given twice (a folder and a file in it) is kept once.
     """
     jobs: list[SlideJob] = []
-    by_name: dict[str, list[Path]] = {}
-    seen: set[Path] = set()
+    by_name: dict[str, list[Any]] = {}
+    seen: set[Any] = set()
     for p in paths:
-        real = Path(p).resolve()
+        where = slide_path(p)  # a URL stays a str
+        real = where if is_url(where) else where.resolve()
         if real in seen:
             continue
         seen.add(real)
-        name = slide_name(p)
-        by_name.setdefault(name, []).append(Path(p))
-        jobs.append(SlideJob(name=name, slide_path=Path(p), mpp=mpp, rois=(rois or {}).get(name)))
+        name = slide_name(where)
+        by_name.setdefault(name, []).append(where)
+        jobs.append(SlideJob(name=name, slide_path=where, mpp=mpp, rois=(rois or {}).get(name)))
     clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
     if clashes:
         lines = "; ".join(f"{n!r}: {', '.join(map(str, ps))}" for n, ps in sorted(clashes.items()))
