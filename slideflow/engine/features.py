@@ -24,7 +24,7 @@ from ..validate import optional_positive_int, positive_int
 from .bag_runner import BagOptions, claim_target, make_target, run_serial
 from .distributed.devices import run_devices
 from .distributed.ray_runner import run_ray
-from .selection import TileSelection
+from .selection import DEFAULT_QC, TileSelection
 from .slide_job import (
     SlideJob,
     bags_config,
@@ -177,7 +177,8 @@ def generate_feature_bags(
     **selection: Any,
 ) -> BagsReport:
     """Bags for `jobs` with the same tile-selection options as `extract_tiles` (`qc`, ROIs,
-    whitespace/grayspace...). `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
+    whitespace/grayspace...; `qc` defaults to `DEFAULT_QC`, as extraction's does).
+    `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
     when they exist, otherwise from the slides), so the engine never calls back into a Dataset.
 
     `num_workers` sets the reader threads; `batch_size` the model batch. `devices` runs one
@@ -198,6 +199,7 @@ def generate_feature_bags(
     if unknown:
         raise TypeError(f"unknown tile-selection options {sorted(unknown)}; valid: "
                         f"{sorted(TileSelection.__dataclass_fields__)}")
+    selection = {"qc": DEFAULT_QC, **selection}  # the same default as extraction and the CLI
     return generate_bags(
         jobs, extractor, outdir, tile_px, tile_um,
         normalizer=normalizer, selection=TileSelection(**selection), fmt=format,

@@ -22,7 +22,7 @@ from ..errors import SlideflowError, TileMismatchError
 from ..io.bags import list_bags, slide_of
 from ..io.bags_config import read_bags_config
 from .features import generate_bags, jobs_from_paths, resolve_extractor
-from .selection import TileSelection
+from .selection import DEFAULT_QC, TileSelection
 from .slide_embedding_outputs import (
     CONFIG_NAME,
     SlideEmbeddingsReport,
@@ -59,8 +59,8 @@ def _tile_stage(jobs: Sequence[Any], encoder: Any, bags_dir: Path, tile_px: int,
                                 f"not {ext.name!r}")
     encoder.check_features(ext.num_features, str(bags_dir))
     check_geometry(encoder, tile_px, tile_um, "tile settings")
-    selection = {k: bag_kwargs.pop(k) for k in list(bag_kwargs)
-                 if k in TileSelection.__dataclass_fields__}
+    selection = {"qc": DEFAULT_QC, **{k: bag_kwargs.pop(k) for k in list(bag_kwargs)
+                                      if k in TileSelection.__dataclass_fields__}}
     return generate_bags(jobs, ext, bags_dir, tile_px, tile_um,
                          selection=TileSelection(**selection), progress=progress, **bag_kwargs)
 

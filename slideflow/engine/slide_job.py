@@ -31,6 +31,7 @@ from ..slide.decode_check import decoder_record
 from ..slide.geometry import make_grid
 from ..slide.wsi import WSI
 from ..version import __version__
+from .extract.sidecar import read_sidecar
 from .pipeline import (
     RowCollector,
     default_decoder,
@@ -39,7 +40,7 @@ from .pipeline import (
     slide_read_options,
     tfrecord_source,
 )
-from .selection import TileSelection, open_wsi
+from .selection import _RECORD_ORDER, TileSelection, open_wsi
 from .tfrecord_decode import decoder_record as tfrecord_decoder_record
 
 log = logging.getLogger("slideflow")
@@ -125,6 +126,7 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),
+                                   "tile_selection": _tfrecord_selection(job.tfrecord),
                                    "decoder": tfrecord_decoder_record(
                                        job.tfrecord, gpu_decode_device(extractor))}
     wsi = _open_job_wsi(job, tile_px, tile_um, selection)
@@ -132,8 +134,12 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
     if max_tiles is not None and len(coords) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
         coords = coords[keep]
+    chosen = selection.selection_dict()
+    if job.mask is not None:  # the manifest's mask replaced the QC method
+        chosen["qc"] = str(job.mask)
     read = slide_read_options(extractor)
     meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
+            "tile_selection": chosen,
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
             "objective_power": wsi.reader.objective_power,
             "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px,
@@ -155,6 +161,14 @@ def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSele
         wsi.close()
         raise
     return wsi
+
+
+def _tfrecord_selection(tfrecord: Path) -> dict[str, Any] | None:
+    """The tile selection a TFRecord was extracted with (its sidecar's request), or None."""
+    side = read_sidecar(tfrecord) or {}
+    req = side.get("request") or side.get("settings") or {}
+    found = {k: req[k] for k in _RECORD_ORDER if k in req}
+    return found or None
 
 
 def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
