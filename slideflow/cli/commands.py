@@ -26,6 +26,9 @@ from ..io.manifest import parse_spacing, read_manifest
 from ..io.runlog import human_summary, run_summary, write_run_files
 from ..slide import expand_slides, slide_name
 from ..validate import positive_int
+from ..version import __version__
+from . import doctor, encode, extractors, mil
+from .errors import check_inputs_exist, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="slideflow: whole-slide images to tiles and feature vectors.")
@@ -33,8 +36,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 def _print_version(value: bool) -> None:
     if value:
-        from ..version import __version__
-
         typer.echo(f"slideflow {__version__}")
         raise typer.Exit(0)
 
@@ -238,7 +239,6 @@ def features(
     """
     import time
 
-    from ..cli_errors import check_inputs_exist
     from ..engine.features import TileSelection, generate_bags
     from ..model import build_feature_extractor, load_plugin
     from ..slide.geometry import check_tile_geometry
@@ -351,10 +351,7 @@ def extract_tiles(
 
 
 def _register_extra_commands() -> None:
-    from .. import cli_extractors, doctor
-    from . import encode, mil
-
-    cli_extractors.register(app)
+    extractors.register(app)
     encode.register(app)
     mil.register(app)
     doctor.register(app)
@@ -380,7 +377,6 @@ def main(argv: list[str] | None = None) -> None:
     """The `slideflow` script: exit 0 done, 1 when a slide failed, 2 for a usage error."""
     import sys
 
-    from ..cli_errors import run_app
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = ray_argv(sys.argv[1:] if argv is None else argv)

@@ -21,6 +21,9 @@ from typing import Annotated
 
 import typer
 
+from ..version import __version__
+from .extractors import extractor_rows
+
 #: what each command needs: "reader" (one slide reader), "torch", or a distribution name
 NEEDS: dict[str, tuple[str, ...]] = {
     "info": ("reader",), "preview": ("reader",), "extract-tiles": ("reader",),
@@ -91,8 +94,8 @@ def gpu_decode_check(device: str = "cuda") -> str:
     import numpy as np
     import simplejpeg
 
-    from .slide.decode import TorchDecoder
-    from .slide.decode_check import check_decoder
+    from ..slide.decode import TorchDecoder
+    from ..slide.decode_check import check_decoder
 
     y, x = np.mgrid[0:64, 0:64]
     img = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
@@ -107,7 +110,7 @@ def gpu_decode_check(device: str = "cuda") -> str:
 
 
 def hf_lines() -> list[Line]:
-    from .model.extractors.weights_status import hub_cache_dir
+    from ..model.extractors.weights_status import hub_cache_dir
 
     token_file = Path(os.environ.get("HF_TOKEN_PATH") or (
         Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "token"))
@@ -121,8 +124,6 @@ def hf_lines() -> list[Line]:
 
 
 def weights_line() -> Line:
-    from .cli_extractors import extractor_rows
-
     rows = extractor_rows()
     here = [r["name"] for r in rows if r["weights"] in ("embedded", "cached")]
     missing = sum(r["weights"] == "needs download" for r in rows)
@@ -150,8 +151,6 @@ def doctor(
 ) -> None:
     """What this machine can do (readers, torch/CUDA, GPU decode, TensorFlow, Ray, Hugging
     Face, weights, disk); with COMMAND, exit 1 when something it needs is missing."""
-    from .version import __version__
-
     if command is not None and command not in NEEDS:
         raise typer.BadParameter(f"unknown command {command!r}; one of {', '.join(NEEDS)}")
     found = readers()
@@ -181,8 +180,6 @@ def doctor(
 
 
 def _extractor_status(name: str) -> str:
-    from .cli_extractors import extractor_rows
-
     for r in extractor_rows():
         if r["name"] == name:
             return r["weights"] if r["installed"] else f"not installed ({r['install']})"

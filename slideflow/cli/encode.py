@@ -20,7 +20,9 @@ from typing import Annotated, Any
 import typer
 
 from ..io.atomic import atomic_path, write_json_atomic
+from ..io.manifest import read_manifest
 from ..slide import expand_slides
+from .errors import check_inputs_exist
 
 
 def _tile_um(value: str | None) -> float | str | None:
@@ -74,7 +76,6 @@ def encode_slide(
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Slide embeddings straight from slides (tile bags are made or reused on the way)."""
-    from ..cli_errors import check_inputs_exist
     from ..engine.features import jobs_from_paths
     from ..engine.slide_embeddings import generate_slide_embeddings
 
@@ -120,9 +121,7 @@ def encode_patient(
     """Patient embeddings (mean of each patient's slide embeddings), manifest order."""
     import torch
 
-    from ..cli_errors import check_inputs_exist
     from ..engine.embed import PreprocessingConfig, embed_patients
-    from ..io.manifest import read_manifest
     from ..model.slide_encoders import build_slide_encoder
 
     check_inputs_exist([manifest])  # and its columns, before any model is built

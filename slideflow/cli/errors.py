@@ -17,6 +17,9 @@ from typing import Any
 
 import typer
 
+from ..errors import SlideflowError
+from ..io.location import is_url
+
 
 def _base(name: str) -> type[BaseException]:
     """The class `name` among typer.BadParameter's bases (click's, or typer's own copy)."""
@@ -30,8 +33,6 @@ CLICK_EXCEPTION = _base("ClickException")
 def check_inputs_exist(paths: list | None) -> None:
     """Slides and folders named on the command line must exist (URLs are checked when read):
     checked before any model is built (a typo used to cost the model's load time)."""
-    from .io.location import is_url
-
     missing = [str(p) for p in paths or [] if not is_url(p) and not Path(p).exists()]
     if missing:
         raise typer.BadParameter(f"no such slide file or folder: {', '.join(missing)}")
@@ -57,8 +58,6 @@ def show_usage_error(exc: Any) -> None:
 
 def run_app(app: typer.Typer, args: list[str], prog_name: str) -> int:
     """Run `app` on `args` without click's standalone mode; return the exit status."""
-    from .errors import SlideflowError
-
     try:
         # without standalone mode a command's typer.Exit code comes back as the return value
         code = app(args=args, prog_name=prog_name, standalone_mode=False)

@@ -12,9 +12,9 @@ import typer
 
 def extractor_rows() -> list[dict[str, Any]]:
     """One dict per known extractor, installed or not, with its weights' status here."""
-    from .model import list_extractors
-    from .model.extractors.registry import get_spec
-    from .model.extractors.weights_status import weights_status
+    from ..model import list_extractors
+    from ..model.extractors.registry import get_spec
+    from ..model.extractors.weights_status import weights_status
 
     rows = []
     for r in list_extractors().to_dict("records"):

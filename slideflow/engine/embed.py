@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SlideflowError
+from ..io.manifest import read_manifest
 from ..model.slide_encoders import get_slide_spec
 from ..slide import slide_name
 from .pipeline import RowCollector, run_features
@@ -225,7 +226,6 @@ def embed_patients(manifest: Any, tile_extractor: Any = None, slide_encoder: Any
     """
     from dataclasses import replace
 
-    from ..io.manifest import read_manifest
 
     rows = read_manifest(manifest, required=("patient_id", "image_path"))
     pre = preprocessing or PreprocessingConfig()

@@ -113,8 +113,6 @@ def annotations_copy(path: str | os.PathLike) -> bytes:
     """The bytes a project keeps of an annotations CSV: the file itself, except that a
     manifest's relative `image_path` / `mask_path` are made absolute (they are relative to the
     manifest's folder, which the project's copy does not share)."""
-    from ..io.manifest import is_manifest_columns
-
     path = Path(path)
     data = path.read_bytes()
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,

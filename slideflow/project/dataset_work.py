@@ -21,7 +21,7 @@ import numpy as np
 from ..engine.extract import ExtractionSummary, ExtractJob, ExtractOptions, run_jobs
 from ..engine.progress import track_slides
 from ..engine.report import write_report
-from ..engine.selection import TileSelection
+from ..engine.selection import DEFAULT_QC, TileSelection
 from ..engine.slide_job import bags_config, iter_job_features, resolve_extractor, resolve_normalizer
 from ..io.bags import list_bags, read_bag, slide_of, write_bag
 from ..io.bags_config import config_path, write_bags_config
@@ -36,8 +36,6 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
                     **options: Any) -> ExtractionSummary:
     """Extract every slide of a Dataset into its sources' TFRecord folders (+ reports); `qc`
     defaults to `slideflow.selection.DEFAULT_QC`."""
-    from ..engine.selection import DEFAULT_QC
-
     opt = ExtractOptions(**{"qc": DEFAULT_QC, **options})
     label = get_tfrecord_label(dataset.tile_px, dataset.tile_um)
     jobs: list[ExtractJob] = []

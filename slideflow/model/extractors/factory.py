@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from ...errors import InvalidArgumentError, WeightsError
+from ..quiet import quiet_tqdm_import
 from .keras_family import build_keras_extractor, is_keras_request
 from .registry import get_spec, resolve_builder
 from .sf3 import wraps_build
@@ -189,8 +190,6 @@ _TORCH_ONLY = ("device", "mixed_precision", "channels_last", "resize", "center_c
 
 @functools.wraps(_build_torch)
 def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
-    from ..quiet import quiet_tqdm_import
-
     quiet_tqdm_import()  # before timm / huggingface_hub import it (Jupyter: IProgress warning)
     if not is_keras_request(name, kwargs.get("backend")):
         return _build_torch(name, *args, **kwargs)

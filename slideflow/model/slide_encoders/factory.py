@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import UnsafeConfigError, WeightsError
+from ..quiet import quiet_tqdm_import
 from .registry import get_slide_spec, resolve_builder
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ def build_slide_encoder(name: str, weights: str | os.PathLike | None = None,
         mixed_precision: fp16 autocast on CUDA (fp32 otherwise).
         **model_kwargs: architecture options of the family (unknown names are errors).
     """
-    from ..quiet import quiet_tqdm_import
-
     quiet_tqdm_import()
     import torch
 
