@@ -27,7 +27,6 @@ MAX_IN_FUNCTION = 59
 MAX_LINES = 400
 OVER_LIMIT = {
     "slideflow.project.dataset": 527,
-    "slideflow.model.extractors.weights": 444,
     "slideflow.slide.wsi": 416,
     "slideflow.slide.stored_reader": 413,
 }
