@@ -155,7 +155,7 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
     `slide_read_options` for slides).
     """
     if job.tfrecord is not None:
-        extent = _tfrecord_extent(job, tile_px, tile_um)
+        extent = _tfrecord_extent(job, tile_px, tile_um, selection.grid_rule)
         half = extent // 2
 
         def shifted():
@@ -193,7 +193,7 @@ def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSele
     return wsi
 
 
-def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
+def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any, grid_rule: str) -> int:
     """Tile extent in level-0 px for a TFRecord: from its extraction sidecar, else the slide."""
     sidecar = job.tfrecord.with_suffix(".extract.json") if job.tfrecord else None
     if sidecar is not None and sidecar.exists():
@@ -203,7 +203,7 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
             return int(extent)
     if job.slide_path is not None:
         mpp = job.mpp or WSI(job.slide_path, tile_px, tile_um, mpp=job.mpp).mpp
-        return make_grid((1, 1), mpp, tile_px, tile_um).extent
+        return make_grid((1, 1), mpp, tile_px, tile_um, rule=grid_rule).extent
     raise SlideflowError(
         f"{job.tfrecord}: cannot tell the tile size in level-0 pixels (no .extract.json beside "
         "it and no slide found); add the slide to the project sources or re-extract tiles"
