@@ -27,6 +27,7 @@ from .features import (
     bags_config,
     source_identity,
 )
+from .io.bags_config import own_extractor
 from .selection import TileSelection
 
 log = logging.getLogger("slideflow")
@@ -97,8 +98,9 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = bags_config(extractor, normalizer, opts.tile_px, opts.tile_um, opts.selection, fmt)
-    request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
-                                              "tile_px", "tile_um")},
+    request = {"config": {k: own_extractor(cfg[k]) if k == "extractor" else cfg[k]
+                          for k in ("extractor", "normalizer", "num_features", "tile_px",
+                                    "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
                "seed": opts.seed}
     return BagTarget(outdir, fmt, cfg, request, extractor)

@@ -24,6 +24,7 @@ from .io.base import FORMATS
 from .io.identity import file_identity, promised_records, tfrecord_identity
 from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
+from .model.extractors.sf3_config import bags_entry
 from .norm import autoselect, resolve
 from .pipeline import (
     RowCollector,
@@ -128,7 +129,8 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
                 selection: TileSelection, fmt: str) -> dict[str, Any]:
     """Slideflow-layout bags_config.json plus a provenance block (ours)."""
     return {
-        "extractor": extractor.dump_config(),
+        "extractor": bags_entry(extractor, tile_px) if hasattr(extractor, "spec") else
+        extractor.dump_config(),
         "normalizer": normalizer.to_config() if normalizer is not None else None,
         "num_features": int(extractor.num_features),
         "tile_px": int(tile_px),
