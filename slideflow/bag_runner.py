@@ -103,6 +103,9 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
                                     "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
                "seed": opts.seed}
+    own_name = (request["config"]["extractor"].get("kwargs") or {}).get("name")
+    if own_name is not None and extractor.name != own_name:  # an alias (AtlasPatch's names)
+        request["encoder"] = extractor.name
     return BagTarget(outdir, fmt, cfg, request, extractor)
 
 

@@ -333,9 +333,11 @@ def extractors() -> None:
 
 
 def _register_extra_commands() -> None:
+    from .cli_atlaspatch import register as register_atlaspatch
     from .cli_encode import register
 
     register(app)
+    register_atlaspatch(app)
 
 
 _register_extra_commands()

@@ -228,7 +228,8 @@ def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any],
                     identity: dict[str, Any] | None = None) -> bool:
     if not bag_path(outdir, name, fmt).exists():
         return False
-    encoder = ((request.get("config") or {}).get("extractor") or {}).get("kwargs", {}).get("name")
+    encoder = request.get("encoder") or ((request.get("config") or {}).get("extractor")
+                                         or {}).get("kwargs", {}).get("name")
     meta = read_bag_meta(outdir, name, fmt, encoder=encoder) or {}
     recorded = meta.get("request")
     if recorded != normalize(request):
