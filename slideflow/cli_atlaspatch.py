@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -71,6 +71,18 @@ def process(
     write_batch: Annotated[int, _Opt(help="No effect (files are written whole).")] = 8192,
 ) -> None:
     """AtlasPatch's `process`: Otsu tissue QC, patches and features into one H5 per slide."""
+    report = _patch_stage(**locals())
+    if report.failed:
+        raise typer.Exit(1)
+
+
+def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors, step_size,
+                 device, seg_batch_size, patch_workers, max_open_slides, feature_device,
+                 feature_batch_size, feature_num_workers, feature_precision, feature_plugin,
+                 fast_mode, tissue_thresh, white_thresh, black_thresh, visualize_grids,
+                 visualize_mask, visualize_contours, save_images, recursive, mpp_csv,
+                 skip_existing, verbose, write_batch) -> Any:
+    """Options checked and mapped, then `generate_bags(format='atlaspatch')`; the report."""
     from .compat import report_once
     from .compat.atlaspatch import PRECISIONS, build_extractor, read_mpp_csv, split_names
     from .compat.atlaspatch import stride_div as to_stride_div
@@ -124,7 +136,83 @@ def process(
     typer.echo(repr(report))
     for name, why in report.failed.items():
         typer.echo(f"FAILED {name}: {why}", err=True)
-    if report.failed:
+    return report
+
+
+@atlaspatch_app.command("encode-slide")
+def encode_slide(
+    wsi_path: Annotated[Path, typer.Argument(help="A slide file or a folder of slides.")],
+    output: Annotated[Path, _Opt("--output", "-o", help="Root folder of the results.")],
+    slide_encoders: Annotated[str, _Opt(help="Slide encoder names, comma/space separated.")],
+    patch_size: Annotated[int, _Opt(help="Patch size in px at the target magnification.")],
+    target_mag: Annotated[float, _Opt(help="Magnification to extract at (10, 20, 40).")],
+    step_size: Annotated[int | None, _Opt()] = None,
+    device: Annotated[str | None, _Opt()] = None,
+    feature_device: Annotated[str | None, _Opt()] = None,
+    feature_batch_size: Annotated[int, _Opt()] = 32,
+    feature_num_workers: Annotated[int | None, _Opt()] = None,
+    feature_precision: Annotated[str, _Opt()] = "float16",
+    feature_plugin: Annotated[list[Path] | None, _Opt()] = None,
+    feature_extractors: Annotated[str | None, _Opt(
+        help="slideflow extension: the tile extractor of encoders that read any features "
+             "(e.g. 'mean')")] = None,
+    tissue_thresh: Annotated[float, _Opt()] = 0.0,
+    white_thresh: Annotated[int, _Opt()] = 15,
+    black_thresh: Annotated[int, _Opt()] = 50,
+    seg_batch_size: Annotated[int, _Opt()] = 1,
+    write_batch: Annotated[int, _Opt()] = 8192,
+    patch_workers: Annotated[int | None, _Opt()] = None,
+    max_open_slides: Annotated[int, _Opt()] = 200,
+    fast_mode: Annotated[bool, _Opt("--fast-mode/--no-fast-mode")] = True,
+    save_images: Annotated[bool, _Opt()] = False,
+    visualize_grids: Annotated[bool, _Opt()] = False,
+    visualize_mask: Annotated[bool, _Opt()] = False,
+    visualize_contours: Annotated[bool, _Opt()] = False,
+    skip_existing: Annotated[bool, _Opt("--skip-existing/--force")] = True,
+    recursive: Annotated[bool, _Opt()] = False,
+    mpp_csv: Annotated[Path | None, _Opt()] = None,
+    verbose: Annotated[bool, _Opt("--verbose", "-v")] = False,
+    random_weights: Annotated[bool, _Opt(hidden=True, help="testing only")] = False,
+) -> None:
+    """AtlasPatch's `encode-slide`: patch features for each encoder's tile extractor, then
+    `slide_features/<encoder>` appended to the same `<output>/patches/<stem>.h5`."""
+    opts = {k: v for k, v in locals().items() if k not in ("slide_encoders", "random_weights",
+                                                           "feature_extractors")}
+    from .compat.atlaspatch import split_names
+    from .io.bags import bag_path, read_bag
+    from .model.slide_encoders import build_slide_encoder
+    from .model.slide_encoders.outputs import write_slide_embedding
+    from .slide_embeddings import check_geometry
+
+    encoders = [build_slide_encoder(n, pretrained=not random_weights)
+                for n in split_names(slide_encoders)]
+    mag = f"{target_mag:g}x"
+    groups: dict[str, list[Any]] = {}  # tile extractor -> its slide encoders
+    for enc in encoders:
+        tile = enc.tile_extractor or feature_extractors
+        if tile is None:
+            raise typer.BadParameter(f"{enc.name} reads any tile features: pass "
+                                     "--feature-extractors NAME")
+        try:
+            check_geometry(enc, patch_size, mag, "--patch-size/--target-mag")
+        except Exception as exc:
+            raise typer.BadParameter(str(exc)) from None
+        groups.setdefault(tile, []).append(enc)
+    failed = False
+    for tile, encs in groups.items():  # each tile need runs its own patch stage
+        report = _patch_stage(**opts, feature_extractors=tile)
+        failed |= bool(report.failed)
+        for o in report.outcomes:
+            if o.status not in ("done", "reused"):
+                continue
+            path = bag_path(output, o.slide, "atlaspatch")
+            bag = read_bag(path, encoder=tile)
+            for enc in encs:
+                vec = enc(bag.features, bag.coords, int(bag.attrs["patch_size_level0"]))
+                write_slide_embedding(path.parent, o.slide, enc.name, vec, "h5",
+                                      {"tile_extractor": tile, "slide_encoder": enc.name})
+                typer.echo(f"{o.slide}: slide_features/{enc.name}")
+    if failed:
         raise typer.Exit(1)
 
 
