@@ -77,3 +77,11 @@ def test_imagenet_layers_preprocessing_precision_and_licence(extractor):
     plain = sf.build_feature_extractor(EXT, mixed_precision=False)
     assert plain.precision == "fp32"
     assert extractor.license and isinstance(extractor.citation, str)
+
+
+def test_trained_model_folder_is_refused_naming_the_equivalent(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"hp": {"model": "xception"}, "tile_px": 299}')
+    with pytest.raises(sf.errors.ExtractorNotFound, match="model.keras"):
+        sf.build_feature_extractor(str(folder), layers="sepconv3_bn")

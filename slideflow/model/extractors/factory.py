@@ -14,7 +14,7 @@ from typing import Any
 from ...errors import InvalidArgumentError, WeightsError
 from .keras_family import build_keras_extractor, is_keras_request
 from .registry import get_spec, resolve_builder
-from .sf3 import wraps_build
+from .sf3 import check_not_trained_folder, wraps_build
 from .spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ _TORCH_ONLY = ("device", "mixed_precision", "channels_last", "resize", "center_c
 
 @functools.wraps(_build_torch)
 def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
+    check_not_trained_folder(name)
     if not is_keras_request(name, kwargs.get("backend")):
         return _build_torch(name, *args, **kwargs)
     if args:  # positional weights / device...: bind to their names
