@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import slideflow as sf
 from slideflow.errors import InvalidArgumentError
 from slideflow.slide import geometry
 
@@ -82,3 +83,24 @@ def test_wsi_centres_match_slideflow3():
     assert len(kept & set(SF3_CENTRES)) == 31 and len(kept - set(SF3_CENTRES)) == 1
     old = sf.WSI(CMU, 256, 128, grid_rule="round")
     assert old.full_extract_px == 257
+
+
+def test_resume_keys_see_the_grid_rule(cmu_slides_project, tmp_path):
+    """A TFRecord or bag folder made under the other rule is never reused as current."""
+    quiet = dict(report=False, progress=False)
+    ds = cmu_slides_project.dataset(64, 128)
+    old = ds.extract_tiles(qc="otsu", grid_rule="round", **quiet)
+    assert old["CMU-1-Small-Region"].status == "done"
+    new = ds.extract_tiles(qc="otsu", **quiet)
+    assert new.done == ["CMU-1-Small-Region"] and "grid_rule" in new["CMU-1-Small-Region"].reason
+    (tfr,) = ds.tfrecords()
+    from slideflow.io.tfrecord import TFRecord
+
+    locs = {tuple(c) for c in TFRecord(tfr).locations.tolist()}
+    assert locs <= {(x + 128, y + 128) for x in range(0, 2220, 256) for y in range(0, 2967, 256)}
+    assert set(SF3_CENTRES) & locs
+    ext = sf.build_feature_extractor("efficientnet_lite0_imagenet")
+    ds.generate_feature_bags(ext, tmp_path / "bags", source="slides", grid_rule="round",
+                             progress=False)
+    with pytest.raises(sf.errors.BagsConfigMismatchError, match="grid_rule"):
+        ds.generate_feature_bags(ext, tmp_path / "bags", source="slides", progress=False)
