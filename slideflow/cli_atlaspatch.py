@@ -55,7 +55,7 @@ def process(
     feature_batch_size: Annotated[int, _Opt(help="Tiles per forward pass.")] = 32,
     feature_num_workers: Annotated[int | None, _Opt(help="Reader threads.")] = None,
     feature_precision: Annotated[str, _Opt(help="float32, float16 or bfloat16.")] = "float16",
-    feature_plugin: Annotated[list[Path] | None, _Opt(help="Not supported: see docs.")] = None,
+    feature_plugin: Annotated[list[Path] | None, _Opt(help="AtlasPatch plugin file(s).")] = None,
     fast_mode: Annotated[bool, _Opt("--fast-mode/--no-fast-mode")] = True,
     tissue_thresh: Annotated[float, _Opt(help="Must be 0 here (see docs).")] = 0.0,
     white_thresh: Annotated[int, _Opt(help="Only with --no-fast-mode.")] = 15,
@@ -90,9 +90,6 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
     from .features import generate_bags, jobs_from_paths
     from .selection import TileSelection
 
-    if feature_plugin:
-        _refuse("--feature-plugin", "AtlasPatch plugin files are not loaded; register the "
-                "model with @slideflow.model.register_torch and pass its name")
     if not fast_mode:
         _refuse("--no-fast-mode", "use `slideflow features` with --whitespace-fraction / "
                 "--grayspace-fraction for per-tile background filters")
@@ -125,6 +122,18 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
     kw = {"batch_size": feature_batch_size, "mixed_precision": PRECISIONS[feature_precision]}
     if dev is not None:
         kw["device"] = dev
+    for plugin in feature_plugin or []:
+        import torch
+
+        from .compat.atlaspatch import load_plugin
+
+        dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
+            feature_precision, torch.float32) if str(dev or "cpu").startswith("cuda") \
+            else torch.float32
+        try:
+            load_plugin(plugin, dev or "cpu", dtype, feature_num_workers or 0)
+        except InvalidArgumentError as exc:
+            raise typer.BadParameter(str(exc)) from None
     extractors = [build_extractor(n, **kw) for n in names]
     mag = f"{target_mag:g}x"
     selection = TileSelection(qc="otsu", stride_div=stride_div)

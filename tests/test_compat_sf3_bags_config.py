@@ -74,3 +74,22 @@ def test_no_slideflow3_class_where_it_would_differ(hub_resnet18, tmp_path):
     assert (kw["center_crop"], kw["resize"], kw["antialias"]) == (224, 256, False)
     lite = sf.build_feature_extractor("efficientnet_lite0_imagenet", device="meta")
     assert bags_entry(lite, 224)["class"] == "slideflow.model.FeatureExtractor"
+
+
+def test_user_transform_keeps_our_entry():
+    """A Slideflow-style object with its own transform (register_torch) has no Slideflow 3
+    class here: the entry is ours (this crashed on the missing crop/resize fields)."""
+    from slideflow.model.extractors.sf3 import as_feature_extractor
+    from slideflow.model.extractors.sf3_config import bags_entry
+
+    class Obj:
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, 8), torch.nn.AdaptiveAvgPool2d(1),
+                                    torch.nn.Flatten())
+        num_features = 4
+
+        @staticmethod
+        def transform(x):
+            return x.float() / 255
+
+    ext = as_feature_extractor(Obj(), name="mine")
+    assert bags_entry(ext, 64) == ext.dump_config()

@@ -4,10 +4,25 @@
 file (`<output>/patches/<stem>.h5`, `slideflow.io.atlaspatch`) stores it under AtlasPatch's
 dataset name `features/uni_v1`, where AtlasPatch's reader looks. A name that is not an
 AtlasPatch alias is a slideflow registry name and keeps it.
+
+AtlasPatch's plugin files (`--feature-plugin plugin.py`: a module with
+`register_feature_extractors(registry, device, dtype, num_workers)` calling
+`register_custom_encoder(...)` with a loader returning `CustomEncoderComponents`) load through
+`load_plugin`: the file is run as AtlasPatch would run it (it is the user's own code, named on the
+command line), with `atlas_patch.models.patch.custom` answered by this module when AtlasPatch
+is not installed, and each encoder is registered with slideflow's `@register_torch` registry.
+Tiles reach the plugin's `preprocess` as PIL images, as in AtlasPatch.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidArgumentError
@@ -74,5 +89,87 @@ def read_mpp_csv(path: Any) -> dict[str, float]:
     return out
 
 
-__all__ = ["ALIASES", "PRECISIONS", "build_extractor", "read_mpp_csv", "split_names",
+@dataclass
+class CustomEncoderComponents:
+    """AtlasPatch's plugin result: the model, a PIL-image transform and the forward pass."""
+
+    model: Any
+    preprocess: Callable[[Any], Any]
+    forward_fn: Callable[[Any], Any]
+
+
+class _PluginExtractor:
+    """A plugin encoder in the Slideflow-style shape `@register_torch` factories return."""
+
+    def __init__(self, parts: CustomEncoderComponents, dim: int, device: Any):
+        import torch
+
+        class Forward(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = parts.model if isinstance(parts.model, torch.nn.Module) else None
+
+            def forward(self, x):
+                return parts.forward_fn(x)
+
+        self.model = Forward()
+        self.num_features = int(dim)
+        self.device = device
+        self._pre = parts.preprocess
+
+    def transform(self, batch: Any) -> Any:
+        import torch
+        from PIL import Image
+
+        tiles = batch.permute(0, 2, 3, 1).cpu().numpy()
+        return torch.stack([self._pre(Image.fromarray(t)) for t in tiles]).to(batch.device)
+
+
+def register_custom_encoder(*, registry: dict[str, Any], name: str, embedding_dim: int,
+                            loader: Callable[[Any, Any], CustomEncoderComponents], device: Any,
+                            dtype: Any, num_workers: int = 0) -> None:
+    """AtlasPatch's plugin call: register `name` (built by `loader(device, dtype)`)."""
+    from ..model.extractors.sf3 import register_torch
+
+    def factory(device: Any = None) -> _PluginExtractor:
+        import torch
+
+        dev = torch.device(device) if device is not None else torch.device(registry_device)
+        parts = loader(dev, dtype)
+        if not isinstance(parts, CustomEncoderComponents):
+            raise TypeError(f"{name}: the plugin loader must return CustomEncoderComponents")
+        return _PluginExtractor(parts, embedding_dim, dev)
+
+    registry_device = device
+    register_torch(name)(factory)
+    registry[name] = embedding_dim
+
+
+def load_plugin(path: str | os.PathLike, device: Any, dtype: Any, num_workers: int = 0
+                ) -> list[str]:
+    """Run an AtlasPatch plugin file; returns the encoder names it registered."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidArgumentError(f"{path}: no such plugin file")
+    if importlib.util.find_spec("atlas_patch") is None:  # answer AtlasPatch's import path
+        for mod in ("atlas_patch", "atlas_patch.models", "atlas_patch.models.patch"):
+            sys.modules.setdefault(mod, types.ModuleType(mod))
+        sys.modules.setdefault("atlas_patch.models.patch.custom", sys.modules[__name__])
+    spec = importlib.util.spec_from_file_location(f"atlaspatch_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    hook = getattr(module, "register_feature_extractors", None)
+    if not callable(hook):
+        raise InvalidArgumentError(f"{path}: an AtlasPatch plugin defines "
+                                   "register_feature_extractors(registry, device, dtype, "
+                                   "num_workers)")
+    registry: dict[str, Any] = {}
+    hook(registry, device, dtype, num_workers)
+    if not registry:
+        raise InvalidArgumentError(f"{path}: the plugin registered no encoder")
+    return list(registry)
+
+
+__all__ = ["ALIASES", "PRECISIONS", "CustomEncoderComponents", "build_extractor",
+           "load_plugin", "read_mpp_csv", "register_custom_encoder", "split_names",
            "stride_div"]

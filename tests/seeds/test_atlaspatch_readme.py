@@ -90,7 +90,7 @@ def test_step_size_mpp_csv_and_refusals(tmp_path):
         assert int(f.attrs["patch_size_level0"]) == int(112 / 0.998)
         xs = np.unique(f["coords"][:, 0])
         assert np.diff(xs).min() == int(112 / 0.998) // 2
-    for extra, flag in ((["--feature-plugin", "p.py"], "--feature-plugin"),
+    for extra, flag in ((["--feature-plugin", str(tmp_path / "none.py")], "plugin file"),
                         (["--no-fast-mode"], "--no-fast-mode"),
                         (["--visualize-grids"], "--visualize"),
                         (["--step-size", "50"], "step"),
@@ -101,3 +101,61 @@ def test_step_size_mpp_csv_and_refusals(tmp_path):
                                   *extra])
         assert bad.exit_code != 0 and flag in bad.output, (extra, bad.output)
         assert not (tmp_path / "x" / "patches").exists()
+
+
+PLUGIN = """
+import torch
+from torchvision import transforms
+from atlas_patch.models.patch.custom import CustomEncoderComponents, register_custom_encoder
+
+
+def build_my_encoder(device: torch.device, dtype: torch.dtype) -> CustomEncoderComponents:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten())
+    model = model.to(device=device, dtype=dtype).eval()
+    preprocess = transforms.Compose([transforms.Resize(224), transforms.ToTensor()])
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return model(batch)
+
+    return CustomEncoderComponents(model=model, preprocess=preprocess, forward_fn=forward)
+
+
+def register_feature_extractors(registry, device, dtype, num_workers):
+    register_custom_encoder(registry=registry, name="my_encoder", embedding_dim=8,
+                            loader=build_my_encoder, device=device, dtype=dtype,
+                            num_workers=num_workers)
+"""
+
+
+def test_bring_your_own_encoder_plugin(tmp_path):
+    from torchvision import transforms
+
+    from slideflow.model.extractors.sf3 import unregister_torch
+
+    (tmp_path / "plugin.py").write_text(PLUGIN)
+    try:
+        res = runner.invoke(app, ["atlaspatch", "process", str(CMU), "-o", str(tmp_path / "o"),
+                                  "--patch-size", "112", "--target-mag", "10",
+                                  "--feature-plugin", str(tmp_path / "plugin.py"),
+                                  "--feature-extractors", "my_encoder",
+                                  "--feature-precision", "float32"])
+        assert res.exit_code == 0, res.output
+        with h5py.File(tmp_path / "o" / "patches" / "CMU-1-Small-Region.h5") as f:
+            feats = f["features/my_encoder"][...]
+            coords = f["coords"][...]
+        assert feats.shape == (len(coords), 8)
+        # the plugin's own transform and forward, on the first tile as AtlasPatch reads it
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.AdaptiveAvgPool2d(1),
+                                    torch.nn.Flatten()).eval()
+        wsi = sf.WSI(CMU, 112, "10x")
+        wsi.qc("otsu")
+        first = next(iter(wsi.tiles(batch_size=1)))[0][0]
+        pre = transforms.Compose([transforms.Resize(224), transforms.ToTensor()])
+        with torch.no_grad():
+            want = model(pre(Image.fromarray(first)).unsqueeze(0))[0].numpy()
+        np.testing.assert_allclose(feats[0], want, rtol=1e-4, atol=1e-5)
+    finally:
+        unregister_torch("my_encoder")

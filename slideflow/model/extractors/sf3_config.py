@@ -52,8 +52,11 @@ def sf3_entry(extractor: Any, tile_px: int) -> dict[str, Any] | None:
     own = getattr(extractor, "_config_kwargs", None)
     spec = getattr(extractor, "spec", None)
     pre = getattr(extractor, "transform", None)
-    if own is None or spec is None or pre is None or not getattr(extractor, "pretrained", False):
+    if own is None or spec is None or not getattr(extractor, "pretrained", False):
         return None
+    if not all(hasattr(pre, a) for a in ("resize", "resize_px", "center_crop", "order",
+                                         "interpolation", "antialias", "mean", "std")):
+        return None  # a user's own transform (register_torch): no Slideflow 3 spelling
     transform = _transform_kwargs(pre)
     if transform is None or own.get("layers") not in (None, "postconv", ["postconv"]):
         return None
