@@ -75,7 +75,7 @@ class BagOptions:
 @dataclass
 class SlideOutcome:
     """What happened to one slide: done, reused (bags current), busy (locked by a live
-    process) or failed."""
+    process) or failed; `fetched` counts the requests and bytes of a slide read from a URL."""
 
     slide: str
     status: str
@@ -85,6 +85,7 @@ class SlideOutcome:
     error: str | None = None
     worker: str | None = None
     notes: list[str] = field(default_factory=list)  # recoveries: stale locks/temps of dead runs
+    fetched: dict[str, int] | None = None  # {requests, bytes_fetched, retries} (URLs only)
 
     @property
     def message(self) -> str | None:
@@ -106,6 +107,8 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
     own_name = (request["config"]["extractor"].get("kwargs") or {}).get("name")
     if own_name is not None and extractor.name != own_name:  # an alias (AtlasPatch's names)
         request["encoder"] = extractor.name
+    if cfg["provenance"]["precision"] != "fp32":  # bf16/fp16 bags are other bags
+        request["precision"] = cfg["provenance"]["precision"]
     return BagTarget(outdir, fmt, cfg, request, extractor)
 
 
@@ -176,11 +179,21 @@ def longest_first(jobs: list[SlideJob]) -> list[SlideJob]:
 def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
                 normalizer: Any = None, on_tiles: Any = None) -> SlideOutcome:
     """Make the missing bags of one slide (see module doc). Never raises for a bad slide."""
+    from .remote.fetch import begin_counting, end_counting
+
+    out = SlideOutcome(job.name, REUSED)
+    counting = begin_counting()  # requests and bytes of a slide read from a URL
+    try:
+        return _process(job, targets, opts, normalizer, on_tiles, out)
+    finally:
+        out.fetched = end_counting(counting)
+
+
+def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normalizer: Any,
+             on_tiles: Any, out: SlideOutcome) -> SlideOutcome:
     from .io.locks import SlideLock, clean_stale_temps
 
     t0 = time.perf_counter()
-    out = SlideOutcome(job.name, REUSED)
-
     identity = source_identity(job)
 
     def current(t: BagTarget) -> bool:
@@ -341,8 +354,9 @@ def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions,
 
 def report_outcome(bar: Any, o: SlideOutcome) -> None:
     """Forward one outcome to a `SlideProgress`."""
+    bar.add_fetched(o.fetched)
     if o.status == DONE:
-        bar.slide_done(o.slide, o.tiles)
+        bar.slide_done(o.slide, o.tiles, o.fetched)
     elif o.status == REUSED:
         bar.slide_skipped(o.slide, "bag exists with the same settings")
     elif o.status == BUSY:

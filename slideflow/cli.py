@@ -32,12 +32,20 @@ def _tile_um(value: str) -> float | str:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
-def _expand(paths: list[Path], recursive: bool = True) -> list[Path]:
-    """Slide files and DICOM folders given, plus the slides inside the folders given."""
+def _expand(paths: list, recursive: bool = True) -> list:
+    """Slide files and DICOM folders given, plus the slides inside the folders given; a URL
+    prefix ending in '/' is listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    from .io.location import is_url
     from .slide import find_slides, is_slide
 
-    out: list[Path] = []
+    out: list = []
     for p in paths:
+        if is_url(p):
+            from .slide.remote_open import find_remote_slides
+
+            out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
+            continue
+        p = Path(p)
         if p.is_dir() and not is_slide(p):
             out.extend(find_slides(p) if recursive else
                        sorted(c for c in p.iterdir() if is_slide(c)))
@@ -61,7 +69,8 @@ def shard(items: list, spec: str | None) -> list:
 
 
 @app.command()
-def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dimensions, levels, MPP, vendor and associated images of a slide."""
     from .slide.backends import open_reader
 
@@ -76,7 +85,7 @@ def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) 
 
 @app.command()
 def preview(
-    slide: Path,
+    slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
     tile_px: Annotated[int, typer.Option()] = 256,
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option(help="otsu, blur or both")] = "otsu",
@@ -145,7 +154,7 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
         for j in jobs:
-            found = table.get(j.name, table.get(j.slide_path.name))
+            found = table.get(j.name, table.get(getattr(j.slide_path, "name", "")))
             if found is not None:
                 j.mpp = found
     names = [j.name for j in jobs]
@@ -165,8 +174,9 @@ def _ray_arg(value: str | None) -> object:
 
 @app.command()
 def features(
-    slides: Annotated[list[Path] | None, typer.Argument(
-        help="slide files, DICOM folders or folders of slides")] = None,
+    slides: Annotated[list[str] | None, typer.Argument(
+        help="slide files, DICOM folders, folders of slides, or URLs (s3://bucket/prefix/)")
+    ] = None,
     extractor: Annotated[str, typer.Option("-e", "--extractor", help="name, or several "
                                            "comma-separated (one pass over the tiles)")
                          ] = "efficientnet_lite0_imagenet",
@@ -195,7 +205,9 @@ def features(
     ray: Annotated[str | None, typer.Option(help="run on Ray: an address (auto, "
                                             "ray://host:10001) or '' for a local cluster")
                    ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (GPU)")] = None,
+    precision: Annotated[str, typer.Option(help="auto (CPU: bf16 where native and it agrees "
+                                           "with fp32, else fp32; GPU: bf16/fp16 autocast), "
+                                           "fp32, fp16 or bf16 (GPU)")] = "auto",
     workers: Annotated[int | None, typer.Option(help="reader threads")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_tiles: Annotated[int | None, typer.Option()] = None,
@@ -206,6 +218,8 @@ def features(
                                         help="regenerate existing bags")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    cache: Annotated[Path | None, typer.Option(help="folder caching remote slides that cannot "
+                                               "be read in place (SLIDEFLOW_CACHE)")] = None,
 ) -> None:
     """Feature bags straight from slides (no TFRecords needed).
 
@@ -222,11 +236,13 @@ def features(
     from .validate import positive_int
 
     _set_verbosity(quiet, verbose)
+    if cache is not None:  # the environment reaches worker processes too
+        os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
-    if precision not in (None, "fp32", "fp16", "bf16"):
-        raise typer.BadParameter(f"--precision {precision!r}: fp32, fp16 or bf16")
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise typer.BadParameter(f"--precision {precision!r}: auto, fp32, fp16 or bf16")
     names = [n.strip() for n in extractor.split(",") if n.strip()]
     per_weights = _weights_map(weights, names)
     if feature_plugin:
@@ -240,8 +256,7 @@ def features(
         kwargs["batch_size"] = positive_int(batch_size, "--batch-size")
     if device:
         kwargs["device"] = device
-    if precision:
-        kwargs["mixed_precision"] = precision
+    kwargs["mixed_precision"] = precision
     start = time.perf_counter()
     try:
         exts = [build_feature_extractor(n, **kwargs, **({"weights": per_weights[n]}
@@ -306,13 +321,15 @@ def extract_tiles(
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option()] = "otsu",
     img_format: Annotated[str, typer.Option(help="jpg or png")] = "jpg",
+    passthrough: Annotated[bool, typer.Option(help="write stored JPEG tiles as they are where "
+                                              "output tiles coincide with them")] = True,
 ) -> None:
     """Extract tiles of a project's slides into TFRecords."""
     from .project import load_project
 
     P = load_project(project)
     result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
-                             img_format=img_format)
+                             img_format=img_format, passthrough=passthrough)
     for note in result.notes:
         typer.echo(f"recovered {note}")
     typer.echo(repr(result))
@@ -335,9 +352,11 @@ def extractors() -> None:
 def _register_extra_commands() -> None:
     from .cli_atlaspatch import register as register_atlaspatch
     from .cli_encode import register
+    from .cli_mil import register as register_mil
 
     register(app)
     register_atlaspatch(app)
+    register_mil(app)
 
 
 _register_extra_commands()

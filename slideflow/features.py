@@ -22,6 +22,7 @@ from .io.bags import bag_path, read_bag_meta
 from .io.bags_config import normalize
 from .io.base import FORMATS
 from .io.identity import file_identity, promised_records, tfrecord_identity
+from .io.location import is_url, slide_path
 from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
 from .model.extractors.sf3_config import bags_entry
@@ -36,8 +37,10 @@ from .pipeline import (
 )
 from .selection import TileSelection, open_wsi
 from .slide import slide_name
+from .slide.decode_check import decoder_record
 from .slide.geometry import check_tile_geometry, make_grid
 from .slide.wsi import WSI
+from .tfrecord_decode import decoder_record as tfrecord_decoder_record
 from .validate import optional_positive_int, positive_int
 from .version import __version__
 
@@ -166,18 +169,22 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                                                device=gpu_decode_device(extractor)):
                 yield tiles, np.asarray(locs, np.int64) - half
 
-        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
+        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),
+                                   "decoder": tfrecord_decoder_record(
+                                       job.tfrecord, gpu_decode_device(extractor))}
     wsi = _open_job_wsi(job, tile_px, tile_um, selection)
     coords = wsi.coords
     if max_tiles is not None and len(coords) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
         coords = coords[keep]
+    read = slide_read_options(extractor)
     meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
             "objective_power": wsi.reader.objective_power,
-            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px}
+            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px,
+            "decoder": decoder_record(wsi, read.get("decoder", "cpu"))}
     return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords,
-                     **slide_read_options(extractor)), wsi.full_extract_px, meta
+                     **read), wsi.full_extract_px, meta
 
 
 def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):
@@ -217,6 +224,10 @@ def source_identity(job: SlideJob) -> dict[str, Any] | None:
     try:
         if job.tfrecord is not None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
+        if is_url(job.slide_path):
+            from .remote.fetch import RemoteObject
+
+            return {"slide": RemoteObject(job.slide_path).identity()}
         if job.slide_path is not None:
             return {"slide": file_identity(job.slide_path)}
     except OSError:
@@ -388,16 +399,17 @@ def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
     same file given twice (a folder and a file in it) is kept once.
     """
     jobs: list[SlideJob] = []
-    by_name: dict[str, list[Path]] = {}
-    seen: set[Path] = set()
+    by_name: dict[str, list[Any]] = {}
+    seen: set[Any] = set()
     for p in paths:
-        real = Path(p).resolve()
+        where = slide_path(p)  # a URL stays a str
+        real = where if is_url(where) else where.resolve()
         if real in seen:
             continue
         seen.add(real)
-        name = slide_name(p)
-        by_name.setdefault(name, []).append(Path(p))
-        jobs.append(SlideJob(name=name, slide_path=Path(p), mpp=mpp, rois=(rois or {}).get(name)))
+        name = slide_name(where)
+        by_name.setdefault(name, []).append(where)
+        jobs.append(SlideJob(name=name, slide_path=where, mpp=mpp, rois=(rois or {}).get(name)))
     clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
     if clashes:
         lines = "; ".join(f"{n!r}: {', '.join(map(str, ps))}" for n, ps in sorted(clashes.items()))

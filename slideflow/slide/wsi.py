@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
+from ..remote.url import slide_path
 from ..validate import positive_float, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
@@ -60,7 +61,7 @@ class WSI:
     ):
         if tile_reader not in TILE_READERS:
             raise ValueError(f"tile_reader must be one of {TILE_READERS}, got {tile_reader!r}")
-        self.path = Path(path)
+        self.path = slide_path(path)
         self.tile_reader = tile_reader
         # checked before the file is opened: a bad argument is the caller's error, not the slide's
         self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
@@ -120,6 +121,12 @@ class WSI:
             {"dimensions": dims, "downsample": ds, "mpp": self.mpp * ds}
             for dims, ds in zip(self.reader.level_dimensions, self.reader.level_downsamples)
         ]
+
+    @property
+    def fetch_stats(self) -> dict[str, int] | None:
+        """{requests, bytes_fetched, retries} for a slide read from a URL, else None."""
+        stats = getattr(self.reader, "fetch_stats", None)
+        return stats.as_dict() if stats is not None else None
 
     @property
     def vendor(self) -> str | None:
@@ -348,14 +355,17 @@ class WSI:
         decoded and resampled there on the stored-tile path (uploaded once on the region path).
         `num_threads` defaults to the usable cores.
         """
-        from .decode import make_decoder
+        from .decode import CpuDecoder, make_decoder
+        from .decode_check import wsi_decode_check
 
         batch_size = positive_int(batch_size, "batch_size")
 
         dec = make_decoder(decoder)
-        reader = self._tile_reader(coords, dec)
+        check = wsi_decode_check(self, dec)  # a GPU decoder that fails it: CPU decode
+        use = dec if check is None or check.ok else CpuDecoder()
+        reader = self._tile_reader(coords, use)
         it = reader.iter_batches(batch_size=batch_size, num_threads=num_threads)
-        if dec.kind == "torch" and isinstance(reader, TileReader):
+        if dec.kind == "torch" and (isinstance(reader, TileReader) or use is not dec):
             it = _to_device(it, dec.device)
         try:
             while True:
