@@ -240,6 +240,14 @@ class Dataset:
                 out[name] = roi
         return out
 
+    def annotation_masks(self) -> dict[str, Path]:
+        """{slide: tissue-mask image} from a `mask_path` annotation column (a manifest's; blank
+        cells skipped): the mask replaces the QC method for that slide."""
+        df = self.annotations
+        if "mask_path" not in df.columns:
+            return {}
+        return {name: Path(v) for name, v in zip(df[SLIDE], df["mask_path"]) if v}
+
     def annotation_mpp(self) -> dict[str, float]:
         """{slide: MPP} from an `mpp` annotation column (blank cells skipped)."""
         df = self.annotations
@@ -396,14 +404,15 @@ class Dataset:
         if source not in ("auto", "slides", "tfrecords"):
             raise ValueError("source must be 'auto', 'slides' or 'tfrecords'")
         tfrs = self.tfrecords(as_dict=True) if self.label and source != "slides" else {}
-        mpp = self.annotation_mpp()
+        mpp, masks = self.annotation_mpp(), self.annotation_masks()
         jobs = []
         for name, (src, path, _) in sorted(self._present().items()):
             tfr = tfrs.get(name) if source != "slides" else None
             if (source == "tfrecords" and tfr is None) or (tfr is None and path is None):
                 continue
             jobs.append(SlideJob(name=name, slide_path=path, tfrecord=tfr,
-                                 rois=src.roi_file(name), mpp=mpp.get(name)))
+                                 rois=src.roi_file(name), mpp=mpp.get(name),
+                                 mask=masks.get(name)))
         return jobs
 
     def kfold_split(self, k: int = 3, *, labels: Any = None, preserved_site: bool = False,
