@@ -351,10 +351,13 @@ def extract_tiles(
 
 
 def _register_extra_commands() -> None:
+    from .. import cli_atlaspatch
+
     extractors.register(app)
     encode.register(app)
     mil.register(app)
     doctor.register(app)
+    cli_atlaspatch.register(app)
 
 
 _register_extra_commands()

@@ -22,7 +22,7 @@ from ..errors import BagsConfigMismatchError, SlideflowError
 from ..io import imgcodec
 from ..io.atomic import disk_full_error, disk_full_text, tmp_prefix
 from ..io.bags import BagWriter, bag_path, list_bags, read_bag_meta, slide_of
-from ..io.bags_config import config_file, normalize
+from ..io.bags_config import config_file, normalize, own_extractor
 from ..io.claim import claim_config, move_aside, verify_claim
 from ..io.locks import SlideLock, clean_stale_temps
 from ..io.npz import index_path_for
@@ -108,10 +108,14 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = bags_config(extractor, normalizer, opts.tile_px, opts.tile_um, opts.selection, fmt)
-    request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
-                                              "tile_px", "tile_um")},
+    request = {"config": {k: own_extractor(cfg[k]) if k == "extractor" else cfg[k]
+                          for k in ("extractor", "normalizer", "num_features", "tile_px",
+                                    "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
                "seed": opts.seed}
+    own_name = (request["config"]["extractor"].get("kwargs") or {}).get("name")
+    if own_name is not None and extractor.name != own_name:  # an alias (AtlasPatch's names)
+        request["encoder"] = extractor.name
     if cfg["provenance"]["precision"] != "fp32":  # bf16/fp16 bags are other bags
         request["precision"] = cfg["provenance"]["precision"]
     return BagTarget(outdir, fmt, cfg, request, extractor)
