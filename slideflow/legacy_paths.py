@@ -25,6 +25,7 @@ MOVED: dict[str, str] = {
     "slideflow.cli_errors": "slideflow.cli.errors",
     "slideflow.cli_extractors": "slideflow.cli.extractors",
     "slideflow.doctor": "slideflow.cli.doctor",
+    "slideflow.cli_atlaspatch": "slideflow.cli.atlaspatch",
     "slideflow.dataset": "slideflow.project.dataset",
     "slideflow.dataset_work": "slideflow.project.dataset_work",
     "slideflow.annotations": "slideflow.project.annotations",

@@ -17,6 +17,12 @@ from typing import Annotated, Any
 
 import typer
 
+from ..compat import report_once
+from ..compat.atlaspatch import PRECISIONS, build_extractor, load_plugin, read_mpp_csv, split_names
+from ..compat.atlaspatch import stride_div as to_stride_div
+from ..errors import InvalidArgumentError
+from ..slide import find_slides, is_slide
+
 atlaspatch_app = typer.Typer(help="AtlasPatch-compatible commands (docs/porting.md).",
                              no_args_is_help=True)
 
@@ -24,8 +30,6 @@ _Opt = typer.Option
 
 
 def _slides(path: Path, recursive: bool) -> list[Path]:
-    from .slide import find_slides, is_slide
-
     if not path.exists():
         raise typer.BadParameter(f"{path}: no such file or directory")
     if not path.is_dir() or is_slide(path):
@@ -83,12 +87,8 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
                  visualize_mask, visualize_contours, save_images, recursive, mpp_csv,
                  skip_existing, verbose, write_batch) -> Any:
     """Options checked and mapped, then `generate_bags(format='atlaspatch')`; the report."""
-    from .compat import report_once
-    from .compat.atlaspatch import PRECISIONS, build_extractor, read_mpp_csv, split_names
-    from .compat.atlaspatch import stride_div as to_stride_div
-    from .errors import InvalidArgumentError
-    from .features import generate_bags, jobs_from_paths
-    from .selection import TileSelection
+    from ..engine.features import generate_bags, jobs_from_paths
+    from ..engine.selection import TileSelection
 
     if not fast_mode:
         _refuse("--no-fast-mode", "use `slideflow features` with --whitespace-fraction / "
@@ -125,7 +125,6 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
     for plugin in feature_plugin or []:
         import torch
 
-        from .compat.atlaspatch import load_plugin
 
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             feature_precision, torch.float32) if str(dev or "cpu").startswith("cuda") \
@@ -187,11 +186,10 @@ def encode_slide(
     `slide_features/<encoder>` appended to the same `<output>/patches/<stem>.h5`."""
     opts = {k: v for k, v in locals().items() if k not in ("slide_encoders", "random_weights",
                                                            "feature_extractors")}
-    from .compat.atlaspatch import split_names
-    from .io.bags import bag_path, read_bag
-    from .model.slide_encoders import build_slide_encoder
-    from .model.slide_encoders.outputs import write_slide_embedding
-    from .slide_embeddings import check_geometry
+    from ..engine.slide_embedding_outputs import write_slide_embedding
+    from ..engine.slide_embeddings import check_geometry
+    from ..io.bags import bag_path, read_bag
+    from ..model.slide_encoders import build_slide_encoder
 
     encoders = [build_slide_encoder(n, pretrained=not random_weights)
                 for n in split_names(slide_encoders)]

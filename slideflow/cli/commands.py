@@ -21,13 +21,13 @@ from typing import Annotated
 import typer
 
 from ..errors import SlideflowError
+from ..io import runlog  # runlog.write_run_files looked up per call (tests swap it)
 from ..io.location import is_url
 from ..io.manifest import parse_spacing, read_manifest
-from ..io.runlog import human_summary, run_summary, write_run_files
 from ..slide import expand_slides, slide_name
 from ..validate import positive_int
 from ..version import __version__
-from . import doctor, encode, extractors, mil
+from . import atlaspatch, doctor, encode, extractors, mil
 from .errors import check_inputs_exist, run_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -279,11 +279,12 @@ def features(
     except SlideflowError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    summary = run_summary(report.outcomes, time.perf_counter() - start,
-                          extractors=names, outdir=str(outdir), superseded=report.superseded)
+    summary = runlog.run_summary(report.outcomes, time.perf_counter() - start,
+                                 extractors=names, outdir=str(outdir),
+                                 superseded=report.superseded)
     errors, written = [], True
     try:
-        write_run_files(outdir, report.outcomes, summary)
+        runlog.write_run_files(outdir, report.outcomes, summary)
     except OSError as exc:  # e.g. a full disk: say so, the summary is printed below
         errors.append(f"failures.csv and summary.json not written to {outdir} ({exc})")
         written = False
@@ -291,7 +292,7 @@ def features(
         if o.status == "failed":
             typer.echo(f"FAILED {o.slide}: {o.error_type}: {o.error}", err=True)
     if not quiet or summary["failed"] or errors:
-        typer.echo(human_summary(summary))
+        typer.echo(runlog.human_summary(summary))
     for why in errors:
         typer.echo(f"error: {why}", err=True)
     if summary["failed"] and written:
@@ -351,13 +352,11 @@ def extract_tiles(
 
 
 def _register_extra_commands() -> None:
-    from .. import cli_atlaspatch
-
     extractors.register(app)
     encode.register(app)
     mil.register(app)
     doctor.register(app)
-    cli_atlaspatch.register(app)
+    atlaspatch.register(app)
 
 
 _register_extra_commands()

@@ -11,6 +11,8 @@ import argparse
 import time
 from pathlib import Path
 
+import slideflow as sf
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -19,7 +21,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
-    import slideflow as sf
     from slideflow.engine.features import TileSelection, generate_bags, jobs_from_paths
 
     slide = args.slide or sf.data.sample_slide()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import slideflow as sf
+
 from ..errors import InvalidArgumentError
 
 #: AtlasPatch extractor name -> slideflow registry name (the same model and weights)
@@ -51,8 +53,6 @@ def split_names(text: str) -> list[str]:
 
 def build_extractor(name: str, **kwargs: Any) -> Any:
     """Slideflow's extractor for an AtlasPatch (or slideflow) name, named as asked."""
-    import slideflow as sf
-
     ext = sf.build_feature_extractor(ALIASES.get(name, name), **kwargs)
     ext.name = name  # the dataset name in the file: features/<name>
     return ext

@@ -21,8 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import embed
+from ..engine import embed
+from ..engine.features import SlideJob, generate_bags
 from ..errors import InvalidArgumentError
+from ..io import read_bag
+from ..io.bags import bag_path
+from ..model import get_spec
+from ..model.slide_encoders import get_slide_spec
+from ..slide import slide_name
 from ..slide.geometry import LEVEL_TOLERANCE
 from . import report_once
 
@@ -264,8 +270,6 @@ class Model:
     @classmethod
     def from_preset(cls, name: str, *, device: str | None = None, **kwargs: Any) -> Model:
         """slide2vec's preset name or any slideflow extractor / slide encoder name."""
-        from ..model.slide_encoders import get_slide_spec
-
         if kwargs:
             raise TypeError(f"from_preset() got unexpected keyword arguments {sorted(kwargs)}")
         key = PRESETS.get(str(name).lower(), name)
@@ -275,7 +279,6 @@ class Model:
             spec = None
         if spec is not None:
             return cls(None, spec.name, device=device)
-        from ..model import get_spec
 
         return cls(get_spec(key).name, None, device=device)
 
@@ -287,15 +290,11 @@ class Model:
         return exe
 
     def _pre(self, preprocessing: PreprocessingConfig | None) -> embed.PreprocessingConfig:
-        from ..model.slide_encoders import get_slide_spec
-
         tile_px = tile_um = None
         if self.slide_encoder is not None:
             spec = get_slide_spec(self.slide_encoder)
             tile_px, tile_um = spec.tile_px, spec.tile_um
         elif preprocessing is None or preprocessing.requested_tile_size_px is None:
-            from ..model import get_spec
-
             tile_px = get_spec(self.tile_extractor).input_px
             tile_um = tile_px * 0.5  # slide2vec's default spacing for tile encoders
         return (preprocessing or PreprocessingConfig()).to_slideflow(tile_px, tile_um)
@@ -331,8 +330,6 @@ class Model:
 
 
 def _row(item: Any) -> dict[str, Any]:
-    from ..slide import slide_name
-
     if isinstance(item, (str, os.PathLike)):
         return {"image_path": Path(item), "sample_id": slide_name(item)}
     if isinstance(item, dict) and "image_path" in item:
@@ -358,9 +355,6 @@ class Pipeline:
                                      "for one worker per GPU; this run uses one device")
 
     def run(self, *, manifest_path: str | os.PathLike) -> RunResult:
-        from ..engine.features import SlideJob, generate_bags
-        from ..io.bags import bag_path
-
         if self.model.slide_encoder is not None:
             raise InvalidArgumentError("Pipeline runs tile encoders here; for slide-level "
                                        "models use sf.generate_slide_embeddings or "
@@ -390,15 +384,12 @@ class Pipeline:
 
 
 def _rows(path: Path) -> int:
-    from ..io import read_bag
-
     return int(len(read_bag(path).features))
 
 
 def _manifest(path: Any) -> list[dict[str, Any]]:
     import pandas as pd
 
-    from ..slide import slide_name
 
     df = pd.read_csv(path, dtype=str)
     if "image_path" not in df.columns:

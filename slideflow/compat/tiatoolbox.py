@@ -23,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
+import slideflow as sf
+
+from ..engine.features import generate_bags, jobs_from_paths
+from ..engine.selection import TileSelection
 from ..errors import InvalidArgumentError
+from ..io import read_bag
 from . import report_once
 
 OUTPUT_TYPES = ("dict", "zarr")
@@ -94,10 +99,6 @@ class DeepFeatureExtractor:
     def _slides(self, images: Any, masks: Any, resolutions: Any, shape: Any, ioconfig: Any,
                 save_dir: Any, overwrite: bool, output_type: str, kwargs: dict[str, Any]
                 ) -> dict[Any, Any]:
-        from ..engine.features import generate_bags, jobs_from_paths
-        from ..engine.selection import TileSelection
-        from ..io import read_bag
-
         if save_dir is None:
             raise InvalidArgumentError("WSI mode (patch_mode=False) needs save_dir=")
         if isinstance(images, (str, os.PathLike)):
@@ -133,8 +134,6 @@ class DeepFeatureExtractor:
 
 
 def _extractor(model: Any, weights: Any, device: str, batch_size: int) -> Any:
-    import slideflow as sf
-
     if isinstance(model, str):
         kw: dict[str, Any] = {"device": device, "batch_size": int(batch_size)}
         if weights is not None:

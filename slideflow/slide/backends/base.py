@@ -13,6 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import tiff_scan
+
 
 class SlideReader(ABC):
     """A whole-slide image opened by one library."""
@@ -108,9 +110,7 @@ class SlideReader(ABC):
         small = None
         if len(self.level_dimensions) == 1 and isinstance(self.path, Path) and \
                 self.path.is_file():
-            from .tiff_scan import shrink_tiled_tiff  # stored tiles, empty ones skipped
-
-            small = shrink_tiled_tiff(self.path, (w, h), k)
+            small = tiff_scan.shrink_tiled_tiff(self.path, (w, h), k)  # empty tiles skipped
         if small is not None:
             return cv2.resize(small, (out_w, out_h), interpolation=cv2.INTER_AREA)
         rows = max(k, band_bytes // (w * 3) // k * k)
