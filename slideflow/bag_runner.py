@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import BagsConfigMismatchError, SlideflowError
+from .errors import BagsConfigMismatchError, SlideflowError, exception_text
 from .features import (
     SlideJob,
     _bag_is_current,
@@ -178,13 +178,15 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
 
     identity = source_identity(job)
 
-    def current(t: BagTarget) -> bool:
-        return _bag_is_current(t.outdir, job.name, t.fmt, t.request, identity)
+    def current(t: BagTarget) -> bool:  # an unreadable source (or mask) is never current
+        return identity is not None and _bag_is_current(t.outdir, job.name, t.fmt, t.request,
+                                                        identity)
 
-    todo = targets if opts.force else [t for t in targets if not current(t)]
-    if not todo:
-        return out
+    todo = targets
     try:
+        todo = targets if opts.force else [t for t in targets if not current(t)]
+        if not todo:
+            return out
         with contextlib.ExitStack() as locks:
             for outdir in dict.fromkeys(t.outdir for t in todo):  # AtlasPatch targets share one
                 lock = locks.enter_context(SlideLock(outdir, job.name))
@@ -203,12 +205,13 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
                     out.notes.append(f"removed {p.name} left by a dead run")
             out.tiles = _write_bags(job, todo, opts, normalizer, on_tiles)
             out.status = DONE
-    except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, BagsConfigMismatchError):
-            raise
+    except BagsConfigMismatchError:
+        raise  # the folder itself changed hands: the run stops (its summary is still written)
+    except Exception as exc:  # anything else is this slide's failure; the batch goes on
         out.status = FAILED
         out.error_type, out.error = failure_text(exc, [t.outdir for t in todo])
         log.warning("%s: failed (%s: %s)", job.name, out.error_type, out.error)
+        log.debug("%s: traceback", job.name, exc_info=True)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -220,7 +223,7 @@ def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
     full = disk_full_text(exc, ", ".join(str(d) for d in dict.fromkeys(outdirs)))
     if full is not None:
         return type(disk_full_error(exc)).__name__, full
-    return type(exc).__name__, str(exc)
+    return type(exc).__name__, exception_text(exc)
 
 
 def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normalizer: Any,

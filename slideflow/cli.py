@@ -139,15 +139,16 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
 
         for row in read_manifest(manifest):
             jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
-                                 mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path))
+                                 mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path,
+                                 mpp_source="manifest" if row.mpp is not None else "--mpp"))
     for p in _expand(slides, recursive):
-        jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp))
+        jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp, mpp_source="--mpp"))
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
         for j in jobs:
             found = table.get(j.name, table.get(j.slide_path.name))
             if found is not None:
-                j.mpp = found
+                j.mpp, j.mpp_source = found, "--mpp-csv"
     names = [j.name for j in jobs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -403,7 +403,8 @@ class Dataset:
             if (source == "tfrecords" and tfr is None) or (tfr is None and path is None):
                 continue
             jobs.append(SlideJob(name=name, slide_path=path, tfrecord=tfr,
-                                 rois=src.roi_file(name), mpp=mpp.get(name)))
+                                 rois=src.roi_file(name), mpp=mpp.get(name),
+                                 mpp_source="annotations" if name in mpp else None))
         return jobs
 
     # -- display -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .errors import InvalidArgumentError, OutputConflictError, SlideflowError, T
 from .io.bags import bag_path, read_bag_meta
 from .io.bags_config import normalize
 from .io.base import FORMATS
-from .io.identity import file_identity, promised_records, tfrecord_identity
+from .io.identity import file_digest, file_identity, promised_records, tfrecord_identity
 from .io.runlog import OutcomeCounts
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
@@ -53,6 +53,9 @@ class SlideJob:
     rois: Path | None = None
     mpp: float | None = None
     mask: Path | None = None  # binary tissue-mask image used instead of the QC method
+    #: where `mpp` came from ('--mpp', 'manifest', 'mpp-csv', 'annotations'...); None: the
+    #: caller's override, or the slide file itself when `mpp` is None
+    mpp_source: str | None = None
 
 
 @dataclass
@@ -211,12 +214,17 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
 
 
 def source_identity(job: SlideJob) -> dict[str, Any] | None:
-    """What the job's bag is made from (size, mtime_ns; TFRecord sidecar/index digests)."""
+    """What the job's bag is made from: the source file (size, mtime_ns; TFRecord
+    sidecar/index digests) and, from a slide, the effective MPP with its source and the
+    content digests of the mask and ROI files (each changes which tiles are read)."""
     try:
         if job.tfrecord is not None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
         if job.slide_path is not None:
-            return {"slide": file_identity(job.slide_path)}
+            mpp_source = "slide" if job.mpp is None else (job.mpp_source or "override")
+            return {"slide": file_identity(job.slide_path),
+                    "mpp": None if job.mpp is None else float(job.mpp), "mpp_source": mpp_source,
+                    "mask": file_digest(job.mask), "rois": file_digest(job.rois)}
     except OSError:
         return None  # missing source: the job fails with a clear error when it runs
     return None

@@ -39,6 +39,48 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+def file_digest(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """{name, sha256} of a small input whose content changes an output (a tissue mask, an ROI
+    file); None for no file. A missing file raises (the job then fails naming it)."""
+    if path is None:
+        return None
+    path = Path(path)
+    return {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+#: bytes hashed at each end of a file by `content_check`
+SAMPLE_BYTES = 1 << 20
+
+
+def content_check(path: str | os.PathLike) -> dict[str, Any]:
+    """{bytes, sample_sha256} of a finished output: its size and the sha256 of its first and
+    last MiB. Recorded in an output's metadata when it is written and compared before it is
+    reused, so a truncated or overwritten file is never taken for finished (cheap: 2 MiB read
+    whatever the size)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        h.update(fh.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            fh.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            h.update(fh.read(SAMPLE_BYTES))
+    return {"bytes": size, "sample_sha256": h.hexdigest()}
+
+
+def content_matches(path: str | os.PathLike, recorded: Any) -> bool:
+    """Whether `path` still has the `content_check` recorded when it was written (False when
+    nothing was recorded: an output of an older version is remade, not trusted)."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        if Path(path).stat().st_size != recorded.get("bytes"):
+            return False
+        return content_check(path) == recorded
+    except OSError:
+        return False
+
+
 def _beside(tfrecord: Path, suffix: str) -> Path:
     name = tfrecord.name
     stem = name[: -len(".tfrecords")] if name.endswith(".tfrecords") else tfrecord.stem

@@ -25,6 +25,7 @@ from ..errors import BagError
 from .atomic import discard, stage
 from .bags_config import provenance_of, read_bags_config
 from .base import Bag, geometry_attrs, to_json
+from .identity import content_check, content_matches
 from .npz import index_path_for, save_npz
 
 log = logging.getLogger("slideflow")
@@ -76,6 +77,7 @@ class PtSink:
         pt_tmp = stage(self.path, lambda fh: torch.save(tensor, fh))
         index_tmp, moved = None, False
         try:
+            sidecar["content"] = content_check(pt_tmp)  # a truncated .pt is never reused
             index_tmp = stage_pt_index(index, centres, sidecar)
             index.unlink(missing_ok=True)  # no stale index beside the new .pt
             os.replace(pt_tmp, self.path)
@@ -170,5 +172,13 @@ def read_pt(path: Path, patch_size_level0: int | None = None) -> Bag:
 
 
 def read_pt_meta(path: Path) -> dict[str, Any] | None:
-    """The `meta` stored in a finished .pt bag's index, or None when there is no bag."""
-    return load_pt_index(path)[1].get("meta") if path.exists() else None
+    """The `meta` stored in a finished .pt bag's index, or None when there is no bag or the
+    .pt no longer has the size and sampled digest its index recorded (truncated, replaced)."""
+    if not path.exists():
+        return None
+    sidecar = load_pt_index(path)[1]
+    if not content_matches(path, sidecar.get("content")):
+        log.info("%s: its size or content differs from what its index recorded (truncated "
+                 "or replaced?); not reused", path)
+        return None
+    return sidecar.get("meta")

@@ -364,7 +364,9 @@ class WSI:
             it.close()
 
     def _read_error(self, exc: Exception) -> SlideReadError:
-        return SlideReadError(f"{self.path}: tile read failed: {exc}")
+        from ..errors import exception_text
+
+        return SlideReadError(f"{self.path}: tile read failed: {exception_text(exc)}")
 
     # -- pictures -------------------------------------------------------------------------------
     def thumbnail(self, width: int = 1024):
