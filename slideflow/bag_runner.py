@@ -323,11 +323,13 @@ def _count_tiles(sink: Any, on_tiles: Any) -> Any:
 
 
 def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
-               normalizer: Any = None, progress: bool = True) -> list[SlideOutcome]:
-    """Every job in this process, in the given order."""
+               normalizer: Any = None, progress: bool = True,
+               outcomes: list[SlideOutcome] | None = None) -> list[SlideOutcome]:
+    """Every job in this process, in the given order; outcomes are appended to `outcomes`
+    (when given) as they come, so an interrupted run still tells what it did."""
     from .progress import track_slides
 
-    outcomes = []
+    outcomes = [] if outcomes is None else outcomes
     with track_slides(len(jobs), "features", enabled=progress) as bar:
         for job in jobs:
             o = process_job(job, targets, opts, normalizer=normalizer,

@@ -12,6 +12,7 @@ SLURM_ARRAY_TASK_COUNT from the environment): every task writes disjoint bags in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -256,6 +257,14 @@ def features(
     except SlideflowError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM): what was done is recorded
+        partial = getattr(exc, "partial_report", None)
+        if partial is not None:
+            with contextlib.suppress(Exception):
+                write_run_files(outdir, partial.outcomes, run_summary(
+                    partial.outcomes, time.perf_counter() - start, extractors=names,
+                    outdir=str(outdir), interrupted=type(exc).__name__))
+        raise
     summary = run_summary(report.outcomes, time.perf_counter() - start,
                           extractors=names, outdir=str(outdir), superseded=report.superseded)
     errors, written = [], True
@@ -359,8 +368,10 @@ def main() -> None:
     import sys
 
     from .errors import SlideflowError
+    from .io.locks import install_sigterm_handler
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    install_sigterm_handler()  # SLURM's SIGTERM before a requeue frees this run's slide locks
     try:
         # without standalone mode, click returns a command's typer.Exit code instead of
         # exiting: pass it on (exit 1 when a slide failed, 2 when the run cannot start)

@@ -317,18 +317,25 @@ def generate_bags(
             superseded[str(claim.superseded)] = [str(p.relative_to(t.outdir))
                                                  for p in claim.moved]
     jobs = list(jobs)
-    if ray is not None and ray is not False:
-        from .distributed.ray_runner import run_ray
+    outcomes: list[Any] = []
+    try:
+        if ray is not None and ray is not False:
+            from .distributed.ray_runner import run_ray
 
-        outcomes = run_ray(jobs, targets, opts, normalizer=normalizer, ray=ray,
-                           progress=progress)
-    elif devices:
-        from .distributed.devices import run_devices
-
-        outcomes = run_devices(jobs, targets, opts, normalizer=normalizer, devices=devices,
+            outcomes = run_ray(jobs, targets, opts, normalizer=normalizer, ray=ray,
                                progress=progress)
-    else:
-        outcomes = run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress)
+        elif devices:
+            from .distributed.devices import run_devices
+
+            outcomes = run_devices(jobs, targets, opts, normalizer=normalizer,
+                                   devices=devices, progress=progress)
+        else:
+            run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress,
+                       outcomes=outcomes)
+    except BaseException as exc:  # interrupted: the caller can still write what was done
+        exc.partial_report = BagsReport(outdir, outcomes=outcomes,  # type: ignore[attr-defined]
+                                        superseded=superseded)
+        raise
     report = BagsReport(outdir, outcomes=outcomes, superseded=superseded)
     report.seconds = time.perf_counter() - start
     return report

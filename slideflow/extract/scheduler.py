@@ -30,6 +30,9 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
              progress: bool | None = True, failed: dict[str, str] | None = None,
              on_result: Callable[[SlideResult], None] | None = None) -> ExtractionSummary:
     """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
+    from ..io.locks import install_sigterm_handler
+
+    install_sigterm_handler()  # slide locks are taken in worker threads: install it here
     start = time.perf_counter()
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     summary = ExtractionSummary(int(tile_px), tile_um)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
-from ..validate import positive_float, positive_int
+from ..validate import MPP_RANGE, mpp_value, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
@@ -61,11 +61,17 @@ class WSI:
         self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
             tile_px, tile_um, stride_div)
         if mpp is not None:
-            mpp = positive_float(mpp, "mpp")
+            mpp = mpp_value(mpp, "mpp")
         self.reader: SlideReader = open_reader(self.path, backend)
         self.reader.check_channels()
         self.mpp_source = "override" if mpp else "file"
         self.mpp = float(mpp) if mpp else self.reader.mpp
+        if self.mpp and mpp is None and not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
+            self.close()
+            raise MissingMPPError(
+                f"{self.path}: the file records {self.mpp:g} microns per pixel, outside "
+                f"{MPP_RANGE[0]:g}..{MPP_RANGE[1]:g} (corrupt metadata); pass the real value "
+                "(mpp=, --mpp, --mpp-csv or an 'mpp' annotation column)")
         if not self.mpp:
             why = getattr(self.reader, "mpp_note", None) or "the file records no microns-per-pixel"
             raise MissingMPPError(
