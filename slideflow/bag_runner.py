@@ -184,6 +184,7 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
 
     todo = targets
     try:
+        _check_outputs(job.name, targets)
         todo = targets if opts.force else [t for t in targets if not current(t)]
         if not todo:
             return out
@@ -214,6 +215,17 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
         log.debug("%s: traceback", job.name, exc_info=True)
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _check_outputs(name: str, targets: list[BagTarget]) -> None:
+    """The slide's name must be one safe file name and its bags must land inside their
+    folders (a manifest sample_id of '../x' or '/abs/x' is this slide's error)."""
+    from .io.bags import bag_path
+    from .io.names import check_output_name, confined
+
+    check_output_name(name, "slide name (sample_id)")
+    for t in targets:
+        confined(t.outdir, bag_path(t.outdir, name, t.fmt))
 
 
 def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:

@@ -150,8 +150,9 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
             found = table.get(j.name, table.get(j.slide_path.name))
             if found is not None:
                 j.mpp, j.mpp_source = found, "--mpp-csv"
-    names = [j.name for j in jobs]
-    dup = sorted({n for n in names if names.count(n) > 1})
+    from collections import Counter
+
+    dup = sorted(n for n, k in Counter(j.name for j in jobs).items() if k > 1)  # linear
     if dup:
         raise typer.BadParameter(f"several slides share the name(s) {dup}: outputs are named by "
                                  "slide, so rename them or list them in a --manifest with "

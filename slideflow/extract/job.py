@@ -27,6 +27,7 @@ from ..io import imgcodec
 from ..io.atomic import discard, disk_full_text, write_json_atomic
 from ..io.identity import content_check
 from ..io.locks import SlideLock
+from ..io.names import check_output_name, confined
 from ..io.npz import index_path_for
 from ..io.tfrecord import build_index, read_index
 from ..pipeline import run
@@ -67,6 +68,8 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
     t_start = time.perf_counter()
     res = SlideResult(job.name, "failed", tfrecord=job.tfrecord)
     try:
+        check_output_name(job.name, "slide name")
+        confined(job.outdir, job.tfrecord)
         request = opt.request(tile_px, tile_um, job.slide_path, job.mpp, job.roi)
         # a finished slide is reused without taking its lock (read-only storage works)
         if opt.skip_extracted and _reused(job, request, opt, res):

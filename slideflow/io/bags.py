@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -229,8 +230,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str | None =
             raise ValueError(f"{dst}: give format= or a destination with a bag suffix")
         outdir, name = (dst, None) if to_dir else (dst.parent, slide_of(dst))
     sources = list(_iter_sources(src))
-    names = [slide_of(p) for p in sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    names = Counter(slide_of(p) for p in sources)
+    dupes = sorted(n for n, k in names.items() if k > 1)
     if dupes:
         raise BagError(f"{src}: slides {dupes} have bags in several formats; convert the "
                        "files one by one")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_open, write_json_atomic
+from .names import csv_safe
 
 FAILURES = "failures.csv"
 SUMMARY = "summary.json"
@@ -95,9 +96,10 @@ def write_run_files(outdir: str | os.PathLike, outcomes: Iterable[Any], summary:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["slide", "error_type", "message"])
-    for o in outcomes:
+    for o in outcomes:  # names and messages come from data: never a spreadsheet formula
         if o.status == "failed":
-            w.writerow([o.slide, o.error_type or "", " ".join(str(o.error or "").split())])
+            w.writerow([csv_safe(o.slide), csv_safe(o.error_type or ""),
+                        csv_safe(" ".join(str(o.error or "").split()))])
     failures = outdir / FAILURES
     with atomic_open(failures, "w") as fh:
         fh.write(buf.getvalue())
