@@ -54,8 +54,16 @@ def shard(items: list, spec: str | None) -> list:
         count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
         if task is None or count is None:
             return items
-        spec = f"{int(task) - int(os.environ.get('SLURM_ARRAY_TASK_MIN', 0))}/{count}"
-    i, n = (int(v) for v in spec.split("/"))
+        try:
+            step = int(os.environ.get("SLURM_ARRAY_TASK_STEP") or 1)  # --array=0-30:10
+            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+            spec = f"{(int(task) - first) // max(step, 1)}/{count}"
+        except ValueError:
+            raise typer.BadParameter("SLURM_ARRAY_TASK_* variables are not integers") from None
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard {spec!r}: give i/n, e.g. 0/4") from None
     if not 0 <= i < n:
         raise typer.BadParameter(f"--shard {spec}: need 0 <= i < n")
     return items[i::n]
@@ -218,14 +226,16 @@ def features(
     import time
 
     from .errors import SlideflowError
-    from .features import TileSelection, generate_bags
+    from .features import TileSelection, check_run_options, generate_bags
     from .io.runlog import human_summary, run_summary, write_run_files
     from .model import build_feature_extractor, load_plugin
     from .slide.geometry import check_tile_geometry
     from .validate import positive_int
 
     _set_verbosity(quiet, verbose)
-    check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
+    # every option once, before the model is built (never one identical failure per slide)
+    check_tile_geometry(tile_px, _tile_um(tile_um), _stride_div(overlap, stride_div))
+    check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
     if precision not in (None, "fp32", "fp16", "bf16"):

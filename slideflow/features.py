@@ -287,6 +287,13 @@ def generate_bags(
     from .bag_runner import BagOptions, claim_target, make_target, run_serial
 
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
+    check_tile_geometry(tile_px, tile_um, (selection or TileSelection()).stride_div)
+    num_threads = optional_positive_int(num_threads, "num_threads")
+    if devices:
+        from .distributed import device_list
+        from .model.extractors.base import check_device
+
+        devices = [str(check_device(d)) for d in device_list(devices)]
     min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
     max_tiles = optional_positive_int(max_tiles, "max_tiles")
     if fmt not in FORMATS:
@@ -339,6 +346,24 @@ def generate_bags(
     report = BagsReport(outdir, outcomes=outcomes, superseded=superseded)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def check_run_options(*, workers: Any = None, mpp: Any = None, device: Any = None,
+                      devices: Any = None) -> None:
+    """Run-wide options checked once where they enter (the CLI), before any model is built:
+    a bad value is one error, never the same failure for every slide."""
+    from .validate import mpp_value
+
+    optional_positive_int(workers, "--workers")
+    if mpp is not None:
+        mpp_value(mpp, "--mpp")
+    if device is not None or devices:
+        from .distributed import device_list
+        from .model.extractors.base import check_device
+
+        for d in ([device] if device is not None else []) + (device_list(devices) if devices
+                                                            else []):
+            check_device(d)
 
 
 def generate_feature_bags(
