@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import BagError
 from .atomic import discard, stage
 from .bags_config import provenance_of, read_bags_config
-from .base import Bag, geometry_attrs, to_json
+from .base import Bag, as_features, geometry_attrs, to_json
 from .identity import content_check, content_matches
 from .npz import index_path_for, save_npz
 
@@ -74,7 +74,10 @@ class PtSink:
                    "patch_size_level0": self.patch_size_level0, "attrs": self.attrs,
                    "meta": to_json(self.meta)}
         # a file object: fixed archive name, so reruns are byte-identical
-        pt_tmp = stage(self.path, lambda fh: torch.save(tensor, fh))
+        try:
+            pt_tmp = stage(self.path, lambda fh: torch.save(tensor, fh))
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) this way
+            raise _write_error(self.path, exc, tensor.nbytes) from exc
         index_tmp, moved = None, False
         try:
             sidecar["content"] = content_check(pt_tmp)  # a truncated .pt is never reused
@@ -93,6 +96,20 @@ class PtSink:
 
     def abort(self) -> None:
         self._f = self._c = np.empty((0, 2))
+
+
+def _write_error(path: Path, exc: RuntimeError, nbytes: int) -> OSError:
+    """torch.save's RuntimeError as the OSError it is (ENOSPC when the disk is full)."""
+    import errno
+    import shutil
+
+    try:
+        full = shutil.disk_usage(path.parent).free < nbytes + (1 << 20)
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full else errno.EIO
+    return OSError(code, f"writing {path.name} failed ({'no space left on device; ' if full else ''}"
+                   f"{exc})", str(path))
 
 
 def _pt_index_arrays(centres: np.ndarray, sidecar: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -152,7 +169,11 @@ def read_pt(path: Path, patch_size_level0: int | None = None) -> Bag:
     if not isinstance(t, torch.Tensor) or t.ndim != 2:
         raise BagError(f"{path}: expected a 2-D tensor (N, D), got "
                        f"{getattr(t, 'shape', type(t).__name__)}")
-    features = t.float().numpy() if t.dtype != torch.float32 else t.numpy()
+    try:
+        features = as_features(t.float().numpy() if t.is_floating_point() and
+                               t.dtype != torch.float32 else t.numpy())
+    except (ValueError, TypeError) as e:
+        raise BagError(f"{path}: {e}") from None
     centres, sidecar = load_pt_index(path)
     if len(centres) != len(features):
         raise BagError(f"{path}: {len(features)} rows but its index has {len(centres)}")
