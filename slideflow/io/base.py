@@ -176,18 +176,20 @@ COORD_LIMIT = 2 ** 53
 
 
 def as_features(features: Any) -> np.ndarray:
-    """float32 features, refusing what a cast would corrupt: non-numeric dtypes, NaN/inf, and
-    values beyond float32's range (a float64 1e300 would become inf)."""
+    """float32 features, refusing what a cast would corrupt: non-numeric dtypes (bytes would
+    be parsed as text) and finite values beyond float32's range (a float64 1e300 would become
+    inf). Values already NaN/inf are carried bit for bit: a conversion does not judge them."""
     f = np.asarray(features)
     if f.dtype.kind not in "fiub":
         raise ValueError(f"features of dtype {f.dtype} are not numbers")
     with np.errstate(over="ignore"):  # an overflow becomes inf, refused below
         out = f.astype(np.float32, copy=False)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        rows = int(bad.reshape(len(out), -1).any(axis=1).sum()) if out.ndim else 1
-        raise ValueError(f"{rows} feature row(s) hold NaN/inf or values beyond float32's range "
-                         "(|x| > 3.4e38); refusing a lossy conversion")
+    if f.dtype.kind == "f" and f.dtype.itemsize > 4:
+        bad = ~np.isfinite(out) & np.isfinite(f)
+        if bad.any():
+            rows = int(bad.reshape(len(out), -1).any(axis=1).sum()) if out.ndim else 1
+            raise ValueError(f"{rows} feature row(s) hold values beyond float32's range "
+                             "(|x| > 3.4e38); refusing a lossy conversion")
     return out
 
 
