@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -284,6 +285,11 @@ class Dataset:
                 bad = sorted({v for v in values.values() if not _is_float(v)})
                 raise DatasetError(f"column {column!r} is not numeric (values like "
                                    f"{bad[:5]}); use use_float=False") from None
+            odd = sorted(k for k, v in floats.items() if not math.isfinite(v))
+            if odd:  # 'nan'/'inf' parse as floats but are no label a model can learn
+                raise DatasetError(f"column {column!r}: {len(odd)} slide(s) have a non-finite "
+                                   f"label ({', '.join(f'{k}={values[k]!r}' for k in odd[:10])});"
+                                   " fix or blank them and use filter_blank=[column]")
             return floats, sorted(set(floats.values()))
         unique = sorted(set(values.values()))
         if format == "name":

@@ -1,0 +1,76 @@
+"""Messages say what went wrong with which input: no empty reasons, no silent coercions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slideflow.errors import DatasetError, TFRecordError
+from slideflow.features import SlideJob, generate_bags
+from slideflow.io import imgcodec
+
+from .cases import hostile
+from .tiny import tiny_extractor
+from conftest import CMU
+
+
+@hostile("memory-limit-message", "a slide read that hits `ulimit -v` (a MemoryError without a "
+         "message)", "the slide fails 'MemoryError: out of memory (a memory limit such as "
+         "`ulimit -v` ...)' (was 'tile read failed: ' with nothing after it); the batch goes on")
+def test_memory_error_has_a_message(tmp_path, monkeypatch):
+    from slideflow import bag_runner
+    from slideflow.slide.wsi import WSI
+
+    real = bag_runner._job_source
+
+    def starved(job, *args, **kwargs):
+        if job.name == "big":
+            raise MemoryError()
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(bag_runner, "_job_source", starved)
+    ext = tiny_extractor(tmp_path / "tiny")
+    report = generate_bags([SlideJob("big", slide_path=CMU), SlideJob("ok", slide_path=CMU)],
+                           ext, tmp_path / "bags", 112, 224, progress=False)
+    assert list(report.done) == ["ok"]
+    assert report.failed["big"].startswith("MemoryError: out of memory (a memory limit such as")
+    wsi = WSI(CMU, 112, 224)
+    assert "tile read failed: out of memory" in str(wsi._read_error(MemoryError()))
+
+
+@hostile("tfrecord-loc-as-bytes", "a TFRecord whose loc_x is stored as a bytes feature (b'120')",
+         "TFRecordError naming the file and record: 'loc_x is bytes, expected an int64 "
+         "feature' (was coerced silently)")
+def test_tfrecord_location_must_be_int(tmp_path):
+    from slideflow.io.tfrecord import TFRecord, TFRecordWriter
+
+    tile = imgcodec.encode(np.zeros((16, 16, 3), np.uint8), "jpg")
+    path = tmp_path / "loc.tfrecords"
+    with TFRecordWriter(path) as w:
+        from slideflow.io import protobuf
+
+        w.write(tile, "s", 8, 8)
+        w.write_example(protobuf.encode_example({"image_raw": tile, "slide": "s",
+                                                 "loc_x": b"120", "loc_y": 8}))
+    with pytest.raises(TFRecordError, match=r"loc.tfrecords.*record 1.*loc_x is bytes"):
+        list(TFRecord(path).iter_batches(4, num_threads=1))
+
+
+@hostile("labels-nan-float", "an annotation column holding 'nan' and 'inf' read with "
+         "labels(col, use_float=True)", "DatasetError naming the slides and values (NaN "
+         "labels were returned silently)")
+def test_non_finite_float_labels(tmp_path):
+    import slideflow as sf
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in "abc":
+        (slides / f"{name}.svs").symlink_to(CMU)
+    P = sf.create_project(tmp_path / "p", slides=slides)
+    (P.root / "annotations.csv").write_text("patient,slide,score\np1,a,1.5\np2,b,nan\n"
+                                            "p3,c,inf\n")
+    ds = sf.load_project(P.root).dataset()
+    with pytest.raises(DatasetError, match=r"2 slide\(s\) have a non-finite label \(b='nan', "
+                                           r"c='inf'\)"):
+        ds.labels("score", use_float=True)
+    assert ds.labels("score")[1] == ["1.5", "inf", "nan"]  # categorical: as written
