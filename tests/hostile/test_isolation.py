@@ -94,17 +94,26 @@ def test_any_exception_is_one_slides_failure(tmp_path, monkeypatch):
     assert not list(out.glob("*.lock")) and not list(out.glob("*.tmp-*"))
 
 
-@hostile("interrupted-run-summary", "Ctrl-C during the second slide of a features run",
-         "exit 130; summary.json (interrupted: KeyboardInterrupt, the first slide done) and "
-         "failures.csv are written; no lock or temporary file left")
-def test_interrupted_run_still_writes_its_summary(tmp_path, monkeypatch):
+INTERRUPTS = hostile_params([
+    ("interrupted-run-summary", "Ctrl-C during the second slide of a features run",
+     "exit 130; summary.json (interrupted: KeyboardInterrupt, the first slide done) and "
+     "failures.csv are written; no lock or temporary file left", (KeyboardInterrupt, 130)),
+    ("sigterm-run-summary", "SIGTERM during the second slide (the handler's SystemExit(143))",
+     "exit 143; summary.json (interrupted: SystemExit) and failures.csv written; no lock left",
+     (SystemExit(143), 143)),
+])
+
+
+@pytest.mark.parametrize("interrupt_with", INTERRUPTS)
+def test_interrupted_run_still_writes_its_summary(interrupt_with, tmp_path, monkeypatch):
     from slideflow import bag_runner
 
     real = bag_runner._job_source
+    exc_in, code = interrupt_with
 
     def interrupt(job, *args, **kwargs):
         if job.name == "z-last":
-            raise KeyboardInterrupt
+            raise exc_in
         return real(job, *args, **kwargs)
 
     monkeypatch.setattr(bag_runner, "_job_source", interrupt)
@@ -118,9 +127,11 @@ def test_interrupted_run_still_writes_its_summary(tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit) as exc:
         main()
-    assert exc.value.code == 130
+    assert exc.value.code == code
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["interrupted"] == "KeyboardInterrupt" and summary["done"] == 1
+    want = type(exc_in).__name__ if isinstance(exc_in, BaseException) else exc_in.__name__
+    assert summary["interrupted"] == want
+    assert summary["done"] == 1
     assert _failures(out) == {}
     assert not list(out.glob("*.lock")) and not list(out.glob("*.tmp-*"))
 
