@@ -74,3 +74,23 @@ def test_non_finite_float_labels(tmp_path):
                                            r"c='inf'\)"):
         ds.labels("score", use_float=True)
     assert ds.labels("score")[1] == ["1.5", "inf", "nan"]  # categorical: as written
+
+
+@hostile("tiff-tile-width-zero", "an SVS whose level-0 TileWidth tag is 0",
+         "the slide is refused at open: 'level 0 is tiled but its TIFF tags say TileWidth 0' "
+         "(every read failed with 'division by zero')")
+def test_tile_width_zero(tmp_path):
+    import tifffile
+
+    from slideflow.errors import UnsupportedSlideError
+    from slideflow.slide.wsi import WSI
+
+    with tifffile.TiffFile(CMU) as tf:
+        at = tf.pages[0].tags["TileWidth"].valueoffset
+    raw = bytearray(CMU.read_bytes())
+    raw[at:at + 2] = b"\0\0"  # a little-endian SHORT
+    bad = tmp_path / "tw0.svs"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(UnsupportedSlideError, match="level 0 is tiled but its TIFF tags say "
+                                                    "TileWidth 0, TileLength 240"):
+        WSI(bad, 112, 224)
