@@ -94,3 +94,28 @@ def test_tile_width_zero(tmp_path):
     with pytest.raises(UnsupportedSlideError, match="level 0 is tiled but its TIFF tags say "
                                                     "TileWidth 0, TileLength 240"):
         WSI(bad, 112, 224)
+
+
+@hostile("tiff-zero-tile-table", "an SVS whose level-0 TileOffsets and TileByteCounts are all 0",
+         "the slide fails at open: 'level 0 stores no tile data' (gave a bag of 24 white tiles "
+         "marked done without QC, '0 tiles' with it)")
+def test_zero_tile_table(tmp_path):
+    import tifffile
+
+    from slideflow.errors import UnsupportedSlideError
+
+    with tifffile.TiffFile(CMU) as tf:
+        tags = [tf.pages[0].tags[k] for k in ("TileOffsets", "TileByteCounts")]
+    raw = bytearray(CMU.read_bytes())
+    for tag in tags:
+        raw[tag.valueoffset:tag.valueoffset + 4 * tag.count] = bytes(4 * tag.count)
+    bad = tmp_path / "empty.svs"
+    bad.write_bytes(bytes(raw))
+    ext = tiny_extractor(tmp_path / "tiny")
+    report = generate_bags([SlideJob("empty", slide_path=bad)], ext, tmp_path / "bags", 112,
+                           224, progress=False)
+    assert not report.done and "level 0 stores no tile data" in report.failed["empty"]
+    with pytest.raises(UnsupportedSlideError, match="empty.svs.*level 0 stores no tile data"):
+        from slideflow.slide.wsi import WSI
+
+        WSI(bad, 112, 224)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import SlideReadError, UnsupportedChannelsError
-from .base import OpenSlideAPIReader, pad_to
+from .base import OpenSlideAPIReader, check_tile_table, pad_to
 
 
 class TiffSlideReader(OpenSlideAPIReader):
@@ -19,6 +19,7 @@ class TiffSlideReader(OpenSlideAPIReader):
 
         import tiffslide
 
+        check_tile_table(path)
         with warnings.catch_warnings():  # NDPI: "metadata parsing only partially implemented"
             warnings.simplefilter("ignore", UserWarning)
             self._slide = tiffslide.TiffSlide(str(path))
