@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from ..errors import ROIError
+from .geometry import TileGrid
 
 #: suffixes read as mask images (as ROIs or QC masks)
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -80,8 +81,6 @@ class BinaryMask:
 
     def tile_fractions(self, grid: Any) -> np.ndarray:
         """Fraction of each grid tile covered by the mask ((grid_h, grid_w) float32)."""
-        from .tissue import tile_fractions
-
         sx, sy = self.scales((grid.width, grid.height))
         return tile_fractions(self.array, grid, (sx, sy))
 
@@ -183,3 +182,34 @@ def _trace(mask: np.ndarray, sx: float, sy: float) -> Any:
                 child = hier[child][0]
             polys.append(Polygon((c[:, 0, :] + 0.5) * scale, holes).buffer(0))
     return shapely.union_all(polys) if polys else MultiPolygon()
+
+
+def tile_fractions(mask: np.ndarray, grid: TileGrid,
+                   scale: float | tuple[float, float]) -> np.ndarray:
+    """Fraction of True pixels of `mask` under every grid tile (grid_h x grid_w, float32).
+
+    `scale` is mask pixels per level-0 pixel (one value, or (x, y) for a mask whose sides were
+    rounded separately). Tile boxes are rounded to mask pixels and clipped to the image; a tile
+    with no mask pixel inside gets 0.
+    """
+    sx, sy = (scale, scale) if np.isscalar(scale) else scale
+    gh, gw = grid.shape
+    if gh == 0 or gw == 0:
+        return np.zeros((gh, gw), np.float32)
+    sat = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_64F)  # (h+1, w+1)
+    h, w = mask.shape
+    xs, ys = grid.origins()
+    x0 = np.clip(np.round(xs * sx).astype(int), 0, w)
+    x1 = np.clip(np.round((xs + grid.extent) * sx).astype(int), 0, w)
+    y0 = np.clip(np.round(ys * sy).astype(int), 0, h)
+    y1 = np.clip(np.round((ys + grid.extent) * sy).astype(int), 0, h)
+    x1 = np.maximum(x1, np.minimum(x0 + 1, w))
+    y1 = np.maximum(y1, np.minimum(y0 + 1, h))
+    total = (
+        sat[y1[:, None], x1[None, :]] - sat[y0[:, None], x1[None, :]]
+        - sat[y1[:, None], x0[None, :]] + sat[y0[:, None], x0[None, :]]
+    )
+    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(area > 0, total / np.maximum(area, 1), 0.0)
+    return frac.astype(np.float32)

@@ -2,18 +2,38 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
+from .geometry import TileGrid
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from .wsi import WSI
+
+class Previewable(Protocol):
+    """What a preview needs from a slide (`WSI` provides it); a protocol so this module does
+    not import `wsi`, which imports this one."""
+
+    dimensions: tuple[int, int]
+    full_extract_px: int
+    rois: list[Any]
+
+    @property
+    def grid(self) -> np.ndarray: ...
+
+    @property
+    def grid_spec(self) -> TileGrid: ...
+
+    @property
+    def coords(self) -> np.ndarray: ...
+
+    def thumbnail(self, width: int) -> Any: ...
 
 
-def draw_preview(wsi: WSI, width: int = 1024, show_tiles: bool = True, show_rois: bool = True,
+def draw_preview(wsi: Previewable, width: int = 1024, show_tiles: bool = True, show_rois: bool = True,
                  show_mask: bool = True) -> Image:
     """Draw the kept tiles (green boxes), removed grid cells (dimmed) and ROIs (blue)."""
     from PIL import Image
@@ -50,7 +70,7 @@ def draw_preview(wsi: WSI, width: int = 1024, show_tiles: bool = True, show_rois
     return Image.fromarray(thumb)
 
 
-def _kept_area(wsi: WSI, shape: tuple[int, int], scale: float) -> np.ndarray:
+def _kept_area(wsi: Previewable, shape: tuple[int, int], scale: float) -> np.ndarray:
     """Pixels covered by any kept tile (overlapping strides must not dim kept tiles)."""
     kept = np.zeros(shape, bool)
     e = wsi.full_extract_px

@@ -14,7 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .geometry import TileGrid
+from .mask import BinaryMask, as_mask, is_mask_image
+from .mask import tile_fractions as tile_fractions  # public here too: wsi and tests use it
 
 #: default QC resolution (µm/px); also bounded so that a tile covers >= 32 QC pixels
 QC_MPP = 4.0
@@ -60,37 +61,6 @@ def grayspace_map(rgb: np.ndarray, threshold: float = 0.05) -> np.ndarray:
     return saturation(rgb).astype(np.float32) / 255.0 < threshold
 
 
-def tile_fractions(mask: np.ndarray, grid: TileGrid,
-                   scale: float | tuple[float, float]) -> np.ndarray:
-    """Fraction of True pixels of `mask` under every grid tile (grid_h x grid_w, float32).
-
-    `scale` is mask pixels per level-0 pixel (one value, or (x, y) for a mask whose sides were
-    rounded separately). Tile boxes are rounded to mask pixels and clipped to the image; a tile
-    with no mask pixel inside gets 0.
-    """
-    sx, sy = (scale, scale) if np.isscalar(scale) else scale
-    gh, gw = grid.shape
-    if gh == 0 or gw == 0:
-        return np.zeros((gh, gw), np.float32)
-    sat = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_64F)  # (h+1, w+1)
-    h, w = mask.shape
-    xs, ys = grid.origins()
-    x0 = np.clip(np.round(xs * sx).astype(int), 0, w)
-    x1 = np.clip(np.round((xs + grid.extent) * sx).astype(int), 0, w)
-    y0 = np.clip(np.round(ys * sy).astype(int), 0, h)
-    y1 = np.clip(np.round((ys + grid.extent) * sy).astype(int), 0, h)
-    x1 = np.maximum(x1, np.minimum(x0 + 1, w))
-    y1 = np.maximum(y1, np.minimum(y0 + 1, h))
-    total = (
-        sat[y1[:, None], x1[None, :]] - sat[y0[:, None], x1[None, :]]
-        - sat[y1[:, None], x0[None, :]] + sat[y0[:, None], x0[None, :]]
-    )
-    area = (y1 - y0)[:, None] * (x1 - x0)[None, :]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        frac = np.where(area > 0, total / np.maximum(area, 1), 0.0)
-    return frac.astype(np.float32)
-
-
 QCMethod = str | Callable[[np.ndarray], np.ndarray]
 
 
@@ -115,8 +85,6 @@ def qc_mask(rgb: np.ndarray, method: QCMethod | list[QCMethod]) -> np.ndarray:
     with True where tissue should be kept. A mask image (a path with an image suffix, or a
     `slideflow.slide.mask.BinaryMask`) of the whole slide, any size, is scaled to the QC image.
     """
-    from .mask import BinaryMask, as_mask, is_mask_image
-
     methods = method if isinstance(method, (list, tuple)) else [method]
     keep = np.ones(rgb.shape[:2], bool)
     for m in methods:
