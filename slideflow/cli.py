@@ -265,16 +265,16 @@ def features(
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
                                num_threads=workers, progress=not quiet, devices=devices,
                                ray=_ray_arg(ray), save_images=save_images)
-    except SlideflowError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except BaseException as exc:  # interrupted (Ctrl-C, SIGTERM): what was done is recorded
-        partial = getattr(exc, "partial_report", None)
+    except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, the folder claimed by another
+        partial = getattr(exc, "partial_report", None)  # run): what was done is recorded
         if partial is not None:
             with contextlib.suppress(Exception):
                 write_run_files(outdir, partial.outcomes, run_summary(
                     partial.outcomes, time.perf_counter() - start, extractors=names,
                     outdir=str(outdir), interrupted=type(exc).__name__))
+        if isinstance(exc, SlideflowError):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
         raise
     summary = run_summary(report.outcomes, time.perf_counter() - start,
                           extractors=names, outdir=str(outdir), superseded=report.superseded)

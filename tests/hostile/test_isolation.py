@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from slideflow.cli import app
+from slideflow.errors import BagsConfigMismatchError
 from slideflow.io.locks import SlideLock
 
 from .cases import hostile, hostile_params
@@ -101,6 +102,10 @@ INTERRUPTS = hostile_params([
     ("sigterm-run-summary", "SIGTERM during the second slide (the handler's SystemExit(143))",
      "exit 143; summary.json (interrupted: SystemExit) and failures.csv written; no lock left",
      (SystemExit(143), 143)),
+    ("folder-claimed-run-summary", "the output folder claimed by a run with other settings "
+     "while the second slide is processed", "exit 2 'error: ...'; summary.json (interrupted: "
+     "BagsConfigMismatchError, the first slide done) and failures.csv still written",
+     (BagsConfigMismatchError("bags: claimed by another run"), 2)),
 ])
 
 
