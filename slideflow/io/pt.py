@@ -99,17 +99,22 @@ class PtSink:
 
 
 def _write_error(path: Path, exc: RuntimeError, nbytes: int) -> OSError:
-    """torch.save's RuntimeError as the OSError it is (ENOSPC when the disk is full)."""
+    """torch.save's RuntimeError as the OSError it is: the full-disk error behind it, or
+    ENOSPC when the folder has no room for the tensor, else EIO; naming the .pt."""
     import errno
     import shutil
 
+    from .atomic import disk_full_error
+
+    full = disk_full_error(exc)
+    if full is not None:
+        return OSError(full.errno, full.strerror, str(path))
     try:
-        full = shutil.disk_usage(path.parent).free < nbytes + (1 << 20)
+        no_room = shutil.disk_usage(path.parent).free < nbytes + (1 << 20)
     except OSError:
-        full = False
-    code = errno.ENOSPC if full else errno.EIO
-    return OSError(code, f"writing {path.name} failed ({'no space left on device; ' if full else ''}"
-                   f"{exc})", str(path))
+        no_room = False
+    code = errno.ENOSPC if no_room else errno.EIO
+    return OSError(code, f"{os.strerror(code)} (torch.save: {exc})", str(path))
 
 
 def _pt_index_arrays(centres: np.ndarray, sidecar: Mapping[str, Any]) -> dict[str, np.ndarray]:
