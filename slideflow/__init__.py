@@ -54,6 +54,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "data": ("slideflow.data", None),
     "slide": ("slideflow.slide", None),
     "model": ("slideflow.model", None),
+    "mil": ("slideflow.mil", None),
 }
 
 __all__ = [
@@ -62,7 +63,7 @@ __all__ = [
     "embed_slide", "embed_slides", "generate_slide_embeddings", "list_slide_encoders",
     "rebuild_slide_encoder", "register_slide_encoder", "Project", "WSI", "__version__", "build_feature_extractor",
     "create_project", "data", "errors", "io", "list_extractors", "load_plugin", "load_project", "model", "norm",
-    "rebuild_extractor", "register_extractor", "slide",
+    "rebuild_extractor", "register_extractor", "slide", "mil",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover

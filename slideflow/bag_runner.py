@@ -101,6 +101,8 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
                                               "tile_px", "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
                "seed": opts.seed}
+    if cfg["provenance"]["precision"] != "fp32":  # bf16/fp16 bags are other bags
+        request["precision"] = cfg["provenance"]["precision"]
     return BagTarget(outdir, fmt, cfg, request, extractor)
 
 

@@ -206,7 +206,9 @@ def features(
     ray: Annotated[str | None, typer.Option(help="run on Ray: an address (auto, "
                                             "ray://host:10001) or '' for a local cluster")
                    ] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32, fp16 or bf16 (GPU)")] = None,
+    precision: Annotated[str, typer.Option(help="auto (CPU: bf16 where native and it agrees "
+                                           "with fp32, else fp32; GPU: bf16/fp16 autocast), "
+                                           "fp32, fp16 or bf16 (GPU)")] = "auto",
     workers: Annotated[int | None, typer.Option(help="reader threads")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_tiles: Annotated[int | None, typer.Option()] = None,
@@ -238,8 +240,8 @@ def features(
     check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
-    if precision not in (None, "fp32", "fp16", "bf16"):
-        raise typer.BadParameter(f"--precision {precision!r}: fp32, fp16 or bf16")
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise typer.BadParameter(f"--precision {precision!r}: auto, fp32, fp16 or bf16")
     names = [n.strip() for n in extractor.split(",") if n.strip()]
     per_weights = _weights_map(weights, names)
     if feature_plugin:
@@ -253,8 +255,7 @@ def features(
         kwargs["batch_size"] = positive_int(batch_size, "--batch-size")
     if device:
         kwargs["device"] = device
-    if precision:
-        kwargs["mixed_precision"] = precision
+    kwargs["mixed_precision"] = precision
     start = time.perf_counter()
     try:
         exts = [build_feature_extractor(n, **kwargs, **({"weights": per_weights[n]}
@@ -327,13 +328,15 @@ def extract_tiles(
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option()] = "otsu",
     img_format: Annotated[str, typer.Option(help="jpg or png")] = "jpg",
+    passthrough: Annotated[bool, typer.Option(help="write stored JPEG tiles as they are where "
+                                              "output tiles coincide with them")] = True,
 ) -> None:
     """Extract tiles of a project's slides into TFRecords."""
     from .project import load_project
 
     P = load_project(project)
     result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
-                             img_format=img_format)
+                             img_format=img_format, passthrough=passthrough)
     for note in result.notes:
         typer.echo(f"recovered {note}")
     typer.echo(repr(result))
@@ -355,8 +358,10 @@ def extractors() -> None:
 
 def _register_extra_commands() -> None:
     from .cli_encode import register
+    from .cli_mil import register as register_mil
 
     register(app)
+    register_mil(app)
 
 
 _register_extra_commands()

@@ -413,6 +413,15 @@ class Dataset:
                                  mpp_source="annotations" if name in mpp else None))
         return jobs
 
+    def kfold_split(self, k: int = 3, *, labels: Any = None, preserved_site: bool = False,
+                    site_labels: str = "site", seed: int = 0) -> list[tuple[Dataset, Dataset]]:
+        """[(train, val)] for k folds; a patient's slides never straddle train and val
+        (stratified by `labels`: a column name or {slide: label}). See `slideflow.mil.splits`."""
+        from .mil.splits import kfold_split
+
+        return kfold_split(self, k, labels=labels, preserved_site=preserved_site,
+                           site_labels=site_labels, seed=seed)
+
     # -- display -------------------------------------------------------------------------------
     def summary(self) -> pd.DataFrame:
         """One row per annotated slide passing the column filters: where it is, its tile count

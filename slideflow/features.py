@@ -35,8 +35,10 @@ from .pipeline import (
 )
 from .selection import TileSelection, open_wsi
 from .slide import slide_name
+from .slide.decode_check import decoder_record
 from .slide.geometry import check_tile_geometry, make_grid
 from .slide.wsi import WSI
+from .tfrecord_decode import decoder_record as tfrecord_decoder_record
 from .validate import optional_positive_int, positive_int
 from .version import __version__
 
@@ -167,18 +169,22 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                                                device=gpu_decode_device(extractor)):
                 yield tiles, np.asarray(locs, np.int64) - half
 
-        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord)}
+        return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),
+                                   "decoder": tfrecord_decoder_record(
+                                       job.tfrecord, gpu_decode_device(extractor))}
     wsi = _open_job_wsi(job, tile_px, tile_um, selection)
     coords = wsi.coords
     if max_tiles is not None and len(coords) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
         coords = coords[keep]
+    read = slide_read_options(extractor)
     meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
             "objective_power": wsi.reader.objective_power,
-            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px}
+            "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px,
+            "decoder": decoder_record(wsi, read.get("decoder", "cpu"))}
     return wsi.tiles(batch_size=batch_size, num_threads=num_threads, coords=coords,
-                     **slide_read_options(extractor)), wsi.full_extract_px, meta
+                     **read), wsi.full_extract_px, meta
 
 
 def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection):

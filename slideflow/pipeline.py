@@ -22,7 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,33 @@ def _normaliser(normalizer: Any) -> Callable[[Any], Any] | None:
     return transform
 
 
+class _ModelStage:
+    """One extractor's stage of a run: optional re-chunking to its batch size, its own
+    `BatchRunner` (pinned copies overlapped with compute on CUDA), and its sink."""
+
+    def __init__(self, extractor: Any, sink: Sink, rebatch: bool):
+        from .fanout import Rebatcher
+        from .model.extractors.runner import BatchRunner
+
+        self.runner = BatchRunner(extractor)
+        self.sink = sink
+        self.chunker = Rebatcher(extractor.batch_size) if rebatch else None
+
+    def push(self, tiles: Any, coords: np.ndarray) -> None:
+        batches = self.chunker.push(tiles, coords) if self.chunker else [(tiles, coords)]
+        for t, c in batches:
+            self._emit(self.runner.submit(t, c))
+
+    def finish(self) -> None:
+        for t, c in self.chunker.flush() if self.chunker else []:
+            self._emit(self.runner.submit(t, c))
+        self._emit(self.runner.drain())
+
+    def _emit(self, ready: list[tuple[np.ndarray, Any]]) -> None:
+        for feats, c in ready:
+            self.sink(feats, c)
+
+
 def run(source: Iterable[Batch], sink: Sink, *, extractor: Any = None, normalizer: Any = None,
         queue_depth: int = 4) -> RunStats:
     """Stream `source` (-> normaliser) (-> extractor) into `sink`; returns timing statistics.
@@ -130,12 +157,31 @@ def run(source: Iterable[Batch], sink: Sink, *, extractor: Any = None, normalize
     Without an extractor the sink receives the (normalised) uint8 tiles; with one it receives
     float32 (B, D) features, `extractor.batch_size` rows at a time. Coordinates pass through.
     """
-    stats = RunStats()
-    if extractor is not None:
-        from .model.extractors.runner import BatchRunner
+    if extractor is None:
+        return _stream(source, [], sink, normalizer, queue_depth)
+    # one extractor: re-chunked in the prefetch thread, off the model's critical path
+    return _stream(_rebatch(source, extractor.batch_size),
+                   [_ModelStage(extractor, sink, rebatch=False)], None, normalizer, queue_depth)
 
-        runner = BatchRunner(extractor)
-        source = _rebatch(source, extractor.batch_size)
+
+def run_many(source: Iterable[Batch], extractors: Sequence[Any], sinks: Sequence[Sink], *,
+             normalizer: Any = None, queue_depth: int = 4) -> RunStats:
+    """`run` with several extractors: the source is read (and normalised) once and every
+    extractor gets its own re-chunking to its batch size and its own overlapped batch runner,
+    so each sink receives exactly what a run of that extractor alone would give it."""
+    if len(extractors) != len(sinks):
+        raise ValueError(f"{len(extractors)} extractors but {len(sinks)} sinks")
+    if len(extractors) == 1:
+        return run(source, sinks[0], extractor=extractors[0], normalizer=normalizer,
+                   queue_depth=queue_depth)
+    stages = [_ModelStage(e, s, rebatch=True) for e, s in zip(extractors, sinks)]
+    return _stream(source, stages, None, normalizer, queue_depth)
+
+
+def _stream(source: Iterable[Batch], stages: list[_ModelStage], sink: Sink | None,
+            normalizer: Any, queue_depth: int) -> RunStats:
+    """The one streaming loop: prefetch thread -> model stages (or the tile sink)."""
+    stats = RunStats()
     prefetch = _Prefetcher(source, _normaliser(normalizer), queue_depth, stats)
     start = time.perf_counter()
     try:
@@ -143,22 +189,18 @@ def run(source: Iterable[Batch], sink: Sink, *, extractor: Any = None, normalize
         for tiles, coords in prefetch:
             t0 = time.perf_counter()
             stats.wait_seconds += t0 - t_wait
-            if extractor is None:
+            if sink is not None:
                 sink(tiles, coords)
-            else:
-                ready = runner.submit(tiles, coords)
-                stats.model_seconds += time.perf_counter() - t0
-                for feats, c in ready:
-                    sink(feats, c)
+            for stage in stages:
+                stage.push(tiles, coords)
+            stats.model_seconds += time.perf_counter() - t0 if stages else 0.0
             stats.tiles += len(tiles)
             stats.batches += 1
             t_wait = time.perf_counter()
-        if extractor is not None:
-            t0 = time.perf_counter()
-            ready = runner.drain()
-            stats.model_seconds += time.perf_counter() - t0
-            for feats, c in ready:
-                sink(feats, c)
+        t0 = time.perf_counter()
+        for stage in stages:
+            stage.finish()
+        stats.model_seconds += time.perf_counter() - t0 if stages else 0.0
     finally:
         prefetch.close()
     stats.seconds = time.perf_counter() - start
@@ -170,15 +212,6 @@ def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
     """Features configuration of `run`: sink receives float32 (B, D) features + coords."""
     return run(source, sink, extractor=extractor, normalizer=normalizer,
                queue_depth=queue_depth)
-
-
-def forward_batch(extractor: Any, tiles: Any) -> np.ndarray:
-    """Features (B, D) float32 of one uint8 NHWC batch (preprocess + model, no grad)."""
-    from .model.extractors.runner import BatchRunner
-
-    runner = BatchRunner(extractor)
-    ready = runner.submit(tiles) + runner.drain()
-    return ready[0][0]
 
 
 def _rebatch(source: Iterable[Batch], batch_size: int) -> Iterator[Batch]:

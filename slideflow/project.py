@@ -203,6 +203,27 @@ class Project:
             outdir = self.root / "pt_files" / str(name)
         return dataset.generate_feature_bags(extractor, outdir, **kwargs)
 
+    def train_mil(self, config: Any, train_dataset: Dataset, val_dataset: Dataset,
+                  outcomes: Any, bags: Any, *, exp_label: str | None = None,
+                  outdir: str | os.PathLike | None = None, **kwargs: Any):
+        """`sf.mil.train_mil` into `<outdir or root/mil>/<NNNNN>-<exp_label or model>` (a new
+        numbered folder per run, as Slideflow 3 does)."""
+        from .mil.train import train_mil
+
+        run = _next_run(Path(outdir) if outdir is not None else self.root / "mil",
+                        exp_label or config.model)
+        return train_mil(config, train_dataset, val_dataset, outcomes, bags, outdir=run,
+                         **kwargs)
+
+    def evaluate_mil(self, model: Any, outcomes: Any, dataset: Dataset, bags: Any, *,
+                     outdir: str | os.PathLike | None = None, **kwargs: Any):
+        """`sf.mil.eval_mil` into `<outdir or root/mil_eval>/<NNNNN>-<model folder name>`."""
+        from .mil.evaluate import eval_mil
+
+        run = _next_run(Path(outdir) if outdir is not None else self.root / "mil_eval",
+                        Path(model).name)
+        return eval_mil(model, dataset, outcomes, bags, outdir=run, **kwargs)
+
     # -- display -------------------------------------------------------------------------------
     def _counts(self) -> dict[str, Any]:
         try:
@@ -229,6 +250,13 @@ class Project:
         body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
                        f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return f"<b>slideflow Project</b><table>{body}</table>"
+
+
+def _next_run(base: Path, label: str) -> Path:
+    """`base/<NNNNN>-<label>`, numbered after the runs already there (Slideflow 3's layout)."""
+    taken = [p.name[:5] for p in base.iterdir()] if base.is_dir() else []
+    n = max([int(t) + 1 for t in taken if t.isdigit()], default=0)
+    return base / f"{n:05d}-{label}"
 
 
 def create_project(root: str | os.PathLike, name: str = "MyProject",

@@ -38,7 +38,7 @@ def _settings_rows(opt: ExtractOptions | None) -> str:
     if opt is None:
         return ""
     keys = ("qc", "qc_threshold", "roi_method", "whitespace_fraction", "whitespace_threshold",
-            "grayspace_fraction", "grayspace_threshold", "img_format", "jpeg_quality",
+            "grayspace_fraction", "grayspace_threshold", "img_format", "jpeg_quality", "passthrough",
             "max_tiles", "shuffle", "seed", "stride_div", "use_edge_tiles", "save_tiles")
     rows = [(k, opt.request_record()["qc"] if k == "qc" else getattr(opt, k)) for k in keys]
     rows.append(("normalizer", opt.normalizer_config()))
@@ -65,6 +65,12 @@ def _slide_row(r: SlideResult) -> str:
         details.append(f"{w}×{h} px, {info.get('mpp', 0):.4g} µm/px ({_e(info.get('backend'))})")
         details.append(f"tile = {info.get('full_extract_px')} level-0 px, level "
                        f"{info.get('level')}")
+        pt = info.get("passthrough")
+        if pt:
+            why = pt.get("why_not") or "; ".join(f"{k}: {v} re-encoded"
+                                                 for k, v in pt.get("re_encoded", {}).items())
+            details.append(f"stored JPEG passthrough: {pt['tiles']}/{pt['of']} tiles"
+                           + (f" ({_e(why)})" if why else ""))
     if r.timings:
         details.append(" · ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()))
     rate = f"{r.tiles / r.seconds:.0f}" if r.status == "done" and r.seconds else ""

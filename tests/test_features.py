@@ -71,7 +71,8 @@ def test_bag_runner_decodes_on_the_extractors_device(project, ext, tmp_path, mon
     monkeypatch.setattr(runner.BatchRunner, "_to_device",
                         lambda self, t: seen.append(type(t).__name__) or real_to_device(self, t))
     monkeypatch.setattr(tfrecord_decode, "_decode",
-                        lambda raws, dev: nvjpeg.append(dev) or real_decode(raws, dev))
+                        lambda raws, dev, cpu=False: nvjpeg.append(dev) or
+                        real_decode(raws, dev, cpu))
     monkeypatch.setattr(decode.TorchDecoder, "decode_many",
                         lambda self, s: torch_decodes.append(len(s)) or real_many(self, s))
     tfr = ds.generate_feature_bags(ext, tmp_path / "c1", source="tfrecords", progress=False)
@@ -86,6 +87,15 @@ def test_bag_runner_decodes_on_the_extractors_device(project, ext, tmp_path, mon
         y = sf.io.read_bag(tmp_path / b / "CMU-1-Small-Region.pt")
         np.testing.assert_array_equal(x.coords, y.coords)
         np.testing.assert_allclose(x.features, y.features, atol=0.05)
+    # provenance: how each bag's tiles were decoded (the self-check verdict on the "GPU" side)
+    from slideflow.io.bags import read_bag_meta
+
+    meta = {d: read_bag_meta(tmp_path / d, "CMU-1-Small-Region") for d in
+            ("c0", "c1", "s0", "s1")}
+    assert meta["c0"]["decoder"] == meta["s0"]["decoder"] == {"requested": "cpu", "used": "cpu"}
+    for d in ("c1", "s1"):
+        assert meta[d]["decoder"]["checked_against"] == "libjpeg-turbo"
+        assert meta[d]["decoder"]["used"] == "cpu" and meta[d]["decoder"]["max_diff"] == 0
 
 
 def test_tfrecord_and_slide_sources_give_identical_features(project, ext, tmp_path):

@@ -115,3 +115,48 @@ def test_normalizer_runs_in_prefetch_stage():
     plain = wsi_features(MeanModel(), wsi).rows
     inv = wsi_features(MeanModel(), wsi, normalizer=Invert()).rows
     np.testing.assert_allclose(inv, 255 - plain, rtol=1e-5)
+
+
+def test_run_many_one_read_one_runner_per_extractor(monkeypatch):
+    """`-e a,b`: the source is read once; each extractor gets one BatchRunner for the whole
+    run (depth 2 here, the CUDA hand-out order) and exactly the batches it gets alone."""
+    from slideflow.model.extractors import runner as runner_mod
+    from slideflow.pipeline import run_many
+
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(0, 255, (n, 8, 8, 3), np.uint8), np.full((n, 2), i, np.int64))
+               for i, n in enumerate([5, 16, 3, 9, 1])]
+    reads = []
+
+    def source():
+        for b in batches:
+            reads.append(1)
+            yield b
+
+    made, sizes = [], {}
+    real_init, real_submit = runner_mod.BatchRunner.__init__, runner_mod.BatchRunner.submit
+
+    def init(self, extractor, depth=None):
+        made.append(extractor)
+        real_init(self, extractor, depth=2)
+
+    def submit(self, tiles, tag=None):
+        sizes.setdefault(id(self.extractor), []).append(len(tiles))
+        return real_submit(self, tiles, tag)
+
+    monkeypatch.setattr(runner_mod.BatchRunner, "__init__", init)
+    monkeypatch.setattr(runner_mod.BatchRunner, "submit", submit)
+    a, b = MeanModel(batch_size=4), MeanModel(batch_size=7)
+    ca, cb = RowCollector(3), RowCollector(3)
+    stats = run_many(source(), [a, b], [ca, cb])
+    assert len(reads) == len(batches) and stats.tiles == 34
+    assert made == [a, b]  # one runner each, for the whole run
+    assert sizes[id(a)] == [4] * 8 + [2] and sizes[id(b)] == [7] * 4 + [6]
+    for model, col in ((a, ca), (b, cb)):
+        alone = RowCollector(3)
+        run_features(model, iter(batches), alone)
+        feats, coords = col.result()
+        np.testing.assert_array_equal(feats, alone.result()[0])
+        np.testing.assert_array_equal(coords, alone.result()[1])
+    with pytest.raises(ValueError, match="2 extractors but 1 sinks"):
+        run_many(iter(batches), [a, b], [ca])

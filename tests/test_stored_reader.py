@@ -187,14 +187,17 @@ def test_decode_once_and_thread_independence(pyramid):
 
 def test_torch_decoder_path_on_cpu():
     torch = pytest.importorskip("torch")
+    from slideflow.slide import decode_check
+
     wsi = sf.WSI(CMU, 128, 256, use_edge_tiles=True)
     cpu = _all(wsi, batch_size=8)
     dec = TorchDecoder("cpu")
+    decode_check.forget()
     batches = list(wsi.tiles(batch_size=8, decoder=dec))
     t, c = batches[0]
     assert isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.is_contiguous()
     assert t.shape == (8, 128, 128, 3) and c.dtype == np.int64 and c.shape == (8, 2)
-    assert dec.decoded == 130
+    assert dec.decoded == 130 + 1  # each stored tile once, + the colour self-check's tile
     got = torch.cat([b for b, _ in batches]).numpy()
     diff = np.abs(got.astype(int) - cpu)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-4  # float area sums round alike

@@ -34,6 +34,7 @@ from ..pipeline import run
 from ..selection import open_wsi
 from ..slide import slide_name
 from ..slide.geometry import check_tile_geometry
+from ..slide.passthrough import wsi_passthrough_plan, wsi_passthrough_tiles
 from ..version import __version__
 from .results import SlideResult
 from .sidecar import (
@@ -203,6 +204,7 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
                 "tfrecord_bytes": job.tfrecord.stat().st_size,
                 "tfrecord_content": content_check(job.tfrecord),
                 "tiles_saved": bool(opt.save_tiles),
+                "passthrough": res.info.get("passthrough"),
                 "slideflow_version": __version__,
             }
             write_json_atomic(side, json.loads(json.dumps(meta, default=str)))  # metadata LAST
@@ -235,15 +237,35 @@ def _write_tiles(job: ExtractJob, wsi: Any, coords: np.ndarray, order: np.ndarra
                         chunks=encode_threads or imgcodec.default_threads(), order=order,
                         tiles_dir=job.tiles_dir if opt.save_tiles else None,
                         progress=progress, stop=stop)
+    why = opt.passthrough_blocker()
+    plan = wsi_passthrough_plan(wsi, coords) if why is None else None
+    why = why or plan.why_not
+    res.info["passthrough"] = _passthrough_record(plan, why, len(coords))
+    if why is not None:
+        log.info("%s: no stored-JPEG passthrough: %s", job.name, why)
     try:
         with sink:
-            stats = run(wsi.tiles(batch_size=opt.batch_size, num_threads=read_threads,
-                                  coords=coords), sink, normalizer=opt.normalizer)
+            if why is None:
+                source = wsi_passthrough_tiles(wsi, plan, coords, opt.batch_size, read_threads)
+            else:
+                source = wsi.tiles(batch_size=opt.batch_size, num_threads=read_threads,
+                                   coords=coords)
+            stats = run(source, sink, normalizer=opt.normalizer)
     finally:
         res.timings.update(sink.timings)
     res.timings["read"] = stats.wait_seconds
     res.timings["normalize"] = stats.normalize_seconds
     return sink.n, sink.loose
+
+
+def _passthrough_record(plan: Any, why: str | None, n: int) -> dict[str, Any]:
+    """What the sidecar and the report say about stored-JPEG passthrough for one slide."""
+    if why is not None:
+        return {"tiles": 0, "of": n, "why_not": why}
+    rec: dict[str, Any] = {"tiles": plan.count, "of": n}
+    if plan.fallback_reasons:
+        rec["re_encoded"] = dict(plan.fallback_reasons)
+    return rec
 
 
 def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile_px: int,

@@ -64,6 +64,8 @@ class ExtractOptions(TileSelection):
     skip_extracted: bool = True
     batch_size: int = 64
     report: bool = True
+    #: write stored JPEG tiles as they are where output tiles coincide with them
+    passthrough: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +78,16 @@ class ExtractOptions(TileSelection):
         self.max_tiles = optional_positive_int(self.max_tiles, "max_tiles")
         self.batch_size = positive_int(self.batch_size, "batch_size")
         self.normalizer = resolve(self.normalizer)
+
+    def passthrough_blocker(self) -> str | None:
+        """Why these options rule passthrough out (None: the slide decides)."""
+        if not self.passthrough:
+            return "passthrough=False"
+        if self.img_format != "jpg":
+            return f"img_format={self.img_format!r}"
+        if self.normalizer is not None:
+            return "a stain normaliser is set"
+        return None
 
     def normalizer_config(self) -> Any:
         n = self.normalizer
@@ -99,6 +111,7 @@ class ExtractOptions(TileSelection):
             "img_format": self.img_format,
             "jpeg_quality": int(self.jpeg_quality) if self.img_format == "jpg" else None,
             "normalizer": self.normalizer_config(),
+            "passthrough": self.passthrough_blocker() is None,
             "max_tiles": self.max_tiles, "shuffle": bool(self.shuffle),
             "seed": self.seed if (self.shuffle or self.max_tiles) else None,
             "slide_file": file_identity(slide_path),  # a replaced slide is redone

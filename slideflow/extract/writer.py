@@ -1,7 +1,8 @@
 """The TFRecord sink of the engine: encode tiles in a thread pool, write them in source order.
 
 `TFRecordSink(...)` is called with `(uint8 tiles (B, H, W, 3), top-left coords (B, 2))` batches
-by `slideflow.pipeline.run`. Each batch is split into chunks encoded in a shared pool (simplejpeg
+by `slideflow.pipeline.run`, or with already-encoded passthrough batches (stored JPEG streams,
+written as they are; see `slideflow.slide.passthrough`). Each batch is split into chunks encoded in a shared pool (simplejpeg
 and OpenCV release the GIL); up to two batches are in the pool while the next one is read, and
 records are written in the order the batches arrived, so the bytes do not depend on thread
 timing. `loc_x`/`loc_y` are tile CENTRES in level-0 px (top-left + full_extract_px // 2), as in
@@ -44,6 +45,16 @@ def _encode_chunk(tiles: np.ndarray, fmt: str, quality: int) -> tuple[list[bytes
     return out, time.perf_counter() - t0
 
 
+def _merge_encoded(batch: Any, fmt: str, quality: int) -> tuple[list[bytes], float]:
+    """Passthrough batch (`slideflow.slide.passthrough.EncodedTiles`): stored streams as they
+    are, the remaining tiles encoded."""
+    t0 = time.perf_counter()
+    redo = iter([imgcodec.encode(t, fmt, quality) for t in batch.pixels]
+                if batch.pixels is not None else [])
+    out = [s if s is not None else next(redo) for s in batch.streams]
+    return out, time.perf_counter() - t0
+
+
 class TFRecordSink:
     """Sink writing `<outdir>/<name>.tfrecords` (+ index) and optionally loose tiles.
 
@@ -80,6 +91,13 @@ class TFRecordSink:
     def __call__(self, tiles: np.ndarray, coords: np.ndarray) -> None:
         if self.stop is not None and self.stop.is_set():
             raise Stopped(self.name)
+        if hasattr(tiles, "streams"):  # stored JPEG streams (passthrough): nothing to split
+            fut: Future = Future()
+            fut.set_result(_merge_encoded(tiles, self.fmt, self.quality))
+            self._pending.append((coords + self.half, [fut]))
+            if len(self._pending) > IN_FLIGHT:
+                self._flush(self._pending.popleft())
+            return
         step = -(-len(tiles) // self.chunks)
         futs = [self.pool.submit(_encode_chunk, tiles[a:a + step], self.fmt, self.quality)
                 for a in range(0, len(tiles), step)]

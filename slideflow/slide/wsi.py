@@ -348,14 +348,17 @@ class WSI:
         decoded and resampled there on the stored-tile path (uploaded once on the region path).
         `num_threads` defaults to the usable cores.
         """
-        from .decode import make_decoder
+        from .decode import CpuDecoder, make_decoder
+        from .decode_check import wsi_decode_check
 
         batch_size = positive_int(batch_size, "batch_size")
 
         dec = make_decoder(decoder)
-        reader = self._tile_reader(coords, dec)
+        check = wsi_decode_check(self, dec)  # a GPU decoder that fails it: CPU decode
+        use = dec if check is None or check.ok else CpuDecoder()
+        reader = self._tile_reader(coords, use)
         it = reader.iter_batches(batch_size=batch_size, num_threads=num_threads)
-        if dec.kind == "torch" and isinstance(reader, TileReader):
+        if dec.kind == "torch" and (isinstance(reader, TileReader) or use is not dec):
             it = _to_device(it, dec.device)
         try:
             while True:

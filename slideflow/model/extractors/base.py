@@ -179,11 +179,17 @@ class FeatureExtractor:
             from .fuse import folded_copy
 
             self._runner = folded_copy(self.model, probe_px=preprocess.input_px)
+        self.precision_note: str | None = None
+        if mixed_precision == "auto" and device.type == "cpu":
+            from .cpu_precision import choose_cpu_precision
+
+            self.precision, self.precision_note = choose_cpu_precision(self)
+            self._autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
 
     # ------------------------------------------------------------------ attributes
     def _choose_precision(self, mixed: bool | str | None) -> tuple[str, torch.dtype | None]:
-        if self.device.type != "cuda":
-            if mixed not in (None, False, "fp32"):
+        if self.device.type != "cuda":  # 'auto' on the CPU is settled once the model is built
+            if mixed not in (None, False, "fp32", "auto"):
                 log.info("%s: mixed precision is only used on CUDA; running fp32 on %s",
                          self.name, self.device.type)
             return "fp32", None
@@ -191,11 +197,11 @@ class FeatureExtractor:
             return "fp32", None
         if mixed == "fp16":
             return "fp16", torch.float16
-        if mixed in (None, True, "bf16"):
+        if mixed in (None, True, "bf16", "auto"):
             if mixed == "bf16" or torch.cuda.is_bf16_supported():
                 return "bf16", torch.bfloat16
             return "fp16", torch.float16
-        raise ValueError(f"mixed_precision must be None, a bool, 'bf16', 'fp16' or 'fp32', "
+        raise ValueError(f"mixed_precision must be None, a bool, 'auto', 'bf16', 'fp16' or 'fp32', "
                          f"not {mixed!r}")
 
     @property

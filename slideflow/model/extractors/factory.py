@@ -57,8 +57,10 @@ def build_feature_extractor(
         device: torch device (default: CUDA if available, else CPU); ``'meta'`` builds the
             architecture without memory (shape inference only).
         batch_size: tiles per forward pass in `embed` and in the streaming engine.
-        mixed_precision: autocast on CUDA (None/True: bf16 where supported else fp16; 'fp16';
-            False). Always fp32 on CPU.
+        mixed_precision: autocast on CUDA (None/True/'auto': bf16 where supported else fp16;
+            'fp16'; False/'fp32'). fp32 on CPU, except 'auto': bf16 autocast on CPUs with
+            native bf16 (AVX512-BF16/AMX) when a one-time check agrees with fp32 (cosine >=
+            0.998; see `cpu_precision`).
         channels_last: NHWC memory for the model (default: True for CNNs).
         resize: None = spec default; an int = shorter side to that size; True = to input_px;
             False = never resize (CNNs then run at the tiles' own size).
@@ -193,7 +195,8 @@ def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
         bound = inspect.signature(_build_torch).bind_partial(name, *args)
         kwargs = {**{k: v for k, v in bound.arguments.items() if k != "name"}, **kwargs}
     torch_only = sorted(k for k in _TORCH_ONLY if kwargs.get(k) is not None
-                        and not (k == "device" and str(kwargs[k]) == "cpu"))
+                        and not (k == "device" and str(kwargs[k]) == "cpu")
+                        and not (k == "mixed_precision" and kwargs[k] == "auto"))
     if torch_only:
         raise TypeError(f"{torch_only} apply to PyTorch extractors only; a Keras extractor "
                         "takes preprocess= ('caffe', 'tf', 'torch', 'scale')")
