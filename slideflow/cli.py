@@ -384,7 +384,7 @@ def main() -> None:
     import sys
 
     from .errors import SlideflowError
-    from .io.locks import install_sigterm_handler
+    from .io.held_locks import install_sigterm_handler
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     install_sigterm_handler()  # SLURM's SIGTERM before a requeue frees this run's slide locks

@@ -30,7 +30,7 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
              progress: bool | None = True, failed: dict[str, str] | None = None,
              on_result: Callable[[SlideResult], None] | None = None) -> ExtractionSummary:
     """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
-    from ..io.locks import install_sigterm_handler
+    from ..io.held_locks import install_sigterm_handler
 
     install_sigterm_handler()  # slide locks are taken in worker threads: install it here
     start = time.perf_counter()

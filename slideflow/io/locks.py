@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import TMP_MARK, host_tag, tmp_prefix
+from .held_locks import held, released
 
 log = logging.getLogger("slideflow")
 
@@ -318,8 +319,7 @@ class SlideLock:
 
     def _held(self, info: dict[str, Any]) -> None:
         self.acquired, self.info = True, info
-        _HELD[id(self)] = self
-        install_sigterm_handler()
+        held(self)
         self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, name="sf-lock-heartbeat",
                                       daemon=True)
@@ -343,7 +343,7 @@ class SlideLock:
         if now is not None and self.info is not None and now.get("token") == self.info["token"]:
             self.path.unlink(missing_ok=True)
         self.acquired = False
-        _HELD.pop(id(self), None)
+        released(self)
 
     def holder(self) -> str:
         """Who holds the lock, for messages."""
@@ -355,45 +355,6 @@ class SlideLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-#: locks this process holds, released by the SIGTERM handler
-_HELD: dict[int, SlideLock] = {}
-
-
-def release_all() -> int:
-    """Release every lock this process holds; returns how many."""
-    held = list(_HELD.values())
-    for lock in held:
-        with contextlib.suppress(Exception):
-            lock.release(wait=False)
-    return len(held)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SLURM sends SIGTERM before it requeues or cancels a job: free this process's slides
-    at once (a requeued task on another host must not find them locked), then exit with the
-    usual 128 + signal status, running the cleanups (temporary files) on the way out."""
-    n = release_all()
-    if n:
-        log.warning("SIGTERM: released %d slide lock(s) held by this process", n)
-    raise SystemExit(128 + signum)
-
-
-def install_sigterm_handler() -> bool:
-    """Install `_on_sigterm` when SIGTERM still has its default action and this is the main
-    thread (Python runs signal handlers there only); True when it is installed."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        return signal.getsignal(signal.SIGTERM) is _on_sigterm
-    current = signal.getsignal(signal.SIGTERM)
-    if current is _on_sigterm:
-        return True
-    if current not in (signal.SIG_DFL, None):
-        return False  # the application handles SIGTERM itself: leave it alone
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    return True
 
 
 def temp_owner(path: str | os.PathLike) -> tuple[int, str] | None:
