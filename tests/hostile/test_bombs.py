@@ -162,3 +162,23 @@ def test_pixel_budget_is_a_setting(monkeypatch):
     with pytest.raises(ImageHeaderError, match="SLIDEFLOW_MAX_TILE_PIXELS"):
         imgcodec.decode(_jpeg(40))
     assert imgcodec.decode(_jpeg(16)).shape == (16, 16, 3)
+
+
+@hostile("torch-decoder-bombs", "the same bomb TFRecord and wrong-size stored tile through the "
+         "torchvision decoder (nvJPEG's path; run on CPU here)", "refused from the headers "
+         "before the batch decode, naming the record or the tile")
+def test_torch_decode_paths_check_headers(tmp_path):
+    from slideflow.io.tfrecord import TFRecord
+    from slideflow.slide.decode import TorchDecoder
+    from slideflow.tfrecord_decode import nvjpeg_batches
+
+    tiles = [_jpeg(240)] * 5
+    tiles[2] = _claim(_jpeg(240), 60000, 60000)
+    tfr = _tfrecord(tmp_path / "b.tfrecords", tiles)
+    with pytest.raises(ValueError, match="per-tile budget"):
+        list(nvjpeg_batches(TFRecord(tfr), 8, "cpu"))
+    slide, col, row = _svs_with_tile(tmp_path, _jpeg(16, 180, 40))
+    wsi = sf.WSI(slide, 240, 240 * 0.499, tile_reader="stored")
+    with pytest.raises(SlideReadError, match=f"col {col}, row {row}.*16x16 px"):
+        for _ in wsi.tiles(batch_size=8, decoder=TorchDecoder("cpu")):
+            pass
