@@ -292,8 +292,8 @@ def generate_bags(
     """
     from .bag_runner import BagOptions, claim_target, make_target, run_serial
 
-    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
-    check_tile_geometry(tile_px, tile_um, (selection or TileSelection()).stride_div)
+    tile_px, tile_um, _ = check_tile_geometry(  # once, not once per slide
+        tile_px, tile_um, (selection or TileSelection()).stride_div)
     num_threads = optional_positive_int(num_threads, "num_threads")
     if devices:
         from .distributed import device_list
