@@ -23,6 +23,7 @@ from .io.bags_config import normalize
 from .io.base import FORMATS
 from .io.identity import file_digest, file_identity, promised_records, tfrecord_identity
 from .io.runlog import OutcomeCounts
+from .io.tfrecord import check_tile_size
 from .model import build_feature_extractor
 from .norm import autoselect, resolve
 from .pipeline import (
@@ -164,9 +165,10 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
         half = extent // 2
 
         def shifted():
-            for tiles, locs in tfrecord_source(job.tfrecord, batch_size, num_threads,
-                                               decoder=default_decoder(extractor),
-                                               device=gpu_decode_device(extractor)):
+            source = tfrecord_source(job.tfrecord, batch_size, num_threads,
+                                     decoder=default_decoder(extractor),
+                                     device=gpu_decode_device(extractor))
+            for tiles, locs in check_tile_size(source, job.tfrecord):
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),

@@ -267,3 +267,31 @@ def _int_loc(rec: dict[str, Any], key: str) -> int:
     if isinstance(value, (bytes, str, float, bool)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{key} is {type(value).__name__}, expected an int64 feature")
     return int(value)
+
+
+def check_tile_size(batches: Any, path: Any) -> Iterator[tuple[Any, Any]]:
+    """`batches` of one TFRecord (numpy or torch, (B, H, W, 3)), each checked to hold tiles of
+    one size: the `tile_px` of its extraction sidecar when there is one, else the first
+    batch's. A file whose tiles change size part-way fails naming the records."""
+    import json
+
+    from .identity import SIDECAR_SUFFIX, _beside
+
+    want, said = None, "the first records are"
+    try:
+        px = json.loads(_beside(Path(path), SIDECAR_SUFFIX).read_text()).get("tile_px")
+        if isinstance(px, int) and px > 0:
+            want, said = (px, px), f"its {SIDECAR_SUFFIX} says"
+    except (OSError, ValueError, AttributeError):
+        pass
+    n = 0
+    for tiles, locs in batches:
+        got = (int(tiles.shape[1]), int(tiles.shape[2]))
+        if want is None:
+            want = got
+        elif got != want:
+            raise TFRecordError(f"{path}: records {n}..{n + len(tiles) - 1} hold {got[1]}x"
+                                f"{got[0]} px tiles, {said} {want[1]}x{want[0]}; re-extract "
+                                "the tiles")
+        n += len(tiles)
+        yield tiles, locs

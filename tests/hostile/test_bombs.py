@@ -182,3 +182,30 @@ def test_torch_decode_paths_check_headers(tmp_path):
     with pytest.raises(SlideReadError, match=f"col {col}, row {row}.*16x16 px"):
         for _ in wsi.tiles(batch_size=8, decoder=TorchDecoder("cpu")):
             pass
+
+
+@hostile("tfrecord-tile-size-changes", "a TFRecord whose tiles are 32x32 in records 0-3 and "
+         "16x16 in records 4-7 (batches of 4); one of 32x32 tiles whose .extract.json says "
+         "tile_px 240, made into bags", "TFRecordError 'records 4..7 hold 16x16 px tiles, the "
+         "first records are 32x32'; the bag fails naming the sidecar's size, nothing written")
+def test_tfrecord_tile_size_is_checked_across_batches(tmp_path):
+    import json
+
+    from slideflow.errors import TFRecordError
+    from slideflow.io.tfrecord import TFRecord, check_tile_size
+
+    from .tiny import tiny_extractor
+
+    tfr = _tfrecord(tmp_path / "mixed.tfrecords", [_jpeg(32)] * 4 + [_jpeg(16)] * 4)
+    with pytest.raises(TFRecordError, match=r"records 4\.\.7 hold 16x16 px tiles, the first "
+                                            r"records are 32x32"):
+        list(check_tile_size(TFRecord(tfr).iter_batches(4, num_threads=1), tfr))
+    small = _tfrecord(tmp_path / "small.tfrecords", [_jpeg(32)] * 4)
+    (tmp_path / "small.extract.json").write_text(json.dumps({"tile_px": 240,
+                                                             "full_extract_px": 240}))
+    from slideflow.features import SlideJob, generate_bags
+
+    report = generate_bags([SlideJob("small", tfrecord=small)], tiny_extractor(tmp_path / "t"),
+                           tmp_path / "bags", 240, 120, progress=False)
+    assert "its .extract.json says 240x240" in report.failed["small"]
+    assert not (tmp_path / "bags" / "small.pt").exists()
