@@ -74,7 +74,7 @@ class BagOptions:
 @dataclass
 class SlideOutcome:
     """What happened to one slide: done, reused (bags current), busy (locked by a live
-    process) or failed."""
+    process) or failed; `fetched` counts the requests and bytes of a slide read from a URL."""
 
     slide: str
     status: str
@@ -84,6 +84,7 @@ class SlideOutcome:
     error: str | None = None
     worker: str | None = None
     notes: list[str] = field(default_factory=list)  # recoveries: stale locks/temps of dead runs
+    fetched: dict[str, int] | None = None  # {requests, bytes_fetched, retries} (URLs only)
 
     @property
     def message(self) -> str | None:
@@ -173,12 +174,22 @@ def longest_first(jobs: list[SlideJob]) -> list[SlideJob]:
 def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
                 normalizer: Any = None, on_tiles: Any = None) -> SlideOutcome:
     """Make the missing bags of one slide (see module doc). Never raises for a bad slide."""
+    from .remote.fetch import begin_counting, end_counting
+
+    out = SlideOutcome(job.name, REUSED)
+    counting = begin_counting()  # requests and bytes of a slide read from a URL
+    try:
+        return _process(job, targets, opts, normalizer, on_tiles, out)
+    finally:
+        out.fetched = end_counting(counting)
+
+
+def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normalizer: Any,
+             on_tiles: Any, out: SlideOutcome) -> SlideOutcome:
     from .io.locks import SlideLock, clean_stale_temps
 
     t0 = time.perf_counter()
-    out = SlideOutcome(job.name, REUSED)
-
-    identity = source_identity(job)
+    identity = None
 
     def current(t: BagTarget) -> bool:  # an unreadable source (or mask) is never current
         return identity is not None and _bag_is_current(t.outdir, job.name, t.fmt, t.request,
@@ -187,6 +198,7 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
     todo = targets
     try:
         _check_outputs(job.name, targets)
+        identity = source_identity(job)
         todo = targets if opts.force else [t for t in targets if not current(t)]
         if not todo:
             return out
@@ -355,8 +367,9 @@ def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions,
 
 def report_outcome(bar: Any, o: SlideOutcome) -> None:
     """Forward one outcome to a `SlideProgress`."""
+    bar.add_fetched(o.fetched)
     if o.status == DONE:
-        bar.slide_done(o.slide, o.tiles)
+        bar.slide_done(o.slide, o.tiles, o.fetched)
     elif o.status == REUSED:
         bar.slide_skipped(o.slide, "bag exists with the same settings")
     elif o.status == BUSY:

@@ -33,12 +33,20 @@ def _tile_um(value: str) -> float | str:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
-def _expand(paths: list[Path], recursive: bool = True) -> list[Path]:
-    """Slide files and DICOM folders given, plus the slides inside the folders given."""
+def _expand(paths: list, recursive: bool = True) -> list:
+    """Slide files and DICOM folders given, plus the slides inside the folders given; a URL
+    prefix ending in '/' is listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    from .io.location import is_url
     from .slide import find_slides, is_slide
 
-    out: list[Path] = []
+    out: list = []
     for p in paths:
+        if is_url(p):
+            from .slide.remote_open import find_remote_slides
+
+            out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
+            continue
+        p = Path(p)
         if p.is_dir() and not is_slide(p):
             out.extend(find_slides(p) if recursive else
                        sorted(c for c in p.iterdir() if is_slide(c)))
@@ -70,7 +78,8 @@ def shard(items: list, spec: str | None) -> list:
 
 
 @app.command()
-def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def info(slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
+         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Dimensions, levels, MPP, vendor and associated images of a slide."""
     from .slide.backends import open_reader
 
@@ -85,7 +94,7 @@ def info(slide: Path, as_json: Annotated[bool, typer.Option("--json")] = False) 
 
 @app.command()
 def preview(
-    slide: Path,
+    slide: Annotated[str, typer.Argument(help="slide file, DICOM folder or URL")],
     tile_px: Annotated[int, typer.Option()] = 256,
     tile_um: Annotated[str, typer.Option()] = "128",
     qc: Annotated[str | None, typer.Option(help="otsu, blur or both")] = "otsu",
@@ -155,7 +164,7 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
         for j in jobs:
-            found = table.get(j.name, table.get(j.slide_path.name))
+            found = table.get(j.name, table.get(getattr(j.slide_path, "name", "")))
             if found is not None:
                 j.mpp, j.mpp_source = found, "--mpp-csv"
     from collections import Counter
@@ -176,8 +185,9 @@ def _ray_arg(value: str | None) -> object:
 
 @app.command()
 def features(
-    slides: Annotated[list[Path] | None, typer.Argument(
-        help="slide files, DICOM folders or folders of slides")] = None,
+    slides: Annotated[list[str] | None, typer.Argument(
+        help="slide files, DICOM folders, folders of slides, or URLs (s3://bucket/prefix/)")
+    ] = None,
     extractor: Annotated[str, typer.Option("-e", "--extractor", help="name, or several "
                                            "comma-separated (one pass over the tiles)")
                          ] = "efficientnet_lite0_imagenet",
@@ -219,6 +229,8 @@ def features(
                                         help="regenerate existing bags")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    cache: Annotated[Path | None, typer.Option(help="folder caching remote slides that cannot "
+                                               "be read in place (SLIDEFLOW_CACHE)")] = None,
 ) -> None:
     """Feature bags straight from slides (no TFRecords needed).
 
@@ -235,6 +247,8 @@ def features(
     from .validate import positive_int
 
     _set_verbosity(quiet, verbose)
+    if cache is not None:  # the environment reaches worker processes too
+        os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     # every option once, before the model is built (never one identical failure per slide)
     check_tile_geometry(tile_px, _tile_um(tile_um), _stride_div(overlap, stride_div))
     check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)

@@ -22,6 +22,7 @@ from .io.bags import bag_path, read_bag_meta
 from .io.bags_config import normalize
 from .io.base import FORMATS
 from .io.identity import file_digest, file_identity, promised_records, tfrecord_identity
+from .io.location import is_url, slide_path
 from .io.runlog import OutcomeCounts
 from .io.tfrecord import check_tile_size
 from .model import build_feature_extractor
@@ -230,12 +231,24 @@ def source_identity(job: SlideJob) -> dict[str, Any] | None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
         if job.slide_path is not None:
             mpp_source = "slide" if job.mpp is None else (job.mpp_source or "override")
-            return {"slide": file_identity(job.slide_path),
+            return {"slide": _input_identity(job.slide_path, file_identity),
                     "mpp": None if job.mpp is None else float(job.mpp), "mpp_source": mpp_source,
-                    "mask": file_digest(job.mask), "rois": file_digest(job.rois)}
+                    "mask": _input_identity(job.mask, file_digest),
+                    "rois": _input_identity(job.rois, file_digest)}
     except OSError:
         return None  # missing source: the job fails with a clear error when it runs
     return None
+
+
+def _input_identity(path: Any, local: Any) -> Any:
+    """`local(path)` for a file, the remote object's identity for a URL, None for None."""
+    if path is None:
+        return None
+    if is_url(path):
+        from .remote.fetch import RemoteObject
+
+        return RemoteObject(path).identity()
+    return local(path)
 
 
 def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any],
@@ -433,16 +446,17 @@ def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
     same file given twice (a folder and a file in it) is kept once.
     """
     jobs: list[SlideJob] = []
-    by_name: dict[str, list[Path]] = {}
-    seen: set[Path] = set()
+    by_name: dict[str, list[Any]] = {}
+    seen: set[Any] = set()
     for p in paths:
-        real = Path(p).resolve()
+        where = slide_path(p)  # a URL stays a str
+        real = where if is_url(where) else where.resolve()
         if real in seen:
             continue
         seen.add(real)
-        name = slide_name(p)
-        by_name.setdefault(name, []).append(Path(p))
-        jobs.append(SlideJob(name=name, slide_path=Path(p), mpp=mpp, rois=(rois or {}).get(name)))
+        name = slide_name(where)
+        by_name.setdefault(name, []).append(where)
+        jobs.append(SlideJob(name=name, slide_path=where, mpp=mpp, rois=(rois or {}).get(name)))
     clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
     if clashes:
         lines = "; ".join(f"{n!r}: {', '.join(map(str, ps))}" for n, ps in sorted(clashes.items()))

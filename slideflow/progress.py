@@ -42,6 +42,8 @@ class SlideProgress:
         self.slides_failed = 0
         self.slides_skipped = 0
         self.tiles = 0
+        self.requests = 0  # of slides read from URLs
+        self.bytes_fetched = 0
         self.start = time.perf_counter()
         self._lock = threading.Lock()
         self._progress: Any = None
@@ -84,14 +86,24 @@ class SlideProgress:
             self.tiles += int(n)
         self._refresh()
 
-    def slide_done(self, name: str, tiles: int = 0) -> None:
-        """A slide finished (`tiles` is informational: tiles are counted by advance_tiles)."""
+    def slide_done(self, name: str, tiles: int = 0, fetched: dict | None = None) -> None:
+        """A slide finished (`tiles` is informational: tiles are counted by advance_tiles);
+        `fetched`: {requests, bytes_fetched} of a slide read from a URL."""
         with self._lock:
             self.slides_done += 1
         if not self.live:
-            log.info("%s: %s done (%d tiles) [%d/%d]", self.desc, name, tiles, self.finished,
-                     self.total)
+            cost = (f", {fetched['bytes_fetched'] / 1e6:.1f} MB in {fetched['requests']} "
+                    "requests") if fetched else ""
+            log.info("%s: %s done (%d tiles%s) [%d/%d]", self.desc, name, tiles, cost,
+                     self.finished, self.total)
         self._advance()
+
+    def add_fetched(self, fetched: dict | None) -> None:
+        """Count a remote slide's requests and bytes (shown in the status line)."""
+        if fetched:
+            with self._lock:
+                self.requests += int(fetched.get("requests", 0))
+                self.bytes_fetched += int(fetched.get("bytes_fetched", 0))
 
     def slide_skipped(self, name: str, why: str = "already done") -> None:
         with self._lock:
@@ -122,6 +134,8 @@ class SlideProgress:
 
     def _status(self) -> str:
         parts = [f"{self.tiles:,} tiles", f"{self.tiles_per_second:,.0f} tiles/s"]
+        if self.requests:
+            parts.append(f"{self.bytes_fetched / 1e6:,.1f} MB fetched")
         if self.slides_skipped:
             parts.append(f"{self.slides_skipped} reused")
         if self.slides_failed:

@@ -41,3 +41,37 @@ def cmu_slides_project(tmp_path: Path, slides: Path):
     folder.mkdir()
     (folder / CMU.name).symlink_to(CMU)
     return sf.create_project(tmp_path / "proj", slides=folder)
+
+
+@pytest.fixture(scope="session")
+def http_slides(slides):
+    """A Range-capable HTTP server on 127.0.0.1 serving cmu.svs, cmu.tiff and tcga.svs (JPEG
+    2000), with fault injection (tests/remote_servers.py)."""
+    from remote_servers import RangeHTTPServer
+
+    server = RangeHTTPServer({"cmu.svs": CMU.read_bytes(), "cmu.tiff": CMU_TIFF.read_bytes(),
+                              "tcga.svs": TCGA_J2K.read_bytes()})
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def s3_slides(slides):
+    """moto's S3 on 127.0.0.1 (credentials and endpoint in the environment) holding
+    s3://cohort/slides/{cmu.svs, tcga.svs}, with fault injection."""
+    from remote_servers import S3Server
+
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in (*env, "AWS_ENDPOINT_URL_S3")}
+    server = S3Server()
+    os.environ.update(env, AWS_ENDPOINT_URL_S3=server.endpoint)
+    server.put("cohort", "slides/cmu.svs", CMU)
+    server.put("cohort", "slides/tcga.svs", TCGA_J2K)
+    yield server
+    server.close()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -7,7 +7,8 @@ annotations (`sf.create_project(..., annotations='manifest.csv')`).
 
 - `sample_id` (required): names the outputs (`<sample_id>.pt`); the slide name in a project.
 - `image_path` (required): the slide file (or DICOM folder). Relative paths are read relative
-  to the manifest's folder.
+  to the manifest's folder. A URL (s3://, gs://, https://...) is read from there
+  (`slideflow.remote`).
 - `mask_path` (optional, may be blank): a binary tissue-mask image of the whole slide, any
   size; used instead of the QC method.
 - `spacing_at_level_0` (optional, may be blank): µm/px of level 0, overriding the file's MPP
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SlideflowError
+from .location import is_url
 
 REQUIRED = ("sample_id", "image_path")
 OPTIONAL = ("mask_path", "spacing_at_level_0", "patient_id")
@@ -41,7 +43,7 @@ class ManifestRow:
     """One slide of a manifest."""
 
     sample_id: str
-    image_path: Path
+    image_path: Path | str  # a str only for a URL
     mask_path: Path | None = None
     mpp: float | None = None
     patient_id: str | None = None
@@ -102,6 +104,8 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     return rows
 
 
-def _resolve(base: Path, value: str) -> Path:
+def _resolve(base: Path, value: str) -> Path | str:
+    if is_url(value):
+        return value
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else base / p

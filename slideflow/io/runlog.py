@@ -1,6 +1,10 @@
 """What a batch run leaves beside its outputs: `failures.csv` (slide, error type, message) and
 `summary.json` (counts, tiles, tiles/s, wall time), both written atomically at the end.
 
+Slides read from URLs add what they cost: `requests` and `bytes_fetched` columns in
+failures.csv, and in summary.json the totals plus `fetched` ({slide: {requests, bytes_fetched,
+retries}}). Runs over local files keep the three-column failures.csv.
+
 Several runs sharing one output folder (array tasks, concurrent shells) each rewrite them on
 exit: the files describe the last run to finish; every run also prints its own summary.
 """
@@ -65,13 +69,22 @@ def run_summary(outcomes: Iterable[Any], seconds: float, **extra: Any) -> dict[s
     t = _Tally(outcomes)
     tiles = t.tiles
     counts = {s: len(t.with_status(s)) for s in ("done", "reused", "busy", "failed")}
+    fetched = _fetched(t._list)
+    remote = {"requests": sum(f["requests"] for f in fetched.values()),
+              "bytes_fetched": sum(f["bytes_fetched"] for f in fetched.values()),
+              "fetched": fetched} if fetched else {}
     return {
         "slides": len(t._list), **counts, "failed_slides": t.with_status("failed"),
         "tiles": tiles, "seconds": round(seconds, 3),
         "tiles_per_second": round(tiles / seconds, 1) if seconds > 0 else 0.0,
         "notes": t.notes, "host": socket.gethostname(), "pid": os.getpid(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **remote, **extra,
     }
+
+
+def _fetched(outcomes: Iterable[Any]) -> dict[str, dict[str, int]]:
+    """{slide: {requests, bytes_fetched, retries}} of the slides read from URLs."""
+    return {o.slide: dict(o.fetched) for o in outcomes if getattr(o, "fetched", None)}
 
 
 def human_summary(s: dict[str, Any]) -> str:
@@ -83,6 +96,9 @@ def human_summary(s: dict[str, Any]) -> str:
     for where, files in (s.get("superseded") or {}).items():
         lines.append(f"moved {len(files)} file(s) the configuration does not describe to "
                      f"{where}")
+    if s.get("requests"):
+        lines.append(f"fetched {s['bytes_fetched'] / 1e6:,.1f} MB in {s['requests']:,} requests "
+                     f"from {len(s['fetched'])} remote slide(s)")
     lines.append(f"{s['done']} done, {s['reused']} reused{busy}, {s['failed']} failed; "
                  f"{s['tiles']:,} tiles in {s['seconds']:.1f} s ({s['tiles_per_second']:,.0f} "
                  "tiles/s)")
@@ -93,13 +109,18 @@ def write_run_files(outdir: str | os.PathLike, outcomes: Iterable[Any], summary:
                     ) -> tuple[Path, Path]:
     """Write failures.csv (header only when nothing failed) and summary.json."""
     outdir = Path(outdir)
+    outcomes = list(outcomes)
+    remote = bool(_fetched(outcomes))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["slide", "error_type", "message"])
+    w.writerow(["slide", "error_type", "message"] + (["requests", "bytes_fetched"] if remote
+                                                      else []))
     for o in outcomes:  # names and messages come from data: never a spreadsheet formula
         if o.status == "failed":
+            f = getattr(o, "fetched", None) or {}
             w.writerow([csv_safe(o.slide), csv_safe(o.error_type or ""),
-                        csv_safe(" ".join(str(o.error or "").split()))])
+                        csv_safe(" ".join(str(o.error or "").split()))] +
+                       ([f.get("requests", 0), f.get("bytes_fetched", 0)] if remote else []))
     failures = outdir / FAILURES
     with atomic_open(failures, "w") as fh:
         fh.write(buf.getvalue())

@@ -16,7 +16,11 @@ SLIDE_SUFFIXES = (
 
 def slide_name(path: str | Path) -> str:
     """Slide name used everywhere (annotations, TFRecords, bags): the file stem, the folder name
-    for DICOM folders, and without '.ome' for OME-TIFF."""
+    for DICOM folders, and without '.ome' for OME-TIFF; a URL's last component likewise."""
+    from ..remote.url import is_url, url_name
+
+    if is_url(path):
+        return url_name(path)
     path = Path(path)
     if path.is_dir():
         return path.name

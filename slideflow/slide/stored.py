@@ -15,12 +15,14 @@ read by the backend's `read_region`.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..remote.url import RemoteError
 from .backends.base import SlideReader
 
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
@@ -49,7 +51,9 @@ class StoredLevel:
     counts: np.ndarray
     header: bytes = SOI
     source: str = "tiff"
-    _fd: int | None = None
+    src: Any = None  # byte source (slideflow.remote.source); None: the local file
+    _ahead: dict = field(default_factory=dict, repr=False)
+    _ahead_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def cols(self) -> int:
@@ -59,42 +63,58 @@ class StoredLevel:
     def rows(self) -> int:
         return -(-self.height // self.tile_h)
 
-    def fd(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        return self._fd
+    def byte_source(self):
+        """Where the compressed tiles are read from: `src` (a URL's ranged reads), else this
+        file with pread (`slideflow.remote.source`)."""
+        if self.src is None:
+            from ..remote.source import LocalSource
+
+            self.src = LocalSource(self.path)
+        return self.src
 
     def read(self, keys: list[int] | np.ndarray) -> dict[int, bytes | None]:
-        """Compressed bytes of the tiles `keys` (flat indices), one read per contiguous span.
-
-        Missing tiles map to None.
-        """
+        """Compressed bytes of the tiles `keys` (flat indices), one read per contiguous span
+        (tiles already `prefetch`ed are taken from memory). Missing tiles map to None."""
         keys = sorted(int(k) for k in keys)
         out: dict[int, bytes | None] = {}
-        span: list[int] = []
-
-        def flush() -> None:
-            if not span:
-                return
-            start = int(self.offsets[span[0]])
-            end = int(self.offsets[span[-1]] + self.counts[span[-1]])
-            data = os.pread(self.fd(), end - start, start)
-            if len(data) != end - start:
-                raise OSError(f"{self.path}: file truncated (tile bytes {start}..{end} missing)")
-            for k in span:
-                a = int(self.offsets[k]) - start
-                out[k] = data[a:a + int(self.counts[k])]
-            span.clear()
-
+        if self._ahead:
+            with self._ahead_lock:
+                for k in keys:
+                    if k in self._ahead:
+                        out[k] = self._ahead.pop(k)
+        src = self.byte_source()
+        if hasattr(src, "read_tiles"):  # frames by number (DICOMweb), not byte spans
+            out.update(src.read_tiles([k for k in keys if k not in out]))
+            return out
+        spans: list[list[int]] = []
         for k in keys:
+            if k in out:
+                continue
             if self.counts[k] == 0:
                 out[k] = None
                 continue
-            if span and self.offsets[span[-1]] + self.counts[span[-1]] != self.offsets[k]:
-                flush()
-            span.append(k)
-        flush()
+            last = spans[-1][-1] if spans else None
+            if last is None or self.offsets[last] + self.counts[last] != self.offsets[k]:
+                spans.append([])
+            spans[-1].append(k)
+        ranges = [(int(self.offsets[g[0]]), int(self.offsets[g[-1]] + self.counts[g[-1]]))
+                  for g in spans]
+        for g, (start, end), data in zip(spans, ranges, src.read_spans(ranges)):
+            if len(data) != end - start:
+                raise OSError(f"{self.path}: file truncated (tile bytes {start}..{end} missing)")
+            for k in g:
+                a = int(self.offsets[k]) - start
+                out[k] = data[a:a + int(self.counts[k])]
         return out
+
+    def prefetch(self, keys: list[int]) -> None:
+        """Fetch the tiles `keys` now, in a few merged requests, for later `read` calls (a
+        remote source only: a local file is read where it is needed)."""
+        if not getattr(self.byte_source(), "remote", False):
+            return
+        data = self.read(keys)
+        with self._ahead_lock:
+            self._ahead.update(data)
 
     def stream(self, stored: bytes) -> bytes:
         """A complete JPEG stream for one stored tile."""
@@ -103,9 +123,9 @@ class StoredLevel:
         return self.header + stored[2:] if self.header != SOI else stored
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self.src is not None:
+            self.src.close()
+        self._ahead.clear()
 
 
 def open_stored_level(reader: SlideReader, level: int) -> tuple[StoredLevel | None, str]:
@@ -116,18 +136,26 @@ def open_stored_level(reader: SlideReader, level: int) -> tuple[StoredLevel | No
             if vendor not in TIFF_VENDORS:
                 return None, f"openslide vendor {vendor!r} is not a plain tiled TIFF"
             return _tiff_level(reader.path, reader.level_dimensions[level])
+        if getattr(reader, "dicomweb", None) is not None:
+            return _dicomweb_level(reader.dicomweb, reader.level_dimensions[level])
+        src = getattr(reader, "byte_source", None)
+        if src is not None:  # a URL read in place (checked JPEG-tiled when it was opened)
+            return _tiff_level(reader.path, reader.level_dimensions[level], src)
         if reader.name == "dicom":
             return _dicom_level(reader.path, reader.level_dimensions[level])
+    except RemoteError:  # the network failed, not the layout: the slide fails, naming why
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse problem means: use the region path
         return None, f"stored tiles unreadable ({type(exc).__name__}: {exc})"
     return None, f"backend {reader.name!r} has no stored-tile layout"
 
 
 # -- TIFF -------------------------------------------------------------------------------------
-def _tiff_level(path: Path, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
+def _tiff_level(path: Path, dims: tuple[int, int], src: Any = None
+                ) -> tuple[StoredLevel | None, str]:
     import tifffile
 
-    with tifffile.TiffFile(path) as tf:
+    with tifffile.TiffFile(src.open() if src is not None else path) as tf:
         if tf.is_ndpi or tf.is_scn or tf.is_philips or tf.is_qpi:
             return None, "NDPI/SCN/Philips/QPTIFF layouts are read through the backend"
         pages = [p for p in tf.pages if (p.imagewidth, p.imagelength) == tuple(dims)]
@@ -144,11 +172,15 @@ def _tiff_level(path: Path, dims: tuple[int, int]) -> tuple[StoredLevel | None, 
         first = next((int(i) for i in np.flatnonzero(counts)), None)
         sample = b""
         if first is not None:
-            with open(path, "rb") as fh:
-                fh.seek(int(offsets[first]))
-                sample = fh.read(min(int(counts[first]), 4096))
-    layout = StoredLevel(Path(path), int(dims[0]), int(dims[1]), int(page.tilewidth),
-                         int(page.tilelength), offsets, counts, source="tiff")
+            n = min(int(counts[first]), 4096)
+            if src is not None:
+                sample = src.read(int(offsets[first]), n)
+            else:
+                with open(path, "rb") as fh:
+                    fh.seek(int(offsets[first]))
+                    sample = fh.read(n)
+    layout = StoredLevel(path, int(dims[0]), int(dims[1]), int(page.tilewidth),
+                         int(page.tilelength), offsets, counts, source="tiff", src=src)
     if len(offsets) != layout.rows * layout.cols:
         return None, f"{len(offsets)} tiles stored for a {layout.cols}x{layout.rows} grid"
     layout.header = _header(bytes(tables) if tables else None, sample, rgb=photometric == 2)
@@ -253,6 +285,39 @@ def _dicom_scan(path: Path, dims: tuple[int, int], pydicom) -> tuple[StoredLevel
             sample = fh.read(min(int(counts[0]), 4096))
         layout.header = _header(None, sample, rgb=ds.PhotometricInterpretation == "RGB")
         return layout, "dicom"
+    return None, "; ".join(reasons) or f"no DICOM VOLUME instance of size {dims[0]}x{dims[1]}"
+
+
+def _dicomweb_level(series, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
+    """The level of a DICOMweb series (`slideflow.remote.dicomweb`) whose frames are `dims`."""
+    from pydicom.dataset import FileMetaDataset
+
+    from ..remote.dicomweb import JPEG_BASELINE, FrameSource
+
+    reasons = []
+    for sop, ds in series.instances().items():
+        if "VOLUME" not in [str(v).upper() for v in ds.get("ImageType", [])]:
+            continue
+        size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
+                int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+        if size != tuple(dims):
+            continue
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = JPEG_BASELINE  # what the frames are asked for as
+        why = _dicom_unsupported(ds)
+        if why:
+            reasons.append(why)
+            continue
+        n = int(ds.get("NumberOfFrames", 1))
+        layout = StoredLevel(series.url, size[0], size[1], int(ds.Columns), int(ds.Rows),
+                             np.arange(n, dtype=np.int64), np.ones(n, np.int64),
+                             source="dicomweb", src=FrameSource(series, sop))
+        if n != layout.rows * layout.cols:
+            reasons.append(f"{n} frames for a {layout.cols}x{layout.rows} grid")
+            continue
+        sample = layout.src.read_tiles([0])[0][:4096]
+        layout.header = _header(None, sample, rgb=ds.PhotometricInterpretation == "RGB")
+        return layout, "dicomweb"
     return None, "; ".join(reasons) or f"no DICOM VOLUME instance of size {dims[0]}x{dims[1]}"
 
 

@@ -361,6 +361,8 @@ class _Scheduler:
                     g.waiting.append(cut)
                 if not waits:
                     ready.append(cut)
+        # a URL: the batch's new tiles in a few merged ranged GETs, not one request per group
+        r.layout.prefetch([k for g in groups for k in g.keys])
         for g in groups:
             self.pool.submit(self._decode, g)
         for cut in ready:

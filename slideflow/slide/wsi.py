@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
+from ..remote.url import slide_path
 from ..validate import MPP_RANGE, mpp_value, positive_int
 from . import geometry, slide_name, tissue
 from .backends import open_reader
@@ -55,7 +56,7 @@ class WSI:
     ):
         if tile_reader not in TILE_READERS:
             raise ValueError(f"tile_reader must be one of {TILE_READERS}, got {tile_reader!r}")
-        self.path = Path(path)
+        self.path = slide_path(path)
         self.tile_reader = tile_reader
         # checked before the file is opened: a bad argument is the caller's error, not the slide's
         self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
@@ -120,6 +121,12 @@ class WSI:
             {"dimensions": dims, "downsample": ds, "mpp": self.mpp * ds}
             for dims, ds in zip(self.reader.level_dimensions, self.reader.level_downsamples)
         ]
+
+    @property
+    def fetch_stats(self) -> dict[str, int] | None:
+        """{requests, bytes_fetched, retries} for a slide read from a URL, else None."""
+        stats = getattr(self.reader, "fetch_stats", None)
+        return stats.as_dict() if stats is not None else None
 
     @property
     def vendor(self) -> str | None:

@@ -6,6 +6,7 @@ import importlib
 from pathlib import Path
 
 from ...errors import SlideNotFoundError, UnsupportedSlideError
+from ...remote.url import is_url
 from .base import SlideReader
 
 #: backend name -> (module, class); 'auto' tries AUTO_ORDER (vips and cucim: only when asked)
@@ -39,7 +40,12 @@ def open_reader(path: str | Path, backend: str = "auto") -> SlideReader:
     """Open `path` with `backend`, or with the first backend that can ('auto').
 
     DICOM goes to wsidicom first (openslide cannot decode every photometric interpretation).
+    A URL (str) is read in place or through the slide cache (`slideflow.slide.remote_open`).
     """
+    if is_url(path):
+        from ..remote_open import open_url
+
+        return open_url(path, backend)
     path = Path(path)
     if not path.exists():
         raise SlideNotFoundError(f"{path}: no such slide file or folder")

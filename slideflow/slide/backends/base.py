@@ -106,7 +106,8 @@ class SlideReader(ABC):
         ds = self.level_downsamples[level]
         rw, rh = w // k, h // k  # whole k x k blocks; the last < k px are left out
         small = None
-        if len(self.level_dimensions) == 1 and self.path.is_file():
+        if len(self.level_dimensions) == 1 and isinstance(self.path, Path) and \
+                self.path.is_file():
             from .tiff_scan import shrink_tiled_tiff  # stored tiles, empty ones skipped
 
             small = shrink_tiled_tiff(self.path, (w, h), k)

@@ -1,0 +1,323 @@
+"""Servers on 127.0.0.1 for the remote-slide tests: a plain HTTP server with Range support and
+an S3 server (moto's app, served by werkzeug), both with fault injection.
+
+Faults are consumed in order by ranged GETs (`server.faults`, a list of kinds):
+- "503": a 503 answer;
+- "drop": the headers announce the whole range, half the body is sent, the connection closed;
+- "short": a well-formed answer whose body is half the range (Content-Length says so);
+- None: a normal answer.
+`server.change(name, data)` replaces an object (a new ETag) between two reads.
+Every request is logged in `server.log` as (method, path, range header).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def _etag(data: bytes) -> str:
+    return '"' + hashlib.md5(data).hexdigest() + '"'
+
+
+def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    if not header or not header.startswith("bytes="):
+        return None
+    a, b = header[6:].split(",")[0].split("-")
+    if a == "":
+        return max(0, size - int(b)), size
+    return int(a), min(size, int(b) + 1) if b else size
+
+
+class FaultPlan:
+    def __init__(self):
+        self.faults: list[str | None] = []
+        self.log: list[tuple[str, str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def next_fault(self) -> str | None:
+        with self.lock:
+            return self.faults.pop(0) if self.faults else None
+
+    def record(self, method: str, path: str, rng: str | None) -> None:
+        with self.lock:
+            self.log.append((method, path, rng))
+
+    def ranged_gets(self, suffix: str = "") -> int:
+        return sum(1 for m, p, r in self.log if m == "GET" and r and p.endswith(suffix))
+
+
+class RangeHTTPServer(FaultPlan):
+    """Serves `files` ({name: bytes}) at http://127.0.0.1:<port>/<name> (HEAD, GET, Range,
+    If-Match, ETag)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        super().__init__()
+        self.files = dict(files)
+        plan = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _object(self):
+                name = self.path.lstrip("/").split("?")[0]
+                return plan.files.get(name)
+
+            def do_HEAD(self):
+                plan.record("HEAD", self.path, None)
+                data = self._object()
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", _etag(data))
+                self.end_headers()
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                plan.record("GET", self.path, rng)
+                data = self._object()
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                match = self.headers.get("If-Match")  # strong comparison: W/ never matches
+                if match and (match.startswith("W/") or match != _etag(data)):
+                    self.send_response(412)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                span = _parse_range(rng, len(data))
+                fault = plan.next_fault() if span else None
+                if fault == "503":
+                    body = b"busy"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                a, b = span or (0, len(data))
+                body = data[a:b]
+                if fault == "short":
+                    body = body[: len(body) // 2]
+                self.send_response(206 if span else 200)
+                if span:
+                    self.send_header("Content-Range", f"bytes {a}-{a + len(body) - 1}/"
+                                                      f"{len(data)}")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", _etag(data))
+                self.end_headers()
+                if fault == "drop":
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def change(self, name: str, data: bytes) -> None:
+        self.files[name] = data
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class _FaultMiddleware:
+    """WSGI wrapper injecting the plan's faults into ranged GETs of the S3 app."""
+
+    def __init__(self, app, plan: FaultPlan):
+        self.app, self.plan = app, plan
+
+    def __call__(self, environ, start_response):
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+        rng = environ.get("HTTP_RANGE")
+        self.plan.record(method, path, rng)
+        fault = self.plan.next_fault() if method == "GET" and rng else None
+        if fault == "503":
+            body = (b"<?xml version='1.0'?><Error><Code>SlowDown</Code>"
+                    b"<Message>Please reduce your request rate.</Message></Error>")
+            start_response("503 Slow Down", [("Content-Type", "application/xml"),
+                                              ("Content-Length", str(len(body)))])
+            return [body]
+        if fault in ("drop", "short"):
+            status_headers: dict = {}
+
+            def capture(status, headers, exc_info=None):
+                status_headers["s"], status_headers["h"] = status, headers
+                return lambda _b: None
+
+            body = b"".join(self.app(environ, capture))
+            half = body[: len(body) // 2]
+            headers = [(k, v) for k, v in status_headers["h"] if k.lower() != "content-length"]
+            length = len(body) if fault == "drop" else len(half)
+            start_response(status_headers["s"], headers + [("Content-Length", str(length))])
+            return [half]
+        return self.app(environ, start_response)
+
+
+class S3Server(FaultPlan):
+    """moto's S3 on 127.0.0.1 (werkzeug, threaded), with the fault plan in front."""
+
+    def __init__(self):
+        super().__init__()
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_request(self, *args, **kwargs):
+                pass
+
+        app = DomainDispatcherApplication(create_backend_app)
+        self.server = make_server("127.0.0.1", 0, _FaultMiddleware(app, self), threaded=True,
+                                  request_handler=Quiet)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+
+    def put(self, bucket: str, key: str, data: bytes | Path) -> str:
+        c = self.client()
+        try:
+            c.create_bucket(Bucket=bucket)
+        except c.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        c.put_object(Bucket=bucket, Key=key, Body=data if isinstance(data, bytes) else
+                     Path(data).read_bytes())
+        return f"s3://{bucket}/{key}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class DicomWebServer(FaultPlan):
+    """A minimal DICOMweb server for the instances in `folder`: QIDO-RS
+    `/studies/{s}/instances` and `/studies/{s}/series/{se}/instances`, WADO-RS
+    `.../instances/{i}/metadata` (JSON, bulk data left out) and `.../instances/{i}/frames/{n,...}`
+    (multipart/related; type="image/jpeg", the stored frames as they are). Faults apply to
+    frame requests."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        import pydicom
+        from pydicom.encaps import generate_frames
+
+        self.instances: dict[str, dict] = {}
+        for f in sorted(Path(folder).iterdir()):
+            ds = pydicom.dcmread(f)
+            frames = list(generate_frames(ds.PixelData, number_of_frames=int(
+                ds.get("NumberOfFrames", 1))))
+            meta = ds.copy()
+            del meta.PixelData
+            js = meta.to_json_dict(bulk_data_threshold=1 << 30,
+                                   bulk_data_element_handler=lambda _e: "")
+            js["00020010"] = {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]}
+            self.instances[str(ds.SOPInstanceUID)] = {"ds": ds, "json": js, "frames": frames}
+        first = next(iter(self.instances.values()))["ds"]
+        self.study, self.series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+        plan = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status, body=b"", ctype="application/dicom+json"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                import json
+                from urllib.parse import parse_qs, urlsplit
+
+                url = urlsplit(self.path)
+                parts = [p for p in url.path.split("/") if p]
+                plan.record("GET", url.path, None)
+                query = parse_qs(url.query)
+                if parts[-1] == "instances":  # QIDO-RS search
+                    wanted = [u for v in query.get("SeriesInstanceUID", []) +
+                              query.get("0020000E", []) for u in v.split(",")]
+                    if len(parts) > 4 and parts[-3] == "series":
+                        wanted.append(parts[-2])
+                    sop = query.get("SOPClassUID", query.get("00080016", [None]))[0]
+                    modality = query.get("Modality", query.get("00080060", [None]))[0]
+                    out = [self._qido(i) for i in plan.instances.values()
+                           if (not wanted or plan.series in wanted)
+                           and sop in (None, str(i["ds"].SOPClassUID))
+                           and modality in (None, str(i["ds"].get("Modality", "SM")))]
+                    return self._send(200, json.dumps(out).encode())
+                at = parts.index("instances") + 1 if "instances" in parts else len(parts)
+                if at >= len(parts) or parts[at] not in plan.instances:
+                    return self._send(404)
+                inst = plan.instances[parts[at]]
+                if parts[-1] == "metadata":
+                    return self._send(200, json.dumps([inst["json"]]).encode())
+                if parts[-2] == "frames":
+                    if plan.next_fault() == "503":
+                        return self._send(503, b"busy", "text/plain")
+                    numbers = [int(n) for n in parts[-1].split(",")]
+                    if any(not 1 <= n <= len(inst["frames"]) for n in numbers):
+                        return self._send(404)
+                    boundary = "sfboundary"
+                    body = b"".join(
+                        b"--" + boundary.encode() + b"\r\nContent-Type: image/jpeg\r\n\r\n" +
+                        inst["frames"][n - 1] + b"\r\n" for n in numbers)
+                    body += b"--" + boundary.encode() + b"--\r\n"
+                    return self._send(200, body, f'multipart/related; type="image/jpeg"; '
+                                                 f"boundary={boundary}")
+                return self._send(404)
+
+            def _qido(self, inst):
+                ds = inst["ds"]
+                return {
+                    "0020000D": {"vr": "UI", "Value": [str(ds.StudyInstanceUID)]},
+                    "0020000E": {"vr": "UI", "Value": [str(ds.SeriesInstanceUID)]},
+                    "00080018": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                    "00080016": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
+                    "00080060": {"vr": "CS", "Value": [str(ds.get("Modality", "SM"))]},
+                    "00083002": {"vr": "UI", "Value": [str(ds.file_meta.TransferSyntaxUID)]},
+                }
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base = f"127.0.0.1:{self.httpd.server_address[1]}"
+
+    def url(self) -> str:
+        return (f"dicomweb+http://{self.base}/dicomweb?study={self.study}"
+                f"&series={self.series}")
+
+    def frame_requests(self) -> int:
+        return sum(1 for m, p, _ in self.log if "/frames/" in p)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
