@@ -88,8 +88,9 @@ def validate_annotations(df: pd.DataFrame, origin: str | os.PathLike = "annotati
 def _from_manifest(df: pd.DataFrame, origin: str | os.PathLike) -> pd.DataFrame:
     """A slide2vec-style manifest (`sample_id,image_path[,mask_path][,spacing_at_level_0]
     [,patient_id]`, see `slideflow.io.manifest`) read as annotations: `sample_id` is the slide
-    name, `patient_id` the patient and `spacing_at_level_0` the `mpp` column; the other columns
-    are kept as they are."""
+    name, `patient_id` the patient and `spacing_at_level_0` the `mpp` column; `image_path` and
+    `mask_path` are made absolute (relative to the manifest); the mask replaces the QC method
+    for that slide in extraction and bags (`Dataset.annotation_masks`)."""
     from .io.manifest import is_manifest_columns
 
     if not is_manifest_columns(list(df.columns)):
@@ -101,7 +102,37 @@ def _from_manifest(df: pd.DataFrame, origin: str | os.PathLike) -> pd.DataFrame:
         renames["spacing_at_level_0"] = "mpp"
     log.info("%s: manifest columns read as annotations (%s)", origin,
              ", ".join(f"{a} -> {b}" for a, b in renames.items()))
+    if Path(origin).is_file():  # relative paths are relative to the manifest, as everywhere
+        base = Path(origin).resolve().parent
+        for col in ("image_path", "mask_path"):
+            if col in df.columns:
+                df[col] = [str(base / v) if v and not Path(v).expanduser().is_absolute()
+                           else v for v in df[col]]
     return df.rename(columns=renames)
+
+
+def annotations_copy(path: str | os.PathLike) -> bytes:
+    """The bytes a project keeps of an annotations CSV: the file itself, except that a
+    manifest's relative `image_path` / `mask_path` are made absolute (they are relative to the
+    manifest's folder, which the project's copy does not share)."""
+    from .io.manifest import is_manifest_columns
+
+    path = Path(path)
+    data = path.read_bytes()
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
+                     skipinitialspace=True, encoding="utf-8-sig")
+    df.columns = [str(c).strip() for c in df.columns]
+    if not is_manifest_columns(list(df.columns)):
+        return data
+    base = path.resolve().parent
+    changed = False
+    for col in ("image_path", "mask_path"):
+        if col in df.columns:
+            new = [str(base / v.strip()) if v.strip() and not
+                   Path(v.strip()).expanduser().is_absolute() else v for v in df[col]]
+            changed |= new != list(df[col])
+            df[col] = new
+    return df.to_csv(index=False, lineterminator="\n").encode() if changed else data
 
 
 def blank_annotations(slides: Iterable[str]) -> pd.DataFrame:

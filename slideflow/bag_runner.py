@@ -225,8 +225,8 @@ def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normaliz
     except Exception as exc:  # anything else is this slide's failure; the batch goes on
         out.status = FAILED
         out.error_type, out.error = failure_text(exc, [t.outdir for t in todo])
-        log.warning("%s: failed (%s: %s)", job.name, out.error_type, out.error)
-        log.debug("%s: traceback", job.name, exc_info=True)
+        # the progress line and the caller's summary report it (once)
+        log.debug("%s: failed (%s: %s)", job.name, out.error_type, out.error, exc_info=True)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -282,8 +282,10 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
         _check_record_count(job, tiles)
         need = max(opts.min_tiles, 1)
         if tiles < need:
-            raise SlideflowError(f"{job.name}: {tiles} tiles (< min_tiles={need}); no bag "
-                                 "written")
+            qc = ("as extracted" if job.tfrecord is not None else str(job.mask)
+                  if job.mask is not None else opts.selection.qc_record())
+            raise SlideflowError(f"{job.name}: {tiles} tiles after tile selection (qc={qc!r}), "
+                                 f"fewer than min_tiles={need}; no bag written")
         for t in todo:  # the folders still hold our configuration: commit (writers' exit)
             verify_claim(config_of(t), t.cfg)
     return tiles

@@ -19,11 +19,25 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="slideflow: whole-slide images to tiles and feature vectors.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .version import __version__
+
+        typer.echo(f"slideflow {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="print the version and exit")] = False) -> None:
+    """slideflow: whole-slide images to tiles and feature vectors."""
 
 
 def _tile_um(value: str) -> float | str:
@@ -34,10 +48,11 @@ def _tile_um(value: str) -> float | str:
 
 
 def _expand(paths: list, recursive: bool = True) -> list:
-    """Slide files and DICOM folders given, plus the slides inside the folders given; a URL
-    prefix ending in '/' is listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    """Slides given: local paths by the one slide rule (`slideflow.slide.expand_slides`:
+    files, DICOM folders, the slides inside other folders), URLs as they are, a URL prefix
+    ending in '/' listed (`slideflow.slide.remote_open.find_remote_slides`)."""
     from .io.location import is_url
-    from .slide import find_slides, is_slide
+    from .slide import expand_slides
 
     out: list = []
     for p in paths:
@@ -45,13 +60,8 @@ def _expand(paths: list, recursive: bool = True) -> list:
             from .slide.remote_open import find_remote_slides
 
             out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
-            continue
-        p = Path(p)
-        if p.is_dir() and not is_slide(p):
-            out.extend(find_slides(p) if recursive else
-                       sorted(c for c in p.iterdir() if is_slide(c)))
         else:
-            out.append(p)
+            out.extend(expand_slides([p], recursive))
     return out
 
 
@@ -239,6 +249,7 @@ def features(
     """
     import time
 
+    from .cli_errors import check_inputs_exist
     from .errors import SlideflowError
     from .features import TileSelection, check_run_options, generate_bags
     from .io.runlog import human_summary, run_summary, write_run_files
@@ -254,6 +265,7 @@ def features(
     check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
+    check_inputs_exist(slides)
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise typer.BadParameter(f"--precision {precision!r}: auto, fp32, fp16 or bf16")
     names = [n.strip() for n in extractor.split(",") if n.strip()]
@@ -362,20 +374,13 @@ def extract_tiles(
         raise typer.Exit(1)
 
 
-@app.command()
-def extractors() -> None:
-    """List every known extractor (installed or not)."""
-    from .model import list_extractors
-
-    typer.echo(list_extractors().to_string())
-
-
 def _register_extra_commands() -> None:
-    from .cli_encode import register
-    from .cli_mil import register as register_mil
+    from . import cli_encode, cli_extractors, cli_mil, doctor
 
-    register(app)
-    register_mil(app)
+    cli_extractors.register(app)
+    cli_encode.register(app)
+    cli_mil.register(app)
+    doctor.register(app)
 
 
 _register_extra_commands()
@@ -394,31 +399,17 @@ def ray_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `slideflow` script: exit 0 done, 1 when a slide failed, 2 for a usage error."""
     import sys
 
-    from .errors import SlideflowError
+    from .cli_errors import run_app
     from .io.held_locks import install_sigterm_handler
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     install_sigterm_handler()  # SLURM's SIGTERM before a requeue frees this run's slide locks
-    try:
-        # without standalone mode, click returns a command's typer.Exit code instead of
-        # exiting: pass it on (exit 1 when a slide failed, 2 when the run cannot start)
-        code = app(args=ray_argv(sys.argv[1:]), prog_name="slideflow", standalone_mode=False)
-    except click.exceptions.Exit as exc:  # typer.Exit
-        raise SystemExit(exc.exit_code) from None
-    except click.ClickException as exc:  # usage errors: click's own message, exit 2
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
-        typer.echo("Aborted.", err=True)
-        raise SystemExit(130) from None
-    except SlideflowError as exc:  # a clear message, never a traceback
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(2 if isinstance(exc, ValueError) else 1) from None
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
+    args = ray_argv(sys.argv[1:] if argv is None else argv)
+    raise SystemExit(run_app(app, args, prog_name="slideflow"))
 
 
 if __name__ == "__main__":

@@ -26,15 +26,6 @@ def _tile_um(value: str | None) -> float | str | None:
     return value if value.lower().endswith("x") else float(value)
 
 
-def _expand(paths: list[Path]) -> list[Path]:
-    from .slide import find_slides, is_slide
-
-    out: list[Path] = []
-    for p in paths:
-        out.extend(find_slides(p) if p.is_dir() and not is_slide(p) else [p])
-    return out
-
-
 def plan_encoders(names: list[str], tile_extractor: str | None, pretrained: bool = True,
                   weights: str | None = None) -> tuple[list[Any], str]:
     """Build the encoders and the one tile extractor they share (clear error otherwise)."""
@@ -80,14 +71,17 @@ def encode_slide(
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Slide embeddings straight from slides (tile bags are made or reused on the way)."""
+    from .cli_errors import check_inputs_exist
     from .features import jobs_from_paths
+    from .slide import expand_slides
     from .slide_embeddings import generate_slide_embeddings
 
     if fmt not in ("pt", "h5"):
         raise typer.BadParameter(f"--format must be pt or h5, got {fmt!r}")
+    check_inputs_exist(slides)  # before any model is built
     names = [n.strip() for n in slide_encoder.split(",") if n.strip()]
     encoders, tile_name = plan_encoders(names, extractor, not random_weights, weights)
-    paths = _expand(slides)
+    paths = expand_slides(slides)
     jobs = jobs_from_paths(paths, mpp=mpp)
     bags = outdir / "tile_bags" / tile_name
     geo = next(((e.spec.tile_px, e.spec.tile_um) for e in encoders if e.spec.tile_px), None)
@@ -124,10 +118,14 @@ def encode_patient(
     """Patient embeddings (mean of each patient's slide embeddings), manifest order."""
     import torch
 
+    from .cli_errors import check_inputs_exist
     from .embed import PreprocessingConfig, embed_patients
     from .io.atomic import atomic_path, write_json_atomic
+    from .io.manifest import read_manifest
     from .model.slide_encoders import build_slide_encoder
 
+    check_inputs_exist([manifest])  # and its columns, before any model is built
+    read_manifest(manifest, required=("patient_id", "image_path"))
     enc = build_slide_encoder(slide_encoder, pretrained=not random_weights)
     pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_um),
                               qc=None if qc in (None, "none") else qc)

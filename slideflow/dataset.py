@@ -241,6 +241,14 @@ class Dataset:
                 out[name] = roi
         return out
 
+    def annotation_masks(self) -> dict[str, Path]:
+        """{slide: tissue-mask image} from a `mask_path` annotation column (a manifest's; blank
+        cells skipped): the mask replaces the QC method for that slide."""
+        df = self.annotations
+        if "mask_path" not in df.columns:
+            return {}
+        return {name: Path(v) for name, v in zip(df[SLIDE], df["mask_path"]) if v}
+
     def annotation_mpp(self) -> dict[str, float]:
         """{slide: MPP} from an `mpp` annotation column (blank cells skipped)."""
         df = self.annotations
@@ -402,7 +410,7 @@ class Dataset:
         if source not in ("auto", "slides", "tfrecords"):
             raise ValueError("source must be 'auto', 'slides' or 'tfrecords'")
         tfrs = self.tfrecords(as_dict=True) if self.label and source != "slides" else {}
-        mpp = self.annotation_mpp()
+        mpp, masks = self.annotation_mpp(), self.annotation_masks()
         jobs = []
         for name, (src, path, _) in sorted(self._present().items()):
             tfr = tfrs.get(name) if source != "slides" else None
@@ -410,6 +418,7 @@ class Dataset:
                 continue
             jobs.append(SlideJob(name=name, slide_path=path, tfrecord=tfr,
                                  rois=src.roi_file(name), mpp=mpp.get(name),
+                                 mask=masks.get(name),
                                  mpp_source="annotations" if name in mpp else None))
         return jobs
 

@@ -34,13 +34,16 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
                     slides_in_flight: int | None = None, progress: bool | None = True,
                     mpp_override: float | dict[str, float] | None = None,
                     **options: Any) -> ExtractionSummary:
-    """Extract every slide of a Dataset into its sources' TFRecord folders (+ reports)."""
-    opt = ExtractOptions(**options)
+    """Extract every slide of a Dataset into its sources' TFRecord folders (+ reports); `qc`
+    defaults to `slideflow.selection.DEFAULT_QC`."""
+    from .selection import DEFAULT_QC
+
+    opt = ExtractOptions(**{"qc": DEFAULT_QC, **options})
     label = get_tfrecord_label(dataset.tile_px, dataset.tile_um)
     jobs: list[ExtractJob] = []
     failed: dict[str, str] = {}
     existing = dataset.tfrecords(include_incomplete=True, as_dict=True)
-    ann_mpp = dataset.annotation_mpp()
+    ann_mpp, masks = dataset.annotation_mpp(), dataset.annotation_masks()
     paths = dataset.slide_paths(as_dict=True)
     for name, src in dataset.slide_sources().items():
         if src.tfrecords is None:
@@ -60,7 +63,7 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
         if opt.save_tiles and src.tiles is None:
             log.warning("source %s has no 'tiles' folder; loose tiles are not saved", src.name)
         jobs.append(ExtractJob(name, path, src.tfrecords / label, tiles_dir, src.roi_file(name),
-                               float(mpp) if mpp is not None else None))
+                               float(mpp) if mpp is not None else None, masks.get(name)))
     if not jobs and not failed:
         log.warning("no slides to extract (dataset has %d slides)", len(dataset.slides()))
     summary = run_jobs(jobs, dataset.tile_px, dataset.tile_um, opt, num_threads=num_threads,

@@ -214,53 +214,40 @@ def embed_patient(slides: Sequence[Any], patient_id: str,
     return EmbeddedPatient(str(patient_id), vecs.mean(axis=0), dict(pairs))
 
 
-def read_manifest(manifest: Any) -> list[dict[str, Any]]:
-    """Rows with patient_id, sample_id, image_path from a CSV path, DataFrame or dicts."""
-    import pandas as pd
-
-    if isinstance(manifest, (str, os.PathLike)):
-        df = pd.read_csv(manifest, dtype=str)
-    elif isinstance(manifest, pd.DataFrame):
-        df = manifest.astype({c: str for c in manifest.columns if c != "image_path"})
-    else:
-        df = pd.DataFrame([dict(r) for r in manifest])
-    missing = {"patient_id", "image_path"} - set(df.columns)
-    if missing:
-        raise SlideflowError(f"manifest needs columns patient_id and image_path (missing "
-                             f"{sorted(missing)}); optional: sample_id")
-    rows = []
-    for r in df.to_dict("records"):
-        path = Path(str(r["image_path"]))
-        sid = r.get("sample_id")
-        rows.append({"patient_id": str(r["patient_id"]), "image_path": path,
-                     "sample_id": str(sid) if isinstance(sid, str) and sid else None})
-    return rows
-
-
 def embed_patients(manifest: Any, tile_extractor: Any = None, slide_encoder: Any = "mean", *,
                    preprocessing: PreprocessingConfig | None = None,
                    execution: ExecutionConfig | None = None,
                    slide_embeddings: Mapping[str, Any] | None = None) -> list[EmbeddedPatient]:
     """One EmbeddedPatient per patient of `manifest`, in order of first appearance.
 
+    `manifest`: a CSV (`slideflow.io.manifest`: paths relative to the CSV; `spacing_at_level_0`
+    and `mask_path` honoured per slide), a DataFrame or dicts, with patient_id and image_path.
+
     ``slide_embeddings`` ({sample_id: vector}) skips embedding those slides.
     """
-    rows = read_manifest(manifest)
+    from dataclasses import replace
+
+    from .io.manifest import read_manifest
+
+    rows = read_manifest(manifest, required=("patient_id", "image_path"))
+    pre = preprocessing or PreprocessingConfig()
     exe = execution or ExecutionConfig()
     known = dict(slide_embeddings or {})
     resolved = None
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     for r in rows:
-        emb = None
-        sid = r["sample_id"]
+        sid = r.sample_id
         if sid is not None and sid in known:
             vec = np.asarray(known[sid], np.float32)
         else:
             resolved = resolved or _resolve(tile_extractor, slide_encoder, exe)
-            emb = embed_slide(r["image_path"], preprocessing=preprocessing, execution=exe,
+            # the row's spacing and tissue mask override the shared settings, as in `features`
+            row_pre = replace(pre, mpp=r.mpp if r.mpp is not None else pre.mpp,
+                              qc=str(r.mask_path) if r.mask_path is not None else pre.qc)
+            emb = embed_slide(r.image_path, preprocessing=row_pre, execution=exe,
                               sample_id=sid, _resolved=resolved)
             sid, vec = _slide_vector(emb)
-        groups.setdefault(r["patient_id"], []).append((sid, vec))
+        groups.setdefault(str(r.patient_id), []).append((sid, vec))
     encoder = resolved[1] if resolved is not None else None
     if encoder is None and slide_encoder is not None and _patient_level(slide_encoder):
         encoder = _resolve_encoder(slide_encoder, exe)  # every slide was given: model only

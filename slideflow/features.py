@@ -35,7 +35,7 @@ from .pipeline import (
     slide_read_options,
     tfrecord_source,
 )
-from .selection import TileSelection, open_wsi
+from .selection import DEFAULT_QC, TileSelection, open_wsi
 from .slide import slide_name
 from .slide.decode_check import decoder_record
 from .slide.geometry import check_tile_geometry, make_grid
@@ -173,6 +173,7 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),
+                                   "tile_selection": _tfrecord_selection(job.tfrecord),
                                    "decoder": tfrecord_decoder_record(
                                        job.tfrecord, gpu_decode_device(extractor))}
     wsi = _open_job_wsi(job, tile_px, tile_um, selection)
@@ -180,8 +181,12 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
     if max_tiles is not None and len(coords) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(coords), max_tiles, replace=False))
         coords = coords[keep]
+    chosen = selection.selection_dict()
+    if job.mask is not None:  # the manifest's mask replaced the QC method
+        chosen["qc"] = str(job.mask)
     read = slide_read_options(extractor)
     meta = {"source": "slide", "slide_path": str(job.slide_path), "mpp": wsi.mpp,
+            "tile_selection": chosen,
             "level0_width": wsi.dimensions[0], "level0_height": wsi.dimensions[1],
             "objective_power": wsi.reader.objective_power,
             "level": wsi.level_choice.level, "read_px": wsi.level_choice.read_px,
@@ -203,6 +208,17 @@ def _open_job_wsi(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSele
         wsi.close()
         raise
     return wsi
+
+
+def _tfrecord_selection(tfrecord: Path) -> dict[str, Any] | None:
+    """The tile selection a TFRecord was extracted with (its sidecar's request), or None."""
+    from .extract.sidecar import read_sidecar
+    from .selection import _RECORD_ORDER
+
+    side = read_sidecar(tfrecord) or {}
+    req = side.get("request") or side.get("settings") or {}
+    found = {k: req[k] for k in _RECORD_ORDER if k in req}
+    return found or None
 
 
 def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
@@ -408,7 +424,8 @@ def generate_feature_bags(
     **selection: Any,
 ) -> BagsReport:
     """Bags for `jobs` with the same tile-selection options as `extract_tiles` (`qc`, ROIs,
-    whitespace/grayspace...). `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
+    whitespace/grayspace...; `qc` defaults to `DEFAULT_QC`, as extraction's does).
+    `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
     when they exist, otherwise from the slides), so the engine never calls back into a Dataset.
 
     `num_workers` sets the reader threads; `batch_size` the model batch. `devices` runs one
@@ -429,6 +446,7 @@ def generate_feature_bags(
     if unknown:
         raise TypeError(f"unknown tile-selection options {sorted(unknown)}; valid: "
                         f"{sorted(TileSelection.__dataclass_fields__)}")
+    selection = {"qc": DEFAULT_QC, **selection}  # the same default as extraction and the CLI
     return generate_bags(
         jobs, extractor, outdir, tile_px, tile_um,
         normalizer=normalizer, selection=TileSelection(**selection), fmt=format,

@@ -22,6 +22,12 @@ from typing import Any
 log = logging.getLogger("slideflow")
 
 
+def failure_kind(message: str) -> str:
+    """'MissingMPPError' of 'MissingMPPError: the file records no MPP' (else 'see summary')."""
+    head = (message or "").split(":", 1)[0].strip()
+    return head if head.isidentifier() else "reason in the summary"
+
+
 def is_interactive(stream: Any = None) -> bool:
     """True when `stream` (default stderr) is a terminal."""
     stream = stream if stream is not None else sys.stderr
@@ -114,12 +120,18 @@ class SlideProgress:
         self._advance()
 
     def slide_failed(self, name: str, message: str) -> None:
+        """A slide failed: one progress line naming the error type. The reason itself is
+        printed once, by the caller's summary (the CLI's FAILED lines, `report.failed`)."""
         with self._lock:
             self.slides_failed += 1
+        kind = failure_kind(message)
         if self.live and self._progress is not None:
             from rich.markup import escape
 
-            self._progress.console.print(f"[red]{escape(name)}: {escape(message)}")
+            self._progress.console.print(f"[red]{escape(name)} failed ({escape(kind)})")
+        else:
+            log.info("%s: %s failed (%s) [%d/%d]", self.desc, name, kind, self.finished,
+                     self.total)
         self._advance()
 
     # -- numbers --------------------------------------------------------------------------------

@@ -24,7 +24,12 @@ from typing import Any
 
 import pandas as pd
 
-from .annotations import blank_annotations, read_annotations, write_annotations
+from .annotations import (
+    annotations_copy,
+    blank_annotations,
+    read_annotations,
+    write_annotations,
+)
 from .dataset import Dataset
 from .errors import ProjectError
 from .io.atomic import atomic_open, write_json_atomic
@@ -290,7 +295,7 @@ def create_project(root: str | os.PathLike, name: str = "MyProject",
         save_source(P.dataset_config, src)
         cfg["sources"] = [src.name]
     if annotations is not None:
-        data = Path(annotations).read_bytes()
+        data = annotations_copy(annotations)  # a manifest's relative paths made absolute
         with atomic_open(P.annotations, "wb") as fh:
             fh.write(data)
     elif not P.annotations.exists():

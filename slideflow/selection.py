@@ -17,6 +17,9 @@ from .slide.wsi import WSI
 from .validate import finite, positive_int
 
 ROI_METHODS = ("auto", "inside", "outside", "ignore")
+#: The QC used when none is given, by tile extraction, bags from slides and the CLI alike (so a
+#: folder of bags mixing TFRecords and slides holds tiles chosen one way). `qc=None` turns QC off.
+DEFAULT_QC = "otsu"
 # The order of the JSON record (`selection_dict`), as written by earlier releases.
 _RECORD_ORDER = ("qc", "qc_threshold", "roi_method", "roi_filter_method", "whitespace_fraction",
                  "whitespace_threshold", "grayspace_fraction", "grayspace_threshold",
@@ -68,4 +71,4 @@ def open_wsi(slide_path: str | Path, tile_px: int, tile_um: Any, selection: Tile
     return wsi
 
 
-__all__ = ["QC_METHODS", "ROI_METHODS", "QCSettings", "TileSelection", "open_wsi"]
+__all__ = ["DEFAULT_QC", "QC_METHODS", "ROI_METHODS", "QCSettings", "TileSelection", "open_wsi"]

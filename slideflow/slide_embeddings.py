@@ -45,7 +45,7 @@ __all__ = ["CONFIG_NAME", "SlideEmbeddingsReport", "TwoStageExtractor", "build_f
 def _tile_stage(jobs: Sequence[Any], encoder: Any, bags_dir: Path, tile_px: int, tile_um: Any,
                 tile_extractor: Any, progress: bool, **bag_kwargs: Any):
     from .features import generate_bags, resolve_extractor
-    from .selection import TileSelection
+    from .selection import DEFAULT_QC, TileSelection
 
     name = tile_extractor or encoder.tile_extractor
     if name is None:
@@ -58,8 +58,8 @@ def _tile_stage(jobs: Sequence[Any], encoder: Any, bags_dir: Path, tile_px: int,
                                 f"not {ext.name!r}")
     encoder.check_features(ext.num_features, str(bags_dir))
     check_geometry(encoder, tile_px, tile_um, "tile settings")
-    selection = {k: bag_kwargs.pop(k) for k in list(bag_kwargs)
-                 if k in TileSelection.__dataclass_fields__}
+    selection = {"qc": DEFAULT_QC, **{k: bag_kwargs.pop(k) for k in list(bag_kwargs)
+                                      if k in TileSelection.__dataclass_fields__}}
     return generate_bags(jobs, ext, bags_dir, tile_px, tile_um,
                          selection=TileSelection(**selection), progress=progress, **bag_kwargs)
 

@@ -268,3 +268,29 @@ def test_finite_check_uses_the_sum_but_decides_element_wise():
         t[517] = bad
         with pytest.raises(WeightsError, match="'w'.* 1 non-finite"):
             cast_checked(t, torch.float32, "w")
+
+
+@pytest.mark.parametrize("spec_repo, cached_as", [("acme/tiny-encoder", "Acme/Tiny-Encoder"),
+                                                  ("Acme/Tiny-Encoder", "acme/tiny-encoder")])
+def test_offline_cache_matches_repo_ids_case_insensitively(source, tmp_path, monkeypatch,
+                                                           spec_repo, cached_as):
+    """The hub treats MahmoodLab/UNI and MahmoodLab/uni as one repo; the cache keeps the
+    spelling used to download. Offline lookup finds either spelling."""
+    _, sd, feats = source
+    cache = tmp_path / "hub"
+    path = _lay_out_hf_cache(cache, cached_as, "model.safetensors", sd)
+    spec = ExtractorSpec(name="test_hub_case", family="torchvision", dim=512, input_px=64,
+                         license="MIT", cnn=True, build={"arch": "resnet18"},
+                         weights=hf(spec_repo, "model.safetensors"),
+                         expected_unexpected=("fc.*",))
+    sf.register_extractor(spec)
+    try:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+        assert weights_module.cached_spellings(spec_repo, str(cache)) == [spec_repo, cached_as]
+        ext = sf.build_feature_extractor("test_hub_case")
+        assert ext.weights_source == f"hf:{cached_as}/model.safetensors"
+        assert ext.weights_sha256 == hashlib.sha256(open(path, "rb").read()).hexdigest()
+        np.testing.assert_array_equal(ext(TILES), feats)
+    finally:
+        registry.unregister_extractor(spec.name)

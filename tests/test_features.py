@@ -116,7 +116,7 @@ def test_tfrecord_and_slide_sources_give_identical_features(project, ext, tmp_pa
 
 def test_rebuild_reproduces_bit_identical_features(project, ext, tmp_path):
     out = tmp_path / "bags"
-    project.dataset(TILE_PX, TILE_UM).generate_feature_bags(ext, out, progress=False)
+    project.dataset(TILE_PX, TILE_UM).generate_feature_bags(ext, out, qc=None, progress=False)
     rebuilt, normalizer = sf.rebuild_extractor(out)
     assert normalizer is None and rebuilt.name == ext.name
     wsi = sf.WSI(CMU, TILE_PX, TILE_UM)
@@ -133,15 +133,15 @@ def test_rebuild_reproduces_bit_identical_features(project, ext, tmp_path):
 def test_resume_and_config_mismatch(project, ext, tmp_path):
     ds = project.dataset(TILE_PX, TILE_UM)
     out = tmp_path / "bags"
-    ds.generate_feature_bags(ext, out, progress=False)
+    ds.generate_feature_bags(ext, out, qc=None, progress=False)
     bag_file = out / "CMU-1-Small-Region.pt"
     mtime = bag_file.stat().st_mtime_ns
-    again = ds.generate_feature_bags(ext, out, progress=False)
+    again = ds.generate_feature_bags(ext, out, qc=None, progress=False)
     assert again.skipped == ["CMU-1-Small-Region"] and not again.done
     assert bag_file.stat().st_mtime_ns == mtime
-    with pytest.raises(BagsConfigMismatchError, match="qc"):
-        ds.generate_feature_bags(ext, out, qc="otsu", progress=False)
-    redo = ds.generate_feature_bags(ext, out, qc="otsu", force_regenerate=True, progress=False)
+    with pytest.raises(BagsConfigMismatchError, match="qc"):  # the default QC is otsu
+        ds.generate_feature_bags(ext, out, progress=False)
+    redo = ds.generate_feature_bags(ext, out, force_regenerate=True, progress=False)
     assert list(redo.done) == ["CMU-1-Small-Region"]
     assert len(sf.io.read_bag(bag_file)) < 24
 
@@ -163,8 +163,8 @@ def test_failing_slide_is_reported_and_others_finish(tmp_path, ext, slides):
 
 def test_h5_and_zarr_bags_from_slides(project, ext, tmp_path):
     ds = project.dataset(TILE_PX, TILE_UM)
-    ds.generate_feature_bags(ext, tmp_path / "h5", format="h5", progress=False)
-    ds.generate_feature_bags(ext, tmp_path / "zarr", format="zarr", progress=False)
+    ds.generate_feature_bags(ext, tmp_path / "h5", format="h5", qc=None, progress=False)
+    ds.generate_feature_bags(ext, tmp_path / "zarr", format="zarr", qc=None, progress=False)
     import h5py
 
     wsi = sf.WSI(CMU, TILE_PX, TILE_UM)
@@ -198,7 +198,7 @@ def test_normalizer_round_trips_through_bags_config(project, ext, tmp_path):
     norm.fit(sf.WSI(CMU, 256, 128).qc("otsu").read_tile(3))
     out = tmp_path / "bags"
     ds = project.dataset(TILE_PX, TILE_UM)
-    ds.generate_feature_bags(ext, out, normalizer=norm, progress=False)
+    ds.generate_feature_bags(ext, out, normalizer=norm, qc=None, progress=False)
     cfg = json.loads((out / "bags_config.json").read_text())
     assert cfg["normalizer"]["method"] == "reinhard" and cfg["normalizer"]["fit"]
     rebuilt, renorm = sf.rebuild_extractor(out)

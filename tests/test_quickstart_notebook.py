@@ -56,5 +56,8 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch, slides):
     assert "(10, 1280)" in out and "identical: True" in out
     assert "grid: (6, 4, 1280) tiles: 10" in out
     assert (run_dir / "quickstart" / "project" / "settings.json").exists()
+    errs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.get("outputs", []) if o.get("name") == "stderr")
+    assert "TqdmWarning" not in errs and "IProgress" not in errs, errs  # third-party noise
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the QC preview and the heat map

@@ -268,3 +268,36 @@ def test_import_is_lazy_and_fast():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     dt, torch_loaded, os_loaded = out.stdout.split()
     assert float(dt) < 0.5 and torch_loaded == "False" and os_loaded == "False"
+
+
+def test_one_slide_rule_multiframe_dcm_next_to_slides(tmp_path, slides):
+    """A folder holding one multi-frame .dcm next to other slides is a folder of slides; a
+    folder of several DICOM instances is one slide (the same rule for every entry point)."""
+    from slideflow.slide import expand_slides, find_slides, is_dicom_folder, is_slide
+
+    from conftest import DICOM_CAMELYON
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for p in (CMU, DICOM_CAMELYON):
+        (mixed / p.name).symlink_to(p)
+    (mixed / "dicom").symlink_to(CMU_DICOM)
+    assert not is_slide(mixed) and not is_dicom_folder(mixed)
+    want = [mixed / CMU.name, mixed / "dicom", mixed / DICOM_CAMELYON.name]
+    assert sorted(find_slides(mixed)) == sorted(want)
+    assert sorted(expand_slides([mixed], recursive=False)) == sorted(want)
+    assert is_slide(CMU_DICOM) and expand_slides([CMU_DICOM]) == [CMU_DICOM]
+    # the repository's own slide folder: seven slides, the DICOM instances as one
+    found = expand_slides([slides], recursive=False)
+    assert slides not in found and CMU_DICOM in found and DICOM_CAMELYON in found
+    assert len(found) == 7
+
+
+def test_cli_features_on_the_test_slide_folder_lists_each_slide(slides):
+    """`slideflow features <slides>` plans one job per slide (was one DICOM job for it all)."""
+    from slideflow.cli import _jobs
+
+    names = sorted(j.name for j in _jobs([slides], None, False, None, None))
+    assert names == sorted(["CMU-1-Small-Region", "CMU-1-Small-Region-dicom",
+                            "CMU-1-Small-Region.jpeg", "multiframe_camelyon_challenge_image",
+                            "small_vectra", "tcga-cr-7395-01a-01-ts1", "test3-DAPI-2-387"])

@@ -54,7 +54,7 @@ def cmu_project(tmp_path_factory, slides):
     csv.write_text("patient,slide,subtype\np1,CMU-1-Small-Region,B\n")
     P = sf.create_project(root / "p", annotations=csv, slides=folder)
     ds = P.dataset(64, 128)
-    ds.extract_tiles(img_format="jpg", report=False, progress=False)
+    ds.extract_tiles(img_format="jpg", qc=None, report=False, progress=False)
     return P
 
 

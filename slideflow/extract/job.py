@@ -9,6 +9,7 @@ random subset (still in row-major order).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import logging
@@ -71,6 +72,8 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
     try:
         check_output_name(job.name, "slide name")
         confined(job.outdir, job.tfrecord)
+        if job.mask is not None:  # this slide's tissue mask replaces the QC method
+            opt = dataclasses.replace(opt, qc=str(job.mask))
         request = opt.request(tile_px, tile_um, job.slide_path, job.mpp, job.roi)
         # a finished slide is reused without taking its lock (read-only storage works)
         if opt.skip_extracted and _reused(job, request, opt, res):
@@ -99,8 +102,8 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
         full = disk_full_text(exc, job.outdir)
         res.status, res.error = "failed", (f"OSError: {full}" if full else
                                            f"{type(exc).__name__}: {exception_text(exc)}")
-        log.warning("%s: failed (%s)", job.name, res.error)
-        log.debug("%s: traceback", job.name, exc_info=True)
+        # the progress line and the caller's summary report it (once)
+        log.debug("%s: failed (%s)", job.name, res.error, exc_info=True)
     finally:
         res.seconds = time.perf_counter() - t_start
     return res

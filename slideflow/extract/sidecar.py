@@ -132,6 +132,7 @@ class ExtractJob:
     tiles_dir: Path | None = None  # loose tiles go to tiles_dir/<name>/
     roi: Path | None = None
     mpp: float | None = None
+    mask: Path | None = None  # a tissue-mask image replacing the QC method (manifest mask_path)
 
     @property
     def tfrecord(self) -> Path:

@@ -13,7 +13,11 @@ annotations (`sf.create_project(..., annotations='manifest.csv')`).
   size; used instead of the QC method.
 - `spacing_at_level_0` (optional, may be blank): µm/px of level 0, overriding the file's MPP
   (slide2vec's meaning: a declaration about the source image, not the extraction spacing).
-- `patient_id` (optional): the patient; defaults to the sample.
+- `patient_id` (optional): the patient; defaults to the sample. Required by patient
+  embeddings (`sf.embed_patients`, `slideflow encode-patient`), where `sample_id` is optional.
+
+Every reader of a manifest (`slideflow features --manifest`, `encode-patient`,
+`sf.embed_patients`) goes through `read_manifest`, so the rules above hold everywhere.
 
 Column semantics follow slide2vec's documentation of its input CSV (checked with the search
 tool; no code taken).
@@ -26,6 +30,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import SlideflowError
 from .location import is_url
@@ -42,7 +47,7 @@ class ManifestError(SlideflowError, ValueError):
 class ManifestRow:
     """One slide of a manifest."""
 
-    sample_id: str
+    sample_id: str | None  # None only where not required (patient manifests)
     image_path: Path | str  # a str only for a URL
     mask_path: Path | None = None
     mpp: float | None = None
@@ -71,37 +76,63 @@ def parse_spacing(value: str, where: str) -> float | None:
     return mpp
 
 
-def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
-    """Rows of a manifest CSV, validated (required columns, unique non-blank sample ids)."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [c.strip() for c in reader.fieldnames or []]
-            raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read the manifest ({exc})") from None
-    missing = [c for c in REQUIRED if c not in header]
+def read_manifest(source: str | os.PathLike | Any,
+                  required: tuple[str, ...] = REQUIRED) -> list[ManifestRow]:
+    """Rows of a manifest, validated: required columns, no blank required cell, unique sample
+    ids. The one reader behind every command and API that takes a manifest.
+
+    `source` is a CSV path (relative paths in it are relative to the CSV's folder), a pandas
+    DataFrame or an iterable of dicts (relative to the working directory). `required` is
+    ("sample_id", "image_path") for bags; patient embeddings ask ("patient_id", "image_path")
+    and name a slide without a sample_id by its file.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        where, base = str(path), path.parent
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                header = [c.strip() for c in reader.fieldnames or []]
+                raw = [{(k or "").strip(): (v or "").strip() for k, v in r.items()}
+                       for r in reader]
+        except OSError as exc:
+            raise ManifestError(f"{path}: cannot read the manifest ({exc})") from None
+    else:
+        records = source.to_dict("records") if hasattr(source, "to_dict") else list(source)
+        raw = [{str(k).strip(): _cell(v) for k, v in dict(r).items()} for r in records]
+        header = list(dict.fromkeys(k for r in raw for k in r))
+        where, base = "manifest", Path.cwd()
+    missing = [c for c in required if c not in header]
     if missing:
-        raise ManifestError(f"{path}: manifest needs the columns {list(REQUIRED)} (optional: "
-                            f"{list(OPTIONAL)}); missing {missing}, found {header}")
-    base = path.parent
+        optional = [c for c in (*REQUIRED, *OPTIONAL) if c not in required]
+        raise ManifestError(f"{where}: manifest needs the columns {list(required)} (optional: "
+                            f"{optional}); missing {missing}, found {header}")
     rows: list[ManifestRow] = []
     seen: dict[str, int] = {}
     for line, r in enumerate(raw, start=2):
-        where = f"{path}, line {line}"
-        sid, image = r["sample_id"], r["image_path"]
-        if not sid or not image:
-            raise ManifestError(f"{where}: sample_id and image_path must not be blank")
-        if sid in seen:
-            raise ManifestError(f"{where}: sample_id {sid!r} already on line {seen[sid]}; "
-                                "sample ids name the outputs and must be unique")
-        seen[sid] = line
+        at = f"{where}, line {line}"
+        blank = [c for c in required if not r.get(c)]
+        if blank:
+            raise ManifestError(f"{at}: {' and '.join(blank)} must not be blank")
+        sid = r.get("sample_id") or None
+        if sid is not None:
+            if sid in seen:
+                raise ManifestError(f"{at}: sample_id {sid!r} already on line {seen[sid]}; "
+                                    "sample ids name the outputs and must be unique")
+            seen[sid] = line
         mask = r.get("mask_path") or ""
-        rows.append(ManifestRow(sid, _resolve(base, image), _resolve(base, mask) if mask else None,
-                                parse_spacing(r.get("spacing_at_level_0", ""), where),
+        rows.append(ManifestRow(sid, _resolve(base, r["image_path"]),
+                                _resolve(base, mask) if mask else None,
+                                parse_spacing(r.get("spacing_at_level_0", ""), at),
                                 r.get("patient_id") or None))
     return rows
+
+
+def _cell(value: Any) -> str:
+    """A DataFrame/dict cell as manifest text (NaN and None are blank)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
 
 
 def _resolve(base: Path, value: str) -> Path | str:

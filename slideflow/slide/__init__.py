@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger("slideflow")
@@ -31,15 +32,49 @@ def slide_name(path: str | Path) -> str:
     return path.stem
 
 
+def _dicom_folder(entries: list[Path]) -> bool:
+    """The one rule for a DICOM folder slide, given a folder's entries: two or more .dcm
+    instances and no other slide file. One .dcm (a multi-frame file) is a slide by itself, so a
+    folder holding one next to other slides is a folder of slides."""
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    dcm = sum(p.suffix.lower() == ".dcm" for p in files)
+    others = sum(p.suffix.lower() in SLIDE_SUFFIXES and p.suffix.lower() != ".dcm" for p in files)
+    return dcm > 1 and not others
+
+
+def is_dicom_folder(path: str | Path) -> bool:
+    """True for a folder that is one DICOM WSI (see `_dicom_folder`)."""
+    path = Path(path)
+    try:
+        return path.is_dir() and _dicom_folder(list(path.iterdir()))
+    except OSError:
+        return False
+
+
 def is_slide(path: str | Path) -> bool:
-    """True for a regular file with a slide suffix or a folder of DICOM instances.
+    """True for a regular file with a slide suffix or a DICOM folder (`is_dicom_folder`).
 
     FIFOs, sockets and devices are never slides: opening one could block forever.
     """
     path = Path(path)
     if path.is_dir():
-        return any(p.suffix.lower() == ".dcm" for p in path.iterdir() if p.is_file())
+        return is_dicom_folder(path)
     return path.suffix.lower() in SLIDE_SUFFIXES and path.is_file()
+
+
+def expand_slides(paths: Iterable[str | Path], recursive: bool = True) -> list[Path]:
+    """Slide files and DICOM folders given, plus the slides inside the other folders given
+    (all levels when `recursive`, else the folder's own entries). Every entry point that takes
+    "slides or folders of slides" (CLI commands, API) lists them here."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir() and not is_dicom_folder(p):
+            out.extend(find_slides(p) if recursive else
+                       sorted(c for c in p.iterdir() if not c.name.startswith(".")
+                              and is_slide(c)))
+        else:
+            out.append(p)
+    return out
 
 
 def find_slides(folder: str | Path) -> list[Path]:
@@ -63,8 +98,7 @@ def find_slides(folder: str | Path) -> list[Path]:
             return
         seen.add((st.st_dev, st.st_ino))
         entries = sorted(d.iterdir())
-        dcm = [p for p in entries if p.is_file() and p.suffix.lower() == ".dcm"]
-        if len(dcm) > 1:  # a multi-instance DICOM WSI: the folder is the slide
+        if _dicom_folder(entries):  # a multi-instance DICOM WSI: the folder is the slide
             found.append(d)
             return
         for p in entries:
@@ -90,4 +124,5 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["SLIDE_SUFFIXES", "WSI", "find_slides", "is_slide", "slide_name"]
+__all__ = ["SLIDE_SUFFIXES", "WSI", "expand_slides", "find_slides", "is_dicom_folder",
+           "is_slide", "slide_name"]

@@ -241,17 +241,12 @@ def _rgb_component_ids(stream: bytes) -> bool:
 
 # -- DICOM ------------------------------------------------------------------------------------
 def _dicom_level(path: Path, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
-    import logging
-
     import pydicom
 
-    quiet = logging.getLogger("pydicom")  # converters' over-long UIDs are harmless here
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        return _dicom_scan(path, dims, pydicom)
-    finally:
-        quiet.setLevel(level)
+    from .backends.dicom_backend import quiet_long_uid_warning
+
+    quiet_long_uid_warning()  # converters' over-long UIDs are harmless here
+    return _dicom_scan(path, dims, pydicom)
 
 
 def _dicom_scan(path: Path, dims: tuple[int, int], pydicom) -> tuple[StoredLevel | None, str]:

@@ -76,8 +76,9 @@ class WSI:
         if not self.mpp:
             why = getattr(self.reader, "mpp_note", None) or "the file records no microns-per-pixel"
             raise MissingMPPError(
-                f"{self.path}: {why}. Pass the resolution explicitly, e.g. "
-                f"sf.WSI(..., mpp=0.5), or add an 'mpp' column to the project annotations."
+                f"{self.path}: {why}. Give the resolution: --mpp 0.5 or --mpp-csv on the "
+                f"command line, mpp=0.5 in Python (sf.WSI, SlideJob, PreprocessingConfig), or "
+                f"an 'mpp' column in the project annotations (spacing_at_level_0 in a manifest)."
             )
         try:
             self.grid_spec = geometry.make_grid(

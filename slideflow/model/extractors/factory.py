@@ -189,6 +189,9 @@ _TORCH_ONLY = ("device", "mixed_precision", "channels_last", "resize", "center_c
 
 @functools.wraps(_build_torch)
 def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
+    from ..quiet import quiet_tqdm_import
+
+    quiet_tqdm_import()  # before timm / huggingface_hub import it (Jupyter: IProgress warning)
     if not is_keras_request(name, kwargs.get("backend")):
         return _build_torch(name, *args, **kwargs)
     if args:  # positional weights / device...: bind to their names

@@ -30,6 +30,7 @@ import torch
 
 from ...errors import WeightsError
 from .spec import ExtractorSpec, WeightsSource
+from .weights_status import cached_spellings, torch_hub_dir
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +159,7 @@ def _default(spec: ExtractorSpec) -> ResolvedWeights:
         f"initialisation.{where}")
 
 
-def _torch_hub_dir() -> Path:
-    home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
-    return Path(home) / "hub" / "checkpoints"
+_torch_hub_dir = torch_hub_dir
 
 
 def _from_package(spec: ExtractorSpec, src: WeightsSource) -> ResolvedWeights:
@@ -198,12 +196,15 @@ def _from_hub(spec: ExtractorSpec, repo_id: str, filenames: Iterable[str]) -> Re
            "  - authenticate: `huggingface-cli login`, or set HF_TOKEN\n"
            f"  - or download the file yourself and pass weights='/path/to/file'")
     filenames = list(filenames)
-    if not offline:  # cached weights need no network (and no update check: sha256 pins them)
+    # cached weights need no network (and no update check: sha256 pins them); the hub treats
+    # repo ids case-insensitively but the cache keeps the spelling used to download
+    for spelling in cached_spellings(repo_id, cache_dir):
         for filename in filenames:
-            with contextlib.suppress(Exception):  # any failure here: go on to the network
-                path = hub.hf_hub_download(repo_id, filename, cache_dir=cache_dir, token=token,
+            with contextlib.suppress(Exception):  # any failure here: go on
+                path = hub.hf_hub_download(spelling, filename, cache_dir=cache_dir, token=token,
                                            local_files_only=True)
-                return ResolvedWeights([Path(path).resolve()], f"hf:{repo_id}/{filename}")
+                return ResolvedWeights([Path(path).resolve()], f"hf:{spelling}/{filename}")
+    if not offline:
         down = hub_unreachable()
         if down:
             raise WeightsError(_no_hub_message(spec.name, repo_id, filenames, down, cache_dir))

@@ -27,6 +27,9 @@ def build_slide_encoder(name: str, weights: str | os.PathLike | None = None,
         mixed_precision: fp16 autocast on CUDA (fp32 otherwise).
         **model_kwargs: architecture options of the family (unknown names are errors).
     """
+    from ..quiet import quiet_tqdm_import
+
+    quiet_tqdm_import()
     import torch
 
     from ..extractors import weights as W

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,34 @@ import numpy as np
 from .base import SlideReader, level_pixel, pad_to
 
 
+class _LongUidFilter(logging.Filter):
+    """Drops pydicom's "value length (N) exceeds the maximum length of 64 allowed for VR UI":
+    converters (e.g. the Camelyon DICOM) write over-long UIDs that are harmless for reading,
+    and the warning came on every run. Every other pydicom message passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("exceeds the maximum length of 64" in msg and "VR UI" in msg)
+
+
+_FILTER = _LongUidFilter()
+
+
+def quiet_long_uid_warning() -> None:
+    """Install the filter on pydicom's logger (once; idempotent, thread-safe to repeat)."""
+    logger = logging.getLogger("pydicom")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+
+
 class DicomReader(SlideReader):
     name = "dicom"
 
     def __init__(self, path: str | Path):
         super().__init__(path)
         from wsidicom import WsiDicom
+
+        quiet_long_uid_warning()
 
         with warnings.catch_warnings():  # e.g. the ImageType typo 'ORGINAL' of some converters
             warnings.simplefilter("ignore")
