@@ -27,6 +27,7 @@ from .features import (
     bags_config,
     source_identity,
 )
+from .io.bags_config import own_extractor
 from .selection import TileSelection
 
 log = logging.getLogger("slideflow")
@@ -98,10 +99,14 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     cfg = bags_config(extractor, normalizer, opts.tile_px, opts.tile_um, opts.selection, fmt)
-    request = {"config": {k: cfg[k] for k in ("extractor", "normalizer", "num_features",
-                                              "tile_px", "tile_um")},
+    request = {"config": {k: own_extractor(cfg[k]) if k == "extractor" else cfg[k]
+                          for k in ("extractor", "normalizer", "num_features", "tile_px",
+                                    "tile_um")},
                "selection": opts.selection.selection_dict(), "max_tiles": opts.max_tiles,
                "seed": opts.seed}
+    own_name = (request["config"]["extractor"].get("kwargs") or {}).get("name")
+    if own_name is not None and extractor.name != own_name:  # an alias (AtlasPatch's names)
+        request["encoder"] = extractor.name
     if cfg["provenance"]["precision"] != "fp32":  # bf16/fp16 bags are other bags
         request["precision"] = cfg["provenance"]["precision"]
     return BagTarget(outdir, fmt, cfg, request, extractor)

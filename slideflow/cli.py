@@ -375,12 +375,13 @@ def extract_tiles(
 
 
 def _register_extra_commands() -> None:
-    from . import cli_encode, cli_extractors, cli_mil, doctor
+    from . import cli_atlaspatch, cli_encode, cli_extractors, cli_mil, doctor
 
     cli_extractors.register(app)
     cli_encode.register(app)
     cli_mil.register(app)
     doctor.register(app)
+    cli_atlaspatch.register(app)
 
 
 _register_extra_commands()

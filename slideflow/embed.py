@@ -38,6 +38,8 @@ class PreprocessingConfig:
     mpp: float | None = None
     max_tiles: int | None = None
     region_tile_multiple: int | None = None
+    qc_threshold: float | None = None  # tissue fraction a tile needs (None: QC's default)
+    stride_div: int = 1
 
     def __post_init__(self) -> None:
         if self.tile_px is not None and int(self.tile_px) <= 0:
@@ -46,7 +48,14 @@ class PreprocessingConfig:
             raise ValueError("region_tile_multiple must be >= 1")
         if self.max_tiles is not None and int(self.max_tiles) < 1:
             raise ValueError("max_tiles must be >= 1")
-        TileSelection(qc=self.qc)  # validates qc
+        self.selection()  # validates qc, qc_threshold, stride_div
+
+    def selection(self) -> TileSelection:
+        """The tile selection these settings mean."""
+        extra = {} if self.qc_threshold is None else {"qc_threshold": self.qc_threshold}
+        return TileSelection(qc=self.qc, whitespace_fraction=self.whitespace_fraction,
+                             grayspace_fraction=self.grayspace_fraction,
+                             stride_div=self.stride_div, **extra)
 
 
 @dataclass(frozen=True)
@@ -150,8 +159,7 @@ def embed_slide(path: str | os.PathLike, tile_extractor: Any = None, slide_encod
         raise SlideflowError("give preprocessing=PreprocessingConfig(tile_px=..., tile_um=...)")
     if enc is not None:
         check_geometry(enc, tile_px, tile_um, str(path))
-    selection = TileSelection(qc=pre.qc, whitespace_fraction=pre.whitespace_fraction,
-                              grayspace_fraction=pre.grayspace_fraction)
+    selection = pre.selection()
     with open_wsi(path, int(tile_px), tile_um, selection, mpp=pre.mpp) as wsi:
         coords = wsi.coords
         if pre.max_tiles is not None and len(coords) > pre.max_tiles:

@@ -26,6 +26,7 @@ from .io.location import is_url, slide_path
 from .io.runlog import OutcomeCounts
 from .io.tfrecord import check_tile_size
 from .model import build_feature_extractor
+from .model.extractors.sf3_config import bags_entry
 from .norm import autoselect, resolve
 from .pipeline import (
     RowCollector,
@@ -135,7 +136,8 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
                 selection: TileSelection, fmt: str) -> dict[str, Any]:
     """Slideflow-layout bags_config.json plus a provenance block (ours)."""
     return {
-        "extractor": extractor.dump_config(),
+        "extractor": bags_entry(extractor, tile_px) if hasattr(extractor, "spec") else
+        extractor.dump_config(),
         "normalizer": normalizer.to_config() if normalizer is not None else None,
         "num_features": int(extractor.num_features),
         "tile_px": int(tile_px),
@@ -162,7 +164,7 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
     `slide_read_options` for slides).
     """
     if job.tfrecord is not None:
-        extent = _tfrecord_extent(job, tile_px, tile_um)
+        extent = _tfrecord_extent(job, tile_px, tile_um, selection.grid_rule)
         half = extent // 2
 
         def shifted():
@@ -221,7 +223,7 @@ def _tfrecord_selection(tfrecord: Path) -> dict[str, Any] | None:
     return found or None
 
 
-def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
+def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any, grid_rule: str) -> int:
     """Tile extent in level-0 px for a TFRecord: from its extraction sidecar, else the slide."""
     sidecar = job.tfrecord.with_suffix(".extract.json") if job.tfrecord else None
     if sidecar is not None and sidecar.exists():
@@ -231,7 +233,7 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any) -> int:
             return int(extent)
     if job.slide_path is not None:
         mpp = job.mpp or WSI(job.slide_path, tile_px, tile_um, mpp=job.mpp).mpp
-        return make_grid((1, 1), mpp, tile_px, tile_um).extent
+        return make_grid((1, 1), mpp, tile_px, tile_um, rule=grid_rule).extent
     raise SlideflowError(
         f"{job.tfrecord}: cannot tell the tile size in level-0 pixels (no .extract.json beside "
         "it and no slide found); add the slide to the project sources or re-extract tiles"
@@ -271,7 +273,8 @@ def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any],
                     identity: dict[str, Any] | None = None) -> bool:
     if not bag_path(outdir, name, fmt).exists():
         return False
-    encoder = ((request.get("config") or {}).get("extractor") or {}).get("kwargs", {}).get("name")
+    encoder = request.get("encoder") or ((request.get("config") or {}).get("extractor")
+                                         or {}).get("kwargs", {}).get("name")
     meta = read_bag_meta(outdir, name, fmt, encoder=encoder) or {}
     recorded = meta.get("request")
     if recorded != normalize(request):

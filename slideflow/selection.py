@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidArgumentError
+from .slide.geometry import DEFAULT_GRID_RULE, check_grid_rule
 from .slide.qc import QC_METHODS, QCSettings
 from .slide.wsi import WSI
 from .validate import finite, positive_int
@@ -23,18 +24,20 @@ DEFAULT_QC = "otsu"
 # The order of the JSON record (`selection_dict`), as written by earlier releases.
 _RECORD_ORDER = ("qc", "qc_threshold", "roi_method", "roi_filter_method", "whitespace_fraction",
                  "whitespace_threshold", "grayspace_fraction", "grayspace_threshold",
-                 "stride_div", "use_edge_tiles")
+                 "stride_div", "use_edge_tiles", "grid_rule")
 
 
 @dataclass
 class TileSelection(QCSettings):
-    """QC and background filters (`QCSettings`), ROIs, stride and the slide reader backend."""
+    """QC and background filters (`QCSettings`), ROIs, stride, grid rule (`WSI`'s
+    `grid_rule`) and the slide reader backend."""
 
     roi_method: str = "auto"
     roi_filter_method: str | float = "center"
     stride_div: int = 1
     use_edge_tiles: bool = False
     backend: str = "auto"
+    grid_rule: str = DEFAULT_GRID_RULE
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,6 +45,7 @@ class TileSelection(QCSettings):
             raise InvalidArgumentError(f"roi_method must be one of {ROI_METHODS}, got "
                                        f"{self.roi_method!r}")
         self.stride_div = positive_int(self.stride_div, "stride_div")
+        self.grid_rule = check_grid_rule(self.grid_rule)
         rfm = self.roi_filter_method
         if not (rfm == "center" or (not isinstance(rfm, str) and
                                     0.0 < finite(rfm, "roi_filter_method") <= 1.0)):
@@ -52,7 +56,7 @@ class TileSelection(QCSettings):
         """The options that decide the tiles, JSON-ready (callables recorded by name)."""
         record = {**self.settings_record(), "roi_method": self.roi_method,
                   "roi_filter_method": self.roi_filter_method, "stride_div": self.stride_div,
-                  "use_edge_tiles": self.use_edge_tiles}
+                  "use_edge_tiles": self.use_edge_tiles, "grid_rule": self.grid_rule}
         return {k: record[k] for k in _RECORD_ORDER}
 
 
@@ -62,7 +66,7 @@ def open_wsi(slide_path: str | Path, tile_px: int, tile_um: Any, selection: Tile
     s = selection
     wsi = WSI(slide_path, tile_px, tile_um, s.stride_div, mpp=mpp, backend=s.backend, rois=rois,
               roi_method=s.roi_method, roi_filter_method=s.roi_filter_method,
-              use_edge_tiles=s.use_edge_tiles)
+              use_edge_tiles=s.use_edge_tiles, grid_rule=s.grid_rule)
     try:
         s.apply(wsi)
     except BaseException:

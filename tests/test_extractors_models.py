@@ -92,9 +92,14 @@ def test_preprocess_overrides_and_slideflow3_order():
     assert ext.transform.output_size(64, 64) == (48, 48)
     ext = sf.build_feature_extractor("resnet18_imagenet", pretrained=False, resize=256,
                                      center_crop=True, device="meta")
-    assert ext.transform.output_size(300, 400) == (224, 224)
+    # both given, no order: Slideflow 3's order (crop 224, then shorter side to 256)
+    assert ext.transform.output_size(300, 400) == (256, 256)
+    assert ext.transform.order == "crop_resize" and ext.transform.antialias is False
     kw = ext.dump_config()["kwargs"]
     assert kw["resize"] == 256 and kw["center_crop"] is True
+    ours = sf.build_feature_extractor("resnet18_imagenet", pretrained=False, resize=256,
+                                      center_crop=True, order="resize_crop", device="meta")
+    assert ours.transform.output_size(300, 400) == (224, 224)
 
 
 # ---------------------------------------------------------------------------- runtime contract

@@ -13,7 +13,7 @@ from slideflow.errors import BagsConfigMismatchError, UnsafeConfigError
 
 from conftest import CMU, TCGA_J2K
 
-TILE_PX, TILE_UM = 112, 224  # CMU-1: 24 grid tiles of 449 level-0 px, resized to 224 by the model
+TILE_PX, TILE_UM = 112, 224  # CMU-1: 24 grid tiles of 448 level-0 px, resized to 224 by the model
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,9 @@ def test_bag_runner_decodes_on_the_extractors_device(project, ext, tmp_path, mon
         x = sf.io.read_bag(tmp_path / a / "CMU-1-Small-Region.pt")
         y = sf.io.read_bag(tmp_path / b / "CMU-1-Small-Region.pt")
         np.testing.assert_array_equal(x.coords, y.coords)
-        np.testing.assert_allclose(x.features, y.features, atol=0.05)
+        # the two JPEG decoders differ by at most one level per pixel; at 448 -> 112 px (an
+        # exact 4x box) that moves a few activations by up to ~0.09
+        np.testing.assert_allclose(x.features, y.features, atol=0.15, err_msg=a)
     # provenance: how each bag's tiles were decoded (the self-check verdict on the "GPU" side)
     from slideflow.io.bags import read_bag_meta
 
@@ -171,13 +173,13 @@ def test_h5_and_zarr_bags_from_slides(project, ext, tmp_path):
     with h5py.File(tmp_path / "h5" / "CMU-1-Small-Region.h5") as f:
         np.testing.assert_array_equal(f["coords"][:], wsi.coords)
         assert f["features"].shape == (24, 1280)
-        assert f["coords"].attrs["patch_size_level0"] == 449
+        assert f["coords"].attrs["patch_size_level0"] == 448 == int(TILE_UM / 0.499)  # SF3 rule
         assert f["coords"].attrs["patch_size"] == TILE_PX
         assert f["coords"].attrs["level0_width"] == 2220
     z = sf.io.read_bag(tmp_path / "zarr" / "CMU-1-Small-Region.zarr")
     h = sf.io.read_bag(tmp_path / "h5" / "CMU-1-Small-Region.h5")
     np.testing.assert_array_equal(z.features, h.features)
-    np.testing.assert_array_equal(z.boxes()[:, 2:] - z.boxes()[:, :2], 449)
+    np.testing.assert_array_equal(z.boxes()[:, 2:] - z.boxes()[:, :2], 448)
 
 
 def test_dataset_features_in_memory(project, ext, tmp_path):

@@ -103,7 +103,8 @@ class ExtractOptions(TileSelection):
         req = {
             "format_version": FORMAT_VERSION,
             "tile_px": int(tile_px), "tile_um": tile_um, "stride_div": int(self.stride_div),
-            "use_edge_tiles": bool(self.use_edge_tiles), "backend": self.backend,
+            "use_edge_tiles": bool(self.use_edge_tiles), "grid_rule": self.grid_rule,
+            "backend": self.backend,
             "mpp_override": mpp,
             **self.request_record(),
             "roi_method": self.roi_method, "roi_filter_method": self.roi_filter_method,

@@ -42,6 +42,18 @@ VOLATILE_KEYS = frozenset({
 })
 
 
+#: where our own {class, kwargs} sits when the extractor entry names Slideflow 3's class
+#: (`slideflow.model.extractors.sf3_config`)
+OWN_EXTRACTOR_KEY = "slideflow"
+
+
+def own_extractor(ext_cfg: Any) -> Any:
+    """Our ``{class, kwargs}`` of an extractor entry: the nested one when the entry names
+    Slideflow 3's class, else the entry itself."""
+    nested = ext_cfg.get(OWN_EXTRACTOR_KEY) if isinstance(ext_cfg, Mapping) else None
+    return nested if isinstance(nested, Mapping) else ext_cfg
+
+
 def config_path(outdir_or_file: str | os.PathLike) -> Path:
     p = Path(outdir_or_file)
     return p if p.suffix == ".json" else p / CONFIG_NAME
@@ -138,6 +150,8 @@ def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     for key in SLIDEFLOW_KEYS:
         a, b = old.get(key), new.get(key)
+        if key == "extractor":  # ours decides; Slideflow 3's form is derived from it
+            a, b = own_extractor(a), own_extractor(b)
         if key == "tile_um":
             a, b = _canonical_tile_um(a), _canonical_tile_um(b)
         _diff(a, b, key, out, skip_volatile=False)
@@ -166,5 +180,5 @@ def check_compatible(outdir: str | os.PathLike, cfg: Mapping[str, Any]) -> dict[
     return existing
 
 
-__all__ = ["CONFIG_NAME", "VOLATILE_KEYS", "check_compatible", "config_file", "diff_configs", "normalize",
+__all__ = ["CONFIG_NAME", "OWN_EXTRACTOR_KEY", "VOLATILE_KEYS", "own_extractor", "check_compatible", "config_file", "diff_configs", "normalize",
            "provenance_of", "read_bags_config", "write_bags_config"]

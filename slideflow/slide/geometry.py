@@ -19,6 +19,25 @@ from ..validate import positive_float, positive_int
 #: relative tolerance within which a pyramid level is read as-is (no resampling)
 LEVEL_TOLERANCE = 0.05
 
+#: how microns become a level-0 tile extent: 'slideflow3' truncates (`int(tile_um / mpp)`, as
+#: Slideflow 3 does, so tile centres match it); 'round' rounds to the nearest pixel (the rule
+#: of slideflow before 4.0, kept for outputs made with it)
+GRID_RULES = ("slideflow3", "round")
+DEFAULT_GRID_RULE = "slideflow3"
+
+
+def check_grid_rule(rule: Any) -> str:
+    """`rule` if it is one of `GRID_RULES`; else InvalidArgumentError naming the choices."""
+    if rule not in GRID_RULES:
+        raise InvalidArgumentError(f"grid_rule must be one of {GRID_RULES}, got {rule!r}")
+    return str(rule)
+
+
+def tile_extent(microns: float, mpp: float, rule: str = DEFAULT_GRID_RULE) -> int:
+    """Tile side in level-0 px for `microns` at `mpp` under grid `rule` (see `GRID_RULES`)."""
+    ratio = microns / mpp
+    return int(ratio) if check_grid_rule(rule) == "slideflow3" else int(round(ratio))
+
 
 def magnification_to_mpp(mag: float) -> float:
     """The usual convention: 10x objective = 1 µm/px, so 20x = 0.5 µm/px."""
@@ -119,7 +138,9 @@ class TileGrid:
 
     `extent` is the tile side in level-0 px, `stride` the step between tile origins.
     Only whole tiles are kept unless `use_edge_tiles` (then edge tiles overhang the slide
-    and the reader pads them with white).
+    and the reader pads them with white). Origins start at 0. With edge tiles, the 'slideflow3'
+    rule places origins at every stride up to and including the slide's edge (Slideflow 3's
+    `arange(0, W + 1, stride)`); the 'round' rule stops at the last origin inside the slide.
     """
 
     width: int
@@ -127,6 +148,7 @@ class TileGrid:
     extent: int
     stride: int
     use_edge_tiles: bool = False
+    rule: str = DEFAULT_GRID_RULE
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -135,6 +157,8 @@ class TileGrid:
 
     def _count(self, length: int) -> int:
         if self.use_edge_tiles:
+            if self.rule == "slideflow3":
+                return length // self.stride + 1
             return max(0, math.ceil(length / self.stride))
         if length < self.extent:
             return 0
@@ -167,13 +191,18 @@ def make_grid(
     tile_um: float | int | str,
     stride_div: int = 1,
     use_edge_tiles: bool = False,
+    rule: str = DEFAULT_GRID_RULE,
 ) -> TileGrid:
-    """Tile grid for a slide of level-0 `dimensions` (W, H) at `mpp` µm/px."""
+    """Tile grid for a slide of level-0 `dimensions` (W, H) at `mpp` µm/px.
+
+    The extent follows `rule` (`GRID_RULES`); the stride is `round(extent / stride_div)` under
+    both rules, as in Slideflow 3.
+    """
     tile_px, tile_um, stride_div = check_tile_geometry(tile_px, tile_um, stride_div)
     mpp = positive_float(mpp, "mpp")
     microns = tile_um_to_microns(tile_px, tile_um)
-    extent = int(round(microns / mpp))
+    extent = tile_extent(microns, mpp, rule)
     if extent < 1:
         raise ValueError(f"tile_um={tile_um!r} is smaller than one pixel at {mpp} µm/px")
     stride = max(1, int(round(extent / stride_div)))
-    return TileGrid(dimensions[0], dimensions[1], extent, stride, use_edge_tiles)
+    return TileGrid(dimensions[0], dimensions[1], extent, stride, use_edge_tiles, rule)

@@ -33,6 +33,10 @@ class WSI:
     (grid_h, grid_w) mask, rows first; `coords` holds the level-0 top-left (x, y) of each kept
     tile in row-major order, and `tiles()` / `read_tile()` follow that order.
 
+    `grid_rule`: 'slideflow3' (default) sizes tiles as Slideflow 3 does (extent
+    `int(tile_um / mpp)` level-0 px), so tile centres equal Slideflow 3's; 'round' rounds the
+    extent to the nearest pixel, the rule of slideflow before 4.0.
+
     `tile_reader`: 'auto' reads JPEG-tiled TIFF/SVS/DICOM levels through the stored-tile reader
     (each stored tile decoded once by slideflow) and everything else through the backend's
     `read_region`; 'stored' or 'region' force one (for tests and comparisons).
@@ -53,6 +57,7 @@ class WSI:
         use_edge_tiles: bool = False,
         level_tolerance: float = geometry.LEVEL_TOLERANCE,
         tile_reader: str = "auto",
+        grid_rule: str = geometry.DEFAULT_GRID_RULE,
     ):
         if tile_reader not in TILE_READERS:
             raise ValueError(f"tile_reader must be one of {TILE_READERS}, got {tile_reader!r}")
@@ -61,6 +66,7 @@ class WSI:
         # checked before the file is opened: a bad argument is the caller's error, not the slide's
         self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
             tile_px, tile_um, stride_div)
+        self.grid_rule = geometry.check_grid_rule(grid_rule)
         if mpp is not None:
             mpp = mpp_value(mpp, "mpp")
         self.reader: SlideReader = open_reader(self.path, backend)
@@ -82,8 +88,8 @@ class WSI:
             )
         try:
             self.grid_spec = geometry.make_grid(
-                self.dimensions, self.mpp, self.tile_px, tile_um, self.stride_div, use_edge_tiles
-            )
+                self.dimensions, self.mpp, self.tile_px, tile_um, self.stride_div, use_edge_tiles,
+                self.grid_rule)
             self.level_choice = geometry.choose_level(
                 self.reader.level_downsamples, self.grid_spec.extent, self.tile_px, level_tolerance
             )

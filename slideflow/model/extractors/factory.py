@@ -14,7 +14,7 @@ from typing import Any
 from ...errors import InvalidArgumentError, WeightsError
 from .keras_family import build_keras_extractor, is_keras_request
 from .registry import get_spec, resolve_builder
-from .sf3 import wraps_build
+from .sf3 import check_not_trained_folder, wraps_build
 from .spec import ExtractorSpec
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def build_feature_extractor(
             False = never resize (CNNs then run at the tiles' own size).
         center_crop: None = spec default; an int; True = input_px; False = no crop.
         interpolation, antialias, norm_mean, norm_std, order: override the spec's
-            preprocessing ('resize_crop' or 'crop_resize').
+            preprocessing ('resize_crop' or 'crop_resize'). Given both `resize` and
+            `center_crop` and no `order`, the call is read as Slideflow 3 runs it: crop first,
+            then resize, without antialiasing unless `antialias` is given.
         pretrained: False builds a random initialisation (seeded by `seed`) and says so
             everywhere (``ext.pretrained``, ``ext.weights_source``, repr, dump_config);
             for tests and benchmarks.
@@ -189,6 +191,7 @@ _TORCH_ONLY = ("device", "mixed_precision", "channels_last", "resize", "center_c
 
 @functools.wraps(_build_torch)
 def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
+    check_not_trained_folder(name)
     from ..quiet import quiet_tqdm_import
 
     quiet_tqdm_import()  # before timm / huggingface_hub import it (Jupyter: IProgress warning)
@@ -279,6 +282,11 @@ def _preprocess_kwargs(spec: ExtractorSpec, resize, center_crop, interpolation, 
         kw["std"] = tuple(float(v) for v in norm_std)
     if order is not None:
         kw["order"] = order
+    elif resize not in (None, False) and center_crop not in (None, False):
+        # Slideflow 3's build_transform: CenterCrop, then Resize (antialias off by default)
+        kw["order"] = "crop_resize"
+        if antialias is None:
+            kw["antialias"] = False
     return kw
 
 

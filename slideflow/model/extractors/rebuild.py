@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...errors import ExtractorNotFound, UnsafeConfigError, WeightsError
-from ...io.bags_config import read_bags_config
+from ...io.bags_config import own_extractor, read_bags_config
 from ...norm import from_config
 from .factory import build_feature_extractor
 from .keras_family import KERAS_APPLICATIONS, KERAS_EXTRACTOR_CLASS, SF3_KERAS_NAMES
@@ -195,7 +195,7 @@ def rebuild_extractor(path_or_dict: str | os.PathLike | Mapping[str, Any], *,
     """
     cfg = load_config(path_or_dict)
     if "extractor" in cfg:
-        ext_cfg, norm_cfg = cfg["extractor"], cfg.get("normalizer")
+        ext_cfg, norm_cfg = own_extractor(cfg["extractor"]), cfg.get("normalizer")
     elif "class" in cfg:
         ext_cfg, norm_cfg = cfg, None
     else:

@@ -78,6 +78,20 @@ def _ckpt(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def check_not_trained_folder(name: Any) -> None:
+    """Refuse a model folder trained in Slideflow 3 (``params.json`` beside the saved model)
+    by name: Slideflow 3's training code and saved-model layout are not part of slideflow."""
+    if not isinstance(name, (str, os.PathLike)):
+        return
+    path = Path(os.fspath(name)).expanduser()
+    if path.is_dir() and (path / "params.json").is_file():
+        raise ExtractorNotFound(
+            f"{path}: a model trained in Slideflow 3 (params.json) cannot be loaded here. "
+            "Export its network (Keras: model.save('model.keras'); PyTorch: a state_dict for "
+            "a registry architecture) and build it with build_feature_extractor("
+            "'model.keras', backend='tensorflow', layers=[...]) or (name, weights=...)")
+
+
 def is_tf_checkpoint(path: Any) -> bool:
     """A TensorFlow checkpoint or SavedModel (file prefix, folder or .index/.pb file)."""
     p = Path(os.fspath(path)).expanduser()

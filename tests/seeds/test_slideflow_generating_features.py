@@ -1,0 +1,90 @@
+"""Slideflow 3's "Generating Features" guide (seed 002), its examples as our tests. Offline:
+hub models (ctranspath, uni, gigapath...) are replaced by the embedded efficientnet_lite0 and by
+resnet50_imagenet with random weights; their own spellings are covered by tests/test_compat_*.py
+(see docs/porting.md for the list)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import slideflow as sf
+from slideflow.model import rebuild_extractor
+
+from conftest import CMU
+
+EXT = "efficientnet_lite0_imagenet"  # stands in for 'ctranspath'
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return sf.build_feature_extractor(EXT)
+
+
+def test_list_extractors():
+    table = sf.list_extractors()
+    assert EXT in set(table["name"]) and "ctranspath" in set(table["name"])
+
+
+def test_generate_bags_load_and_rebuild(extractor, cmu_slides_project, tmp_path):
+    P = cmu_slides_project
+    dataset = P.dataset(tile_px=112, tile_um=224)
+    dataset.generate_feature_bags(extractor, outdir=tmp_path / "features")
+    bag = torch.load(tmp_path / "features" / "CMU-1-Small-Region.pt")
+    assert bag.dtype == torch.float32 and bag.shape[1] == 1280
+    P.generate_feature_bags(extractor, dataset)  # default: <project>/pt_files/<extractor>
+    assert (P.root / "pt_files" / EXT / "CMU-1-Small-Region.pt").exists()
+    cfg = json.loads((tmp_path / "features" / "bags_config.json").read_text())
+    assert (cfg["num_features"], cfg["tile_px"], cfg["tile_um"]) == (1280, 112, 224)
+    rebuilt, normalizer = rebuild_extractor(tmp_path / "features" / "bags_config.json")
+    assert normalizer is None
+    tiles = np.random.default_rng(1).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(rebuilt(tiles), extractor(tiles))
+    features = sf.DatasetFeatures(extractor, dataset)  # all at once, then exported
+    features.to_torch(tmp_path / "bag_directory")
+    every = dataset.generate_feature_bags(extractor, outdir=tmp_path / "all", qc=None)
+    assert every.done  # DatasetFeatures applies no tissue QC: compare with qc=None bags
+    torch.testing.assert_close(torch.load(tmp_path / "bag_directory" /
+                                          "CMU-1-Small-Region.pt"),
+                               torch.load(tmp_path / "all" / "CMU-1-Small-Region.pt"))
+
+
+def test_from_a_tfrecord_and_a_wsi(extractor, cmu_slides_project):
+    dataset = cmu_slides_project.dataset(tile_px=112, tile_um=224)
+    dataset.extract_tiles(qc="otsu", report=False, progress=False)
+    (tfr,) = dataset.tfrecords()
+    bags, coords = extractor(tfr)
+    assert bags.shape == (len(coords), 1280) and coords.shape[1] == 2
+    wsi = sf.WSI(CMU, tile_px=112, tile_um=224)
+    features = extractor(wsi)
+    assert features.shape[-1] == 1280 and features.shape[:2] in (wsi.grid.shape,
+                                                                wsi.grid.shape[::-1])
+
+
+def test_imagenet_layers_preprocessing_precision_and_licence(extractor):
+    resnet50 = sf.build_feature_extractor("resnet50_imagenet", tile_px=299, pretrained=False)
+    assert resnet50.num_features == 2048
+    layered = sf.build_feature_extractor("resnet50_imagenet", layers=["layer2.0.conv1",
+                                                                      "layer3.1.conv2"],
+                                         pooling="avg", tile_px=299, backend="torch",
+                                         pretrained=False)
+    assert layered.num_features == 128 + 256
+    custom = sf.build_feature_extractor("resnet50_imagenet", resize=256,
+                                        interpolation="bicubic", center_crop=224,
+                                        pretrained=False, device="meta")
+    # Slideflow 3's printed transform: CenterCrop(224) -> Resize(256, bicubic, no antialias)
+    assert custom.transform.order == "crop_resize" and not custom.transform.antialias
+    plain = sf.build_feature_extractor(EXT, mixed_precision=False)
+    assert plain.precision == "fp32"
+    assert extractor.license and isinstance(extractor.citation, str)
+
+
+def test_trained_model_folder_is_refused_naming_the_equivalent(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "params.json").write_text('{"hp": {"model": "xception"}, "tile_px": 299}')
+    with pytest.raises(sf.errors.ExtractorNotFound, match="model.keras"):
+        sf.build_feature_extractor(str(folder), layers="sepconv3_bn")
