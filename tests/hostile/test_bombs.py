@@ -40,7 +40,7 @@ def _png_claim(h: int, w: int) -> bytes:
 
 PROBE = """
 import json, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # before: MemoryError, not OOM
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))  # a regression: MemoryError, not OOM
 from slideflow.io.tfrecord import TFRecord
 try:
     for tiles, locs in TFRecord(sys.argv[1]).iter_batches(8, num_threads=4):
@@ -61,7 +61,8 @@ def _tfrecord(path: Path, raws: list[bytes]) -> Path:
 
 
 def _probe(tfr: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}  # thread stacks: address space
     out = subprocess.run([sys.executable, "-c", PROBE, str(tfr)], capture_output=True,
                          text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
