@@ -101,3 +101,15 @@ class SlideEncoderNotFound(ExtractorNotFound):
 
 class TileMismatchError(SlideflowError):
     """Tile features do not fit a slide encoder (other extractor, width or tile geometry)."""
+
+
+def exception_text(exc: BaseException) -> str:
+    """An exception's message, never empty: a MemoryError (a `ulimit -v` or a job's memory
+    request reached) and other bare exceptions get a sentence saying what happened."""
+    text = str(exc).strip()
+    if text:
+        return text
+    if isinstance(exc, MemoryError):
+        return ("out of memory (a memory limit such as `ulimit -v` or the job's memory request "
+                "was reached); give the job more memory or use fewer --workers")
+    return f"{type(exc).__name__} raised without a message"

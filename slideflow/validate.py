@@ -55,3 +55,18 @@ def finite(value: Any, name: str) -> float:
             or not math.isfinite(float(value)):
         raise InvalidArgumentError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+#: microns per pixel accepted from a user or a file: wider than any scanner or thumbnail, and
+#: narrow enough that tile extents stay ordinary integers (1e-300 overflowed the grid maths)
+MPP_RANGE = (1e-4, 1e4)
+
+
+def mpp_value(value: Any, name: str = "mpp") -> float:
+    """`value` as a microns-per-pixel float inside MPP_RANGE."""
+    v = positive_float(value, name)
+    lo, hi = MPP_RANGE
+    if not lo <= v <= hi:
+        raise InvalidArgumentError(f"{name} must be between {lo:g} and {hi:g} microns per pixel, "
+                                   f"got {value!r}")
+    return v

@@ -12,6 +12,7 @@ SLURM_ARRAY_TASK_COUNT from the environment): every task writes disjoint bags in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import typer
 
 from ..errors import SlideflowError
 from ..io import runlog  # runlog.write_run_files looked up per call (tests swap it)
+from ..io.held_locks import install_sigterm_handler
 from ..io.location import is_url
 from ..io.manifest import parse_spacing, read_manifest
 from ..slide import expand_slides, slide_name
@@ -76,8 +78,16 @@ def shard(items: list, spec: str | None) -> list:
         count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
         if task is None or count is None:
             return items
-        spec = f"{int(task) - int(os.environ.get('SLURM_ARRAY_TASK_MIN', 0))}/{count}"
-    i, n = (int(v) for v in spec.split("/"))
+        try:
+            step = int(os.environ.get("SLURM_ARRAY_TASK_STEP") or 1)  # --array=0-30:10
+            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+            spec = f"{(int(task) - first) // max(step, 1)}/{count}"
+        except ValueError:
+            raise typer.BadParameter("SLURM_ARRAY_TASK_* variables are not integers") from None
+    try:
+        i, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard {spec!r}: give i/n, e.g. 0/4") from None
     if not 0 <= i < n:
         raise typer.BadParameter(f"--shard {spec}: need 0 <= i < n")
     return items[i::n]
@@ -159,17 +169,19 @@ def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float
     if manifest is not None:
         for row in read_manifest(manifest):
             jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
-                                 mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path))
+                                 mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path,
+                                 mpp_source="manifest" if row.mpp is not None else "--mpp"))
     for p in _expand(slides, recursive):
-        jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp))
+        jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp, mpp_source="--mpp"))
     if mpp_csv is not None:
         table = _read_mpp_csv(mpp_csv)
         for j in jobs:
             found = table.get(j.name, table.get(getattr(j.slide_path, "name", "")))
             if found is not None:
-                j.mpp = found
-    names = [j.name for j in jobs]
-    dup = sorted({n for n in names if names.count(n) > 1})
+                j.mpp, j.mpp_source = found, "--mpp-csv"
+    from collections import Counter
+
+    dup = sorted(n for n, k in Counter(j.name for j in jobs).items() if k > 1)  # linear
     if dup:
         raise typer.BadParameter(f"several slides share the name(s) {dup}: outputs are named by "
                                  "slide, so rename them or list them in a --manifest with "
@@ -239,14 +251,16 @@ def features(
     """
     import time
 
-    from ..engine.features import TileSelection, generate_bags
+    from ..engine.features import TileSelection, check_run_options, generate_bags
     from ..model import build_feature_extractor, load_plugin
     from ..slide.geometry import check_tile_geometry
 
     _set_verbosity(quiet, verbose)
     if cache is not None:  # the environment reaches worker processes too
         os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
-    check_tile_geometry(tile_px, _tile_um(tile_um))  # before the model is built
+    # every option once, before the model is built (never one identical failure per slide)
+    check_tile_geometry(tile_px, _tile_um(tile_um), _stride_div(overlap, stride_div))
+    check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
     check_inputs_exist(slides)
@@ -276,9 +290,17 @@ def features(
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
                                num_threads=workers, progress=not quiet, devices=devices,
                                ray=_ray_arg(ray), save_images=save_images)
-    except SlideflowError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, the folder claimed by another
+        partial = getattr(exc, "partial_report", None)  # run): what was done is recorded
+        if partial is not None:
+            with contextlib.suppress(Exception):
+                runlog.write_run_files(outdir, partial.outcomes, runlog.run_summary(
+                    partial.outcomes, time.perf_counter() - start, extractors=names,
+                    outdir=str(outdir), interrupted=type(exc).__name__))
+        if isinstance(exc, SlideflowError):
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        raise
     summary = runlog.run_summary(report.outcomes, time.perf_counter() - start,
                                  extractors=names, outdir=str(outdir),
                                  superseded=report.superseded)
@@ -381,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    install_sigterm_handler()  # SLURM's SIGTERM before a requeue frees this run's slide locks
     args = ray_argv(sys.argv[1:] if argv is None else argv)
     raise SystemExit(run_app(app, args, prog_name="slideflow"))
 

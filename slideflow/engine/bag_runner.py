@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import BagsConfigMismatchError, SlideflowError
+from ..errors import BagsConfigMismatchError, SlideflowError, exception_text
 from ..io import imgcodec
 from ..io.atomic import disk_full_error, disk_full_text, tmp_prefix
 from ..io.bags import BagWriter, bag_path, list_bags, read_bag_meta, slide_of
 from ..io.bags_config import config_file, normalize, own_extractor
 from ..io.claim import claim_config, move_aside, verify_claim
 from ..io.locks import SlideLock, clean_stale_temps
+from ..io.names import check_output_name, confined
 from ..io.npz import index_path_for
 from ..remote.fetch import begin_counting, end_counting
 from .fanout import run_features_many
@@ -189,15 +190,19 @@ def process_job(job: SlideJob, targets: list[BagTarget], opts: BagOptions, *,
 def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normalizer: Any,
              on_tiles: Any, out: SlideOutcome) -> SlideOutcome:
     t0 = time.perf_counter()
-    identity = source_identity(job)
+    identity = None
 
-    def current(t: BagTarget) -> bool:
-        return _bag_is_current(t.outdir, job.name, t.fmt, t.request, identity)
+    def current(t: BagTarget) -> bool:  # an unreadable source (or mask) is never current
+        return identity is not None and _bag_is_current(t.outdir, job.name, t.fmt, t.request,
+                                                        identity)
 
-    todo = targets if opts.force else [t for t in targets if not current(t)]
-    if not todo:
-        return out
+    todo = targets
     try:
+        _check_outputs(job.name, targets)
+        identity = source_identity(job)
+        todo = targets if opts.force else [t for t in targets if not current(t)]
+        if not todo:
+            return out
         with contextlib.ExitStack() as locks:
             for outdir in dict.fromkeys(t.outdir for t in todo):  # AtlasPatch targets share one
                 lock = locks.enter_context(SlideLock(outdir, job.name))
@@ -216,9 +221,9 @@ def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normaliz
                     out.notes.append(f"removed {p.name} left by a dead run")
             out.tiles = _write_bags(job, todo, opts, normalizer, on_tiles)
             out.status = DONE
-    except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
-        if isinstance(exc, BagsConfigMismatchError):
-            raise
+    except BagsConfigMismatchError:
+        raise  # the folder itself changed hands: the run stops (its summary is still written)
+    except Exception as exc:  # anything else is this slide's failure; the batch goes on
         out.status = FAILED
         out.error_type, out.error = failure_text(exc, [t.outdir for t in todo])
         # the progress line and the caller's summary report it (once)
@@ -227,12 +232,20 @@ def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normaliz
     return out
 
 
+def _check_outputs(name: str, targets: list[BagTarget]) -> None:
+    """The slide's name must be one safe file name and its bags must land inside their
+    folders (a manifest sample_id of '../x' or '/abs/x' is this slide's error)."""
+    check_output_name(name, "slide name (sample_id)")
+    for t in targets:
+        confined(t.outdir, bag_path(t.outdir, name, t.fmt))
+
+
 def failure_text(exc: BaseException, outdirs: list[Path]) -> tuple[str, str]:
     """(error type, reason) of a failed slide; a full disk says where and what to do."""
     full = disk_full_text(exc, ", ".join(str(d) for d in dict.fromkeys(outdirs)))
     if full is not None:
         return type(disk_full_error(exc)).__name__, full
-    return type(exc).__name__, str(exc)
+    return type(exc).__name__, exception_text(exc)
 
 
 def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normalizer: Any,
@@ -326,9 +339,11 @@ def _count_tiles(sink: Any, on_tiles: Any) -> Any:
 
 
 def run_serial(jobs: list[SlideJob], targets: list[BagTarget], opts: BagOptions, *,
-               normalizer: Any = None, progress: bool = True) -> list[SlideOutcome]:
-    """Every job in this process, in the given order."""
-    outcomes = []
+               normalizer: Any = None, progress: bool = True,
+               outcomes: list[SlideOutcome] | None = None) -> list[SlideOutcome]:
+    """Every job in this process, in the given order; outcomes are appended to `outcomes`
+    (when given) as they come, so an interrupted run still tells what it did."""
+    outcomes = [] if outcomes is None else outcomes
     with track_slides(len(jobs), "features", enabled=progress) as bar:
         for job in jobs:
             o = process_job(job, targets, opts, normalizer=normalizer,

@@ -20,8 +20,9 @@ from ..io.base import FORMATS
 from ..io.runlog import OutcomeCounts
 from ..norm import resolve
 from ..slide.geometry import check_tile_geometry
-from ..validate import optional_positive_int, positive_int
+from ..validate import mpp_value, optional_positive_int, positive_int
 from .bag_runner import BagOptions, claim_target, make_target, run_serial
+from .distributed import device_list
 from .distributed.devices import run_devices
 from .distributed.ray_runner import run_ray
 from .selection import DEFAULT_QC, TileSelection
@@ -36,7 +37,7 @@ from .slide_job import (
 )
 
 __all__ = [
-    "BagsReport", "SlideJob", "TileSelection", "bags_config", "generate_bags",
+    "BagsReport", "SlideJob", "TileSelection", "bags_config", "check_run_options", "generate_bags",
     "generate_feature_bags", "iter_job_features", "jobs_from_paths", "resolve_extractor",
     "resolve_normalizer", "source_identity",
 ]
@@ -112,7 +113,13 @@ def generate_bags(
     device; `ray` (True for a local cluster, or an address) runs the slides on a Ray cluster
     (see docs/cli.md). `save_images` also writes the tiles as PNG to `<outdir>/<slide>.images/`.
     """
-    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
+    tile_px, tile_um, _ = check_tile_geometry(  # once, not once per slide
+        tile_px, tile_um, (selection or TileSelection()).stride_div)
+    num_threads = optional_positive_int(num_threads, "num_threads")
+    if devices:
+        from ..model.extractors.base import check_device  # torch
+
+        devices = [str(check_device(d)) for d in device_list(devices)]
     min_tiles = positive_int(min_tiles, "min_tiles", minimum=0)
     max_tiles = optional_positive_int(max_tiles, "max_tiles")
     if fmt not in FORMATS:
@@ -143,17 +150,39 @@ def generate_bags(
             superseded[str(claim.superseded)] = [str(p.relative_to(t.outdir))
                                                  for p in claim.moved]
     jobs = list(jobs)
-    if ray is not None and ray is not False:
-        outcomes = run_ray(jobs, targets, opts, normalizer=normalizer, ray=ray,
-                           progress=progress)
-    elif devices:
-        outcomes = run_devices(jobs, targets, opts, normalizer=normalizer, devices=devices,
+    outcomes: list[Any] = []
+    try:
+        if ray is not None and ray is not False:
+            outcomes = run_ray(jobs, targets, opts, normalizer=normalizer, ray=ray,
                                progress=progress)
-    else:
-        outcomes = run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress)
+        elif devices:
+            outcomes = run_devices(jobs, targets, opts, normalizer=normalizer,
+                                   devices=devices, progress=progress)
+        else:
+            run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress,
+                       outcomes=outcomes)
+    except BaseException as exc:  # interrupted: the caller can still write what was done
+        exc.partial_report = BagsReport(outdir, outcomes=outcomes,  # type: ignore[attr-defined]
+                                        superseded=superseded)
+        raise
     report = BagsReport(outdir, outcomes=outcomes, superseded=superseded)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def check_run_options(*, workers: Any = None, mpp: Any = None, device: Any = None,
+                      devices: Any = None) -> None:
+    """Run-wide options checked once where they enter (the CLI), before any model is built:
+    a bad value is one error, never the same failure for every slide."""
+    optional_positive_int(workers, "--workers")
+    if mpp is not None:
+        mpp_value(mpp, "--mpp")
+    if device is not None or devices:
+        from ..model.extractors.base import check_device  # torch
+
+        for d in ([device] if device is not None else []) + (device_list(devices) if devices
+                                                            else []):
+            check_device(d)
 
 
 def generate_feature_bags(

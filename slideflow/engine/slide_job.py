@@ -21,8 +21,9 @@ import numpy as np
 from ..errors import OutputConflictError, SlideflowError, TFRecordError
 from ..io.bags import bag_path, read_bag_meta
 from ..io.bags_config import normalize
-from ..io.identity import file_identity, promised_records, tfrecord_identity
+from ..io.identity import file_digest, file_identity, promised_records, tfrecord_identity
 from ..io.location import is_url, slide_path
+from ..io.tfrecord import check_tile_size
 from ..model import build_feature_extractor
 from ..model.extractors.sf3_config import bags_entry
 from ..norm import autoselect, resolve
@@ -57,6 +58,9 @@ class SlideJob:
     rois: Path | None = None
     mpp: float | None = None
     mask: Path | None = None  # binary tissue-mask image used instead of the QC method
+    #: where `mpp` came from ('--mpp', 'manifest', 'mpp-csv', 'annotations'...); None: the
+    #: caller's override, or the slide file itself when `mpp` is None
+    mpp_source: str | None = None
 
 
 def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
@@ -122,9 +126,10 @@ def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelect
         half = extent // 2
 
         def shifted():
-            for tiles, locs in tfrecord_source(job.tfrecord, batch_size, num_threads,
-                                               decoder=default_decoder(extractor),
-                                               device=gpu_decode_device(extractor)):
+            source = tfrecord_source(job.tfrecord, batch_size, num_threads,
+                                     decoder=default_decoder(extractor),
+                                     device=gpu_decode_device(extractor))
+            for tiles, locs in check_tile_size(source, job.tfrecord):
                 yield tiles, np.asarray(locs, np.int64) - half
 
         return shifted(), extent, {"source": "tfrecord", "tfrecord": str(job.tfrecord),
@@ -191,17 +196,30 @@ def _tfrecord_extent(job: SlideJob, tile_px: int, tile_um: Any, grid_rule: str) 
 
 
 def source_identity(job: SlideJob) -> dict[str, Any] | None:
-    """What the job's bag is made from (size, mtime_ns; TFRecord sidecar/index digests)."""
+    """What the job's bag is made from: the source file (size, mtime_ns; TFRecord
+    sidecar/index digests) and, from a slide, the effective MPP with its source and the
+    content digests of the mask and ROI files (each changes which tiles are read)."""
     try:
         if job.tfrecord is not None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
-        if is_url(job.slide_path):
-            return {"slide": RemoteObject(job.slide_path).identity()}
         if job.slide_path is not None:
-            return {"slide": file_identity(job.slide_path)}
+            mpp_source = "slide" if job.mpp is None else (job.mpp_source or "override")
+            return {"slide": _input_identity(job.slide_path, file_identity),
+                    "mpp": None if job.mpp is None else float(job.mpp), "mpp_source": mpp_source,
+                    "mask": _input_identity(job.mask, file_digest),
+                    "rois": _input_identity(job.rois, file_digest)}
     except OSError:
         return None  # missing source: the job fails with a clear error when it runs
     return None
+
+
+def _input_identity(path: Any, local: Any) -> Any:
+    """`local(path)` for a file, the remote object's identity for a URL, None for None."""
+    if path is None:
+        return None
+    if is_url(path):
+        return RemoteObject(path).identity()
+    return local(path)
 
 
 def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any],

@@ -48,6 +48,10 @@ def _decode(raws: list[bytes], device: Any, cpu: bool = False) -> Any:
     import torch
 
 
+    shapes = {imgcodec.image_shape(r) for r in raws}  # budget and sizes before any decode
+    if len(shapes) > 1:
+        raise ValueError(f"tiles of one batch have different sizes {sorted(shapes)} (corrupt "
+                         "record); re-extract the tiles")
     if not cpu and all(imgcodec.sniff(r) == "jpg" for r in raws):
         imgs = slide_decode.TorchDecoder(device).decode_many(raws)
         return torch.stack(imgs).permute(0, 2, 3, 1)  # NCHW memory, NHWC view

@@ -30,8 +30,24 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .base import CHUNK_ROWS, Bag, dumps_meta, geometry_attrs, parse_geometry
-from .h5_common import MemoryH5Sink, append_rows, create_rows, pick_encoder, py, write_attrs
+from .base import (
+    CHUNK_ROWS,
+    Bag,
+    as_coords,
+    as_features,
+    dumps_meta,
+    geometry_attrs,
+    parse_geometry,
+)
+from .h5_common import (
+    MemoryH5Sink,
+    append_rows,
+    check_claimed_size,
+    create_rows,
+    pick_encoder,
+    py,
+    write_attrs,
+)
 
 
 class AtlasPatchSink(MemoryH5Sink):
@@ -144,7 +160,12 @@ def read_atlaspatch(path: str | os.PathLike, encoder: str | None = None) -> Bag:
                            "`features/` group)")
         encoder = pick_encoder(h5["features"], path, encoder)
         ds = h5["features"][encoder]
-        features = np.asarray(ds[()], dtype=np.float32)
+        check_claimed_size(ds, path)
+        check_claimed_size(h5["coords"], path)
+        try:
+            features = as_features(ds[()])
+        except ValueError as e:
+            raise BagError(f"{path}: features/{encoder}: {e}") from None
         coords = np.asarray(h5["coords"][()])
         fattrs = {k: py(v) for k, v in h5.attrs.items()}
         dattrs = {k: py(v) for k, v in ds.attrs.items()}
@@ -164,7 +185,11 @@ def read_atlaspatch(path: str | os.PathLike, encoder: str | None = None) -> Bag:
     attrs.update(meta=meta, format="atlaspatch", coord_origin="top_left", encoder=encoder,
                  name=path.stem, wsi_path=fattrs.get("wsi_path"),
                  read=np.ascontiguousarray(coords[:, 2:5]))
-    return Bag(features, np.ascontiguousarray(coords[:, :2], np.int64), attrs, path)
+    try:
+        top_left = as_coords(coords[:, :2])
+    except ValueError as e:
+        raise BagError(f"{path}: {e}") from None
+    return Bag(features, np.ascontiguousarray(top_left), attrs, path)
 
 
 def read_atlaspatch_meta(path: str | os.PathLike, encoder: str) -> dict[str, Any] | None:

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import BagError
 from .atlaspatch import AtlasPatchSink, is_atlaspatch_file, read_atlaspatch, read_atlaspatch_meta
-from .atomic import AtomicWriter
+from .atomic import TMP_MARK, AtomicWriter
 from .bags_config import check_compatible, config_file, read_bags_config, write_bags_config
 from .base import (
     ATLASPATCH_DIR,
@@ -46,6 +47,8 @@ from .base import (
     slide_of,
 )
 from .h5 import H5Sink, read_h5, read_h5_meta
+from .locks import clean_stale_temps
+from .names import check_output_name
 from .npz import INDEX_SUFFIX, index_path_for
 from .pt import PtSink, read_pt, read_pt_meta
 from .zarr_store import ZarrSink, read_zarr, read_zarr_meta
@@ -229,8 +232,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str | None =
             raise ValueError(f"{dst}: give format= or a destination with a bag suffix")
         outdir, name = (dst, None) if to_dir else (dst.parent, slide_of(dst))
     sources = list(_iter_sources(src))
-    names = [slide_of(p) for p in sources]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    if folder:  # list_bags leaves hidden files out: say so rather than skip them silently
+        hidden = sorted(p.name for p in src.iterdir() if p.name.startswith(".")
+                        and p.suffix.lower() in BAG_SUFFIXES and TMP_MARK not in p.name)
+        if hidden:
+            raise BagError(f"{src}: {hidden} start with '.', so they name no slide and would be "
+                           "skipped; rename them (e.g. 'x.pt') and convert again")
+    for p in sources:
+        check_output_name(name or slide_of(p), f"{p}: slide name")
+    names = Counter(slide_of(p) for p in sources)
+    dupes = sorted(n for n, k in names.items() if k > 1)
     if dupes:
         raise BagError(f"{src}: slides {dupes} have bags in several formats; convert the "
                        "files one by one")
@@ -249,7 +260,9 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, format: str | None =
             meta.setdefault("extractor", enc_out)
             if bag.attrs.get("wsi_path"):
                 meta.setdefault("slide_path", bag.attrs["wsi_path"])
-        out = write_bag(bag_path(outdir, name or slide_of(path), fmt), bag.features, bag.coords,
+        target = bag_path(outdir, name or slide_of(path), fmt)
+        clean_stale_temps(target.parent, slide_of(target))  # of killed converts: never live
+        out = write_bag(target, bag.features, bag.coords,
                         fmt, meta=meta, encoder=encoder if fmt == "h5" else None, **geometry)
         written.append(out)
     if folder:

@@ -170,6 +170,49 @@ def list_bags(folder: str | os.PathLike, fmt: str | None = None) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+#: largest |coordinate| accepted (level-0 px): exact in float64, far beyond any slide, and far
+#: from INT64_MIN, which a NaN or inf cast to int64 becomes
+COORD_LIMIT = 2 ** 53
+
+
+def as_features(features: Any) -> np.ndarray:
+    """float32 features, refusing what a cast would corrupt: non-numeric dtypes (bytes would
+    be parsed as text) and finite values beyond float32's range (a float64 1e300 would become
+    inf). Values already NaN/inf are carried bit for bit: a conversion does not judge them."""
+    f = np.asarray(features)
+    if f.dtype.kind not in "fiub":
+        raise ValueError(f"features of dtype {f.dtype} are not numbers")
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused below
+        out = f.astype(np.float32, copy=False)
+    if f.dtype.kind == "f" and f.dtype.itemsize > 4:
+        bad = ~np.isfinite(out) & np.isfinite(f)
+        if bad.any():
+            rows = int(bad.reshape(len(out), -1).any(axis=1).sum()) if out.ndim else 1
+            raise ValueError(f"{rows} feature row(s) hold values beyond float32's range "
+                             "(|x| > 3.4e38); refusing a lossy conversion")
+    return out
+
+
+def as_coords(coords: Any) -> np.ndarray:
+    """int64 coordinates, refusing what a cast would corrupt: NaN/inf, fractions, and values
+    beyond COORD_LIMIT (a uint64 would wrap, NaN would become INT64_MIN)."""
+    c = np.asarray(coords)
+    if c.dtype.kind not in "iuf":
+        raise ValueError(f"coords of dtype {c.dtype} are not numbers")
+    if c.size == 0:
+        return c.astype(np.int64)
+    if c.dtype.kind == "f" and not (np.isfinite(c).all() and np.array_equal(c, np.round(c))):
+        raise ValueError("coords must be finite integers (level-0 pixels)")
+    if c.dtype.kind == "u":
+        too_big = int(c.max()) > COORD_LIMIT
+    else:
+        too_big = float(np.abs(c.astype(np.float64)).max()) > COORD_LIMIT
+    if too_big:
+        raise ValueError(f"coords beyond +/-2**53 level-0 px (max |x| "
+                         f"{np.abs(c.astype(np.float64)).max():.3g}): not a slide position")
+    return c.astype(np.int64, copy=False)
+
+
 def check_rows(features: Any, coords: Any, num_features: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Validate one batch: float32 (B, D) features, int64 (B, 2) top-left coords."""
@@ -181,9 +224,7 @@ def check_rows(features: Any, coords: Any, num_features: int | None = None
         raise ValueError(f"features must be (B, {num_features or 'D'}), got {f.shape}")
     if c.ndim != 2 or c.shape[1] != 2 or c.shape[0] != f.shape[0]:
         raise ValueError(f"coords must be ({f.shape[0]}, 2) top-left corners, got {c.shape}")
-    if c.dtype.kind == "f" and not np.array_equal(c, np.round(c)):
-        raise ValueError("coords must be integers (level-0 pixels)")
-    return f.astype(np.float32, copy=False), c.astype(np.int64, copy=False)
+    return as_features(f), as_coords(c)
 
 
 @dataclass

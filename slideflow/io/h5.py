@@ -32,6 +32,8 @@ from .base import (
     CHUNK_ROWS,
     GEOMETRY_KEYS,
     Bag,
+    as_coords,
+    as_features,
     dumps_meta,
     geometry_attrs,
     parse_geometry,
@@ -41,6 +43,7 @@ from .h5_common import (
     MemoryH5,
     MemoryH5Sink,
     append_rows,
+    check_claimed_size,
     create_rows,
     pick_encoder,
     py,
@@ -191,7 +194,9 @@ def read_h5(path: str | os.PathLike, encoder: str | None = None) -> Bag:
             ds = _features_dataset(h5, path, encoder)
             if "coords" not in h5:
                 raise BagError(f"{path}: no /coords dataset")
-            features = np.asarray(ds[()], dtype=np.float32)
+            check_claimed_size(ds, path)
+            check_claimed_size(h5["coords"], path)
+            features = as_features(ds[()])
             coords = np.asarray(h5["coords"][()])
             attrs = {k: py(v) for k, v in h5["coords"].attrs.items()}
             fattrs = {k: py(v) for k, v in ds.attrs.items()}
@@ -214,7 +219,11 @@ def read_h5(path: str | os.PathLike, encoder: str | None = None) -> Bag:
         meta = {}
     attrs.update({k: v for k, v in fattrs.items() if k in ("name", "encoder")})
     attrs.update(meta=meta, format="h5", coord_origin="top_left")
-    return Bag(features, np.ascontiguousarray(coords[:, :2], np.int64), attrs, path)
+    try:
+        coords = as_coords(coords[:, :2])
+    except ValueError as e:
+        raise BagError(f"{path}: {e}") from None
+    return Bag(features, np.ascontiguousarray(coords), attrs, path)
 
 
 def _clam_size_level0(attrs: Mapping[str, Any]) -> int | None:

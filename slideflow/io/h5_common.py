@@ -150,3 +150,20 @@ class MemoryH5Sink(ChunkedSink):
         if self._mem is not None:
             self._mem.discard()
         self._mem = self._h5 = None
+
+
+#: how much larger than its file a compressed dataset may claim to be when read
+MAX_COMPRESSION_RATIO = 1000
+
+
+def check_claimed_size(ds: Any, path: Path) -> None:
+    """Refuse a dataset whose shape claims more bytes than its file can hold (a header saying
+    (1e9, 1024) raised a bare MemoryError): uncompressed data must fit in the file,
+    compressed data within MAX_COMPRESSION_RATIO of it."""
+    claimed = int(np.prod(ds.shape, dtype=np.float64)) * ds.dtype.itemsize
+    size = os.path.getsize(path)
+    limit = size if ds.compression is None else size * MAX_COMPRESSION_RATIO
+    if claimed > limit + (1 << 16):
+        raise BagError(f"{path}: dataset {ds.name} claims shape {tuple(ds.shape)} "
+                       f"({claimed / 2**30:.3g} GiB) but the file holds {size:,} bytes "
+                       "(corrupt or truncated h5)")

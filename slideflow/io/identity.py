@@ -39,6 +39,52 @@ def _sha256(path: Path) -> str | None:
         return None
 
 
+def file_digest(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """{name, sha256} of a small input whose content changes an output (a tissue mask, an ROI
+    file); None for no file. A missing file raises (the job then fails naming it)."""
+    if path is None:
+        return None
+    path = Path(path)
+    return {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+#: `content_check` reads SAMPLE_BLOCKS blocks of SAMPLE_BYTES, evenly spaced from the first
+#: byte to the last (a file up to 256 KiB is hashed whole)
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 1 << 14
+
+
+def content_check(path: str | os.PathLike) -> dict[str, Any]:
+    """{bytes, sample_sha256} of a finished output: its size and the sha256 of 16 blocks of
+    16 KiB spread over it, first and last included. Recorded in an output's metadata when it is
+    written and compared before it is reused, so a truncated or overwritten file is never taken
+    for finished; it costs at most 256 KiB of reads whatever the size."""
+    path = Path(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size <= SAMPLE_BLOCKS * SAMPLE_BYTES:
+            h.update(fh.read())
+        else:
+            step = (size - SAMPLE_BYTES) / (SAMPLE_BLOCKS - 1)
+            for i in range(SAMPLE_BLOCKS):
+                fh.seek(round(i * step))
+                h.update(fh.read(SAMPLE_BYTES))
+    return {"bytes": size, "sample_sha256": h.hexdigest()}
+
+
+def content_matches(path: str | os.PathLike, recorded: Any) -> bool:
+    """Whether `path` still has the `content_check` recorded when it was written (False when
+    nothing was recorded: an output of an older version is remade, not trusted)."""
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        if Path(path).stat().st_size != recorded.get("bytes"):
+            return False
+        return content_check(path) == recorded
+    except OSError:
+        return False
+
+
 def _beside(tfrecord: Path, suffix: str) -> Path:
     name = tfrecord.name
     stem = name[: -len(".tfrecords")] if name.endswith(".tfrecords") else tfrecord.stem

@@ -14,17 +14,16 @@ trade fidelity for size.
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numpy as np
 
+from ..imgheader import JPEG_MAGIC, PNG_MAGIC, ImageHeaderError, check_pixels, checked_shape
+
 Format = Literal["jpg", "jpeg", "png"]
 
-JPEG_MAGIC = b"\xff\xd8\xff"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_COMPRESSION = 3  # zlib level: as fast as 1 here and a little smaller; deterministic
 
 
@@ -78,13 +77,16 @@ def decode(data: bytes | bytearray | memoryview, out: np.ndarray | None = None) 
     """
     fmt = sniff(data)
     img: np.ndarray | None = None
+    shape = checked_shape(data, "tile")  # the pixel budget, before any decode allocates
+    if out is not None and shape is not None and out.shape[:2] != shape:
+        raise ImageHeaderError(f"tile header says {shape[1]}x{shape[0]} px, the other tiles "
+                               f"are {out.shape[1]}x{out.shape[0]}")
     if fmt == "jpg":
         import simplejpeg
 
         try:
             if out is not None:
-                h, w = simplejpeg.decode_jpeg_header(data)[:2]
-                if out.shape == (h, w, 3) and out.flags.c_contiguous:
+                if out.flags.c_contiguous:
                     return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
             img = simplejpeg.decode_jpeg(data, colorspace="RGB")
         except ValueError:
@@ -115,6 +117,7 @@ def _decode_pil(data: bytes | bytearray | memoryview) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(bytes(data))) as im:
+            check_pixels(im.size[1], im.size[0], "tile")  # read from the header, not decoded
             return np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         head = bytes(memoryview(data)[:8]).hex()
@@ -139,16 +142,8 @@ class ImageDecodeError(ValueError):
 
 def image_shape(data: bytes | bytearray | memoryview) -> tuple[int, int]:
     """(height, width) read from the JPEG/PNG header without decoding the pixels."""
-    fmt = sniff(data)
-    if fmt == "jpg":
-        import simplejpeg
-
-        h, w = simplejpeg.decode_jpeg_header(data)[:2]
-        return int(h), int(w)
-    if fmt == "png" and len(data) >= 24:
-        w, h = struct.unpack(">II", bytes(memoryview(data)[16:24]))  # IHDR width, height
-        return int(h), int(w)
-    return decode(data).shape[:2]
+    shape = checked_shape(data, "tile")
+    return shape if shape is not None else decode(data).shape[:2]
 
 
 def _pool_map(fn, items: Sequence, num_threads: int | None):

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import glob
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -38,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import TMP_MARK, host_tag, tmp_prefix
+from .held_locks import held, released
+
+log = logging.getLogger("slideflow")
 
 LOCK_SUFFIX = ".lock"
 TAKEOVER_SUFFIX = ".takeover"
@@ -65,7 +69,7 @@ def _proc_start(pid: int) -> str | None:
 
 def pid_alive(pid: int, start: str | None = None) -> bool:
     """True when `pid` runs on this host (and, if `start` is given, is the same process)."""
-    if pid <= 0:
+    if not _valid_pid(pid):
         return False
     try:
         os.kill(pid, 0)
@@ -86,12 +90,20 @@ def _owner_info() -> dict[str, Any]:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    """The lock's owner record; {} for a file that does not hold a JSON object (being
+    written on a filesystem without hard links, or garbage: see `is_stale`)."""
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):
-        return {}  # being written, or garbage: judged by age alone
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _valid_pid(pid: Any) -> bool:
+    """A pid this host could run: a plain int in 1..2**22 (Linux's pid_max ceiling)."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= 1 << 22
 
 
 def _age(path: Path) -> float | None:
@@ -101,10 +113,25 @@ def _age(path: Path) -> float | None:
         return None
 
 
+#: seconds an unparseable lock file is left alone (a writer without hard links may be
+#: between creating and writing it); older, it is stale
+UNPARSEABLE_GRACE_SECONDS = 2.0
+
+
 def is_stale(info: dict[str, Any], age: float, timeout: float) -> bool:
-    """Whether a lock with contents `info` and heartbeat `age` (s) may be taken over."""
-    if info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int):
-        return not pid_alive(info["pid"], info.get("pid_start"))
+    """Whether a lock with contents `info` and heartbeat `age` (s) may be taken over.
+
+    A lock that does not parse (`{}`) is stale after a short grace; one naming this host and
+    a live pid is held, unless the pid was reused (start time differs) or is 1 with no start
+    time recorded (init never holds our locks: a hand-made or foreign file); an impossible pid
+    is judged by the heartbeat's age like a lock of another host.
+    """
+    if not info:
+        return age > UNPARSEABLE_GRACE_SECONDS
+    pid, start = info.get("pid"), info.get("pid_start")
+    if info.get("host") == socket.gethostname() and _valid_pid(pid) and (
+            pid != 1 or isinstance(start, str)):
+        return not pid_alive(pid, start if isinstance(start, str) else None)
     return age > timeout
 
 
@@ -165,8 +192,13 @@ def describe(path: str | os.PathLike) -> str:
 
 
 def _describe_info(info: dict[str, Any]) -> str:
-    when = time.strftime("%H:%M:%S", time.localtime(info.get("started", 0)))
-    return f"{info.get('host', '?')} pid {info.get('pid', '?')} since {when}"
+    if not info:
+        return "an unreadable lock file"
+    try:
+        when = time.strftime("%H:%M:%S", time.localtime(float(info.get("started", 0))))
+    except (TypeError, ValueError, OverflowError, OSError):
+        when = "?"
+    return f"{str(info.get('host', '?'))[:80]} pid {str(info.get('pid', '?'))[:24]} since {when}"
 
 
 def _grave(path: Path) -> Path:
@@ -240,6 +272,9 @@ class SlideLock:
             return True  # released meanwhile: try to create again
         if not is_stale(seen, age, self.timeout):
             return False
+        if not seen:
+            log.warning("%s does not hold a lock record (garbage or a foreign file); treated "
+                        "as stale and replaced", self.path)
         mutex = self._mutex
         for _ in range(2):  # a dead process's mutex is cleared, then tried once more
             if _create(mutex, _owner_info()):
@@ -284,6 +319,7 @@ class SlideLock:
 
     def _held(self, info: dict[str, Any]) -> None:
         self.acquired, self.info = True, info
+        held(self)
         self._stop.clear()
         self._beat = threading.Thread(target=self._heartbeat, name="sf-lock-heartbeat",
                                       daemon=True)
@@ -295,17 +331,19 @@ class SlideLock:
             with contextlib.suppress(OSError):
                 os.utime(self.path)
 
-    def release(self) -> None:
-        """Remove the lock if it is still ours."""
+    def release(self, *, wait: bool = True) -> None:
+        """Remove the lock if it is still ours (`wait=False`: do not wait for the heartbeat
+        thread to stop, as in a signal handler)."""
         if not self.acquired:
             return
         self._stop.set()
-        if self._beat is not None:
+        if wait and self._beat is not None:
             self._beat.join(timeout=5)
         now = _read(self.path)
         if now is not None and self.info is not None and now.get("token") == self.info["token"]:
             self.path.unlink(missing_ok=True)
         self.acquired = False
+        released(self)
 
     def holder(self) -> str:
         """Who holds the lock, for messages."""

@@ -24,7 +24,8 @@ import numpy as np
 from ..errors import BagError
 from .atomic import discard, stage
 from .bags_config import provenance_of, read_bags_config
-from .base import Bag, geometry_attrs, to_json
+from .base import Bag, as_features, geometry_attrs, to_json
+from .identity import content_check, content_matches
 from .npz import index_path_for, save_npz
 
 log = logging.getLogger("slideflow")
@@ -73,9 +74,13 @@ class PtSink:
                    "patch_size_level0": self.patch_size_level0, "attrs": self.attrs,
                    "meta": to_json(self.meta)}
         # a file object: fixed archive name, so reruns are byte-identical
-        pt_tmp = stage(self.path, lambda fh: torch.save(tensor, fh))
+        try:
+            pt_tmp = stage(self.path, lambda fh: torch.save(tensor, fh))
+        except RuntimeError as exc:  # torch reports a failed write (a full disk) this way
+            raise _write_error(self.path, exc, tensor.nbytes) from exc
         index_tmp, moved = None, False
         try:
+            sidecar["content"] = content_check(pt_tmp)  # a truncated .pt is never reused
             index_tmp = stage_pt_index(index, centres, sidecar)
             index.unlink(missing_ok=True)  # no stale index beside the new .pt
             os.replace(pt_tmp, self.path)
@@ -91,6 +96,25 @@ class PtSink:
 
     def abort(self) -> None:
         self._f = self._c = np.empty((0, 2))
+
+
+def _write_error(path: Path, exc: RuntimeError, nbytes: int) -> OSError:
+    """torch.save's RuntimeError as the OSError it is: the full-disk error behind it, or
+    ENOSPC when the folder has no room for the tensor, else EIO; naming the .pt."""
+    import errno
+    import shutil
+
+    from .atomic import disk_full_error
+
+    full = disk_full_error(exc)
+    if full is not None:
+        return OSError(full.errno, full.strerror, str(path))
+    try:
+        no_room = shutil.disk_usage(path.parent).free < nbytes + (1 << 20)
+    except OSError:
+        no_room = False
+    code = errno.ENOSPC if no_room else errno.EIO
+    return OSError(code, f"{os.strerror(code)} (torch.save: {exc})", str(path))
 
 
 def _pt_index_arrays(centres: np.ndarray, sidecar: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -150,7 +174,11 @@ def read_pt(path: Path, patch_size_level0: int | None = None) -> Bag:
     if not isinstance(t, torch.Tensor) or t.ndim != 2:
         raise BagError(f"{path}: expected a 2-D tensor (N, D), got "
                        f"{getattr(t, 'shape', type(t).__name__)}")
-    features = t.float().numpy() if t.dtype != torch.float32 else t.numpy()
+    try:
+        features = as_features(t.float().numpy() if t.is_floating_point() and
+                               t.dtype != torch.float32 else t.numpy())
+    except (ValueError, TypeError) as e:
+        raise BagError(f"{path}: {e}") from None
     centres, sidecar = load_pt_index(path)
     if len(centres) != len(features):
         raise BagError(f"{path}: {len(features)} rows but its index has {len(centres)}")
@@ -170,5 +198,13 @@ def read_pt(path: Path, patch_size_level0: int | None = None) -> Bag:
 
 
 def read_pt_meta(path: Path) -> dict[str, Any] | None:
-    """The `meta` stored in a finished .pt bag's index, or None when there is no bag."""
-    return load_pt_index(path)[1].get("meta") if path.exists() else None
+    """The `meta` stored in a finished .pt bag's index, or None when there is no bag or the
+    .pt no longer has the size and sampled digest its index recorded (truncated, replaced)."""
+    if not path.exists():
+        return None
+    sidecar = load_pt_index(path)[1]
+    if not content_matches(path, sidecar.get("content")):
+        log.info("%s: its size or content differs from what its index recorded (truncated "
+                 "or replaced?); not reused", path)
+        return None
+    return sidecar.get("meta")

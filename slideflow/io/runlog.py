@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_open, write_json_atomic
+from .names import csv_safe
 
 FAILURES = "failures.csv"
 SUMMARY = "summary.json"
@@ -114,10 +115,11 @@ def write_run_files(outdir: str | os.PathLike, outcomes: Iterable[Any], summary:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["slide", "error_type", "message"] + (["requests", "bytes_fetched"] if remote
                                                       else []))
-    for o in outcomes:
+    for o in outcomes:  # names and messages come from data: never a spreadsheet formula
         if o.status == "failed":
             f = getattr(o, "fetched", None) or {}
-            w.writerow([o.slide, o.error_type or "", " ".join(str(o.error or "").split())] +
+            w.writerow([csv_safe(o.slide), csv_safe(o.error_type or ""),
+                        csv_safe(" ".join(str(o.error or "").split()))] +
                        ([f.get("requests", 0), f.get("bytes_fetched", 0)] if remote else []))
     failures = outdir / FAILURES
     with atomic_open(failures, "w") as fh:

@@ -230,15 +230,21 @@ class TFRecord:
         for j, (i, offset, rec) in enumerate(chunk):
             try:
                 raws.append(rec["image_raw"])
-                locs[j] = rec["loc_x"], rec["loc_y"]
+                locs[j] = _int_loc(rec, "loc_x"), _int_loc(rec, "loc_y")
             except (KeyError, TypeError) as e:
                 raise corrupt_error(self.path, i, offset,
                                f"not a tile record (missing or bad {e})") from None
-        try:
-            h, w = imgcodec.image_shape(raws[0])
-        except ValueError as e:
-            raise corrupt_error(self.path, chunk[0][0], chunk[0][1],
-                           f"image_raw cannot be decoded ({e})") from None
+        for j, (i, offset, _) in enumerate(chunk):  # sizes checked before anything decodes
+            try:
+                shape = imgcodec.image_shape(raws[j])
+            except ValueError as e:
+                raise corrupt_error(self.path, i, offset,
+                                    f"image_raw cannot be decoded ({e})") from None
+            if j == 0:
+                h, w = shape
+            elif shape != (h, w):
+                raise corrupt_error(self.path, i, offset, f"tile is {shape[1]}x{shape[0]} px, "
+                                    f"the others {w}x{h}")
         out = np.empty((len(chunk), h, w, 3), np.uint8)
         futures = [pool.submit(imgcodec.decode, raw, out[j]) for j, raw in enumerate(raws)]
         return out, locs, futures, chunk
@@ -253,3 +259,39 @@ class TFRecord:
                 raise corrupt_error(self.path, i, offset,
                                f"image_raw cannot be decoded ({e})") from None
         return out, locs
+
+
+def _int_loc(rec: dict[str, Any], key: str) -> int:
+    """A tile location: an int64 feature (bytes or floats are refused, not coerced)."""
+    value = rec[key]
+    if isinstance(value, (bytes, str, float, bool)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{key} is {type(value).__name__}, expected an int64 feature")
+    return int(value)
+
+
+def check_tile_size(batches: Any, path: Any) -> Iterator[tuple[Any, Any]]:
+    """`batches` of one TFRecord (numpy or torch, (B, H, W, 3)), each checked to hold tiles of
+    one size: the `tile_px` of its extraction sidecar when there is one, else the first
+    batch's. A file whose tiles change size part-way fails naming the records."""
+    import json
+
+    from .identity import SIDECAR_SUFFIX, _beside
+
+    want, said = None, "the first records are"
+    try:
+        px = json.loads(_beside(Path(path), SIDECAR_SUFFIX).read_text()).get("tile_px")
+        if isinstance(px, int) and px > 0:
+            want, said = (px, px), f"its {SIDECAR_SUFFIX} says"
+    except (OSError, ValueError, AttributeError):
+        pass
+    n = 0
+    for tiles, locs in batches:
+        got = (int(tiles.shape[1]), int(tiles.shape[2]))
+        if want is None:
+            want = got
+        elif got != want:
+            raise TFRecordError(f"{path}: records {n}..{n + len(tiles) - 1} hold {got[1]}x"
+                                f"{got[0]} px tiles, {said} {want[1]}x{want[0]}; re-extract "
+                                "the tiles")
+        n += len(tiles)
+        yield tiles, locs

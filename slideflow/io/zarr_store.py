@@ -31,7 +31,16 @@ import numpy as np
 
 from ..errors import BagError
 from .atomic import tmp_prefix, umask
-from .base import CHUNK_ROWS, Bag, ChunkedSink, geometry_attrs, parse_geometry, to_json
+from .base import (
+    CHUNK_ROWS,
+    Bag,
+    ChunkedSink,
+    as_coords,
+    as_features,
+    geometry_attrs,
+    parse_geometry,
+    to_json,
+)
 
 FEATURE_KEYS = ("probabilities", "features")  # TIAToolbox's (written), earlier slideflow
 
@@ -137,7 +146,7 @@ def read_zarr(path: str | os.PathLike, coords_scale: float | None = None) -> Bag
         key = next((k for k in FEATURE_KEYS if k in group), None)
         if key is None or "coordinates" not in group:
             raise BagError(f"{path}: needs `probabilities` (or `features`) and `coordinates`")
-        features = np.asarray(group[key][...], dtype=np.float32)
+        features = as_features(group[key][...])
         boxes = np.asarray(group["coordinates"][...])
         attrs = dict(group.attrs)
     except BagError:
@@ -163,7 +172,10 @@ def read_zarr(path: str | os.PathLike, coords_scale: float | None = None) -> Bag
     out.update({k: attrs[k] for k in ("name", "coord_space") if k in attrs})
     out.update(meta=dict(attrs.get("slideflow_meta") or {}), format="zarr",
                coord_origin="top_left")
-    coords = np.ascontiguousarray(boxes[:, :2], dtype=np.int64)
+    try:
+        coords = np.ascontiguousarray(as_coords(boxes[:, :2]))
+    except ValueError as e:
+        raise BagError(f"{path}: {e}") from None
     return Bag(features, coords, out, path)
 
 
@@ -175,10 +187,13 @@ def _foreign_to_level0(path: Path, boxes: np.ndarray, scale: float | None) -> np
             "inference resolution, which the file does not record. Pass coords_scale= (level-0 "
             "pixels per stored pixel, i.e. inference um/px divided by the slide's um/px; 1.0 if "
             "the model ran at level 0) to read_bag / convert.")
-    if not scale or scale <= 0:
-        raise BagError(f"{path}: coords_scale must be positive, got {scale!r}")
-    scaled = np.rint(boxes.astype(np.float64) * float(scale)).astype(np.int64)
-    return scaled
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or \
+            not np.isfinite(scale) or scale <= 0:
+        raise BagError(f"{path}: coords_scale must be a finite number > 0, got {scale!r}")
+    try:
+        return as_coords(np.rint(boxes.astype(np.float64) * float(scale)))
+    except ValueError as e:
+        raise BagError(f"{path}: coords_scale={scale!r}: {e}") from None
 
 
 def read_zarr_meta(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import pandas as pd
 from ..errors import ProjectError
 from ..io.atomic import atomic_open
 from ..io.manifest import is_manifest_columns
+from ..io.names import csv_safe, csv_unsafe
 
 log = logging.getLogger("slideflow")
 
@@ -36,7 +37,7 @@ def read_annotations(path: str | os.PathLike) -> pd.DataFrame:
                          skipinitialspace=True, encoding="utf-8-sig")
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise ProjectError(f"{path}: cannot read the annotations CSV ({exc})") from None
-    return validate_annotations(df, path)
+    return validate_annotations(df.map(csv_unsafe), path)  # cells we escaped on writing
 
 
 def validate_annotations(df: pd.DataFrame, origin: str | os.PathLike = "annotations"
@@ -140,8 +141,8 @@ def blank_annotations(slides: Iterable[str]) -> pd.DataFrame:
 def write_annotations(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write annotations atomically (no index column); returns the path."""
     path = Path(path)
-    with atomic_open(path, "w") as fh:
-        df.to_csv(fh, index=False, lineterminator="\n")
+    with atomic_open(path, "w") as fh:  # cells a spreadsheet would execute are escaped
+        df.map(csv_safe).to_csv(fh, index=False, lineterminator="\n")
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -296,6 +297,11 @@ class Dataset:
                 bad = sorted({v for v in values.values() if not _is_float(v)})
                 raise DatasetError(f"column {column!r} is not numeric (values like "
                                    f"{bad[:5]}); use use_float=False") from None
+            odd = sorted(k for k, v in floats.items() if not math.isfinite(v))
+            if odd:  # 'nan'/'inf' parse as floats but are no label a model can learn
+                raise DatasetError(f"column {column!r}: {len(odd)} slide(s) have a non-finite "
+                                   f"label ({', '.join(f'{k}={values[k]!r}' for k in odd[:10])});"
+                                   " fix or blank them and use filter_blank=[column]")
             return floats, sorted(set(floats.values()))
         unique = sorted(set(values.values()))
         if format == "name":
@@ -408,7 +414,8 @@ class Dataset:
                 continue
             jobs.append(SlideJob(name=name, slide_path=path, tfrecord=tfr,
                                  rois=src.roi_file(name), mpp=mpp.get(name),
-                                 mask=masks.get(name)))
+                                 mask=masks.get(name),
+                                 mpp_source="annotations" if name in mpp else None))
         return jobs
 
     def kfold_split(self, k: int = 3, *, labels: Any = None, preserved_site: bool = False,

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..imgheader import checked_shape
 from .decode import CpuDecoder, make_decoder
 
 log = logging.getLogger("slideflow")
@@ -98,6 +99,7 @@ def check_decoder(stream: bytes, decoder: Any, file: Any, level: Any = None) -> 
 
 
 def _check(stream: bytes, decoder: Any, file: str, device: str) -> DecodeCheck:
+    checked_shape(stream, f"{file}: first tile")  # the pixel budget, before either decodes it
     cpu = CpuDecoder().decode(stream)
     try:
         out = decoder.decode_many([stream])[0]

@@ -74,6 +74,9 @@ def check_tile_geometry(tile_px: Any, tile_um: Any, stride_div: Any = 1
     """
     px = positive_int(tile_px, "tile_px")
     div = positive_int(stride_div, "stride_div")
+    if div > px:  # a step under one output pixel only re-reads the same pixels
+        raise InvalidArgumentError(f"stride_div={div} is larger than tile_px={px}: tiles would "
+                                   "step by less than one pixel; use at most tile_px")
     if isinstance(tile_um, str):
         try:
             microns = tile_um_to_microns(px, tile_um)

@@ -33,6 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..imgheader import expect_shape
 from .backends.base import level_pixel
 from .decode import CpuDecoder, TorchDecoder, area_resize_torch, make_decoder
 from .geometry import LevelChoice
@@ -111,7 +112,9 @@ class StoredTileReader:
                 out[k] = None
                 continue
             try:
-                out[k] = self.decoder.decode(self.layout.stream(data))
+                stream = self.layout.stream(data)
+                expect_shape(stream, (self.layout.tile_h, self.layout.tile_w), "stored tile")
+                out[k] = self.decoder.decode(stream)
             except Exception as exc:
                 raise OSError(self._tile_error(k, exc)) from exc
         return out
@@ -236,8 +239,14 @@ class StoredTileReader:
             new = [k for k in keys_of[b] if k not in held]
             raw = lay.read(new)
             present = [k for k in new if raw[k] is not None]
+            streams = [lay.stream(raw[k]) for k in present]
+            for k, st in zip(present, streams):  # sizes checked before the batch is decoded
+                try:
+                    expect_shape(st, (lay.tile_h, lay.tile_w), "stored tile")
+                except ValueError as exc:
+                    raise OSError(self._tile_error(k, exc)) from None
             try:
-                decoded = dec.decode_many([lay.stream(raw[k]) for k in present])
+                decoded = dec.decode_many(streams)
             except Exception as exc:
                 raise OSError(f"stored tiles of level {self.choice.level} cannot be decoded "
                               f"on {dec.device}: {exc}") from exc

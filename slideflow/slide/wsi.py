@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
 from ..remote.url import slide_path
-from ..validate import positive_float, positive_int
+from ..validate import MPP_RANGE, mpp_value, positive_int
 from . import geometry, tissue
 from .backends import open_reader
 from .backends.base import SlideReader
@@ -74,11 +74,17 @@ class WSI:
             tile_px, tile_um, stride_div)
         self.grid_rule = geometry.check_grid_rule(grid_rule)
         if mpp is not None:
-            mpp = positive_float(mpp, "mpp")
+            mpp = mpp_value(mpp, "mpp")
         self.reader: SlideReader = open_reader(self.path, backend)
         self.reader.check_channels()
         self.mpp_source = "override" if mpp else "file"
         self.mpp = float(mpp) if mpp else self.reader.mpp
+        if self.mpp and mpp is None and not MPP_RANGE[0] <= self.mpp <= MPP_RANGE[1]:
+            self.close()
+            raise MissingMPPError(
+                f"{self.path}: the file records {self.mpp:g} microns per pixel, outside "
+                f"{MPP_RANGE[0]:g}..{MPP_RANGE[1]:g} (corrupt metadata); pass the real value "
+                "(mpp=, --mpp, --mpp-csv or an 'mpp' annotation column)")
         if not self.mpp:
             why = getattr(self.reader, "mpp_note", None) or "the file records no microns-per-pixel"
             raise MissingMPPError(
@@ -381,7 +387,9 @@ class WSI:
             it.close()
 
     def _read_error(self, exc: Exception) -> SlideReadError:
-        return SlideReadError(f"{self.path}: tile read failed: {exc}")
+        from ..errors import exception_text
+
+        return SlideReadError(f"{self.path}: tile read failed: {exception_text(exc)}")
 
     # -- pictures -------------------------------------------------------------------------------
     def thumbnail(self, width: int = 1024):

@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import NoTissueError, ROIError, SlideflowError
+from ...errors import NoTissueError, ROIError, SlideflowError, exception_text
 from ...io import imgcodec
 from ...io.atomic import discard, disk_full_text, write_json_atomic
+from ...io.identity import content_check
 from ...io.locks import SlideLock
+from ...io.names import check_output_name, confined
 from ...io.npz import index_path_for
 from ...io.tfrecord import build_index, read_index
 from ...slide import slide_name
@@ -68,25 +70,25 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
     t_start = time.perf_counter()
     res = SlideResult(job.name, "failed", tfrecord=job.tfrecord)
     try:
+        check_output_name(job.name, "slide name")
+        confined(job.outdir, job.tfrecord)
         if job.mask is not None:  # this slide's tissue mask replaces the QC method
             opt = dataclasses.replace(opt, qc=str(job.mask))
         request = opt.request(tile_px, tile_um, job.slide_path, job.mpp, job.roi)
+        # a finished slide is reused without taking its lock (read-only storage works)
+        if opt.skip_extracted and _reused(job, request, opt, res):
+            return res
         with SlideLock(job.outdir, job.name) as lock:  # other processes skip this slide
             if not lock.acquired:
                 res.status, res.reason = "skipped", f"busy: locked by {lock.holder()}"
                 return res
             if lock.took_over:
                 res.notes.append(f"took over the stale lock of {lock.took_over}")
-            for p in remove_leftovers(job):  # also when the slide is then reused
-                res.notes.append(f"removed {p.name} left by a dead run")
-            reuse, why = check_existing(job, request, opt.save_tiles)
-            if opt.skip_extracted and reuse:
-                meta = read_sidecar(job.tfrecord) or {}
-                res.status, res.reason = "skipped", why
-                res.tiles = int(meta.get("tiles") or _count(job.tfrecord))
-                if "another tool" in why:
-                    res.warnings.append(why)
+            if opt.skip_extracted and _reused(job, request, opt, res):  # finished meanwhile
                 return res
+            for p in remove_leftovers(job):
+                res.notes.append(f"removed {p.name} left by a dead run")
+            why = check_existing(job, request, opt.save_tiles)[1]
             if job.tfrecord.exists():
                 log.info("%s: extracting again: %s", job.name,
                          why if opt.skip_extracted else "skip_extracted=False")
@@ -99,12 +101,29 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
     except Exception as exc:  # one bad slide never stops the batch
         full = disk_full_text(exc, job.outdir)
         res.status, res.error = "failed", (f"OSError: {full}" if full else
-                                           f"{type(exc).__name__}: {exc}")
+                                           f"{type(exc).__name__}: {exception_text(exc)}")
         # the progress line and the caller's summary report it (once)
         log.debug("%s: failed (%s)", job.name, res.error, exc_info=True)
     finally:
         res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _reused(job: ExtractJob, request: dict[str, Any], opt: ExtractOptions,
+            res: SlideResult) -> bool:
+    """Fill `res` as skipped when the slide's outputs are current (dead runs' temporary files
+    of the slide are removed on the way: never a live process's)."""
+    reuse, why = check_existing(job, request, opt.save_tiles)
+    if not reuse:
+        return False
+    for p in remove_leftovers(job):
+        res.notes.append(f"removed {p.name} left by a dead run")
+    meta = read_sidecar(job.tfrecord) or {}
+    res.status, res.reason = "skipped", why
+    res.tiles = int(meta.get("tiles") or _count(job.tfrecord))
+    if "another tool" in why:
+        res.warnings.append(why)
+    return True
 
 
 def _stat(path: Path) -> tuple[int, int, int] | None:
@@ -186,6 +205,7 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
                 "mpp_source": wsi.mpp_source, "tile_px": int(tile_px), "tile_um": tile_um,
                 "slide_path": str(job.slide_path), "wsi": wsi.settings(),
                 "tfrecord_bytes": job.tfrecord.stat().st_size,
+                "tfrecord_content": content_check(job.tfrecord),
                 "tiles_saved": bool(opt.save_tiles),
                 "passthrough": res.info.get("passthrough"),
                 "slideflow_version": __version__,

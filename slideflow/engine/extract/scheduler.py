@@ -16,6 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from ...io import imgcodec
+from ...io.held_locks import install_sigterm_handler
 from ...slide.geometry import check_tile_geometry
 from ..progress import track_slides
 from .job import extract_job
@@ -30,6 +31,7 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
              progress: bool | None = True, failed: dict[str, str] | None = None,
              on_result: Callable[[SlideResult], None] | None = None) -> ExtractionSummary:
     """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
+    install_sigterm_handler()  # slide locks are taken in worker threads: install it here
     start = time.perf_counter()
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
     summary = ExtractionSummary(int(tile_px), tile_um)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import SlideflowError
-from ...io.identity import SIDECAR_SUFFIX, file_identity
+from ...io.identity import SIDECAR_SUFFIX, content_matches, file_identity
 from ...io.locks import clean_stale_temps
 from ...io.tfrecord import build_index, read_index
 from ...norm import resolve
@@ -161,6 +161,8 @@ def check_existing(job: ExtractJob, request: dict[str, Any], save_tiles: bool
         return False, f"settings changed ({', '.join(keys)})"
     if tfr.stat().st_size != meta.get("tfrecord_bytes"):
         return False, "the TFRecord's size differs from the recorded one"
+    if "tfrecord_content" in meta and not content_matches(tfr, meta["tfrecord_content"]):
+        return False, "the TFRecord's content differs from the recorded digest (overwritten?)"
     try:
         n = len(read_index(tfr))
     except (FileNotFoundError, SlideflowError):

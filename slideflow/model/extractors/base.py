@@ -124,7 +124,29 @@ def _device(device: Any) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    return torch.device(device)
+    return check_device(device)
+
+
+def check_device(device: Any) -> torch.device:
+    """`device` as a torch.device that exists here, else InvalidArgumentError saying what is
+    there (checked before any model is built: 'cuda:7' on a 2-GPU node, CUDA without GPUs)."""
+    from ...errors import InvalidArgumentError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InvalidArgumentError(f"device {device!r}: no CUDA device is available here; "
+                                       "use 'cpu'")
+        if dev.index is not None and dev.index >= count:
+            raise InvalidArgumentError(f"device {device!r}: this machine has {count} CUDA "
+                                       f"device(s), cuda:0..cuda:{count - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InvalidArgumentError(f"device {device!r}: MPS is not available here; use 'cpu'")
+    return dev
 
 
 class FeatureExtractor:

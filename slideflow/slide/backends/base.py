@@ -216,3 +216,30 @@ def pad_to(region: np.ndarray, height: int, width: int) -> np.ndarray:
     out = np.full((height, width, 3), 255, dtype=np.uint8)
     out[: min(h, height), : min(w, width)] = region[:height, :width]
     return out
+
+
+#: suffixes of the plain tiled TIFFs whose level-0 tile table `check_tile_table` reads
+TIFF_SUFFIXES = (".svs", ".tif", ".tiff")
+
+
+def check_tile_table(path: str | Path) -> None:
+    """Refuse a tiled TIFF whose first level stores no tile at all (every TileOffsets or
+    every TileByteCounts entry 0): readers fill such tiles with white, which gave bags of
+    blank tiles marked done (or, with QC, a misleading '0 tiles')."""
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tf:
+            page = tf.pages[0]
+            offsets, counts = page.dataoffsets, page.databytecounts
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the backend decides
+        return
+    if len(offsets) > 1 and (not any(offsets) or not any(counts)):
+        from ...errors import SlideReadError
+
+        raise SlideReadError(f"{path}: level 0 stores no tile data (all {len(offsets)} "
+                             "TileOffsets or TileByteCounts are 0: an empty or corrupt file); "
+                             "re-export or re-scan the slide")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import OpenSlideAPIReader, rgba_to_rgb
+from .base import OpenSlideAPIReader, check_tile_table, rgba_to_rgb
 
 #: decoded-tile cache bounds; sized per slide to hold two rows of the file's tiles across the
 #: widest level, so that the next grid row's runs reuse the decoded tiles they share
@@ -27,6 +27,7 @@ class OpenSlideReader(OpenSlideAPIReader):
         super().__init__(path)
         import openslide
 
+        check_tile_table(path)
         self._slide = openslide.OpenSlide(str(path))
         self._props = dict(self._slide.properties)
         try:

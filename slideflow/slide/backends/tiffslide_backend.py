@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import UnsupportedChannelsError
-from .base import OpenSlideAPIReader, pad_to
+from ...errors import SlideReadError, UnsupportedChannelsError
+from .base import OpenSlideAPIReader, check_tile_table, pad_to
 
 
 class TiffSlideReader(OpenSlideAPIReader):
@@ -19,10 +19,25 @@ class TiffSlideReader(OpenSlideAPIReader):
 
         import tiffslide
 
+        check_tile_table(path)
         with warnings.catch_warnings():  # NDPI: "metadata parsing only partially implemented"
             warnings.simplefilter("ignore", UserWarning)
             self._slide = tiffslide.TiffSlide(str(path))
             self._props = dict(self._slide.properties)
+        self._check_tiles()
+
+    def _check_tiles(self) -> None:
+        """A tiled level must have a tile size: TileWidth 0 made every read fail with
+        'division by zero'."""
+        for i, level in enumerate(self._slide.ts_tifffile.series[0].levels):
+            page = level.keyframe
+            tiled = "TileWidth" in page.tags or "TileLength" in page.tags
+            if tiled and (page.tilewidth <= 0 or page.tilelength <= 0):
+                self.close()
+                raise SlideReadError(
+                    f"{self.path}: level {i} is tiled but its TIFF tags say TileWidth "
+                    f"{page.tilewidth}, TileLength {page.tilelength} (a corrupt file); "
+                    "re-export or re-scan the slide")
 
     def check_channels(self) -> None:
         tf = self._slide.ts_tifffile
