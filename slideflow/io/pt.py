@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import discard, stage
+from .atomic import discard, disk_full_error, stage
 from .bags_config import provenance_of, read_bags_config
 from .base import Bag, as_features, geometry_attrs, to_json
 from .identity import content_check, content_matches
@@ -104,7 +104,6 @@ def _write_error(path: Path, exc: RuntimeError, nbytes: int) -> OSError:
     import errno
     import shutil
 
-    from .atomic import disk_full_error
 
     full = disk_full_error(exc)
     if full is not None:

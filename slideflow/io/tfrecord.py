@@ -29,6 +29,7 @@ from ..errors import TFRecordError
 from ..units import tile_um_label
 from ..validate import positive_int
 from . import imgcodec
+from .identity import SIDECAR_SUFFIX, _beside
 from .npz import INDEX_SUFFIX, index_path_for
 from .tfrecord_codec import (
     FRAMING,
@@ -275,7 +276,6 @@ def check_tile_size(batches: Any, path: Any) -> Iterator[tuple[Any, Any]]:
     batch's. A file whose tiles change size part-way fails naming the records."""
     import json
 
-    from .identity import SIDECAR_SUFFIX, _beside
 
     want, said = None, "the first records are"
     try:

@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError
+from ..errors import MissingMPPError, SlideReadError, UnsupportedSlideError, exception_text
 from ..remote.url import slide_path
 from ..validate import MPP_RANGE, mpp_value, positive_int
 from . import geometry, tissue
@@ -387,8 +387,6 @@ class WSI:
             it.close()
 
     def _read_error(self, exc: Exception) -> SlideReadError:
-        from ..errors import exception_text
-
         return SlideReadError(f"{self.path}: tile read failed: {exception_text(exc)}")
 
     # -- pictures -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...errors import InvalidArgumentError
 from ...hooks import call_input_handlers
 from ...validate import positive_int
 from ..slide_encoders.factory import build_slide_encoder
@@ -130,8 +131,6 @@ def _device(device: Any) -> torch.device:
 def check_device(device: Any) -> torch.device:
     """`device` as a torch.device that exists here, else InvalidArgumentError saying what is
     there (checked before any model is built: 'cuda:7' on a 2-GPU node, CUDA without GPUs)."""
-    from ...errors import InvalidArgumentError
-
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ...errors import SlideReadError
 from . import tiff_scan
 
 
@@ -238,8 +239,6 @@ def check_tile_table(path: str | Path) -> None:
     except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the backend decides
         return
     if len(offsets) > 1 and (not any(offsets) or not any(counts)):
-        from ...errors import SlideReadError
-
         raise SlideReadError(f"{path}: level 0 stores no tile data (all {len(offsets)} "
                              "TileOffsets or TileByteCounts are 0: an empty or corrupt file); "
                              "re-export or re-scan the slide")
