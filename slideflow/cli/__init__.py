@@ -2,7 +2,7 @@
 
 `commands` holds the typer app and its main commands; `encode` (encode-slide /
 encode-patient), `mil` (mil train / predict), `extractors`, `doctor` register theirs on it;
-`errors` turns usage errors into one `error:` line; `demo` is the `make demo` walk-through.
+`errors` turns usage errors into one `error:` line; `inputs` turns arguments into jobs; `demo` is the `make demo` walk-through.
 ``slideflow.cli:main`` (the console script), ``from slideflow.cli import app`` and
 ``slideflow.cli.features`` (any name of `commands`) keep working.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import commands
-from .commands import app, main, ray_argv, shard
+from .commands import app, main
+from .inputs import ray_argv, shard
 
 __all__ = ["app", "main", "ray_argv", "shard"]
 

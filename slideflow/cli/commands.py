@@ -24,13 +24,11 @@ import typer
 from ..errors import SlideflowError
 from ..io import runlog  # runlog.write_run_files looked up per call (tests swap it)
 from ..io.held_locks import install_sigterm_handler
-from ..io.location import is_url
-from ..io.manifest import parse_spacing, read_manifest
-from ..slide import expand_slides, slide_name
 from ..validate import positive_int
 from ..version import __version__
 from . import atlaspatch, doctor, encode, extractors, mil
 from .errors import check_inputs_exist, run_app
+from .inputs import make_jobs, ray_arg, ray_argv, shard, stride_div_of, weights_map
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="slideflow: whole-slide images to tiles and feature vectors.")
@@ -54,43 +52,6 @@ def _tile_um(value: str) -> float | str:
         return float(value) if not value.lower().endswith("x") else value
     except ValueError:
         raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
-
-
-def _expand(paths: list, recursive: bool = True) -> list:
-    """Slides given: local paths by the one slide rule (`slideflow.slide.expand_slides`:
-    files, DICOM folders, the slides inside other folders), URLs as they are, a URL prefix
-    ending in '/' listed (`slideflow.slide.remote_open.find_remote_slides`)."""
-    out: list = []
-    for p in paths:
-        if is_url(p):
-            from ..slide.remote_open import find_remote_slides
-
-            out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
-        else:
-            out.extend(expand_slides([p], recursive))
-    return out
-
-
-def shard(items: list, spec: str | None) -> list:
-    """Items of shard `i/n` (0-based i); SLURM array variables when `spec` is None."""
-    if spec is None:
-        task = os.environ.get("SLURM_ARRAY_TASK_ID")
-        count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
-        if task is None or count is None:
-            return items
-        try:
-            step = int(os.environ.get("SLURM_ARRAY_TASK_STEP") or 1)  # --array=0-30:10
-            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
-            spec = f"{(int(task) - first) // max(step, 1)}/{count}"
-        except ValueError:
-            raise typer.BadParameter("SLURM_ARRAY_TASK_* variables are not integers") from None
-    try:
-        i, n = (int(v) for v in spec.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"--shard {spec!r}: give i/n, e.g. 0/4") from None
-    if not 0 <= i < n:
-        raise typer.BadParameter(f"--shard {spec}: need 0 <= i < n")
-    return items[i::n]
 
 
 @app.command()
@@ -127,72 +88,6 @@ def preview(
         wsi.qc(qc)
     wsi.preview(width=width).save(output)
     typer.echo(f"{wsi}\nwrote {output}")
-
-
-def _stride_div(overlap: float | None, stride_div: int | None) -> int:
-    """--overlap (fraction of a tile shared with the next) or --stride-div -> stride_div."""
-    if overlap is None:
-        return stride_div or 1
-    if stride_div is not None:
-        raise typer.BadParameter("give --overlap or --stride-div, not both")
-    if not 0 <= overlap < 1:
-        raise typer.BadParameter(f"--overlap {overlap}: a fraction in [0, 1)")
-    div = round(1 / (1 - overlap))
-    if abs(1 - 1 / div - overlap) > 1e-6:
-        raise typer.BadParameter(f"--overlap {overlap}: tiles step by tile/n, so the overlap "
-                                 "must be 1 - 1/n (0, 0.5, 0.75, ...)")
-    return div
-
-
-def _read_mpp_csv(path: Path) -> dict[str, float]:
-    """{slide name or file name: mpp} from a CSV with columns `wsi,mpp`."""
-    import csv
-
-
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"wsi", "mpp"} <= set(rows[0]):
-        raise typer.BadParameter(f"{path}: --mpp-csv needs the columns wsi,mpp")
-    out = {}
-    for i, r in enumerate(rows, start=2):
-        mpp = parse_spacing(r["mpp"], f"{path}, line {i}")
-        if mpp is not None:
-            out[r["wsi"].strip()] = mpp
-    return out
-
-
-def _jobs(slides: list[Path], manifest: Path | None, recursive: bool, mpp: float | None,
-          mpp_csv: Path | None) -> list:
-    from ..engine.features import SlideJob
-
-    jobs = []
-    if manifest is not None:
-        for row in read_manifest(manifest):
-            jobs.append(SlideJob(name=row.sample_id, slide_path=row.image_path,
-                                 mpp=row.mpp if row.mpp is not None else mpp, mask=row.mask_path,
-                                 mpp_source="manifest" if row.mpp is not None else "--mpp"))
-    for p in _expand(slides, recursive):
-        jobs.append(SlideJob(name=slide_name(p), slide_path=p, mpp=mpp, mpp_source="--mpp"))
-    if mpp_csv is not None:
-        table = _read_mpp_csv(mpp_csv)
-        for j in jobs:
-            found = table.get(j.name, table.get(getattr(j.slide_path, "name", "")))
-            if found is not None:
-                j.mpp, j.mpp_source = found, "--mpp-csv"
-    from collections import Counter
-
-    dup = sorted(n for n, k in Counter(j.name for j in jobs).items() if k > 1)  # linear
-    if dup:
-        raise typer.BadParameter(f"several slides share the name(s) {dup}: outputs are named by "
-                                 "slide, so rename them or list them in a --manifest with "
-                                 "distinct sample_id")
-    return jobs
-
-
-def _ray_arg(value: str | None) -> object:
-    if value is None:
-        return None
-    return True if value in ("", "auto-local") else value
 
 
 @app.command()
@@ -259,7 +154,7 @@ def features(
     if cache is not None:  # the environment reaches worker processes too
         os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     # every option once, before the model is built (never one identical failure per slide)
-    check_tile_geometry(tile_px, _tile_um(tile_um), _stride_div(overlap, stride_div))
+    check_tile_geometry(tile_px, _tile_um(tile_um), stride_div_of(overlap, stride_div))
     check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
@@ -267,13 +162,13 @@ def features(
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise typer.BadParameter(f"--precision {precision!r}: auto, fp32, fp16 or bf16")
     names = [n.strip() for n in extractor.split(",") if n.strip()]
-    per_weights = _weights_map(weights, names)
+    per_weights = weights_map(weights, names)
     if feature_plugin:
         load_plugin(feature_plugin)
-    jobs = shard(_jobs(slides or [], manifest, recursive, mpp, mpp_csv), shard_spec)
+    jobs = shard(make_jobs(slides or [], manifest, recursive, mpp, mpp_csv), shard_spec)
     selection = TileSelection(qc=None if qc in (None, "none") else qc,
                               qc_threshold=tissue_thresh,
-                              stride_div=_stride_div(overlap, stride_div))
+                              stride_div=stride_div_of(overlap, stride_div))
     kwargs: dict = {}
     if batch_size is not None:
         kwargs["batch_size"] = positive_int(batch_size, "--batch-size")
@@ -289,7 +184,7 @@ def features(
                                _tile_um(tile_um), fmt=fmt, normalizer=normalizer,
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
                                num_threads=workers, progress=not quiet, devices=devices,
-                               ray=_ray_arg(ray), save_images=save_images)
+                               ray=ray_arg(ray), save_images=save_images)
     except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, the folder claimed by another
         partial = getattr(exc, "partial_report", None)  # run): what was done is recorded
         if partial is not None:
@@ -321,24 +216,6 @@ def features(
         typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
     if summary["failed"] or errors:
         raise typer.Exit(1)
-
-
-def _weights_map(weights: str | None, names: list[str]) -> dict[str, str]:
-    """--weights PATH (one extractor) or NAME=PATH[,NAME=PATH] -> {name: path}."""
-    if not weights:
-        return {}
-    if "=" not in weights:
-        if len(names) > 1:
-            raise typer.BadParameter("with several extractors, give --weights NAME=PATH[,...]")
-        return {names[0]: weights}
-    out = {}
-    for item in weights.split(","):
-        name, _, path = item.partition("=")
-        if name.strip() not in names:
-            raise typer.BadParameter(f"--weights {item!r}: {name.strip()!r} is not one of the "
-                                     f"extractors {names}")
-        out[name.strip()] = path.strip()
-    return out
 
 
 def _set_verbosity(quiet: bool, verbose: bool) -> None:
@@ -382,19 +259,6 @@ def _register_extra_commands() -> None:
 
 
 _register_extra_commands()
-
-
-def ray_argv(argv: list[str]) -> list[str]:
-    """Let `--ray` be given without an address: a bare `--ray` (last, before another option,
-    or before an existing path) means a local Ray cluster."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg == "--ray":
-            nxt = out[i + 1] if i + 1 < len(out) else None
-            if nxt is None or nxt.startswith("-") or os.path.exists(nxt):
-                out.insert(i + 1, "")
-            break
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
