@@ -88,8 +88,8 @@ class DatasetFeatures:
     ``normalizer`` (method name or fitted normaliser) and ``normalizer_source`` (a preset such
     as 'v3' or an image path to fit to), ``batch_size``, ``num_workers``, ``layers`` (with an
     extractor name), ``labels`` (kept as `.labels`), ``progress``, and the tile-selection
-    options of `generate_feature_bags` (``qc``, ``roi_method``...). Anything else raises
-    TypeError: a misspelt option must not silently change the features.
+    options of `generate_feature_bags` (``qc``, default Otsu as there; ``roi_method``...).
+    Anything else raises TypeError: a misspelt option must not silently change the features.
     """
 
     _SF3_UNSUPPORTED = {
@@ -144,7 +144,8 @@ class DatasetFeatures:
         self.normalizer = resolve_normalizer(normalizer, normalizer_source)
         self.num_features = self.extractor.num_features
         self.tile_px, self.tile_um = dataset.tile_px, dataset.tile_um
-        self.selection = TileSelection(**selection)
+        # the same tissue QC default as extraction, bags and the CLI
+        self.selection = TileSelection(**{"qc": DEFAULT_QC, **selection})
         self._generate(dataset, num_workers, progress)
 
     def _generate(self, dataset: Any, num_workers: int | None, progress: bool) -> None:
