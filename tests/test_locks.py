@@ -48,11 +48,18 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path):
 
 
 def test_live_lock_is_never_taken_whatever_its_age(tmp_path):
-    path = _fake_lock(tmp_path, "s1", pid=os.getppid(), started=0)
-    old = time.time() - 10 * 86400
-    os.utime(path, (old, old))
-    assert not SlideLock(tmp_path, "s1", timeout=1).acquire()
-    assert path.exists()
+    # a live process of our own, not os.getppid(): a reparented pytest's parent is pid 1,
+    # which never holds our locks
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        path = _fake_lock(tmp_path, "s1", pid=live.pid, started=0)
+        old = time.time() - 10 * 86400
+        os.utime(path, (old, old))
+        assert not SlideLock(tmp_path, "s1", timeout=1).acquire()
+        assert path.exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_reused_pid_does_not_keep_a_lock(tmp_path):

@@ -257,10 +257,7 @@ def _dicom_scan(path: Path, dims: tuple[int, int], pydicom) -> tuple[StoredLevel
             ds = pydicom.dcmread(f, defer_size=1024)
         except Exception:  # noqa: BLE001 - not a DICOM file: skip it
             continue
-        if "VOLUME" not in [str(v).upper() for v in ds.get("ImageType", [])]:
-            continue
-        size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
-                int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+        size = _volume_size(ds)
         if size != tuple(dims):
             continue
         why = _dicom_unsupported(ds)
@@ -283,6 +280,15 @@ def _dicom_scan(path: Path, dims: tuple[int, int], pydicom) -> tuple[StoredLevel
     return None, "; ".join(reasons) or f"no DICOM VOLUME instance of size {dims[0]}x{dims[1]}"
 
 
+def _volume_size(ds) -> tuple[int, int] | None:
+    """(width, height) of a DICOM WSI VOLUME instance's whole pixel matrix; None for the
+    other image types (label, overview, thumbnail)."""
+    if "VOLUME" not in [str(v).upper() for v in ds.get("ImageType", [])]:
+        return None
+    return (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
+            int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+
+
 def _dicomweb_level(series, dims: tuple[int, int]) -> tuple[StoredLevel | None, str]:
     """The level of a DICOMweb series (`slideflow.remote.dicomweb`) whose frames are `dims`."""
     from pydicom.dataset import FileMetaDataset
@@ -290,10 +296,7 @@ def _dicomweb_level(series, dims: tuple[int, int]) -> tuple[StoredLevel | None, 
 
     reasons = []
     for sop, ds in series.instances().items():
-        if "VOLUME" not in [str(v).upper() for v in ds.get("ImageType", [])]:
-            continue
-        size = (int(ds.get("TotalPixelMatrixColumns", ds.Columns)),
-                int(ds.get("TotalPixelMatrixRows", ds.Rows)))
+        size = _volume_size(ds)
         if size != tuple(dims):
             continue
         ds.file_meta = FileMetaDataset()
