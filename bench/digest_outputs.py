@@ -5,9 +5,10 @@ tiles) and writes bags (.pt/H5/zarr from slides, .pt from TFRecords) with the em
 EfficientNet-Lite0, then prints one sha256 per folder (over every file's relative path and bytes,
 except the HTML report whose preview embeds timings) and one over everything.
 
-Run the same command before and after a change and compare the lines:
+Run the same command (the same --out: outputs record their slide and TFRecord paths) before
+and after a change and compare the lines:
 
-    /work/bin/wtpy bench/digest_outputs.py --out /tmp/digests
+    .venv/bin/python bench/digest_outputs.py --out /tmp/digests
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ SLIDES = Path(os.environ.get("SLIDEFLOW_TEST_SLIDES",
                              Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"))
 NAMES = ["CMU-1-Small-Region.svs", "CMU-1-Small-Region.jpeg.tiff", "CMU-1-Small-Region-dicom",
          "tcga-cr-7395-01a-01-ts1.svs"]
+FIXED_MTIME_NS = 1_700_000_000 * 10**9
 
 
 def folder_digest(folder: Path) -> str:
@@ -73,6 +75,11 @@ def main() -> None:
             shutil.copytree(tfr, out / "tfr_jpg")
     shutil.rmtree(ds.tfrecords_folder)
     shutil.copytree(out / "tfr_jpg", ds.tfrecords_folder)
+    # bags from TFRecords record each TFRecord's identity (size, mtime): fix the mtime of these
+    # freshly written files so that two runs of this script digest alike
+    for p in ds.tfrecords_folder.rglob("*"):
+        if p.is_file():
+            os.utime(p, ns=(FIXED_MTIME_NS, FIXED_MTIME_NS))
     for fmt in ("pt", "h5", "zarr"):
         bags = out / f"bags_{fmt}"
         r = ds.generate_feature_bags(ext, bags, source="slides", qc="otsu", format=fmt,
