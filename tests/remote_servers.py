@@ -65,6 +65,12 @@ class RangeHTTPServer(FaultPlan):
             def log_message(self, *args):  # quiet
                 pass
 
+            def _empty(self, code: int) -> None:
+                """An answer with no body (404, 412)."""
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def _object(self):
                 name = self.path.lstrip("/").split("?")[0]
                 return plan.files.get(name)
@@ -73,10 +79,7 @@ class RangeHTTPServer(FaultPlan):
                 plan.record("HEAD", self.path, None)
                 data = self._object()
                 if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self._empty(404)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Accept-Ranges", "bytes")
@@ -88,16 +91,10 @@ class RangeHTTPServer(FaultPlan):
                 plan.record("GET", self.path, rng)
                 data = self._object()
                 if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self._empty(404)
                 match = self.headers.get("If-Match")  # strong comparison: W/ never matches
                 if match and (match.startswith("W/") or match != _etag(data)):
-                    self.send_response(412)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
+                    return self._empty(412)
                 span = _parse_range(rng, len(data))
                 fault = plan.next_fault() if span else None
                 if fault == "503":
