@@ -391,3 +391,12 @@ def test_patient_in_both_splits_is_warned(tmp_path, caplog):
         sf.mil.train_mil(_quick(), df.iloc[:7], df.iloc[7:], "label", bags,
                          outdir=tmp_path / "m", progress=False)
     assert "1 patient(s) have slides in both train and validation (pt_003)" in caplog.text
+
+
+def test_missing_model_folder_is_named(tmp_path):
+    from slideflow.mil.outputs import read_params
+
+    with pytest.raises(MILError, match=r"nope: no such folder"):
+        read_params(tmp_path / "nope")  # was reported as <tmp_path>/mil_params.json
+    with pytest.raises(MILError, match=r"mil_params\.json: not found"):
+        read_params(tmp_path)

@@ -123,6 +123,8 @@ def write_params(outdir: Path, params: Mapping[str, Any]) -> None:
 def read_params(model_dir: str | Path) -> tuple[Path, dict[str, Any]]:
     """(run folder, mil_params.json) for a run folder or a weights file inside it."""
     p = Path(model_dir)
+    if not p.exists():  # else a missing folder would be read as a file in its parent
+        raise MILError(f"{p}: no such folder; give the folder written by train_mil")
     folder = p if p.is_dir() else (p.parent.parent if p.parent.name == "models" else p.parent)
     path = folder / PARAMS
     try:
