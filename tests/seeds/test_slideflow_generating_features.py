@@ -87,3 +87,53 @@ def test_trained_model_folder_is_refused_naming_the_equivalent(tmp_path):
     (folder / "params.json").write_text('{"hp": {"model": "xception"}, "tile_px": 299}')
     with pytest.raises(sf.errors.ExtractorNotFound, match="model.keras"):
         sf.build_feature_extractor(str(folder), layers="sepconv3_bn")
+    # the equivalent the message names: the exported network, same layer name
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.SeparableConv2D(4, 3, name="sepconv3")(inp)
+    x = keras.layers.BatchNormalization(name="sepconv3_bn")(x)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(x))
+    keras.Model(inp, out).save(tmp_path / "model.keras")
+    ext = sf.build_feature_extractor(str(tmp_path / "model.keras"), layers="sepconv3_bn")
+    assert ext.num_features == 4 and ext(np.zeros((1, 32, 32, 3), np.uint8)).shape == (1, 4)
+
+
+def test_keras_layer_names_build_the_tensorflow_extractor(tmp_path, monkeypatch):
+    """`layers=` that only a Keras ResNet50 has: the TensorFlow extractor, no backend= needed."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    keras_layers = ["conv1_relu", "conv3_block1_2_relu"]
+    # as written: Keras' ImageNet weights are looked up locally, never downloaded
+    with pytest.raises(sf.errors.WeightsError,
+                       match="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        sf.build_feature_extractor("resnet50_imagenet", layers=keras_layers, pooling="avg",
+                                   tile_px=299)
+    resnet50 = sf.build_feature_extractor("resnet50_imagenet", layers=keras_layers,
+                                          pooling="avg", tile_px=299, pretrained=False)
+    assert type(resnet50).__name__ == "KerasFeatureExtractor"
+    assert resnet50.num_features == 64 + 128
+    assert resnet50.dump_config()["kwargs"]["layers"] == keras_layers
+    # PyTorch module names stay PyTorch; a name neither has is PyTorch's error
+    torch_layers = sf.build_feature_extractor("resnet50_imagenet", layers=["layer2.0.conv1"],
+                                              tile_px=64, pretrained=False)
+    assert type(torch_layers).__name__ == "FeatureExtractor"
+    with pytest.raises(ValueError, match="unknown layers"):
+        sf.build_feature_extractor("resnet50_imagenet", layers=["no_such_layer"],
+                                   pretrained=False)
+
+
+def test_hub_models_offline_name_the_weights_and_the_fix(tmp_path, monkeypatch):
+    """The hub examples as written, offline: the error names the file and how to get it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(sf.errors.WeightsError, match=r"(?s)ctranspath\.pth.*huggingface"):
+        sf.build_feature_extractor("ctranspath")
+    for name, kw, missing in (
+            ("uni", dict(weights="../pytorch_model.bin"), "../pytorch_model.bin"),
+            ("gigapath.tile", dict(weights="pytorch_model.bin"), "pytorch_model.bin"),
+            ("gigapath", dict(tile_encoder_weights="../pytorch_model.bin",
+                              slide_encoder_weights="../slide_encoder.pth"),
+             "../pytorch_model.bin")):
+        with pytest.raises(sf.errors.WeightsError, match=f"not found: {missing}"):
+            sf.build_feature_extractor(name, **kw)
