@@ -19,7 +19,14 @@ from typing import Annotated, Any
 import typer
 
 from ..compat import report_once
-from ..compat.atlaspatch import PRECISIONS, build_extractor, load_plugin, read_mpp_csv, split_names
+from ..compat.atlaspatch import (
+    PRECISIONS,
+    build_extractor,
+    check_names,
+    load_plugin,
+    read_mpp_csv,
+    split_names,
+)
 from ..compat.atlaspatch import stride_div as to_stride_div
 from ..errors import InvalidArgumentError
 from ..slide import find_slides, is_slide
@@ -134,6 +141,10 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
             load_plugin(plugin, dev or "cpu", dtype, feature_num_workers or 0)
         except InvalidArgumentError as exc:
             raise typer.BadParameter(str(exc)) from None
+    try:
+        check_names(names)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(str(exc)) from None
     extractors = [build_extractor(n, **kw) for n in names]
     mag = f"{target_mag:g}x"
     selection = TileSelection(qc="otsu", stride_div=stride_div)

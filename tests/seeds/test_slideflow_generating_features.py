@@ -137,3 +137,34 @@ def test_hub_models_offline_name_the_weights_and_the_fix(tmp_path, monkeypatch):
              "../pytorch_model.bin")):
         with pytest.raises(sf.errors.WeightsError, match=f"not found: {missing}"):
             sf.build_feature_extractor(name, **kw)
+
+
+def test_two_stage_tile_then_slide_like_gigapath(cmu_slides_project, tmp_path):
+    """The GigaPath examples' flow (tile bags with `.tile`, `.slide.generate_and_save`,
+    `model(wsi)`), with a mean-pooling slide encoder paired to efficientnet_lite0 standing in
+    for Prov-GigaPath's gated tile and slide weights."""
+    from slideflow.model.slide_encoders import (
+        SlideEncoderSpec,
+        register_slide_encoder,
+        unregister_slide_encoder,
+    )
+
+    spec = SlideEncoderSpec(name="lite0_pair_seed", family="mean", dim=None,
+                            license="Apache-2.0", tile_extractor=EXT, tile_features=1280,
+                            slideflow_pair=True)
+    register_slide_encoder(spec, replace=True)
+    try:
+        P = cmu_slides_project
+        dataset = P.dataset(tile_px=112, tile_um=224)
+        pair = sf.build_feature_extractor(EXT)  # 'gigapath': tile + slide stages
+        assert pair.tile.name == EXT and pair.slide.name == "lite0_pair_seed"
+        P.generate_feature_bags(pair.tile, dataset, outdir=tmp_path / "bags")
+        pair.slide.generate_and_save(str(tmp_path / "bags"), outdir=tmp_path / "embeddings")
+        vec = torch.load(tmp_path / "embeddings" / "CMU-1-Small-Region.pt", weights_only=True)
+        bag = torch.load(tmp_path / "bags" / "CMU-1-Small-Region.pt")
+        torch.testing.assert_close(vec, bag.mean(0))
+        wsi = sf.WSI(CMU, tile_px=112, tile_um=224)
+        embedding = pair(wsi)  # the whole slide at once: no Otsu QC unless asked
+        assert embedding.shape == (1280,)
+    finally:
+        unregister_slide_encoder(spec.name)
