@@ -122,6 +122,9 @@ def test_from_preset_names():
         "efficientnet_lite0_imagenet"
     prism = Model.from_preset("prism")  # a slide-level preset: tile encoder named by it
     assert prism.slide_encoder == "prism" and prism.tile_extractor is None
+    assert Model.from_preset("moozy").slide_encoder == "moozy"  # patient-level preset
+    assert Model.from_preset("lunit").tile_extractor == "lunit_vits8"
+    assert Model.from_preset("h-optimus-0").tile_extractor == "h_optimus_0"
     with pytest.raises(Exception, match="not-a-model"):
         Model.from_preset("not-a-model")
 

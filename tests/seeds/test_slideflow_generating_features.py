@@ -71,6 +71,12 @@ def test_imagenet_layers_preprocessing_precision_and_licence(extractor):
                                          pooling="avg", tile_px=299, backend="torch",
                                          pretrained=False)
     assert layered.num_features == 128 + 256
+    resized = sf.build_feature_extractor("resnet50_imagenet", resize=224,
+                                         interpolation="bicubic", antialias=True,
+                                         pretrained=False, device="meta")
+    t = resized.transform
+    assert (t.resize_px, t.interpolation, t.antialias, t.center_crop) == (224, "bicubic",
+                                                                          True, None)
     custom = sf.build_feature_extractor("resnet50_imagenet", resize=256,
                                         interpolation="bicubic", center_crop=224,
                                         pretrained=False, device="meta")
@@ -168,3 +174,30 @@ def test_two_stage_tile_then_slide_like_gigapath(cmu_slides_project, tmp_path):
         assert embedding.shape == (1280,)
     finally:
         unregister_slide_encoder(spec.name)
+
+
+def test_documented_bags_config_rebuilds(tmp_path):
+    """The guide's example `bags_config.json` (Slideflow 3's CTransPath class, Macenko fit):
+    its class maps onto our registry and the normaliser is rebuilt with the recorded fit.
+    Offline, random weights stand in for CTransPath's (`pretrained=False` override)."""
+    cfg = {"extractor": {"class": "slideflow.model.extractors.ctranspath.CTransPathFeatures",
+                         "kwargs": {"center_crop": True}},
+           "normalizer": {"method": "macenko", "fit": {
+               "stain_matrix_target": [[0.5062568187713623, 0.22186939418315887],
+                                       [0.7532230615615845, 0.8652154803276062],
+                                       [0.4069173336029053, 0.42241501808166504]],
+               "target_concentrations": [1.7656903266906738, 1.2797492742538452]}},
+           "num_features": 2048, "tile_px": 299, "tile_um": 302}
+    path = tmp_path / "bags_config.json"
+    path.write_text(json.dumps(cfg))
+    # the example records 2048 features; CTransPath gives 768, and the mismatch is named
+    with pytest.raises(sf.errors.WeightsError, match="768 features but the bags have 2048"):
+        rebuild_extractor(path, pretrained=False, device="cpu")
+    path.write_text(json.dumps({**cfg, "num_features": 768}))
+    extractor, normalizer = rebuild_extractor(path, pretrained=False, device="cpu")
+    assert extractor.name == "ctranspath" and extractor.transform.center_crop == 224
+    again = normalizer.to_config()
+    assert again["method"] == "macenko"
+    for key in ("stain_matrix_target", "target_concentrations"):
+        np.testing.assert_allclose(np.asarray(again["fit"][key]),
+                                   cfg["normalizer"]["fit"][key], rtol=1e-6)
