@@ -30,7 +30,6 @@ OVER_LIMIT = {
     "slideflow.slide.wsi": 428,
     "slideflow.slide.stored_reader": 422,
     "slideflow.compat.slide2vec": 408,
-    "slideflow.io.locks": 404,
 }
 
 
