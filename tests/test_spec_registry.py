@@ -30,13 +30,9 @@ class Toy:
     def with_(self, **changes: Any) -> Toy:
         return replace(self, **changes)
 
-
-def _coerce(obj: Any, source: str) -> Toy:
-    if isinstance(obj, Toy):
-        return obj
-    if isinstance(obj, dict):
-        return Toy(**obj)
-    raise TypeError(f"{source}: expected Toy or dict, got {type(obj).__name__}")
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Toy:
+        return cls(**data)
 
 
 def family_builder(family: str):
@@ -51,7 +47,7 @@ def _registry(calls: list[int] | None = None, **kw: Any) -> SpecRegistry[Toy]:
         return {normalize(t.name): t for t in (Toy("Alpha-One", aliases=("a1",)),
                                                Toy("beta", aliases=("b",)))}
 
-    return SpecRegistry(kind="toy", discover=discover, coerce=_coerce, not_found=ToyNotFound,
+    return SpecRegistry(kind="toy", discover=discover, spec_type=Toy, not_found=ToyNotFound,
                         family_builder=family_builder, import_failures=dict, **kw)
 
 

@@ -37,6 +37,9 @@ class Spec(Protocol):
 
     def with_(self, **changes: Any) -> Any: ...
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any: ...
+
 
 SpecT = TypeVar("SpecT", bound=Spec)
 
@@ -56,21 +59,21 @@ class SpecRegistry(Generic[SpecT]):
     """Specs of one kind: discovered once, looked up by name or alias, extended by plugins.
 
     `discover(errors)` returns {normalized name: spec} for the installed distributions and the
-    core catalog (entry points that fail are recorded in `errors`); `coerce(obj, source)` turns
+    core catalog (entry points that fail are recorded in `errors`); `spec_type.from_dict` turns
     a dict into a spec; `family_builder(family)` and `import_failures()` come from the kind's
     family table; `install_hints` maps a distribution to the command that installs it.
     """
 
     def __init__(self, *, kind: str, discover: Callable[[MutableMapping[str, str]],
                                                          dict[str, SpecT]],
-                 coerce: Callable[[Any, str], SpecT], not_found: type[Exception],
+                 spec_type: type[SpecT], not_found: type[Exception],
                  family_builder: Callable[[str], Builder | None],
                  import_failures: Callable[[], Mapping[str, str]],
                  install_hints: Mapping[str, str] | None = None,
                  reserved_prefix: str | None = None, not_built_in: str = "is not built in",
                  plugin_noun: str | None = None, register_call: str = "register"):
         self.kind = kind
-        self.coerce = coerce
+        self.spec_type = spec_type
         self.not_found = not_found
         self._discover_fn = discover
         self._family_builder = family_builder
@@ -86,6 +89,15 @@ class SpecRegistry(Generic[SpecT]):
         self._builders: dict[str, Builder] = {}
         #: entry points that failed to load: {entry point: error}
         self.load_errors: dict[str, str] = {}
+
+    def coerce(self, obj: Any, source: str) -> SpecT:
+        """`obj` as a spec (a spec, or a dict of its fields); `source` names the caller."""
+        if isinstance(obj, self.spec_type):
+            return obj
+        if isinstance(obj, Mapping):
+            return self.spec_type.from_dict(obj)
+        raise TypeError(f"{source}: expected {self.spec_type.__name__} or dict, got "
+                        f"{type(obj).__name__}")
 
     # ------------------------------------------------------------------------------ state
     @contextlib.contextmanager

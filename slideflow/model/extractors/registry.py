@@ -34,19 +34,11 @@ __all__ = ["EXTRACTORS", "GROUP", "TIMM_PREFIX", "get_spec", "is_registered", "k
            "resolve_builder", "sf3_classes", "timm_spec", "unregister_extractor"]
 
 
-def _coerce(obj: Any, source: str) -> ExtractorSpec:
-    if isinstance(obj, ExtractorSpec):
-        return obj
-    if isinstance(obj, Mapping):
-        return ExtractorSpec.from_dict(obj)
-    raise TypeError(f"{source}: expected ExtractorSpec or dict, got {type(obj).__name__}")
-
-
 def _discover_installed(errors: MutableMapping[str, str]) -> dict[str, ExtractorSpec]:
     """Specs of every installed distribution; the core catalog when running from a source
     tree whose entry-point metadata is not installed."""
     found: dict[str, ExtractorSpec] = {}
-    for ep_name, spec in entry_point_items(GROUP, errors=errors, convert=_coerce,
+    for ep_name, spec in entry_point_items(GROUP, errors=errors, convert=EXTRACTORS.coerce,
                                            what="extractor"):
         key = normalize(spec.name)
         if key in found and found[key] != spec:
@@ -61,7 +53,8 @@ def _discover_installed(errors: MutableMapping[str, str]) -> dict[str, Extractor
 
 #: the tile-extractor registry (specs, plugins, builders); the functions below are its API
 EXTRACTORS: SpecRegistry[ExtractorSpec] = SpecRegistry(
-    kind="extractor", discover=_discover_installed, coerce=_coerce, not_found=ExtractorNotFound,
+    kind="extractor", discover=_discover_installed, spec_type=ExtractorSpec,
+    not_found=ExtractorNotFound,
     family_builder=family_builder, import_failures=import_failures, install_hints=INSTALL,
     reserved_prefix=TIMM_PREFIX, not_built_in="is not a built-in family",
     plugin_noun="feature plugin", register_call="register_extractor")

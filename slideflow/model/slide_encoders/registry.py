@@ -27,26 +27,18 @@ log = logging.getLogger(__name__)
 ATTRIBUTE = "slide_encoder_specs"
 
 
-def _coerce(obj: Any, source: str) -> SlideEncoderSpec:
-    if isinstance(obj, SlideEncoderSpec):
-        return obj
-    if isinstance(obj, Mapping):
-        return SlideEncoderSpec.from_dict(obj)
-    raise TypeError(f"{source}: expected SlideEncoderSpec or dict, got {type(obj).__name__}")
-
-
 def _discover_installed(errors: MutableMapping[str, str]) -> dict[str, SlideEncoderSpec]:
     """The core catalog, then the slide encoders of installed distributions (which win)."""
     found = {normalize(s.name): s for s in core()}
     for _, spec in entry_point_items(GROUP, errors=errors, attribute=ATTRIBUTE,
-                                     convert=_coerce, what="slide encoder"):
+                                     convert=SLIDE_ENCODERS.coerce, what="slide encoder"):
         found[normalize(spec.name)] = spec
     return found
 
 
 #: the slide-encoder registry (specs, plugins, builders); the functions below are its API
 SLIDE_ENCODERS: SpecRegistry[SlideEncoderSpec] = SpecRegistry(
-    kind="slide encoder", discover=_discover_installed, coerce=_coerce,
+    kind="slide encoder", discover=_discover_installed, spec_type=SlideEncoderSpec,
     not_found=SlideEncoderNotFound, family_builder=family_builder,
     import_failures=import_failures, register_call="register_slide_encoder")
 _load_errors = SLIDE_ENCODERS.load_errors
