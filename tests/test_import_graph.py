@@ -29,7 +29,6 @@ OVER_LIMIT = {
     "slideflow.project.dataset": 534,
     "slideflow.slide.wsi": 428,
     "slideflow.slide.stored_reader": 422,
-    "slideflow.io.locks": 404,
 }
 
 
