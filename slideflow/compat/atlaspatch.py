@@ -28,6 +28,7 @@ from typing import Any
 import slideflow as sf
 
 from ..errors import InvalidArgumentError
+from ..model import get_spec
 
 #: AtlasPatch extractor name -> slideflow registry name (the same model and weights)
 ALIASES = {
@@ -55,8 +56,6 @@ def split_names(text: str) -> list[str]:
 def check_names(names: list[str]) -> None:
     """Every name an AtlasPatch alias or a slideflow registry name, checked before any weights
     are loaded; the error lists the unknown ones and where the known ones are listed."""
-    from ..model import get_spec
-
     unknown = []
     for name in names:
         try:
