@@ -68,7 +68,8 @@ class Encoder:
     def extractor(self) -> Any:
         """slideflow's `FeatureExtractor` behind this encoder."""
         if self._ext is None:
-            self._ext = build_feature_extractor(self.name, device=self._device, **self._kwargs)
+            built = build_feature_extractor(self.name, device=self._device, **self._kwargs)
+            self._ext = getattr(built, "tile", built)  # a tile + slide pair: its tile encoder
         return self._ext
 
     @property
