@@ -251,3 +251,47 @@ def test_reader_threads_default_to_usable_cores():
     from slideflow.slide.reader import default_threads
 
     assert default_threads() == usable_cores() >= 1
+
+
+@pytest.mark.parametrize("side", [128, 512])
+def test_stored_tile_of_another_size_names_both_sizes(tmp_path, pyramid, side):
+    """A stored tile whose JPEG header disagrees with the TIFF's tile size is refused, smaller
+    (it would decode into part of the reused buffer) or larger (it would not fit)."""
+    import simplejpeg
+
+    path = tmp_path / f"resized{side}.tif"
+    shutil.copy(pyramid, path)
+    jpeg = simplejpeg.encode_jpeg(np.full((side, side, 3), 90, np.uint8), quality=10)
+    with tifffile.TiffFile(path) as tf:  # stored tile 1 now points at the JPEG, appended
+        tags = tf.pages[0].tags
+        offs, counts = tags["TileOffsets"], tags["TileByteCounts"]
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, 2)
+        fh.write(jpeg)
+        for tag, value in ((offs, end), (counts, len(jpeg))):
+            size = tag.valuebytecount // tag.count
+            fh.seek(tag.valueoffset + size)
+            fh.write(value.to_bytes(size, "little"))
+    wsi = sf.WSI(path, 256, 256 * MPP)
+    with pytest.raises(errors.SlideReadError,
+                       match=f"col 1, row 0.*header says {side}x{side} px, the container says "
+                             "256x256"):
+        _all(wsi, num_threads=2, batch_size=4)
+
+
+def test_batches_kept_or_viewed_are_never_reused(pyramid):
+    """Output arrays are reused only once the consumer has dropped them: kept batches, and
+    batches of which only a view is kept, keep their pixels; dropped ones are recycled."""
+    wsi = sf.WSI(pyramid, 200, 300 * MPP, use_edge_tiles=True)
+    assert len(wsi.coords) == 80  # 10 batches of 8
+    ref = [t.copy() for t, _ in wsi.tiles(batch_size=8, num_threads=2)]
+    kept = [t for t, _ in wsi.tiles(batch_size=8, num_threads=2)]
+    assert len({t.ctypes.data for t in kept}) == len(kept) == 10
+    views = [t[2:5] for t, _ in wsi.tiles(batch_size=8, num_threads=2)]
+    for a, b, v in zip(ref, kept, views):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a[2:5], v)
+    seen = set()
+    for t, _ in wsi.tiles(batch_size=8, num_threads=2):
+        seen.add(t.ctypes.data)
+    assert len(seen) < 10  # dropped batches were written again

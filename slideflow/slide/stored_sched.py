@@ -1,0 +1,239 @@
+"""The stored-tile reader's CPU schedule: decode each stored tile once and scatter it at once.
+
+A worker reads a run of stored tiles, decodes each into its own reusable buffer (no allocation,
+and the pixels stay in its cache), and copies every part of that tile that some output tile
+needs straight into the output (an as-is read) or into that output's region buffer (a read to
+be resized). The worker that delivers the last part of an output tile finishes it: the
+INTER_AREA resize runs while the region is still hot, written into the output batch in place.
+
+Profiled on 2 cores (224 px as-is tiles of 256-px stored tiles), the previous schedule kept
+decoded tiles in a dict until a cut task gathered from them: by then they had left the cache,
+and the gather cost a third of the decode. Here a stored tile is read from memory once, by the
+thread that decoded it. Nothing waits on anything: counters say when an output tile and a batch
+are complete. Output batches are allocated when their first part arrives (a stored tile serves
+output tiles of the next output row, so of a later batch), white-filled where an output tile
+reaches past the level's edge; a missing stored tile paints its parts white.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from ..imgheader import check_pixels, expect_shape
+from .stored_plan import StoredPlan
+
+
+class Batch:
+    """One output batch: its array (allocated on first use), output tiles left, first error."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+        self.out: np.ndarray | None = None
+        self.left = stop - start
+        self.error: BaseException | None = None
+        self.event = threading.Event()
+
+    def wait(self) -> np.ndarray:
+        self.event.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.out is not None
+        return self.out
+
+
+class Scatter:
+    """Runs read+decode+scatter tasks (runs of stored tiles) on a thread pool."""
+
+    def __init__(self, reader: StoredPlan, threads: int, batch_size: int):
+        self.r = reader
+        lay, choice = reader.layout, reader.choice
+        check_pixels(lay.tile_h, lay.tile_w, "stored tile")  # buffers are allocated this size
+        n = len(reader.coords)
+        self.batch_size = batch_size
+        self.batches = [Batch(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+        self.resize = choice.needs_resize
+        rpx = choice.read_px
+        # output tiles that reach past the level's edge start white (as the region reader)
+        self.partial = ((reader.lx + rpx > lay.width) | (reader.ly + rpx > lay.height)).tolist()
+        self.lx, self.ly = reader.lx.tolist(), reader.ly.tolist()
+        self.parts_left = [len(reader.keys(i)) for i in range(n)]
+        self.empty = {i for i, left in enumerate(self.parts_left) if left == 0}  # all white
+        self.outputs_of: dict[int, list[int]] = {}
+        for i in range(n):
+            for k in reader.keys(i):
+                self.outputs_of.setdefault(k, []).append(i)
+        self.regions: dict[int, np.ndarray] = {}
+        self.spare: list[np.ndarray] = []  # yielded batches nobody else holds: reused
+        self.submitted: set[int] = set()
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sf-stored")
+
+    # -- planning (caller's thread) ---------------------------------------------------------
+    def plan(self, b: int) -> Batch:
+        """Queue the decodes batch b still needs (stored tiles no earlier batch asked for)."""
+        r, batch = self.r, self.batches[b]
+        done: list[int] = []
+        with self.lock:
+            self._alloc(batch)
+            keys: dict[int, None] = {}
+            for i in range(batch.start, batch.stop):
+                if i in self.empty:
+                    done.append(i)  # beyond the level's grid: no stored tile to wait for
+                for k in r.keys(i):
+                    if k not in self.submitted:
+                        keys[k] = None
+            self.submitted.update(keys)
+        for i in done:
+            self._finish(i)
+        groups = r.groups(list(keys))
+        # a URL: the batch's new tiles in a few merged ranged GETs, not one request per group
+        r.layout.prefetch([k for g in groups for k in g])
+        for g in groups:
+            self.pool.submit(self._run, g)
+        return batch
+
+    def _alloc(self, batch: Batch) -> np.ndarray:
+        """The batch's output array (under the lock): created on first use."""
+        if batch.out is None:
+            px = self.r.choice.tile_px
+            shape = (batch.stop - batch.start, px, px, 3)
+            batch.out = (self.spare.pop() if self.spare and self.spare[-1].shape == shape
+                         else np.empty(shape, np.uint8))
+            if not self.resize:
+                for j, partial in enumerate(self.partial[batch.start:batch.stop]):
+                    if partial:
+                        batch.out[j] = 255
+        return batch.out
+
+    def _dest(self, i: int) -> np.ndarray:
+        """Where output tile i's parts go (under the lock): its slot, or its region buffer."""
+        if not self.resize:
+            batch = self.batches[i // self.batch_size]
+            return self._alloc(batch)[i - batch.start]
+        region = self.regions.get(i)
+        if region is None:
+            rpx = self.r.choice.read_px
+            region = self.regions[i] = np.empty((rpx, rpx, 3), np.uint8)
+            if self.partial[i]:
+                region[:] = 255
+        return region
+
+    # -- workers ----------------------------------------------------------------------------
+    def _buffer(self) -> np.ndarray:
+        buf = getattr(self.local, "buf", None)
+        if buf is None:
+            lay = self.r.layout
+            buf = self.local.buf = np.empty((lay.tile_h, lay.tile_w, 3), np.uint8)
+        return buf
+
+    def _decode(self, k: int, data: bytes) -> np.ndarray:
+        """Stored tile k decoded into this thread's buffer; errors name the tile."""
+        lay, dec = self.r.layout, self.r.decoder
+        try:
+            stream = lay.stream(data)
+            into = getattr(dec, "decode_into", None)
+            if into is None:
+                expect_shape(stream, (lay.tile_h, lay.tile_w), "stored tile")
+                return dec.decode(stream)
+            try:
+                tile = into(stream, self._buffer())
+            except ValueError:
+                expect_shape(stream, (lay.tile_h, lay.tile_w), "stored tile")  # names the size
+                raise
+            if tile.shape[:2] != (lay.tile_h, lay.tile_w):
+                expect_shape(stream, (lay.tile_h, lay.tile_w), "stored tile")
+            return tile
+        except Exception as exc:
+            raise OSError(self.r.tile_error(k, exc)) from exc
+
+    def _run(self, keys: list[int]) -> None:
+        try:
+            raw = self.r.layout.read(keys)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller by every batch using it
+            for k in keys:
+                self._deliver(k, None, exc)
+            return
+        for k in keys:
+            data, error, tile = raw[k], None, None
+            if data is not None:
+                try:
+                    tile = self._decode(k, data)
+                except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                    error = exc
+            self._deliver(k, tile, error)
+
+    def _deliver(self, k: int, tile: np.ndarray | None, error: BaseException | None) -> None:
+        """Copy stored tile k's parts into the output tiles that need them (white if missing)."""
+        r = self.r
+        lay, rpx = r.layout, r.choice.read_px
+        tx, ty = (k % lay.cols) * lay.tile_w, (k // lay.cols) * lay.tile_h
+        outs = self.outputs_of.get(k, [])
+        with self.lock:
+            dests = [self._dest(i) for i in outs] if error is None else []
+        for i, dst in zip(outs, dests):
+            lx, ly = self.lx[i], self.ly[i]
+            xa, xb = max(lx, tx), min(lx + rpx, tx + lay.tile_w, lay.width)
+            ya, yb = max(ly, ty), min(ly + rpx, ty + lay.tile_h, lay.height)
+            if xb <= xa or yb <= ya:
+                continue
+            part = dst[ya - ly:yb - ly, xa - lx:xb - lx]
+            if tile is None:
+                part[...] = 255
+            else:
+                part[...] = tile[ya - ty:yb - ty, xa - tx:xb - tx]
+        finished = []
+        with self.lock:
+            for i in outs:
+                if error is not None:
+                    batch = self.batches[i // self.batch_size]
+                    batch.error = batch.error or error
+                self.parts_left[i] -= 1
+                if self.parts_left[i] == 0:
+                    finished.append(i)
+        for i in finished:
+            self._finish(i)
+
+    def _finish(self, i: int) -> None:
+        """Output tile i has all its parts: resize it into its slot; count it off its batch."""
+        batch = self.batches[i // self.batch_size]
+        if self.resize:
+            with self.lock:
+                region = self.regions.pop(i, None)
+                out = self._alloc(batch)
+            if batch.error is None:
+                if region is None:  # no stored tile inside the level: all white
+                    out[i - batch.start] = 255
+                else:
+                    px = self.r.choice.tile_px
+                    try:
+                        cv2.resize(region, (px, px), dst=out[i - batch.start],
+                                   interpolation=cv2.INTER_AREA)
+                    except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                        batch.error = batch.error or exc
+        with self.lock:
+            batch.left -= 1
+            if batch.left == 0:
+                batch.event.set()
+
+    def release(self, b: int) -> None:
+        """Forget batch b's array (the caller has it)."""
+        self.batches[b].out = None
+
+    def recycle(self, out: np.ndarray, refs: int) -> None:
+        """Reuse a yielded batch's array for a later batch when `refs` (the references the
+        caller's generator holds, counted by the caller) are all there are: the consumer has
+        dropped it and kept no view (a view, a torch tensor from it, a memoryview all hold a
+        reference). Fresh arrays cost page faults and zeroing: ~10 % of the reader's CPU."""
+        # + 2: this call's parameter and getrefcount's own argument
+        if sys.getrefcount(out) <= refs + 2 and out.flags.owndata:
+            with self.lock:
+                self.spare.append(out)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
