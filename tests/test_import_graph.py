@@ -27,7 +27,6 @@ MAX_IN_FUNCTION = 65
 MAX_LINES = 400
 OVER_LIMIT = {
     "slideflow.project.dataset": 534,
-    "slideflow.slide.wsi": 428,
     "slideflow.compat.slide2vec": 408,
     "slideflow.io.locks": 404,
 }
