@@ -27,6 +27,33 @@ import numpy as np
 from ..imgheader import check_pixels, expect_shape
 from .stored_plan import StoredPlan
 
+#: batch arrays kept for reuse across reads (a fresh array costs page faults: writing a tile
+#: into one costs ~20x writing it into memory already mapped), at most this many bytes
+SPARE_BYTES = 256 << 20
+_spare: list[np.ndarray] = []
+_spare_lock = threading.Lock()
+
+
+def _take(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised uint8 array of `shape`, a spare one when there is one."""
+    with _spare_lock:
+        for j, arr in enumerate(_spare):
+            if arr.shape == shape:
+                return _spare.pop(j)
+    return np.empty(shape, np.uint8)
+
+
+def _give(arr: np.ndarray) -> None:
+    """Keep `arr` for reuse (newest first), within SPARE_BYTES."""
+    with _spare_lock:
+        _spare.insert(0, arr)
+        total = 0
+        for j, a in enumerate(_spare):
+            total += a.nbytes
+            if total > SPARE_BYTES:
+                del _spare[j:]
+                break
+
 
 class Batch:
     """One output batch: its array (allocated on first use), output tiles left, first error."""
@@ -68,7 +95,7 @@ class Scatter:
             for k in reader.keys(i):
                 self.outputs_of.setdefault(k, []).append(i)
         self.regions: dict[int, np.ndarray] = {}
-        self.spare: list[np.ndarray] = []  # yielded batches nobody else holds: reused
+        self.free_regions: list[np.ndarray] = []
         self.submitted: set[int] = set()
         self.lock = threading.Lock()
         self.local = threading.local()
@@ -103,8 +130,7 @@ class Scatter:
         if batch.out is None:
             px = self.r.choice.tile_px
             shape = (batch.stop - batch.start, px, px, 3)
-            batch.out = (self.spare.pop() if self.spare and self.spare[-1].shape == shape
-                         else np.empty(shape, np.uint8))
+            batch.out = _take(shape)
             if not self.resize:
                 for j, partial in enumerate(self.partial[batch.start:batch.stop]):
                     if partial:
@@ -119,7 +145,8 @@ class Scatter:
         region = self.regions.get(i)
         if region is None:
             rpx = self.r.choice.read_px
-            region = self.regions[i] = np.empty((rpx, rpx, 3), np.uint8)
+            region = self.regions[i] = (self.free_regions.pop() if self.free_regions
+                                        else np.empty((rpx, rpx, 3), np.uint8))
             if self.partial[i]:
                 region[:] = 255
         return region
@@ -205,17 +232,21 @@ class Scatter:
         if self.resize:
             with self.lock:
                 region = self.regions.pop(i, None)
-                out = self._alloc(batch)
-            if batch.error is None:
+                out = self._alloc(batch)[i - batch.start]
+            try:
                 if region is None:  # no stored tile inside the level: all white
-                    out[i - batch.start] = 255
-                else:
+                    out[...] = 255
+                elif batch.error is None:
                     px = self.r.choice.tile_px
-                    try:
-                        cv2.resize(region, (px, px), dst=out[i - batch.start],
-                                   interpolation=cv2.INTER_AREA)
-                    except BaseException as exc:  # noqa: BLE001 - raised in the caller
-                        batch.error = batch.error or exc
+                    cv2.resize(region, (px, px), dst=out, interpolation=cv2.INTER_AREA)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller
+                batch.error = batch.error or exc
+            if region is not None:
+                with self.lock:
+                    self.free_regions.append(region)
+        self._count(batch)
+
+    def _count(self, batch: Batch) -> None:
         with self.lock:
             batch.left -= 1
             if batch.left == 0:
@@ -229,11 +260,15 @@ class Scatter:
         """Reuse a yielded batch's array for a later batch when `refs` (the references the
         caller's generator holds, counted by the caller) are all there are: the consumer has
         dropped it and kept no view (a view, a torch tensor from it, a memoryview all hold a
-        reference). Fresh arrays cost page faults and zeroing: ~10 % of the reader's CPU."""
+        reference)."""
         # + 2: this call's parameter and getrefcount's own argument
         if sys.getrefcount(out) <= refs + 2 and out.flags.owndata:
-            with self.lock:
-                self.spare.append(out)
+            _give(out)
 
     def close(self) -> None:
+        """Stop the workers; batches never handed out are kept for reuse."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for batch in self.batches:
+            if batch.out is not None:
+                _give(batch.out)
+                batch.out = None
