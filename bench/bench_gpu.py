@@ -431,6 +431,7 @@ def load() -> str:
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
+    global TILE_PX, TILE_UM
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (dry run)")
     ap.add_argument("--quick", action="store_true",
@@ -447,12 +448,17 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--rounds", type=int, default=7,
                     help="interleaved decode/read rounds for the reader rows (medians)")
     ap.add_argument("--max-tiles", type=int, default=None, help="cap for decoder rows")
+    ap.add_argument("--tile", type=float, nargs=2, metavar=("PX", "UM"), default=None,
+                    help=f"tile size and microns (default {TILE_PX} {TILE_UM}: as-is level 0; "
+                         "e.g. 224 128 reads 256-px regions area-resized to 224 px)")
     ap.add_argument("--models", nargs="+", default=[v[0] for v in MODELS.values()],
                     choices=[v[0] for v in MODELS.values()])
     ap.add_argument("--sections", nargs="+", default=None,
                     choices=[f.__name__.removesuffix("_rows") for f in SECTIONS],
                     help="run only these sections (model rows need extract)")
     args = ap.parse_args(argv)
+    if args.tile:
+        TILE_PX, TILE_UM = int(args.tile[0]), args.tile[1]
     if args.rounds < 1:
         ap.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.quick:

@@ -295,3 +295,19 @@ def test_batches_kept_or_viewed_are_never_reused(pyramid):
     for t, _ in wsi.tiles(batch_size=8, num_threads=2):
         seen.add(t.ctypes.data)
     assert len(seen) < 10  # dropped batches were written again
+
+
+def test_spare_batch_arrays_stay_within_their_bound(monkeypatch):
+    """The process-wide spare list keeps the newest arrays up to SPARE_BYTES, and hands an
+    array out once."""
+    from slideflow.slide import stored_sched
+
+    monkeypatch.setattr(stored_sched, "_spare", [])
+    monkeypatch.setattr(stored_sched, "SPARE_BYTES", 3000)
+    arrays = [np.empty((1000,), np.uint8) for _ in range(4)]
+    for a in arrays:
+        stored_sched._give(a)
+    assert [id(a) for a in stored_sched._spare] == [id(a) for a in arrays[:0:-1]]
+    got = stored_sched._take((1000,))
+    assert got is arrays[3] and len(stored_sched._spare) == 2
+    assert stored_sched._take((7,)).shape == (7,)  # no spare of that shape: a new array
