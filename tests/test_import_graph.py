@@ -28,7 +28,6 @@ MAX_LINES = 400
 OVER_LIMIT = {
     "slideflow.project.dataset": 534,
     "slideflow.compat.slide2vec": 408,
-    "slideflow.io.locks": 404,
 }
 
 
