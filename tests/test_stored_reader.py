@@ -4,6 +4,7 @@ missing tiles, decode-once, thread independence, and the torch decoder path on C
 from __future__ import annotations
 
 import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -311,3 +312,31 @@ def test_spare_batch_arrays_stay_within_their_bound(monkeypatch):
     got = stored_sched._take((1000,))
     assert got is arrays[3] and len(stored_sched._spare) == 2
     assert stored_sched._take((7,)).shape == (7,)  # no spare of that shape: a new array
+
+
+def test_reuse_is_off_where_reference_counts_undercount(monkeypatch, pyramid):
+    """An interpreter that counts fewer references than are held (borrowed stack references,
+    free-threaded builds) fails the probe, and then no batch array is ever reused: a consumer
+    that keeps its batches through a path the count cannot see still has its pixels."""
+    import types
+
+    from slideflow.slide import stored_sched
+
+    assert stored_sched.counts_are_exact()  # this interpreter counts exactly
+    undercount = types.SimpleNamespace(getrefcount=lambda obj: sys.getrefcount(obj) - 2,
+                                       _is_gil_enabled=lambda: True)
+    monkeypatch.setattr(stored_sched, "sys", undercount)
+    monkeypatch.setattr(stored_sched, "_COUNTS_EXACT", None)
+    assert not stored_sched.counts_are_exact()
+    monkeypatch.setattr(stored_sched, "_spare", [])
+    wsi = sf.WSI(pyramid, 200, 300 * MPP, use_edge_tiles=True)
+    seen = set()
+    for t, _ in wsi.tiles(batch_size=8, num_threads=2):
+        seen.add(t.ctypes.data)
+    assert stored_sched._spare == []  # nothing handed back for reuse
+
+    free_threaded = types.SimpleNamespace(getrefcount=sys.getrefcount,
+                                          _is_gil_enabled=lambda: False)
+    monkeypatch.setattr(stored_sched, "sys", free_threaded)
+    monkeypatch.setattr(stored_sched, "_COUNTS_EXACT", None)
+    assert not stored_sched.counts_are_exact()

@@ -55,6 +55,48 @@ def _give(arr: np.ndarray) -> None:
                 break
 
 
+def _only_refs(arr: np.ndarray, refs: int) -> bool:
+    """Whether `refs` references (held by the caller's caller) are all that `arr` has."""
+    # + 3: the caller's parameter, this call's parameter and getrefcount's own argument
+    return sys.getrefcount(arr) <= refs + 3 and arr.flags.owndata
+
+
+def _probe_recycle(arr: np.ndarray, refs: int) -> bool:
+    """`Scatter.recycle`'s call shape, for the probe below."""
+    return _only_refs(arr, refs)
+
+
+_COUNTS_EXACT: bool | None = None
+
+
+def counts_are_exact() -> bool:
+    """Whether this interpreter's reference counts tell a dropped batch from a kept one.
+
+    Reuse must never overwrite an array a consumer still holds. Interpreters may count fewer
+    references than are held (Python 3.14 borrows references on its evaluation stack; a
+    free-threaded build counts per thread), so the reader's own pattern is replayed once: a
+    generator yields arrays, the consumer keeps the first and drops the second. Anything but
+    "kept: not free, dropped: free" turns reuse off (fresh arrays, the same pixels)."""
+    global _COUNTS_EXACT
+    if _COUNTS_EXACT is None:
+        gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+        seen: list[bool] = []
+
+        def produce():
+            previous = None
+            for _ in range(3):
+                out = np.empty(1, np.uint8)
+                yield out
+                if previous is not None:
+                    seen.append(_probe_recycle(previous, refs=1))
+                previous = out
+                del out
+
+        kept = [arr for i, arr in enumerate(produce()) if i == 0]
+        _COUNTS_EXACT = bool(gil and kept and seen == [False, True])
+    return _COUNTS_EXACT
+
+
 class Batch:
     """One output batch: its array (allocated on first use), output tiles left, first error."""
 
@@ -261,8 +303,7 @@ class Scatter:
         caller's generator holds, counted by the caller) are all there are: the consumer has
         dropped it and kept no view (a view, a torch tensor from it, a memoryview all hold a
         reference)."""
-        # + 2: this call's parameter and getrefcount's own argument
-        if sys.getrefcount(out) <= refs + 2 and out.flags.owndata:
+        if counts_are_exact() and _only_refs(out, refs):
             _give(out)
 
     def close(self) -> None:
