@@ -27,8 +27,6 @@ MAX_IN_FUNCTION = 65
 MAX_LINES = 400
 OVER_LIMIT = {
     "slideflow.project.dataset": 534,
-    "slideflow.slide.wsi": 428,
-    "slideflow.slide.stored_reader": 422,
 }
 
 
