@@ -100,7 +100,7 @@ def _dinov2(size: str, dim: int, depth: int, heads: int, ffn: str, alias: str
 
 
 # name -> (timm architecture, dim, pretrained tag)
-_DINOV3 = {
+_DINOV3_ARCHS = {
     "dinov3_vits16": ("vit_small_patch16_dinov3", 384, "lvd1689m"),
     "dinov3_vits16_plus": ("vit_small_plus_patch16_dinov3", 384, "lvd1689m"),
     "dinov3_vitb16": ("vit_base_patch16_dinov3", 768, "lvd1689m"),
@@ -113,7 +113,7 @@ _DINOV3 = {
 
 
 def _dinov3(name: str) -> ExtractorSpec:
-    arch, dim, tag = _DINOV3[name]
+    arch, dim, tag = _DINOV3_ARCHS[name]
     sat = tag == "sat493m"
     facebook = (f"facebook/dinov3-{name.split('_')[1]}{'plus' if 'plus' in name else ''}"
                 f"-pretrain-{tag}")
@@ -174,7 +174,7 @@ def specs() -> list[ExtractorSpec]:
         _dinov2("s", 384, 12, 6, "mlp", "dinov2_small"),
         _dinov2("b", 768, 12, 12, "mlp", "dinov2_base"),
         _dinov2("g", 1536, 40, 24, "swiglu", "dinov2_giant"),
-        *(_dinov3(name) for name in _DINOV3),
+        *(_dinov3(name) for name in _DINOV3_ARCHS),
         *(_clip(name) for name in _OPENAI_CLIP),
         ExtractorSpec(
             name="openmidnight", family="dino", dim=1536, input_px=224,
