@@ -60,9 +60,11 @@ ALIASES = {
 UNAVAILABLE = {
     "pathorchestra": "gated timm weights whose architecture (the Hub's config.json) could not "
                      "be checked; AtlasPatch marks its own 512-d as unverified",
-    "medsiglip": "SigLIP tower in the transformers layout: no SigLIP family here yet",
-    "quilt_b_32": "open_clip checkpoint layout: no open_clip family here yet",
-    "quilt_b_16": "open_clip checkpoint layout: no open_clip family here yet",
+    "medsiglip": "gated SigLIP tower (transformers layout): no SigLIP family here yet",
+    "quilt_b_32": "a transformers CLIPModel whose vision config (activation) and licence could "
+                  "not be checked",
+    "quilt_b_16": "a transformers CLIPModel whose vision config (activation) and licence could "
+                  "not be checked",
     "quilt_b_16_pmb": "open_clip checkpoint layout: no open_clip family here yet",
     "biomedclip": "open_clip checkpoint layout: no open_clip family here yet",
     "omiclip": "open_clip checkpoint layout: no open_clip family here yet",
