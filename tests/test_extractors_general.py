@@ -243,3 +243,23 @@ def test_offline_torchvision_error_names_the_file_and_url(tmp_path, monkeypatch)
     msg = str(info.value)
     assert "vit_h_14_swag-80465313.pth" in msg
     assert "https://download.pytorch.org/models/vit_h_14_swag-80465313.pth" in msg
+
+
+def test_dinov2_registers_timm_layout_matches_timm_at_224(tmp_path):
+    """timm's reg4 checkpoint (37x37 grid, registers outside it) loads strictly; the grid
+    resampled once equals timm's own per-forward resampling (bicubic by size, antialias),
+    the dinov2 registers hub rule."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0,
+                            dynamic_img_size=True).eval()
+    assert ref.pos_embed.shape == (1, 37 * 37, 384) and ref.reg_token.shape == (1, 4, 384)
+    save_file(ref.state_dict(), str(tmp_path / "model.safetensors"))
+    ext = sf.build_feature_extractor("dinov2_vits14_reg", device="cpu",
+                                     weights=str(tmp_path / "model.safetensors"))
+    with torch.no_grad():
+        want = ref.forward_features(_by_hand(TILES, 256, 224, "bicubic", *IMAGENET))[:, 0]
+    got = ext(TILES)
+    assert got.shape == (2, 384) and np.abs(got - want.numpy()).max() < 1e-4

@@ -32,6 +32,10 @@ _DINOV2 = ("@article{oquab2024dinov2, title={DINOv2: Learning Robust Visual Feat
            "Supervision}, author={Oquab, Maxime and Darcet, Timoth{\\'e}e and Moutakanni, "
            "Th{\\'e}o and others}, journal={Transactions on Machine Learning Research}, "
            "year={2024}}")
+_REGISTERS = ("\n@inproceedings{darcet2024registers, title={Vision Transformers Need "
+              "Registers}, author={Darcet, Timoth{\\'e}e and Oquab, Maxime and Mairal, Julien "
+              "and Bojanowski, Piotr}, booktitle={International Conference on Learning "
+              "Representations (ICLR)}, year={2024}}")
 _DINOV3 = ("@article{simeoni2025dinov3, title={DINOv3}, author={Sim{\\'e}oni, Oriane and Vo, "
            "Huy V. and Seitzer, Maximilian and others}, journal={arXiv preprint "
            "arXiv:2508.10104}, year={2025}}")
@@ -79,23 +83,28 @@ def _torchvision(arch: str) -> ExtractorSpec:
     )
 
 
-def _dinov2(size: str, dim: int, depth: int, heads: int, ffn: str, alias: str
-            ) -> ExtractorSpec:
-    arch = {"s": "small", "b": "base", "g": "giant"}[size]
+def _dinov2(size: str, dim: int, depth: int, heads: int, ffn: str, alias: str = "",
+            reg: bool = False) -> ExtractorSpec:
+    arch = {"s": "small", "b": "base", "l": "large", "g": "giant"}[size]
+    tag = "_reg4" if reg else ""
     return ExtractorSpec(
-        name=f"dinov2_vit{size}14", family="dino", dim=dim, input_px=224,
-        license="Apache-2.0", citation=_DINOV2, aliases=(alias,),
-        resize_px=256, center_crop=224, interpolation="bicubic",
-        build={"embed_dim": dim, "depth": depth, "heads": heads, "patch": 14, "regs": 0,
-               "layerscale": 1e-5, "ffn": ffn, "pos_mode": "dinov2", "meta_init": True},
-        weights=hf(f"timm/vit_{arch}_patch14_dinov2.lvd142m"),
+        name=f"dinov2_vit{size}14{'_reg' if reg else ''}", family="dino", dim=dim,
+        input_px=224, license="Apache-2.0", citation=_DINOV2 + (_REGISTERS if reg else ""),
+        aliases=(alias,) if alias else (), resize_px=256, center_crop=224,
+        interpolation="bicubic",
+        build={"embed_dim": dim, "depth": depth, "heads": heads, "patch": 14,
+               "regs": 4 if reg else 0, "layerscale": 1e-5, "ffn": ffn,
+               "pos_mode": "dinov2_reg" if reg else "dinov2", "meta_init": True},
+        weights=hf(f"timm/vit_{arch}_patch14{tag}_dinov2.lvd142m"),
         expected_unexpected=_DINO_KEYS,
-        description=f"Meta DINOv2 ViT-{size.upper()}/14 (LVD-142M), {dim}-d class token "
-                    "after the final norm; also loads facebook/dinov2-" + arch +
-                    " (transformers layout) and dinov2_vit" + size + "14_pretrain.pth",
-        reference="facebookresearch/dinov2 hubconf (vit_small/base/giant2, swiglufused for "
-                  "giant) and make_classification_eval_transform (Resize(256, bicubic), "
-                  "CenterCrop(224), ImageNet), as dinov2_vitl14",
+        description=f"Meta DINOv2 ViT-{size.upper()}/14{' with 4 registers' if reg else ''} "
+                    f"(LVD-142M), {dim}-d class token after the final norm; also loads "
+                    f"facebook/dinov2{'-with-registers' if reg else ''}-{arch} (transformers "
+                    f"layout) and dinov2_vit{size}14{tag}_pretrain.pth",
+        reference="facebookresearch/dinov2 hubconf (vit_small/base/large/giant2, swiglufused "
+                  "for giant; registers: interpolate_antialias, offset 0) and "
+                  "make_classification_eval_transform (Resize(256, bicubic), CenterCrop(224), "
+                  "ImageNet), as dinov2_vitl14",
     )
 
 
@@ -174,6 +183,10 @@ def specs() -> list[ExtractorSpec]:
         _dinov2("s", 384, 12, 6, "mlp", "dinov2_small"),
         _dinov2("b", 768, 12, 12, "mlp", "dinov2_base"),
         _dinov2("g", 1536, 40, 24, "swiglu", "dinov2_giant"),
+        _dinov2("s", 384, 12, 6, "mlp", reg=True),
+        _dinov2("b", 768, 12, 12, "mlp", reg=True),
+        _dinov2("l", 1024, 24, 16, "mlp", reg=True),
+        _dinov2("g", 1536, 40, 24, "swiglu", reg=True),
         *(_dinov3(name) for name in _DINOV3_ARCHS),
         *(_clip(name) for name in _OPENAI_CLIP),
         ExtractorSpec(
