@@ -7,6 +7,9 @@ explicit act of accepting non-commercial terms. Sources: docs/extractors.md.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from slideflow.model.extractors.catalog_general import torchvision_spec
 from slideflow.model.extractors.spec import SF3_MODULE, ExtractorSpec, WeightsSource, hf
 
 from . import chief
@@ -344,6 +347,7 @@ def specs() -> list[ExtractorSpec]:
         _lunit(16, "dino_vit_small_patch16_ep200.torch"),
         _lunit(8, "dino_vit_small_patch8_ep200.torch"),
         *(_lunit_rn50(method) for method in ("bt", "swav", "mocov2")),
+        replace(torchvision_spec("vit_h_14"), distribution=DISTRIBUTION),  # SWAG: CC-BY-NC
         chief.tile_spec(DISTRIBUTION),
     ]
 

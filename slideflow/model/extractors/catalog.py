@@ -323,6 +323,7 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
                   "non-commercial academic purposes')"),
     ExternalEntry("lunit_vits16", _NC, "Lunit non-commercial public licence"),
     ExternalEntry("lunit_vits8", _NC, "Lunit non-commercial public licence"),
+    ExternalEntry("vit_h_14_swag", _NC, "CC-BY-NC-4.0 (SWAG weights)"),
     ExternalEntry("lunit_rn50_bt", _NC, "Lunit non-commercial public licence"),
     ExternalEntry("lunit_rn50_swav", _NC, "Lunit non-commercial public licence"),
     ExternalEntry("lunit_rn50_mocov2", _NC, "Lunit non-commercial public licence"),

@@ -61,7 +61,8 @@ _TV = {
 }
 
 
-def _torchvision(arch: str) -> ExtractorSpec:
+def torchvision_spec(arch: str) -> ExtractorSpec:
+    """The spec of torchvision's `arch` (a key of _TV) with its ImageNet (or SWAG) weights."""
     dim, ckpt, resize, crop, interp, kwargs = _TV[arch]
     vit = arch.startswith("vit")
     swag = arch == "vit_h_14"
@@ -179,7 +180,8 @@ def _clip(name: str) -> ExtractorSpec:
 def specs() -> list[ExtractorSpec]:
     """The general-purpose specs (appended to `.catalog.specs`)."""
     return [
-        *(_torchvision(arch) for arch in _TV),
+        # SWAG's weights are CC-BY-NC: vit_h_14_swag ships with slideflow_noncommercial
+        *(torchvision_spec(arch) for arch in _TV if arch != "vit_h_14"),
         _dinov2("s", 384, 12, 6, "mlp", "dinov2_small"),
         _dinov2("b", 768, 12, 12, "mlp", "dinov2_base"),
         _dinov2("g", 1536, 40, 24, "swiglu", "dinov2_giant"),
