@@ -52,7 +52,8 @@ class FaultPlan:
 
 class RangeHTTPServer(FaultPlan):
     """Serves `files` ({name: bytes}) at http://127.0.0.1:<port>/<name> (HEAD, GET, Range,
-    If-Match, ETag)."""
+    If-Match, ETag); a path ending in '/' answers an HTML page linking the files under it (a
+    folder listing, as fsspec reads one). Query strings are ignored (and logged)."""
 
     def __init__(self, files: dict[str, bytes]):
         super().__init__()
@@ -89,6 +90,15 @@ class RangeHTTPServer(FaultPlan):
             def do_GET(self):
                 rng = self.headers.get("Range")
                 plan.record("GET", self.path, rng)
+                folder = self.path.lstrip("/").split("?")[0]
+                if folder == "" or folder.endswith("/"):  # a folder: a page linking its files
+                    names = sorted(n[len(folder):] for n in plan.files if n.startswith(folder))
+                    body = "".join(f'<a href="{n}">{n}</a>\n' for n in names).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    return self.wfile.write(body)
                 data = self._object()
                 if data is None:
                     return self._empty(404)
@@ -211,8 +221,9 @@ class S3Server(FaultPlan):
 
 
 class DicomWebServer(FaultPlan):
-    """A minimal DICOMweb server for the instances in `folder`: QIDO-RS
-    `/studies/{s}/instances` and `/studies/{s}/series/{se}/instances`, WADO-RS
+    """A minimal DICOMweb server for the instances in `folder` (one series): QIDO-RS
+    `/series`, `/studies/{s}/series`, `/studies/{s}/instances` and
+    `/studies/{s}/series/{se}/instances`, WADO-RS
     `.../instances/{i}/metadata` (JSON, bulk data left out) and `.../instances/{i}/frames/{n,...}`
     (multipart/related; type="image/jpeg", the stored frames as they are). Faults apply to
     frame requests."""
@@ -258,6 +269,12 @@ class DicomWebServer(FaultPlan):
                 parts = [p for p in url.path.split("/") if p]
                 plan.record("GET", url.path, None)
                 query = parse_qs(url.query)
+                if parts[-1] == "series":  # QIDO-RS series search (`/series`, `/studies/{s}/series`)
+                    first = next(iter(plan.instances.values()))
+                    study_ok = len(parts) < 4 or parts[-2] == plan.study
+                    modality = query.get("Modality", query.get("00080060", [None]))[0]
+                    hit = study_ok and modality in (None, str(first["ds"].get("Modality", "SM")))
+                    return self._send(200, json.dumps([self._qido(first)] if hit else []).encode())
                 if parts[-1] == "instances":  # QIDO-RS search
                     wanted = [u for v in query.get("SeriesInstanceUID", []) +
                               query.get("0020000E", []) for u in v.split(",")]

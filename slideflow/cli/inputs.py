@@ -18,11 +18,11 @@ from ..slide import expand_slides, slide_name
 def expand_paths(paths: list, recursive: bool = True) -> list:
     """Slides given: local paths by the one slide rule (`slideflow.slide.expand_slides`:
     files, DICOM folders, the slides inside other folders), URLs as they are, a URL prefix
-    ending in '/' listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    ending in '/' listed (`slideflow.slide.remote_list.find_remote_slides`)."""
     out: list = []
     for p in paths:
         if is_url(p):
-            from ..slide.remote_open import find_remote_slides
+            from ..slide.remote_list import find_remote_slides
 
             out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
         else:
