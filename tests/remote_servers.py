@@ -274,6 +274,7 @@ class DicomWebServer(FaultPlan):
                     study_ok = len(parts) < 4 or parts[-2] == plan.study
                     modality = query.get("Modality", query.get("00080060", [None]))[0]
                     hit = study_ok and modality in (None, str(first["ds"].get("Modality", "SM")))
+                    hit = hit and int(query.get("offset", ["0"])[0]) == 0  # one page
                     return self._send(200, json.dumps([self._qido(first)] if hit else []).encode())
                 if parts[-1] == "instances":  # QIDO-RS search
                     wanted = [u for v in query.get("SeriesInstanceUID", []) +

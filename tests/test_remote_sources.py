@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import slideflow as sf
+from slideflow.engine.features import SlideJob, generate_feature_bags
 from slideflow.errors import ProjectError, SlideflowError
 from slideflow.project.sources import Source
 
@@ -134,16 +135,15 @@ def test_dicomweb_service_as_a_source(slides, extractor, tmp_path):
     try:
         P = sf.create_project(tmp_path / "proj")
         P.add_source("idc", slides=f"dicomweb+http://{server.base}/dicomweb")
-        P.add_source("local", slides=CMU_DICOM.parent, tfrecords=tmp_path / "unused")
-        ds = P.dataset(**GEOMETRY, sources="idc")
+        P.create_blank_annotations(overwrite=True)
+        ds = P.dataset(**GEOMETRY)
         assert ds.slides() == [server.series]
         web = ds.generate_feature_bags(extractor, tmp_path / "web", source="slides", qc=None,
                                        progress=False)
-        assert web.done == [server.series]
-        local = sf.features.generate_bags(
-            [sf.features.SlideJob(server.series, CMU_DICOM)], extractor, tmp_path / "local",
-            112, 224, qc=None, progress=False)
-        assert local.done == [server.series]
+        assert list(web.done) == [server.series]
+        local = generate_feature_bags([SlideJob(server.series, CMU_DICOM)], extractor,
+                                      tmp_path / "local", 112, 224, qc=None, progress=False)
+        assert list(local.done) == [server.series]
         assert _files(tmp_path / "web", "*.pt") == _files(tmp_path / "local", "*.pt")
     finally:
         server.close()
