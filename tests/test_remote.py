@@ -394,3 +394,24 @@ def test_torch_decoder_path_reads_a_url_like_the_local_file(http, slides):
         # one per batch, plus the tile the GPU decoder is checked on (slide.decode_check)
         assert http.ranged_gets() - before <= len(got) + 1 and len(got) == 3
     assert torch.equal(torch.cat(got), want)
+
+
+def test_block_file_readinto_fills_numpy_buffers_by_bytes(slides):
+    """tifffile reads some tags into numpy arrays (NDPI's MCU starts): `readinto` must fill the
+    buffer's bytes, not len(array) items (an NDPI URL failed to open)."""
+    from conftest import NDPI
+
+    server = RangeHTTPServer({"n.ndpi": NDPI.read_bytes()})
+    try:
+        from slideflow.remote.source import RemoteSource
+
+        fh = RemoteSource(f"{server.url}/n.ndpi").open()
+        buf = np.zeros(608, dtype=np.uint32)
+        fh.seek(1000)
+        assert fh.readinto(buf) == buf.nbytes
+        assert buf.tobytes() == NDPI.read_bytes()[1000:1000 + buf.nbytes]
+        with sf.WSI(f"{server.url}/n.ndpi", **TILE) as remote, sf.WSI(NDPI, **TILE) as local:
+            assert remote.dimensions == local.dimensions
+            np.testing.assert_array_equal(_tiles(remote), _tiles(local))
+    finally:
+        server.close()
