@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import slideflow as sf
+from slideflow.engine.bag_runner import job_cost
 from slideflow.engine.features import SlideJob, generate_feature_bags
 from slideflow.errors import ProjectError, SlideflowError
 from slideflow.project.sources import Source
@@ -145,6 +146,12 @@ def test_dicomweb_service_as_a_source(slides, extractor, tmp_path):
                                       tmp_path / "local", 112, 224, qc=None, progress=False)
         assert list(local.done) == [server.series]
         assert _files(tmp_path / "web", "*.pt") == _files(tmp_path / "local", "*.pt")
+        frames = server.frame_requests()
+        again = ds.generate_feature_bags(extractor, tmp_path / "web", source="slides",
+                                         qc=None, progress=False)
+        assert again.skipped == [server.series]  # resume key: the series' instance UIDs
+        assert server.frame_requests() == frames
+        assert job_cost(ds.feature_jobs()[0]) == 0  # no size known: scheduled last
     finally:
         server.close()
 
@@ -156,3 +163,16 @@ def test_outputs_and_rois_stay_local(tmp_path):
     with pytest.raises(ProjectError, match="roi"):
         P.add_source("x", slides="s3://b/s/", roi="https://u:pw@h/roi/")
     assert "pw" not in P.dataset_config.read_text() if P.dataset_config.exists() else True
+
+
+def test_safe_url_redacts_secret_query_values():
+    from slideflow.remote.url import safe_url
+
+    url = ("https://u:pw@h/a/b.svs?X-Amz-Credential=AK&X-Amz-Signature=s1&X-Amz-Expires=60"
+           "&sig=s2&sv=2024&access_token=s3&api_key=s4&secret=s5&password=s6&auth=s7"
+           "&token=${TOKEN}")
+    assert safe_url(url) == (
+        "https://h/a/b.svs?X-Amz-Credential=REDACTED&X-Amz-Signature=REDACTED&X-Amz-Expires=60"
+        "&sig=REDACTED&sv=2024&access_token=REDACTED&api_key=REDACTED&secret=REDACTED"
+        "&password=REDACTED&auth=REDACTED&token=${TOKEN}")
+    assert safe_url("dicomweb://h/p?study=1.2&series=3.4") == "dicomweb://h/p?study=1.2&series=3.4"
