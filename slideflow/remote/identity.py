@@ -11,6 +11,7 @@ from typing import Any
 
 from ..io.identity import file_identity
 from ..io.location import is_url
+from .dicomweb import DicomWebSeries
 from .fetch import RemoteObject
 from .url import filesystem, scheme, url_basename, url_name
 
@@ -19,8 +20,6 @@ def url_identity(url: str) -> dict[str, Any]:
     """Identity of the slide at `url` (one metadata request for an object; a listing for a
     prefix; one QIDO-RS search for a DICOMweb series)."""
     if scheme(url).startswith("dicomweb"):
-        from .dicomweb import DicomWebSeries
-
         uids = sorted(DicomWebSeries(url).instances())
         return {"name": url_name(url), "instances": len(uids),
                 "sha256": hashlib.sha256("\n".join(uids).encode()).hexdigest()}
