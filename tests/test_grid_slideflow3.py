@@ -81,6 +81,14 @@ def test_wsi_centres_match_slideflow3():
     # Otsu runs on a 4 µm/px image here and on the full-resolution level in Slideflow 3:
     # 31 of its 33 tiles are kept here too, plus one it drops (see docs/porting.md)
     assert len(kept & set(SF3_CENTRES)) == 31 and len(kept - set(SF3_CENTRES)) == 1
+    # the resolution is the whole difference: the same Otsu and the same 0.4 tissue rule on the
+    # full-resolution image (Slideflow 3's choice for this one-level slide) keep its 33 exactly
+    from slideflow.slide import tissue
+
+    full = wsi.reader.read_level_scaled(0, wsi.dimensions)
+    fractions = tissue.tile_fractions(tissue.otsu_mask(full), wsi.grid_spec, 1.0)
+    on_full = {tuple(c) for c in (wsi.grid_spec.coords_of(fractions >= 0.4) + 128).tolist()}
+    assert on_full == set(SF3_CENTRES)
     old = sf.WSI(CMU, 256, 128, grid_rule="round")
     assert old.full_extract_px == 257
 

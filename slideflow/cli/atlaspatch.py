@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 import typer
 
 from ..compat import report_once
-from ..compat.atlaspatch import PRECISIONS, build_extractor, load_plugin, read_mpp_csv, split_names
+from ..compat.atlaspatch import (
+    PRECISIONS,
+    build_extractor,
+    check_names,
+    load_plugin,
+    read_mpp_csv,
+    split_names,
+)
 from ..compat.atlaspatch import stride_div as to_stride_div
 from ..errors import InvalidArgumentError
 from ..slide import find_slides, is_slide
@@ -133,6 +141,10 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
             load_plugin(plugin, dev or "cpu", dtype, feature_num_workers or 0)
         except InvalidArgumentError as exc:
             raise typer.BadParameter(str(exc)) from None
+    try:
+        check_names(names)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(str(exc)) from None
     extractors = [build_extractor(n, **kw) for n in names]
     mag = f"{target_mag:g}x"
     selection = TileSelection(qc="otsu", stride_div=stride_div)
@@ -189,24 +201,27 @@ def encode_slide(
     from ..engine.slide_embedding_outputs import write_slide_embedding
     from ..engine.slide_embeddings import check_geometry
     from ..io.bags import bag_path, read_bag
-    from ..model.slide_encoders import build_slide_encoder
+    from ..model.slide_encoders import build_slide_encoder, get_slide_spec
 
-    encoders = [build_slide_encoder(n, pretrained=not random_weights)
-                for n in split_names(slide_encoders)]
     mag = f"{target_mag:g}x"
-    groups: dict[str, list[Any]] = {}  # tile extractor -> its slide encoders
-    for enc in encoders:
-        tile = enc.tile_extractor or feature_extractors
+    groups: dict[str, list[Any]] = {}  # tile extractor -> its slide encoders' names
+    for name in split_names(slide_encoders):  # names and geometry first: no weights loaded yet
+        spec = get_slide_spec(name)
+        tile = spec.tile_extractor or feature_extractors
         if tile is None:
-            raise typer.BadParameter(f"{enc.name} reads any tile features: pass "
+            raise typer.BadParameter(f"{spec.name} reads any tile features: pass "
                                      "--feature-extractors NAME")
         try:
-            check_geometry(enc, patch_size, mag, "--patch-size/--target-mag")
+            check_geometry(SimpleNamespace(spec=spec), patch_size, mag,
+                           "--patch-size/--target-mag")
         except Exception as exc:
             raise typer.BadParameter(str(exc)) from None
-        groups.setdefault(tile, []).append(enc)
+        groups.setdefault(tile, []).append(name)
+    # every encoder's weights before any slide is read, so a missing file stops the run early
+    built = {tile: [build_slide_encoder(n, pretrained=not random_weights) for n in names]
+             for tile, names in groups.items()}
     failed = False
-    for tile, encs in groups.items():  # each tile need runs its own patch stage
+    for tile, encs in built.items():  # each tile need runs its own patch stage
         report = _patch_stage(**opts, feature_extractors=tile)
         failed |= bool(report.failed)
         for o in report.outcomes:

@@ -1,7 +1,10 @@
 """Other tools' documented names on slideflow's engine (facades, never a second pipeline).
 
-    slideflow.compat.slide2vec    Model.from_preset, Pipeline, PreprocessingConfig, ...
-    slideflow.compat.tiatoolbox   DeepFeatureExtractor(...).run(...)
+    slideflow.compat.slide2vec            Model.from_preset, Pipeline, PreprocessingConfig, ...
+    slideflow.compat.slide2vec.encoders   encoder_registry.require(...): dense / attention
+    slideflow.compat.tiatoolbox           DeepFeatureExtractor(...).run(...)
+    slideflow.compat.atlaspatch           extractor aliases, options, plugin files
+                                          (`slideflow atlaspatch process|encode-slide`)
 
 Each submodule maps the other tool's names, options and outputs onto slideflow's own
 functions. A documented option with no meaning here is refused with a message naming

@@ -28,6 +28,7 @@ from typing import Any
 import slideflow as sf
 
 from ..errors import InvalidArgumentError
+from ..model import get_spec
 
 #: AtlasPatch extractor name -> slideflow registry name (the same model and weights)
 ALIASES = {
@@ -38,7 +39,8 @@ ALIASES = {
     "chief-ctranspath": "chief_ctranspath", "midnight": "midnight", "musk": "musk",
     "h_optimus_0": "h_optimus_0", "h_optimus_1": "h_optimus_1", "h0_mini": "h0_mini",
     "conch_v1": "conch", "conch_v15": "conch_v15", "hibou_b": "hibou_b", "hibou_l": "hibou_l",
-    "plip": "plip",
+    "plip": "plip", "lunit_vit_small_patch16_dino": "lunit_vits16",
+    "lunit_vit_small_patch8_dino": "lunit_vits8",
 }
 PRECISIONS = {"float32": False, "float16": "fp16", "bfloat16": "bf16"}
 
@@ -49,6 +51,22 @@ def split_names(text: str) -> list[str]:
     if not names:
         raise InvalidArgumentError("give at least one name (comma or space separated)")
     return names
+
+
+def check_names(names: list[str]) -> None:
+    """Every name an AtlasPatch alias or a slideflow registry name, checked before any weights
+    are loaded; the error lists the unknown ones and where the known ones are listed."""
+    unknown = []
+    for name in names:
+        try:
+            get_spec(ALIASES.get(name, name))
+        except Exception:
+            unknown.append(name)
+    if unknown:
+        raise InvalidArgumentError(
+            f"--feature-extractors: {', '.join(unknown)} not available in slideflow; AtlasPatch "
+            f"names here: {', '.join(sorted(ALIASES))}, or any slideflow.list_extractors() name "
+            "(a custom encoder: --feature-plugin)")
 
 
 def build_extractor(name: str, **kwargs: Any) -> Any:
@@ -170,6 +188,6 @@ def load_plugin(path: str | os.PathLike, device: Any, dtype: Any, num_workers: i
     return list(registry)
 
 
-__all__ = ["ALIASES", "PRECISIONS", "CustomEncoderComponents", "build_extractor",
+__all__ = ["ALIASES", "PRECISIONS", "CustomEncoderComponents", "build_extractor", "check_names",
            "load_plugin", "read_mpp_csv", "register_custom_encoder", "split_names",
            "stride_div"]

@@ -79,6 +79,32 @@ class DeepFeatureExtractor:
         return self._slides(images, masks, input_resolutions, patch_input_shape, ioconfig,
                             save_dir, overwrite, output_type, kwargs)
 
+    # ------------------------------------------------------------------ engine hooks
+    def infer_wsi(self, dataloader: Any, save_path: Any, **kwargs: Any) -> Any:
+        """TIAToolbox's per-WSI inference hook: slideflow reads slides itself."""
+        raise NotImplementedError("infer_wsi(dataloader, ...) is TIAToolbox's engine hook; "
+                                  "slideflow reads the slide itself: use run([wsi], "
+                                  "patch_mode=False, save_dir=...)")
+
+    def post_process_patches(self, raw_predictions: Any, **kwargs: Any) -> Any:
+        """Features need no post-processing: returned unchanged (as TIAToolbox does)."""
+        _check_kwargs(dict(kwargs))
+        return raw_predictions
+
+    def save_predictions(self, processed_predictions: Mapping[str, Any], output_type: str,
+                         save_path: str | os.PathLike | None = None, **kwargs: Any) -> Any:
+        """`{"probabilities", "coordinates"}` as a zarr store at `save_path`, or the dict."""
+        _check_kwargs(dict(kwargs))
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be 'zarr' or 'dict', got {output_type!r}")
+        out = {k: np.asarray(v) for k, v in processed_predictions.items()
+               if k in ("probabilities", "coordinates")}
+        if output_type == "dict":
+            return out
+        if save_path is None:
+            raise InvalidArgumentError("output_type='zarr' needs save_path=")
+        return _write_zarr(Path(save_path), out)
+
     # ------------------------------------------------------------------ patch mode
     def _patches(self, images: Any, save_dir: Any, output_type: str) -> Any:
         tiles = _load_patches(images)
@@ -88,12 +114,7 @@ class DeepFeatureExtractor:
             return out
         if save_dir is None:
             raise InvalidArgumentError("output_type='zarr' needs save_dir=")
-        import zarr
-
-        dest = Path(save_dir) / "output.zarr"
-        group = zarr.open_group(str(dest), mode="w")
-        group.create_array("probabilities", data=feats)
-        return dest
+        return _write_zarr(Path(save_dir) / "output.zarr", out)
 
     # ------------------------------------------------------------------ WSI mode
     def _slides(self, images: Any, masks: Any, resolutions: Any, shape: Any, ioconfig: Any,
@@ -101,12 +122,13 @@ class DeepFeatureExtractor:
                 ) -> dict[Any, Any]:
         if save_dir is None:
             raise InvalidArgumentError("WSI mode (patch_mode=False) needs save_dir=")
-        if isinstance(images, (str, os.PathLike)):
+        if isinstance(images, (str, os.PathLike)) or hasattr(images, "input_path"):
             images = [images]
         images = list(images)
+        paths = [Path(getattr(i, "input_path", i)) for i in images]  # TIAToolbox's WSIReader
         tile_px, tile_um, stride_div = _geometry(self.model, resolutions, shape, ioconfig,
                                                  kwargs.pop("stride_shape", None))
-        jobs = jobs_from_paths(images)
+        jobs = jobs_from_paths(paths)
         if masks is not None:
             masks = list(masks)
             if len(masks) != len(jobs):
@@ -131,6 +153,15 @@ class DeepFeatureExtractor:
                 bag = read_bag(path)
                 out[image] = {"probabilities": bag.features, "coordinates": bag.boxes()}
         return out
+
+
+def _write_zarr(dest: Path, arrays: Mapping[str, np.ndarray]) -> Path:
+    import zarr
+
+    group = zarr.open_group(str(dest), mode="w")
+    for key, value in arrays.items():
+        group.create_array(key, data=value)
+    return dest
 
 
 def _extractor(model: Any, weights: Any, device: str, batch_size: int) -> Any:

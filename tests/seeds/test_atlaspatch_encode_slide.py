@@ -10,6 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from slideflow.cli import app
+from slideflow.cli.errors import run_app
 
 from conftest import CMU
 
@@ -50,3 +51,26 @@ def test_encoder_without_tile_extractor_is_a_usage_error(tmp_path):
                               "--slide-encoders", "mean", "--patch-size", "112",
                               "--target-mag", "10"])
     assert res.exit_code == 2 and "--feature-extractors" in res.output
+
+
+def test_prism_and_moozy_in_one_run_titan_separately(tmp_path, monkeypatch, capsys):
+    """`--slide-encoders prism,moozy` at 224 px / 20x: both are accepted together (each gets the
+    patch stage of its own tile encoder, Virchow and Lunit ViT-S/8); offline, the run stops at
+    the first gated checkpoint, names it and how to get it, and writes nothing."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    out = tmp_path / "output"
+    code = run_app(app, ["atlaspatch", "encode-slide", str(CMU), "--output", str(out),
+                         "--slide-encoders", "prism,moozy", "--patch-size", "224",
+                         "--target-mag", "20", "--device", "cpu"], "slideflow")
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: prism:") and "Traceback" not in err
+    assert "paige-ai/Prism" in err and "HF_TOKEN" in err, err
+    assert not out.exists()
+    # titan expects 512-px patches: refused before any weights are looked up
+    titan = runner.invoke(app, ["atlaspatch", "encode-slide", str(CMU), "-o", str(out),
+                                "--slide-encoders", "prism,titan", "--patch-size", "224",
+                                "--target-mag", "20"])
+    assert titan.exit_code == 2 and "titan" in titan.output and "512" in titan.output
+    assert not out.exists()

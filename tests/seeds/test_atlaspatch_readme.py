@@ -159,3 +159,15 @@ def test_bring_your_own_encoder_plugin(tmp_path):
         np.testing.assert_allclose(feats[0], want, rtol=1e-4, atol=1e-5)
     finally:
         unregister_torch("my_encoder")
+
+
+def test_minimal_run_as_written_names_the_missing_extractors(tmp_path):
+    """`--feature-extractors uni_v1,dinov2_small,openmidnight`: uni_v1 is slideflow's uni; the
+    two others have no model here. Every name is checked before any weights are loaded."""
+    res = runner.invoke(app, ["atlaspatch", "process", str(CMU), "--output",
+                              str(tmp_path / "output"), "--patch-size", "256", "--target-mag",
+                              "20", "--feature-extractors", "uni_v1,dinov2_small,openmidnight"])
+    assert res.exit_code == 2, res.output
+    assert "dinov2_small, openmidnight not available" in res.output
+    assert "uni_v1" not in res.output.split("not available")[0]
+    assert not (tmp_path / "output").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,5 +122,79 @@ def test_from_preset_names():
         "efficientnet_lite0_imagenet"
     prism = Model.from_preset("prism")  # a slide-level preset: tile encoder named by it
     assert prism.slide_encoder == "prism" and prism.tile_extractor is None
+    assert Model.from_preset("moozy").slide_encoder == "moozy"  # patient-level preset
+    assert Model.from_preset("lunit").tile_extractor == "lunit_vits8"
+    assert Model.from_preset("h-optimus-0").tile_extractor == "h_optimus_0"
     with pytest.raises(Exception, match="not-a-model"):
         Model.from_preset("not-a-model")
+
+
+# ---------------------------------------------------------------- dense and attention outputs
+def _tile(px=224, seed=0):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (px, px, 3), np.uint8))
+
+
+def test_dense_tile_features_lunit():
+    from slideflow.compat.slide2vec.encoders import encoder_registry
+
+    # offline: random weights stand in for the Hub checkpoint (pretrained=False is ours)
+    encoder = encoder_registry.require("lunit")(pretrained=False).to("cpu")
+    transform = encoder.get_dense_transform()
+    tile = _tile()
+    batch = transform(tile).unsqueeze(0).to(encoder.device)
+    with torch.no_grad():
+        dense = encoder.encode_tiles_dense(batch)
+        attn = encoder.encode_tiles_attention(batch)
+    assert dense.shape == (1, 384, 28, 28)  # 224 px, patch 8
+    assert attn.shape == (1, 6, 28, 28)     # last block, class token, 6 heads
+    ext = encoder.extractor                 # the same as slideflow's own dense()/attention()
+    raw = np.array(tile)[None]
+    np.testing.assert_allclose(dense.numpy(), ext.dense(raw), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(attn.numpy(), ext.attention(raw), rtol=1e-4, atol=1e-6)
+    sums = attn.sum(dim=(2, 3))
+    assert bool((sums <= 1 + 1e-6).all()) and bool((attn >= 0).all())
+    # geometry kept: a 112 x 96 tile gives a 14 x 12 grid (no resize in the dense transform)
+    small = transform(np.asarray(_tile(112))[:, :96]).unsqueeze(0)
+    assert encoder.encode_tiles_dense(small).shape == (1, 384, 14, 12)
+    with pytest.raises(ValueError, match="divisible"):
+        encoder.encode_tiles_dense(transform(np.asarray(_tile(100))).unsqueeze(0))
+
+
+def test_attention_blocks_and_registers():
+    from slideflow.compat.slide2vec.encoders import encoder_registry
+
+    # a small ViT with 4 register tokens (timm layout, as Hibou / H-Optimus), random weights
+    encoder = encoder_registry.require("timm:vit_small_patch14_reg4_dinov2")(
+        pretrained=False, img_size=56)
+    batch = encoder.get_dense_transform()(_tile(56)).unsqueeze(0)
+    cls_only = encoder.encode_tiles_attention(batch)
+    both = encoder.encode_tiles_attention(batch, blocks=(0, -1), include_registers=True)
+    heads = cls_only.shape[1]
+    assert both.shape == (1, 2 * 5 * heads, 4, 4)  # [block][cls, 4 registers][head]
+    torch.testing.assert_close(both[:, 5 * heads:6 * heads], cls_only)  # block -1, class rows
+
+
+def test_h_optimus_variable_size_setting():
+    from slideflow.compat.slide2vec.encoders import encoder_registry
+
+    # the architecture only (meta device): the 1.1B-parameter weights are gated
+    fixed = encoder_registry.require("h-optimus-0")(device="meta")
+    with pytest.raises(ValueError, match="dynamic_img_size=True"):
+        fixed.encode_tiles_dense(torch.zeros(1, 3, 112, 112))
+    encoder = encoder_registry.require("h-optimus-0")(
+        dynamic_img_size=True, allow_non_recommended_settings=True, device="meta")
+    assert encoder.extractor.backbone.dynamic_img_size
+    assert encoder.extractor.name == "h_optimus_0"
+
+
+def test_unsupported_encoders_raise_not_implemented():
+    from slideflow.compat.slide2vec.encoders import encoder_registry
+
+    assert "lunit" in encoder_registry and "not-a-model" not in encoder_registry
+    encoder = encoder_registry.require(TILE)()
+    with pytest.raises(NotImplementedError, match="ViT"):
+        encoder.encode_tiles_dense(torch.zeros(1, 3, 224, 224))
+    with pytest.raises(Exception, match="not-a-model"):
+        encoder_registry.require("not-a-model")

@@ -19,6 +19,13 @@ MODEL = "efficientnet_lite0_imagenet"
 RES = [{"units": "mpp", "resolution": 1.0}]
 
 
+class _Reader:
+    """Stands in for TIAToolbox's WSIReader (its path attribute)."""
+
+    def __init__(self, path):
+        self.input_path = path
+
+
 @pytest.fixture(scope="module")
 def engine():
     return DeepFeatureExtractor(MODEL, batch_size=16, num_workers=0, weights=None,
@@ -54,6 +61,11 @@ def test_wsi_mode_maps_each_input_to_its_zarr(engine, tmp_path):
     mem = engine.run([CMU], patch_mode=False, save_dir=tmp_path / "wsi", input_resolutions=RES,
                      patch_input_shape=(112, 112), output_type="dict")
     np.testing.assert_array_equal(mem[CMU]["probabilities"], feats)
+    # a WSIReader-like input (TIAToolbox's readers carry .input_path) maps to its own output
+    reader = _Reader(CMU)
+    again = engine.run([reader], patch_mode=False, save_dir=tmp_path / "wsi",
+                       input_resolutions=RES, patch_input_shape=(112, 112), output_type="zarr")
+    assert again == {reader: out[CMU]}
 
 
 def test_masks_and_ioconfig(engine, tmp_path):
@@ -84,3 +96,18 @@ def test_documented_errors(engine, tmp_path):
         engine.run([CMU], patch_mode=False, save_dir=tmp_path, colour="red")
     with pytest.raises(TypeError, match="register_torch"):
         DeepFeatureExtractor(object())
+
+
+def test_engine_hooks(engine, tmp_path):
+    raw = {"probabilities": np.ones((2, 4), np.float32),
+           "coordinates": np.array([[0, 0, 8, 8], [8, 0, 16, 8]])}
+    assert engine.post_process_patches(raw) is raw  # features: no post-processing
+    saved = engine.save_predictions(raw, "zarr", save_path=tmp_path / "p.zarr")
+    g = zarr.open_group(str(saved))
+    np.testing.assert_array_equal(g["probabilities"][:], raw["probabilities"])
+    np.testing.assert_array_equal(g["coordinates"][:], raw["coordinates"])
+    assert set(engine.save_predictions(raw, "dict")) == {"probabilities", "coordinates"}
+    with pytest.raises(ValueError, match="'zarr' or 'dict'"):
+        engine.save_predictions(raw, "db")
+    with pytest.raises(NotImplementedError, match=r"run\(\[wsi\], patch_mode=False"):
+        engine.infer_wsi(None, tmp_path / "x.zarr")

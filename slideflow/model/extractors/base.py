@@ -239,14 +239,16 @@ class FeatureExtractor:
             self._slide = build_slide_encoder(spec.name, device=self.device)
         return self._slide
 
-    def dense(self, batch: Any) -> np.ndarray:
+    def dense(self, batch: Any, *, preprocessed: bool = False) -> np.ndarray:
         """(B, D, h, w) patch tokens of a ViT extractor (see `vit_outputs.dense`)."""
-        return dense(self, batch)
+        return dense(self, batch, preprocessed=preprocessed)
 
-    def attention(self, batch: Any, blocks: Sequence[int] = (-1,)) -> np.ndarray:
+    def attention(self, batch: Any, blocks: Sequence[int] = (-1,), *,
+                  include_registers: bool = False, preprocessed: bool = False) -> np.ndarray:
         """(B, heads, h, w) class-token attention, exact under fused kernels
         (see `vit_outputs.attention`)."""
-        return attention(self, batch, blocks)
+        return attention(self, batch, blocks, include_registers=include_registers,
+                         preprocessed=preprocessed)
 
     def __repr__(self) -> str:
         weights = self.weights_source if self.pretrained else "RANDOM INIT (pretrained=False)"

@@ -11,9 +11,14 @@ import logging
 import os
 from typing import Any
 
-from ...errors import InvalidArgumentError, WeightsError
+from ...errors import ExtractorNotFound, InvalidArgumentError, WeightsError
 from ..quiet import quiet_tqdm_import
-from .keras_family import build_keras_extractor, is_keras_request
+from .keras_family import (
+    KERAS_APPLICATIONS,
+    build_keras_extractor,
+    is_keras_request,
+    keras_layer_names,
+)
 from .registry import get_spec, resolve_builder
 from .sf3 import check_not_trained_folder, wraps_build
 from .spec import ExtractorSpec
@@ -194,7 +199,7 @@ _TORCH_ONLY = ("device", "mixed_precision", "channels_last", "resize", "center_c
 def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
     check_not_trained_folder(name)
     quiet_tqdm_import()  # before timm / huggingface_hub import it (Jupyter: IProgress warning)
-    if not is_keras_request(name, kwargs.get("backend")):
+    if not is_keras_request(name, kwargs.get("backend")) and not _only_keras_means(name, kwargs):
         return _build_torch(name, *args, **kwargs)
     if args:  # positional weights / device...: bind to their names
         bound = inspect.signature(_build_torch).bind_partial(name, *args)
@@ -208,6 +213,30 @@ def build_feature_extractor(name: Any, *args: Any, **kwargs: Any):
     for k in _TORCH_ONLY:
         kwargs.pop(k, None)
     return build_keras_extractor(name, **kwargs)
+
+
+def _only_keras_means(name: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a call without `backend=` can only mean the Keras application `name`: the
+    name has no PyTorch build, or its `layers=` are Keras layer names and not PyTorch module
+    names (Slideflow 3's ``layers=['conv1_relu', 'conv3_block1_2_relu']`` of ResNet50)."""
+    if kwargs.get("backend") is not None or not isinstance(name, str) or \
+            name not in KERAS_APPLICATIONS:
+        return False
+    try:
+        get_spec(name)
+    except ExtractorNotFound:
+        log.info("%s has a Keras build only: backend='tensorflow'", name)
+        return True
+    layers = kwargs.get("layers")
+    layers = [layers] if isinstance(layers, str) else list(layers or [])
+    if not layers or layers == ["postconv"]:
+        return False
+    probe = _build_torch(name, device="meta", pretrained=False)
+    torch_names = {n for m in (probe.model, probe.backbone) for n, _ in m.named_modules()}
+    if set(layers) <= torch_names or not set(layers) <= keras_layer_names(name):
+        return False
+    log.info("%s: layers %s are Keras layer names: backend='tensorflow'", name, layers)
+    return True
 
 
 def _as_built(built: Any, name: str = ""):

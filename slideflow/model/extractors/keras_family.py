@@ -76,6 +76,16 @@ def is_keras_request(name: Any, backend: str | None) -> bool:
     return type(name).__module__.startswith(("keras", "tf_keras", "tensorflow"))
 
 
+def keras_layer_names(name: str) -> set[str]:
+    """Layer names of the Keras application `name` (architecture only, no weights)."""
+    import_tensorflow()
+    import keras
+
+    model = getattr(keras.applications, KERAS_APPLICATIONS[name][0])(
+        include_top=False, weights=None, input_shape=(None, None, 3), pooling="avg")
+    return {layer.name for layer in model.layers}
+
+
 def keras_cache_dir() -> Path:
     """Where Keras keeps downloaded application weights (``$KERAS_HOME/models``)."""
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
