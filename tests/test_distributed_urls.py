@@ -67,11 +67,11 @@ def test_two_cpu_devices_read_urls_like_local_files(url_jobs, local_bags, extrac
     assert len({o.worker for o in report.outcomes}) == 2
     assert all(o.fetched and o.fetched["requests"] > 0 for o in report.outcomes)
     assert _bags(tmp_path) == local_bags and len(local_bags) == 3
-    again = generate_bags(url_jobs, extractor, tmp_path, *GEOMETRY, progress=False,
-                          devices=["cpu", "cpu"])
+    again = generate_bags(url_jobs, extractor, tmp_path, *GEOMETRY, progress=False)
     assert sorted(again.skipped) == sorted(j.name for j in url_jobs)  # ETag/listing keys match
 
 
+@pytest.mark.slow  # a Ray cluster starts (~25 s on 2 cores)
 def test_ray_reads_urls_like_local_files(url_jobs, local_bags, extractor, tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # after the env is set
