@@ -82,3 +82,14 @@ def test_ray_reads_urls_like_local_files(url_jobs, local_bags, extractor, tmp_pa
         ray.shutdown()
     assert sorted(report.done) == sorted(j.name for j in url_jobs), report.failed
     assert _bags(tmp_path) == local_bags
+
+
+def test_bare_ray_flag_before_a_slide_url():
+    """`slideflow features --ray s3://b/cohort/ -o bags`: the URL is a slide prefix, not the Ray
+    address (a `ray://` URL still is one)."""
+    from slideflow.cli import ray_argv
+
+    assert ray_argv(["features", "--ray", "s3://b/cohort/", "-o", "o"])[2:4] == \
+        ["", "s3://b/cohort/"]
+    assert ray_argv(["features", "--ray", "ray://head:10001", "s3://b/x.svs"])[2] == \
+        "ray://head:10001"
