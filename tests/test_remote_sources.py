@@ -107,6 +107,8 @@ def test_https_folder_with_a_token_never_writes_it(http_folder, local_run, extra
     P.create_blank_annotations(overwrite=True)
     tfrs, bags = _run(P, extractor, P.root / "bags")
     assert tfrs == local_run[0] and bags == local_run[1]
+    rerun = P.dataset(**GEOMETRY).extract_tiles(qc=None, progress=False)  # + HTML report
+    assert rerun.reports and not rerun.failed
     paths = [p for _, p, _ in http_folder.log]
     assert paths[0] == f"/cohort/?token={SECRET}"  # the listing carried the token
     assert all(p.endswith(f"?token={SECRET}") for p in paths)  # and every slide read
