@@ -109,8 +109,15 @@ class Project:
 
     @property
     def sources(self) -> list[str]:
-        """Names of the datasets.json entries this project uses."""
+        """Names of the datasets.json entries this project uses (settable, as in Slideflow:
+        `P.sources = ["a", "b"]; P.save()`)."""
         return list(self.settings["sources"])
+
+    @sources.setter
+    def sources(self, names: list[str]) -> None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProjectError(f"'sources' must be a list of source names (str), got {names!r}")
+        self.settings["sources"] = list(names)
 
     def save(self) -> None:
         """Write settings.json (atomically)."""
