@@ -41,6 +41,33 @@ ALIASES = {
     "conch_v1": "conch", "conch_v15": "conch_v15", "hibou_b": "hibou_b", "hibou_l": "hibou_l",
     "plip": "plip", "lunit_vit_small_patch16_dino": "lunit_vits16",
     "lunit_vit_small_patch8_dino": "lunit_vits8",
+    "resnet101": "resnet101_imagenet", "resnet152": "resnet152_imagenet",
+    "convnext_small": "convnext_small_imagenet", "convnext_base": "convnext_base_imagenet",
+    "convnext_large": "convnext_large_imagenet", "vit_b_16": "vit_b_16_imagenet",
+    "vit_b_32": "vit_b_32_imagenet", "vit_l_16": "vit_l_16_imagenet",
+    "vit_l_32": "vit_l_32_imagenet", "vit_h_14": "vit_h_14_swag",
+    "dinov2_small": "dinov2_vits14", "dinov2_base": "dinov2_vitb14",
+    "dinov2_large": "dinov2_vitl14", "dinov2_giant": "dinov2_vitg14",
+    "openmidnight": "openmidnight", "lunit_resnet50_bt": "lunit_rn50_bt",
+    "lunit_resnet50_swav": "lunit_rn50_swav", "lunit_resnet50_mocov2": "lunit_rn50_mocov2",
+    **{name: name for name in (
+        "dinov3_vits16", "dinov3_vits16_plus", "dinov3_vitb16", "dinov3_vitl16",
+        "dinov3_vitl16_sat", "dinov3_vith16_plus", "dinov3_vit7b16", "dinov3_vit7b16_sat",
+        "clip_rn50", "clip_rn101", "clip_rn50x4", "clip_rn50x16", "clip_rn50x64",
+        "clip_vit_b_32", "clip_vit_b_16", "clip_vit_l_14", "clip_vit_l_14_336")},
+}
+#: AtlasPatch extractor names with no model here, and why (`check_names` says it)
+UNAVAILABLE = {
+    "pathorchestra": "gated timm weights whose architecture (the Hub's config.json) could not "
+                     "be checked; AtlasPatch marks its own 512-d as unverified",
+    "medsiglip": "gated SigLIP tower (transformers layout): no SigLIP family here yet",
+    "quilt_b_32": "a transformers CLIPModel whose vision config (activation) and licence could "
+                  "not be checked",
+    "quilt_b_16": "a transformers CLIPModel whose vision config (activation) and licence could "
+                  "not be checked",
+    "quilt_b_16_pmb": "open_clip checkpoint layout: no open_clip family here yet",
+    "biomedclip": "open_clip checkpoint layout: no open_clip family here yet",
+    "omiclip": "open_clip checkpoint layout: no open_clip family here yet",
 }
 PRECISIONS = {"float32": False, "float16": "fp16", "bfloat16": "bf16"}
 
@@ -63,10 +90,12 @@ def check_names(names: list[str]) -> None:
         except Exception:
             unknown.append(name)
     if unknown:
+        why = "".join(f"; {n}: {UNAVAILABLE[n]}" for n in unknown if n in UNAVAILABLE)
         raise InvalidArgumentError(
-            f"--feature-extractors: {', '.join(unknown)} not available in slideflow; AtlasPatch "
-            f"names here: {', '.join(sorted(ALIASES))}, or any slideflow.list_extractors() name "
-            "(a custom encoder: --feature-plugin)")
+            f"--feature-extractors: {', '.join(unknown)} not available in slideflow{why}; "
+            f"a custom encoder: --feature-plugin; AtlasPatch "
+            f"names here: {', '.join(sorted(ALIASES))}, or any slideflow.list_extractors() "
+            "name")
 
 
 def build_extractor(name: str, **kwargs: Any) -> Any:
@@ -188,6 +217,6 @@ def load_plugin(path: str | os.PathLike, device: Any, dtype: Any, num_workers: i
     return list(registry)
 
 
-__all__ = ["ALIASES", "PRECISIONS", "CustomEncoderComponents", "build_extractor", "check_names",
+__all__ = ["ALIASES", "PRECISIONS", "UNAVAILABLE", "CustomEncoderComponents", "build_extractor", "check_names",
            "load_plugin", "read_mpp_csv", "register_custom_encoder", "split_names",
            "stride_div"]

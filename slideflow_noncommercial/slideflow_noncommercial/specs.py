@@ -343,6 +343,7 @@ def specs() -> list[ExtractorSpec]:
             **nc),
         _lunit(16, "dino_vit_small_patch16_ep200.torch"),
         _lunit(8, "dino_vit_small_patch8_ep200.torch"),
+        *(_lunit_rn50(method) for method in ("bt", "swav", "mocov2")),
         chief.tile_spec(DISTRIBUTION),
     ]
 
@@ -382,6 +383,23 @@ def _lunit(patch: int, filename: str) -> ExtractorSpec:
         reference="github.com/lunit-io/benchmark-ssl-pathology README (timm "
                   "VisionTransformer(img 224, embed 384, 6 heads), release files) and LICENSE; "
                   "Lunit mean/std as used with these weights (Resize((224, 224)))")
+
+
+def _lunit_rn50(method: str) -> ExtractorSpec:
+    return ExtractorSpec(
+        name=f"lunit_rn50_{method}", family="torchvision", dim=2048, input_px=224,
+        license="Lunit non-commercial public licence", citation=_LUNIT,
+        aliases=(f"lunit_resnet50_{method}",), mean=_LUNIT_MEAN, std=_LUNIT_STD,
+        interpolation="bilinear", cnn=True, build={"arch": "resnet50"},
+        weights=WeightsSource("hf", repo_id=f"1aurent/resnet50.lunit_{method}",
+                              filenames=("model.safetensors",),
+                              url=_LUNIT_REL + f"{method}_rn50_ep200.torch"),
+        expected_unexpected=("fc.*",), distribution=DISTRIBUTION,
+        description=f"Lunit ResNet-50 ({method}, 19M TCGA patches), 2048-d pooled features",
+        reference="github.com/lunit-io/benchmark-ssl-pathology README (ResNetTrunk = "
+                  "torchvision ResNet-50 without fc, release files) and LICENSE; Lunit "
+                  "mean/std as the ViT-S specs; AtlasPatch models/patch/lunit.py (timm "
+                  "hf-hub:1aurent/resnet50.lunit_*, num_features 2048)")
 
 
 # ---------------------------------------------------------------------------- slide encoders

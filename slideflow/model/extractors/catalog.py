@@ -7,6 +7,7 @@ preprocessing fact are listed in docs/extractors.md.
 
 from __future__ import annotations
 
+from .catalog_general import specs as general_specs
 from .spec import (
     HALF,
     IMAGENET_MEAN,
@@ -115,7 +116,9 @@ def _timm_imagenet(arch: str, dim: int, tag: str, mean, std, head: str, license_
 
 
 def specs() -> list[ExtractorSpec]:
-    """Every core spec (the ``slideflow.extractors`` entry point of the core distribution)."""
+    """Every core spec (the ``slideflow.extractors`` entry point of the core distribution);
+    the general-purpose backbones (DINOv2/v3, CLIP, torchvision ViTs...) are in
+    `.catalog_general`."""
     return [
         ExtractorSpec(
             name="efficientnet_lite0_imagenet", family="efficientnet_lite0", dim=1280,
@@ -135,6 +138,8 @@ def specs() -> list[ExtractorSpec]:
         _tv("resnet18", 512, "resnet18-f37072fd.pth", "fc"),
         _tv("resnet34", 512, "resnet34-b627a593.pth", "fc"),
         _tv("resnet50", 2048, "resnet50-0676ba61.pth", "fc"),
+        _tv("resnet101", 2048, "resnet101-63fe2227.pth", "fc"),
+        _tv("resnet152", 2048, "resnet152-394f9c45.pth", "fc"),
         _tv("densenet121", 1024, "densenet121-a639ec97.pth", "classifier",
             aliases=("densenet_imagenet",), citation=_DENSENET),
         _timm_imagenet("efficientnet_b0", 1280, "ra_in1k", IMAGENET_MEAN, IMAGENET_STD,
@@ -277,7 +282,7 @@ def specs() -> list[ExtractorSpec]:
                       "mean = std = 0.5, CLS + mean patch tokens; MIT); TRIDENT load.py "
                       "Midnight12kInferenceEncoder (return_type cls_token | cls+mean)",
         ),
-    ]
+    ] + general_specs()
 
 
 # Names that live in the licence-split distributions, listed even when those are not
@@ -318,5 +323,8 @@ EXTERNAL: tuple[ExternalEntry, ...] = (
                   "non-commercial academic purposes')"),
     ExternalEntry("lunit_vits16", _NC, "Lunit non-commercial public licence"),
     ExternalEntry("lunit_vits8", _NC, "Lunit non-commercial public licence"),
+    ExternalEntry("lunit_rn50_bt", _NC, "Lunit non-commercial public licence"),
+    ExternalEntry("lunit_rn50_swav", _NC, "Lunit non-commercial public licence"),
+    ExternalEntry("lunit_rn50_mocov2", _NC, "Lunit non-commercial public licence"),
 ) + tuple(ExternalEntry(f"kaiko_{tag}", _NC, "Kaiko Non-Commercial Public License v1")
           for tag in ("vits16", "vits8", "vitb16", "vitb8", "vitl14"))

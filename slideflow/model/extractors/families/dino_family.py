@@ -12,7 +12,9 @@ ViT-L/14, the Meta DINOv2 ViT-L/14), rebuilt as timm ``VisionTransformer``.
                   once, at load time, exactly as the authors' code does at every forward pass:
                   'hf' (transformers Dinov2: bicubic to the target size, no antialias),
                   'dinov2' (facebookresearch/dinov2 hub models: bicubic with
-                  scale_factor (grid + 0.1) / old_grid, no antialias). Loading a checkpoint
+                  scale_factor (grid + 0.1) / old_grid, no antialias), 'dinov2_reg'
+                  (facebookresearch/dinov2 hub models with registers: bicubic to the target
+                  size with antialias, offset 0). Loading a checkpoint
                   whose grid already matches changes nothing (so saved state dicts reload).
   ``output``      'cls' (default: class token after the final norm) or 'cls_mean' (class
                   token concatenated with the mean of the patch tokens, registers excluded);
@@ -42,7 +44,7 @@ from .timm_family import ClsMeanFeatures, resolve_layer
 from .vit_family import convert_dinov2, convert_hf_vit
 
 OUTPUTS = ("cls", "cls_mean")
-POS_MODES = ("hf", "dinov2")
+POS_MODES = ("hf", "dinov2", "dinov2_reg")
 
 
 def swiglu_ratio(dim: int) -> float:
@@ -122,8 +124,9 @@ def resample_grid(pos: torch.Tensor, grid: int, mode: str, with_cls: bool) -> to
         return pos
     dtype, c = patch.dtype, patch.shape[-1]
     img = patch.reshape(1, old, old, c).permute(0, 3, 1, 2).float()
-    if mode == "hf":
-        img = F.interpolate(img, size=(grid, grid), mode="bicubic", align_corners=False)
+    if mode in ("hf", "dinov2_reg"):
+        img = F.interpolate(img, size=(grid, grid), mode="bicubic", align_corners=False,
+                            antialias=mode == "dinov2_reg")
     else:
         scale = (grid + 0.1) / old
         img = F.interpolate(img, scale_factor=(scale, scale), mode="bicubic",

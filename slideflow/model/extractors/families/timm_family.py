@@ -6,7 +6,9 @@
   ``timm_class``  'VisionTransformer' to construct timm's class directly;
   ``kwargs``      constructor options; layer names are strings resolved here
                   ('swiglu_packed', 'glu_silu', 'silu', 'gelu');
-  ``output``      'pooled' (default: the model's pooled pre-logits features), 'cls' (the
+  ``output``      'pooled' (default: the model's pooled pre-logits features, or the head's
+                  output when ``kwargs`` sets ``num_classes``: CLIP's image projection, kept
+                  as timm's head), 'cls' (the
                   class token after the final norm) or 'cls_mean' (class token concatenated
                   with the mean of the patch tokens, registers excluded, as Virchow);
                   ``build_feature_extractor(name, output=...)`` overrides it (e.g.
@@ -104,6 +106,9 @@ def build(spec: ExtractorSpec, **kwargs: Any) -> Built:
     elif output == "cls":
         features = ClsFeatures(net)
         dim = net.num_features
+    elif kw["num_classes"]:  # the head is part of the feature (CLIP's projection)
+        features = net
+        dim = net.num_classes
     else:
         features = net
         dim = getattr(net, "head_hidden_size", None) or net.num_features
