@@ -52,7 +52,8 @@ class FaultPlan:
 
 class RangeHTTPServer(FaultPlan):
     """Serves `files` ({name: bytes}) at http://127.0.0.1:<port>/<name> (HEAD, GET, Range,
-    If-Match, ETag)."""
+    If-Match, ETag); a path ending in '/' answers an HTML page linking the files under it (a
+    folder listing, as fsspec reads one). Query strings are ignored (and logged)."""
 
     def __init__(self, files: dict[str, bytes]):
         super().__init__()
@@ -89,6 +90,15 @@ class RangeHTTPServer(FaultPlan):
             def do_GET(self):
                 rng = self.headers.get("Range")
                 plan.record("GET", self.path, rng)
+                folder = self.path.lstrip("/").split("?")[0]
+                if folder == "" or folder.endswith("/"):  # a folder: a page linking its files
+                    names = sorted(n[len(folder):] for n in plan.files if n.startswith(folder))
+                    body = "".join(f'<a href="{n}">{n}</a>\n' for n in names).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    return self.wfile.write(body)
                 data = self._object()
                 if data is None:
                     return self._empty(404)
@@ -211,8 +221,9 @@ class S3Server(FaultPlan):
 
 
 class DicomWebServer(FaultPlan):
-    """A minimal DICOMweb server for the instances in `folder`: QIDO-RS
-    `/studies/{s}/instances` and `/studies/{s}/series/{se}/instances`, WADO-RS
+    """A minimal DICOMweb server for the instances in `folder` (one series): QIDO-RS
+    `/series`, `/studies/{s}/series`, `/studies/{s}/instances` and
+    `/studies/{s}/series/{se}/instances`, WADO-RS
     `.../instances/{i}/metadata` (JSON, bulk data left out) and `.../instances/{i}/frames/{n,...}`
     (multipart/related; type="image/jpeg", the stored frames as they are). Faults apply to
     frame requests."""
@@ -258,6 +269,13 @@ class DicomWebServer(FaultPlan):
                 parts = [p for p in url.path.split("/") if p]
                 plan.record("GET", url.path, None)
                 query = parse_qs(url.query)
+                if parts[-1] == "series":  # QIDO-RS series search (`/series`, `/studies/{s}/series`)
+                    first = next(iter(plan.instances.values()))
+                    study_ok = len(parts) < 4 or parts[-2] == plan.study
+                    modality = query.get("Modality", query.get("00080060", [None]))[0]
+                    hit = study_ok and modality in (None, str(first["ds"].get("Modality", "SM")))
+                    hit = hit and int(query.get("offset", ["0"])[0]) == 0  # one page
+                    return self._send(200, json.dumps([self._qido(first)] if hit else []).encode())
                 if parts[-1] == "instances":  # QIDO-RS search
                     wanted = [u for v in query.get("SeriesInstanceUID", []) +
                               query.get("0020000E", []) for u in v.split(",")]
@@ -314,6 +332,98 @@ class DicomWebServer(FaultPlan):
 
     def frame_requests(self) -> int:
         return sum(1 for m, p, _ in self.log if "/frames/" in p)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class GCSServer(FaultPlan):
+    """The routes of Google Cloud Storage's JSON API that gcsfs reads with, for the objects
+    `objects` ({"bucket/key": bytes}); gcsfs points here through STORAGE_EMULATOR_HOST:
+    object metadata `GET /storage/v1/b/{b}/o/{key}`, listing `GET /storage/v1/b/{b}/o`
+    (`prefix`, `delimiter`; one page) and media `GET /download/storage/v1/b/{b}/o/{key}
+    ?alt=media` with Range. Faults apply to media GETs."""
+
+    def __init__(self, objects: dict[str, bytes]):
+        super().__init__()
+        self.objects = dict(objects)
+        plan = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code, body=b"", ctype="application/json", extra=()):
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in extra:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _meta(self, bucket, key):
+                data = plan.objects[f"{bucket}/{key}"]
+                return {"kind": "storage#object", "bucket": bucket, "name": key,
+                        "size": str(len(data)), "etag": _etag(data).strip('"'),
+                        "generation": "1", "metageneration": "1",
+                        "updated": "2024-01-01T00:00:00.000Z"}
+
+            def do_GET(self):
+                import json
+                from urllib.parse import parse_qs, unquote, urlsplit
+
+                url = urlsplit(self.path)
+                query = parse_qs(url.query)
+                rng = self.headers.get("Range")
+                plan.record("GET", url.path, rng)
+                parts = url.path.split("/")
+                media = parts[1] == "download"
+                if media:
+                    parts = parts[1:]
+                # ['', 'storage', 'v1', 'b', bucket, 'o', key?]
+                if len(parts) < 6 or parts[1:4] != ["storage", "v1", "b"] or parts[5] != "o":
+                    return self._send(404, b"{}")
+                bucket = parts[4]
+                key = unquote("/".join(parts[6:]))
+                if not key:  # listing
+                    prefix = query.get("prefix", [""])[0]
+                    delim = query.get("delimiter", [""])[0]
+                    items, prefixes = [], set()
+                    for name in sorted(plan.objects):
+                        b, _, k = name.partition("/")
+                        if b != bucket or not k.startswith(prefix):
+                            continue
+                        rest = k[len(prefix):]
+                        if delim and delim in rest:
+                            prefixes.add(prefix + rest.split(delim)[0] + delim)
+                        else:
+                            items.append(self._meta(b, k))
+                    body = {"kind": "storage#objects", "items": items,
+                            "prefixes": sorted(prefixes)}
+                    return self._send(200, json.dumps(body).encode())
+                if f"{bucket}/{key}" not in plan.objects:
+                    return self._send(404, b'{"error": {"code": 404, "message": "No such '
+                                           b'object"}}')
+                if not media:
+                    return self._send(200, json.dumps(self._meta(bucket, key)).encode())
+                data = plan.objects[f"{bucket}/{key}"]
+                if plan.next_fault() == "503":
+                    return self._send(503, b'{"error": {"code": 503, "message": "busy"}}')
+                span = _parse_range(rng, len(data))
+                a, b = span or (0, len(data))
+                extra = [("Content-Range", f"bytes {a}-{b - 1}/{len(data)}")] if span else []
+                return self._send(206 if span else 200, data[a:b],
+                                  "application/octet-stream", extra)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
     def close(self) -> None:
         self.httpd.shutdown()

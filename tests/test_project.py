@@ -157,3 +157,16 @@ def test_generate_feature_bags_delegates(tmp_path: Path, monkeypatch, slides: Pa
     assert P.generate_feature_bags("ext", tile_px=64, tile_um=64, format="h5") == "report"
     assert seen["outdir"] == P.root / "pt_files" / "ext"
     assert seen["dataset"].slides() == ["CMU-1-Small-Region"] and seen["kwargs"] == {"format": "h5"}
+
+
+def test_sources_setter_as_in_slideflow3(tmp_path: Path, slides: Path) -> None:
+    """Slideflow 3 documents `P.sources` as settable (a list of str), and `add_source` with
+    keyword folders; both work here, and a wrong type is a ProjectError."""
+    P = sf.create_project(tmp_path / "p", slides=slides)
+    P.add_source("extra", slides=slides, roi=None, tiles=None, tfrecords=None, path=None)
+    assert P.sources == ["MyProject", "extra"]
+    P.sources = ["extra"]
+    P.save()
+    assert sf.load_project(P.root).sources == ["extra"]
+    with pytest.raises(ProjectError, match="list of source names"):
+        P.sources = "extra"

@@ -188,12 +188,12 @@ def test_cache_refetches_a_changed_object_and_evicts_lru(tmp_path):
 
 def test_concurrent_fetches_download_once(tmp_path):
     data = bytes(range(256)) * 4000
-    server = RangeHTTPServer({"x.mrxs": data})
+    server = RangeHTTPServer({"x.ndpi": data})
     try:
         caches = [SlideCache(tmp_path / "c") for _ in range(4)]
         paths: list = []
         threads = [threading.Thread(target=lambda c=c: paths.append(
-            c.fetch(f"{server.url}/x.mrxs"))) for c in caches]
+            c.fetch(f"{server.url}/x.ndpi"))) for c in caches]
         for t in threads:
             t.start()
         for t in threads:
@@ -394,3 +394,58 @@ def test_torch_decoder_path_reads_a_url_like_the_local_file(http, slides):
         # one per batch, plus the tile the GPU decoder is checked on (slide.decode_check)
         assert http.ranged_gets() - before <= len(got) + 1 and len(got) == 3
     assert torch.equal(torch.cat(got), want)
+
+
+def test_block_file_readinto_fills_numpy_buffers_by_bytes(slides):
+    """tifffile reads some tags into numpy arrays (NDPI's MCU starts): `readinto` must fill the
+    buffer's bytes, not len(array) items (an NDPI URL failed to open)."""
+    from conftest import NDPI
+
+    server = RangeHTTPServer({"n.ndpi": NDPI.read_bytes()})
+    try:
+        from slideflow.remote.source import RemoteSource
+
+        fh = RemoteSource(f"{server.url}/n.ndpi").open()
+        buf = np.zeros(608, dtype=np.uint32)
+        fh.seek(1000)
+        assert fh.readinto(buf) == buf.nbytes
+        assert buf.tobytes() == NDPI.read_bytes()[1000:1000 + buf.nbytes]
+        with sf.WSI(f"{server.url}/n.ndpi", **TILE) as remote, sf.WSI(NDPI, **TILE) as local:
+            assert remote.dimensions == local.dimensions
+            np.testing.assert_array_equal(_tiles(remote), _tiles(local))
+    finally:
+        server.close()
+
+
+def test_mrxs_is_cached_with_its_companion_folder(s3, tmp_path, monkeypatch):
+    """An MRXS slide is `x.mrxs` plus the folder `x/` beside it: both are downloaded into one
+    cache entry, side by side, and the reader opens the local .mrxs (a stand-in for openslide
+    checks the layout it needs); a changed companion object is downloaded again."""
+    from types import SimpleNamespace
+
+    import slideflow.slide.remote_open as ro
+
+    parts = {"x.mrxs": b"[GENERAL]\n", "x/Slidedat.ini": b"[HIERARCHICAL]\n",
+             "x/Data0000.dat": bytes(range(256)) * 64}
+    for rel, data in parts.items():
+        s3.put("mrxs", f"cohort/{rel}", data)
+    opened = []
+
+    def fake_openslide(path, backend):
+        opened.append({rel: (path.parent / rel).read_bytes() for rel in parts})
+        return SimpleNamespace(path=path)
+
+    monkeypatch.setattr(ro, "open_local", fake_openslide)
+    cache = SlideCache(tmp_path / "c")
+    reader = ro.open_url("s3://mrxs/cohort/x.mrxs", cache=cache)
+    assert reader.path.name == "x.mrxs" and opened == [parts]
+    gets = s3.ranged_gets()
+    ro.open_url("s3://mrxs/cohort/x.mrxs", cache=cache)  # current: no download
+    assert s3.ranged_gets() == gets and len(opened) == 2
+    s3.put("mrxs", "cohort/x/Data0000.dat", b"new data")
+    ro.open_url("s3://mrxs/cohort/x.mrxs", cache=cache)
+    assert opened[-1]["x/Data0000.dat"] == b"new data"
+    assert len(cache.entries()) == 1
+    s3.put("mrxs", "lonely/y.mrxs", b"[GENERAL]\n")
+    with pytest.raises(SlideNotFoundError, match="companion folder s3://mrxs/lonely/y/"):
+        ro.open_url("s3://mrxs/lonely/y.mrxs", cache=cache)

@@ -18,11 +18,11 @@ from ..slide import expand_slides, slide_name
 def expand_paths(paths: list, recursive: bool = True) -> list:
     """Slides given: local paths by the one slide rule (`slideflow.slide.expand_slides`:
     files, DICOM folders, the slides inside other folders), URLs as they are, a URL prefix
-    ending in '/' listed (`slideflow.slide.remote_open.find_remote_slides`)."""
+    ending in '/' listed (`slideflow.slide.remote_list.find_remote_slides`)."""
     out: list = []
     for p in paths:
         if is_url(p):
-            from ..slide.remote_open import find_remote_slides
+            from ..slide.remote_list import find_remote_slides
 
             out.extend(find_remote_slides(p, recursive) if p.endswith("/") else [p])
         else:
@@ -135,12 +135,13 @@ def weights_map(weights: str | None, names: list[str]) -> dict[str, str]:
 
 def ray_argv(argv: list[str]) -> list[str]:
     """Let `--ray` be given without an address: a bare `--ray` (last, before another option,
-    or before an existing path) means a local Ray cluster."""
+    or before an existing path or a slide URL) means a local Ray cluster."""
     out = list(argv)
     for i, arg in enumerate(out):
         if arg == "--ray":
             nxt = out[i + 1] if i + 1 < len(out) else None
-            if nxt is None or nxt.startswith("-") or os.path.exists(nxt):
+            if nxt is None or nxt.startswith("-") or os.path.exists(nxt) or (
+                    is_url(nxt) and not nxt.lower().startswith("ray://")):
                 out.insert(i + 1, "")
             break
     return out

@@ -24,10 +24,12 @@ from ..io.atomic import disk_full_error, disk_full_text, tmp_prefix
 from ..io.bags import BagWriter, bag_path, list_bags, read_bag_meta, slide_of
 from ..io.bags_config import config_file, normalize, own_extractor
 from ..io.claim import claim_config, move_aside, verify_claim
+from ..io.location import is_url
 from ..io.locks import SlideLock, clean_stale_temps
 from ..io.names import check_output_name, confined
 from ..io.npz import index_path_for
 from ..remote.fetch import begin_counting, end_counting
+from ..remote.identity import url_identity
 from .fanout import run_features_many
 from .progress import track_slides
 from .selection import TileSelection
@@ -164,10 +166,12 @@ def job_cost(job: SlideJob) -> int:
     """Bytes of a job's input: the scheduling key (longest first) for parallel runners."""
     path = job.tfrecord if job.tfrecord is not None else job.slide_path
     try:
+        if is_url(path):  # an object's size (a listing for a prefix; 0 for DICOMweb)
+            return int(url_identity(path).get("bytes") or 0)
         if path.is_dir():
             return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         return path.stat().st_size
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, SlideflowError):
         return 0
 
 

@@ -27,7 +27,7 @@ from ..io.tfrecord import check_tile_size
 from ..model import build_feature_extractor
 from ..model.extractors.sf3_config import bags_entry
 from ..norm import autoselect, resolve
-from ..remote.fetch import RemoteObject
+from ..remote.identity import input_identity
 from ..slide import slide_name
 from ..slide.decode_check import decoder_record
 from ..slide.geometry import make_grid
@@ -204,22 +204,13 @@ def source_identity(job: SlideJob) -> dict[str, Any] | None:
             return {"tfrecord": tfrecord_identity(job.tfrecord)}
         if job.slide_path is not None:
             mpp_source = "slide" if job.mpp is None else (job.mpp_source or "override")
-            return {"slide": _input_identity(job.slide_path, file_identity),
+            return {"slide": input_identity(job.slide_path, file_identity),
                     "mpp": None if job.mpp is None else float(job.mpp), "mpp_source": mpp_source,
-                    "mask": _input_identity(job.mask, file_digest),
-                    "rois": _input_identity(job.rois, file_digest)}
+                    "mask": input_identity(job.mask, file_digest),
+                    "rois": input_identity(job.rois, file_digest)}
     except OSError:
         return None  # missing source: the job fails with a clear error when it runs
     return None
-
-
-def _input_identity(path: Any, local: Any) -> Any:
-    """`local(path)` for a file, the remote object's identity for a URL, None for None."""
-    if path is None:
-        return None
-    if is_url(path):
-        return RemoteObject(path).identity()
-    return local(path)
 
 
 def _bag_is_current(outdir: Path, name: str, fmt: str, request: dict[str, Any],

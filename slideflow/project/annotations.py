@@ -7,13 +7,15 @@ are empty strings. Labels become numbers only when asked (`Dataset.labels(use_fl
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from ..errors import ProjectError
+from ..errors import DatasetError, ProjectError
 from ..io.atomic import atomic_open
 from ..io.manifest import is_manifest_columns
 from ..io.names import csv_safe, csv_unsafe
@@ -150,3 +152,50 @@ def _short(items: Iterable[str], limit: int = 10) -> str:
     items = list(items)
     more = f" and {len(items) - limit} more" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
+
+
+def column_labels(df: pd.DataFrame, column: str, use_float: bool = False,
+                  format: str = "index") -> tuple[dict[str, Any], list[Any]]:
+    """({slide: label}, unique labels) of one annotation column (`Dataset.labels`).
+
+    Categorical (default): unique labels are the sorted distinct strings and each slide maps
+    to the index of its label in that list (`format='name'` maps to the string instead).
+    `use_float=True`: slides map to floats and the unique labels are the sorted floats.
+    Blank labels are an error: exclude them with `filter(filter_blank=[column])`.
+    """
+    if column not in df.columns:
+        raise DatasetError(f"no annotation column {column!r} (columns: "
+                           f"{', '.join(df.columns)})")
+    values = dict(zip(df[SLIDE], df[column]))
+    blank = sorted(k for k, v in values.items() if v == "")
+    if blank:
+        raise DatasetError(f"{len(blank)} slide(s) have a blank {column!r}: "
+                           f"{', '.join(blank[:10])}; use filter_blank=[{column!r}]")
+    if use_float:
+        try:
+            floats = {k: float(v) for k, v in values.items()}
+        except ValueError:
+            bad = sorted({v for v in values.values() if not _is_float(v)})
+            raise DatasetError(f"column {column!r} is not numeric (values like "
+                               f"{bad[:5]}); use use_float=False") from None
+        odd = sorted(k for k, v in floats.items() if not math.isfinite(v))
+        if odd:  # 'nan'/'inf' parse as floats but are no label a model can learn
+            raise DatasetError(f"column {column!r}: {len(odd)} slide(s) have a non-finite "
+                               f"label ({', '.join(f'{k}={values[k]!r}' for k in odd[:10])});"
+                               " fix or blank them and use filter_blank=[column]")
+        return floats, sorted(set(floats.values()))
+    unique = sorted(set(values.values()))
+    if format == "name":
+        return values, unique
+    if format != "index":
+        raise ValueError(f"format must be 'index' or 'name', got {format!r}")
+    pos = {u: i for i, u in enumerate(unique)}
+    return {k: pos[v] for k, v in values.items()}, unique
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False

@@ -10,9 +10,7 @@ stems (folder names for DICOM folders). Datasets are immutable: `filter()` retur
 
 from __future__ import annotations
 
-import html
 import logging
-import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,60 +20,27 @@ import pandas as pd
 
 from ..engine.extract import is_incomplete
 from ..engine.features import SlideJob, generate_feature_bags
-from ..errors import DatasetError, SlideflowError
-from ..io.atomic import is_temporary
-from ..io.tfrecord import TFRecord, get_tfrecord_label, read_index
+from ..errors import DatasetError
+from ..io.tfrecord import get_tfrecord_label
 from ..mil.splits import kfold_split
 from ..slide.geometry import check_tile_geometry
 from .annotations import (
     PATIENT,
     SLIDE,
     blank_annotations,
+    column_labels,
     read_annotations,
     validate_annotations,
 )
+from .dataset_display import DatasetDisplay
+from .dataset_index import Present, SourceIndex, load_config, norm_filters, tile_counts
 from .dataset_work import extract_dataset
-from .sources import Source, load_sources
+from .sources import Source
 
 log = logging.getLogger("slideflow")
 
 
-class _Files:
-    """Slide files and TFRecords found in the sources; shared by a dataset and its filtered
-    copies so folders are scanned once."""
-
-    def __init__(self, sources: Mapping[str, Source]):
-        self.sources = sources
-        self._slides: dict[str, tuple[Source, Path]] | None = None
-
-    def slides(self) -> dict[str, tuple[Source, Path]]:
-        if self._slides is None:
-            found: dict[str, tuple[Source, Path]] = {}
-            for src in self.sources.values():
-                for name, path in src.slide_files().items():
-                    if name in found:
-                        log.warning("slide %r is in sources %s and %s; using %s", name,
-                                    found[name][0].name, src.name, found[name][1])
-                        continue
-                    found[name] = (src, path)
-            self._slides = found
-        return self._slides
-
-    def tfrecords(self, label: str) -> dict[str, tuple[Source, Path]]:
-        """TFRecords of one geometry, scanned each time (extraction adds files)."""
-        found: dict[str, tuple[Source, Path]] = {}
-        for src in self.sources.values():
-            folder = src.tfrecords / label if src.tfrecords is not None else None
-            if folder is None or not folder.is_dir():
-                continue
-            for p in sorted(folder.glob("*.tfrecords")):
-                if is_temporary(p) or not p.is_file():
-                    continue
-                found.setdefault(p.name[: -len(".tfrecords")], (src, p))
-        return found
-
-
-class Dataset:
+class Dataset(DatasetDisplay):
     """Slides + annotations + one tile geometry (`tile_px` px covering `tile_um`)."""
 
     def __init__(
@@ -91,7 +56,7 @@ class Dataset:
         min_tiles: int = 0,
         root: str | os.PathLike | None = None,
     ):
-        all_sources = _load_config(config, root)
+        all_sources = load_config(config, root)
         if sources is None:
             names = list(all_sources)
         else:
@@ -110,7 +75,7 @@ class Dataset:
         self.label = None
         if tile_px is not None:
             self.label = get_tfrecord_label(tile_px, tile_um)
-        self._files = _Files(self._sources)
+        self._files = SourceIndex(self._sources)
         if isinstance(annotations, pd.DataFrame):
             self._ann: pd.DataFrame | None = validate_annotations(annotations, "annotations")
         elif annotations is not None:
@@ -119,7 +84,7 @@ class Dataset:
             self._ann = None
         self.annotations_path = Path(annotations) if isinstance(annotations, (str, os.PathLike)) \
             else None
-        self.filters = _norm_filters(filters)
+        self.filters = norm_filters(filters)
         self.filter_blank = [filter_blank] if isinstance(filter_blank, str) else \
             list(filter_blank or [])
         self.min_tiles = int(min_tiles or 0)
@@ -148,7 +113,7 @@ class Dataset:
         """A new Dataset narrowed further (filters on one column intersect; blank filters add
         up; min_tiles takes the larger value)."""
         merged = {k: list(v) for k, v in self.filters.items()}
-        for col, values in _norm_filters(filters).items():
+        for col, values in norm_filters(filters).items():
             merged[col] = [v for v in merged[col] if v in values] if col in merged else values
         blank = [filter_blank] if isinstance(filter_blank, str) else list(filter_blank or [])
         return self._copy(filters=merged,
@@ -180,21 +145,9 @@ class Dataset:
             keep &= df[col] != ""
         return df[keep]
 
-    def _present(self) -> dict[str, tuple[Source, Path | None, Path | None]]:
-        """{slide: (source, slide file, tfrecord)} for candidate slides found somewhere."""
-        files = self._files.slides()
-        tfrs = self._files.tfrecords(self.label) if self.label is not None else {}
-        out = {}
-        for name in self._candidates()[SLIDE]:
-            f, t = files.get(name), tfrs.get(name)
-            if f is None and t is None:
-                continue
-            src = f[0] if f is not None else t[0]  # type: ignore[index]
-            out[name] = (src, f[1] if f else None, t[1] if t else None)
-        if self.min_tiles:
-            counts = _counts({n: v[2] for n, v in out.items() if v[2] is not None})
-            out = {n: v for n, v in out.items() if counts.get(n, 0) >= self.min_tiles}
-        return out
+    def _present(self) -> dict[str, Present]:
+        """{slide: Present(source, slide file, tfrecord)} for candidate slides found somewhere."""
+        return self._files.present(self._candidates()[SLIDE], self.label, self.min_tiles)
 
     @property
     def annotations(self) -> pd.DataFrame:
@@ -227,13 +180,13 @@ class Dataset:
 
     def slide_sources(self) -> dict[str, Source]:
         """{slide: the source it belongs to}."""
-        return {n: v[0] for n, v in sorted(self._present().items())}
+        return {n: v.source for n, v in sorted(self._present().items())}
 
     def slide_paths(self, as_dict: bool = False, source: str | None = None
                     ) -> list[Path] | dict[str, Path]:
         """Slide files of the dataset's slides (slides known only by a TFRecord are left out)."""
-        paths = {n: v[1] for n, v in sorted(self._present().items())
-                 if v[1] is not None and (source is None or v[0].name == source)}
+        paths = {n: v.slide for n, v in sorted(self._present().items())
+                 if v.slide is not None and (source is None or v.source.name == source)}
         return paths if as_dict else list(paths.values())
 
     def rois(self) -> dict[str, Path]:
@@ -274,42 +227,9 @@ class Dataset:
     # -- labels --------------------------------------------------------------------------------
     def labels(self, column: str, use_float: bool = False, format: str = "index"
                ) -> tuple[dict[str, Any], list[Any]]:
-        """({slide: label}, unique labels).
-
-        Categorical (default): unique labels are the sorted distinct strings and each slide maps
-        to the index of its label in that list (`format='name'` maps to the string instead).
-        `use_float=True`: slides map to floats and the unique labels are the sorted floats.
-        Blank labels are an error: exclude them with `filter(filter_blank=[column])`.
-        """
-        df = self.annotations
-        if column not in df.columns:
-            raise DatasetError(f"no annotation column {column!r} (columns: "
-                               f"{', '.join(df.columns)})")
-        values = dict(zip(df[SLIDE], df[column]))
-        blank = sorted(k for k, v in values.items() if v == "")
-        if blank:
-            raise DatasetError(f"{len(blank)} slide(s) have a blank {column!r}: "
-                               f"{', '.join(blank[:10])}; use filter_blank=[{column!r}]")
-        if use_float:
-            try:
-                floats = {k: float(v) for k, v in values.items()}
-            except ValueError:
-                bad = sorted({v for v in values.values() if not _is_float(v)})
-                raise DatasetError(f"column {column!r} is not numeric (values like "
-                                   f"{bad[:5]}); use use_float=False") from None
-            odd = sorted(k for k, v in floats.items() if not math.isfinite(v))
-            if odd:  # 'nan'/'inf' parse as floats but are no label a model can learn
-                raise DatasetError(f"column {column!r}: {len(odd)} slide(s) have a non-finite "
-                                   f"label ({', '.join(f'{k}={values[k]!r}' for k in odd[:10])});"
-                                   " fix or blank them and use filter_blank=[column]")
-            return floats, sorted(set(floats.values()))
-        unique = sorted(set(values.values()))
-        if format == "name":
-            return values, unique
-        if format != "index":
-            raise ValueError(f"format must be 'index' or 'name', got {format!r}")
-        pos = {u: i for i, u in enumerate(unique)}
-        return {k: pos[v] for k, v in values.items()}, unique
+        """({slide: label}, unique labels); see `slideflow.project.annotations.column_labels`
+        (categorical -> index, `format='name'` -> string, `use_float=True` -> floats)."""
+        return column_labels(self.annotations, column, use_float, format)
 
     # -- tile store ----------------------------------------------------------------------------
     def _need_label(self) -> str:
@@ -340,14 +260,15 @@ class Dataset:
         unless `include_incomplete`.
         """
         self._need_label()
-        out = {n: v[2] for n, v in sorted(self._present().items()) if v[2] is not None}
+        out = {n: v.tfrecord for n, v in sorted(self._present().items())
+               if v.tfrecord is not None}
         if not include_incomplete:
             out = {n: p for n, p in out.items() if not is_incomplete(p)}
         return out if as_dict else list(out.values())
 
     def manifest(self) -> dict[str, int]:
         """{slide: number of tiles} read from the TFRecord indexes."""
-        return _counts(self.tfrecords(as_dict=True))
+        return tile_counts(self.tfrecords(as_dict=True))
 
     # -- work ----------------------------------------------------------------------------------
     def extract_tiles(self, **kwargs: Any):
@@ -408,12 +329,12 @@ class Dataset:
         tfrs = self.tfrecords(as_dict=True) if self.label and source != "slides" else {}
         mpp, masks = self.annotation_mpp(), self.annotation_masks()
         jobs = []
-        for name, (src, path, _) in sorted(self._present().items()):
+        for name, where in sorted(self._present().items()):
             tfr = tfrs.get(name) if source != "slides" else None
-            if (source == "tfrecords" and tfr is None) or (tfr is None and path is None):
+            if (source == "tfrecords" and tfr is None) or (tfr is None and where.slide is None):
                 continue
-            jobs.append(SlideJob(name=name, slide_path=path, tfrecord=tfr,
-                                 rois=src.roi_file(name), mpp=mpp.get(name),
+            jobs.append(SlideJob(name=name, slide_path=where.slide, tfrecord=tfr,
+                                 rois=where.source.roi_file(name), mpp=mpp.get(name),
                                  mask=masks.get(name),
                                  mpp_source="annotations" if name in mpp else None))
         return jobs
@@ -424,111 +345,3 @@ class Dataset:
         (stratified by `labels`: a column name or {slide: label}). See `slideflow.mil.splits`."""
         return kfold_split(self, k, labels=labels, preserved_site=preserved_site,
                            site_labels=site_labels, seed=seed)
-
-    # -- display -------------------------------------------------------------------------------
-    def summary(self) -> pd.DataFrame:
-        """One row per annotated slide passing the column filters: where it is, its tile count
-        and whether it is in the dataset."""
-        files = self._files.slides()
-        tfrs = self._files.tfrecords(self.label) if self.label else {}
-        present = self._present()
-        counts = _counts({n: v[1] for n, v in tfrs.items()}) if tfrs else {}
-        rows = []
-        for _, row in self._candidates().iterrows():
-            name = row[SLIDE]
-            src = files.get(name, tfrs.get(name, (None, None)))[0]
-            rows.append({
-                "slide": name, "patient": row[PATIENT],
-                "source": src.name if src is not None else None,
-                "slide_file": str(files[name][1]) if name in files else None,
-                "roi": str(src.roi_file(name)) if src is not None and src.roi_file(name) else None,
-                "tiles": counts.get(name), "in_dataset": name in present,
-            })
-        return pd.DataFrame(rows, columns=["slide", "patient", "source", "slide_file", "roi",
-                                           "tiles", "in_dataset"])
-
-    def _counts(self) -> dict[str, int]:
-        present = self._present()
-        return {
-            "slides": len(present),
-            "patients": len({p for s, p in self.patients().items() if s in present}),
-            "slide_files": sum(v[1] is not None for v in present.values()),
-            "tfrecords": sum(v[2] is not None for v in present.values()) if self.label else 0,
-            "missing": len(self.missing_slides()),
-        }
-
-    def __repr__(self) -> str:
-        c = self._counts()
-        geo = f"tile_px={self.tile_px}, tile_um={self.tile_um!r}, " if self.label else ""
-        extra = []
-        if self.filters:
-            extra.append(f"filters={self.filters}")
-        if self.filter_blank:
-            extra.append(f"filter_blank={self.filter_blank}")
-        if self.min_tiles:
-            extra.append(f"min_tiles={self.min_tiles}")
-        return (f"Dataset({geo}sources={list(self._sources)}, slides={c['slides']}, "
-                f"patients={c['patients']}, with_slide_file={c['slide_files']}, "
-                f"tfrecords={c['tfrecords']}, missing={c['missing']}"
-                f"{', ' if extra else ''}{', '.join(extra)})")
-
-    def _repr_html_(self) -> str:
-        c = self._counts()
-        rows = [("geometry", f"{self.tile_px} px / {self.tile_um}" if self.label else "none"),
-                ("sources", ", ".join(self._sources)), ("slides", c["slides"]),
-                ("patients", c["patients"]), ("with slide file", c["slide_files"]),
-                ("TFRecords", c["tfrecords"]), ("annotated but missing", c["missing"])]
-        if self.filters or self.filter_blank or self.min_tiles:
-            rows.append(("filters", f"{self.filters} blank={self.filter_blank} "
-                                    f"min_tiles={self.min_tiles}"))
-        body = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-                       f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        return f"<b>slideflow Dataset</b><table>{body}</table>"
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-def _load_config(config: Any, root: str | os.PathLike | None) -> dict[str, Source]:
-    if config is None:
-        return {}
-    if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        if not path.exists():
-            raise DatasetError(f"{path}: datasets.json not found")
-        return load_sources(path, root if root is not None else path.parent)
-    out = {}
-    for name, entry in config.items():
-        out[name] = entry if isinstance(entry, Source) else Source.from_json(name, entry, root)
-    return out
-
-
-def _norm_filters(filters: Mapping[str, Any] | None) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for col, values in (filters or {}).items():
-        if isinstance(values, (str, int, float)) or not isinstance(values, Iterable):
-            values = [values]
-        out[str(col)] = [str(v).strip() for v in values]
-    return out
-
-
-def _counts(tfrecords: Mapping[str, Path]) -> dict[str, int]:
-    out = {}
-    for name, path in tfrecords.items():
-        try:
-            out[name] = len(read_index(path))
-        except (FileNotFoundError, SlideflowError):
-            try:
-                out[name] = len(TFRecord(path))  # rebuilds a missing or unreadable index
-            except SlideflowError as exc:
-                log.warning("%s: cannot count tiles (%s)", path, exc)
-                out[name] = 0
-    return out
-
-
-def _is_float(value: str) -> bool:
-    try:
-        float(value)
-        return True
-    except ValueError:
-        return False

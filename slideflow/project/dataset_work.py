@@ -26,6 +26,7 @@ from ..engine.slide_job import bags_config, iter_job_features, resolve_extractor
 from ..io.bags import list_bags, read_bag, slide_of, write_bag
 from ..io.bags_config import config_path, write_bags_config
 from ..io.tfrecord import get_tfrecord_label
+from ..remote.url import safe_url
 
 log = logging.getLogger("slideflow")
 
@@ -51,7 +52,7 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
         if path is None:
             if name not in existing:
                 failed[name] = (f"slide file not found in the slides folder of source "
-                                f"{src.name!r} ({src.slides})")
+                                f"{src.name!r} ({safe_url(str(src.slides))})")
             continue
         if isinstance(mpp_override, dict):
             mpp = mpp_override.get(name, ann_mpp.get(name))

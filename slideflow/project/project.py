@@ -24,11 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from ..errors import ProjectError
+from ..errors import ProjectError, SlideflowError
 from ..io.atomic import atomic_open, write_json_atomic
 from .annotations import annotations_copy, blank_annotations, read_annotations, write_annotations
 from .dataset import Dataset
-from .sources import Source, discover_slides, load_sources, resolve_path, save_source
+from .sources import Source, load_sources, resolve_path, resolve_slides, save_source
 
 log = logging.getLogger("slideflow")
 
@@ -109,8 +109,15 @@ class Project:
 
     @property
     def sources(self) -> list[str]:
-        """Names of the datasets.json entries this project uses."""
+        """Names of the datasets.json entries this project uses (settable, as in Slideflow:
+        `P.sources = ["a", "b"]; P.save()`)."""
         return list(self.settings["sources"])
+
+    @sources.setter
+    def sources(self, names: list[str]) -> None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ProjectError(f"'sources' must be a list of source names (str), got {names!r}")
+        self.settings["sources"] = list(names)
 
     def save(self) -> None:
         """Write settings.json (atomically)."""
@@ -129,6 +136,8 @@ class Project:
         src = _make_source(self.root, name, slides, roi, tiles, tfrecords)
         config = resolve_path(path, self.root) if path is not None else self.dataset_config
         save_source(config, src)
+        if path is None:
+            self._remember(src)
         if path is None and name not in self.settings["sources"]:
             self.settings["sources"] = [*self.sources, name]
             self.save()
@@ -136,7 +145,7 @@ class Project:
 
     def load_sources(self, names: Iterable[str] | None = None) -> dict[str, Source]:
         """{name: Source} for the project's sources (or `names`), in order."""
-        every = load_sources(self.dataset_config, self.root)
+        every = {**load_sources(self.dataset_config, self.root), **self._unsaved()}
         names = self.sources if names is None else ([names] if isinstance(names, str)
                                                     else list(names))
         missing = [n for n in names if n not in every]
@@ -144,6 +153,17 @@ class Project:
             raise ProjectError(f"source(s) {missing} are not in {self.dataset_config} "
                                f"(it has: {sorted(every)}); add them with P.add_source()")
         return {n: every[n] for n in names}
+
+    def _remember(self, src: Source) -> None:
+        """Keep a source whose slides URL carries credentials in memory: datasets.json holds
+        it without them, and this session goes on using the URL as given."""
+        if src.remote and src.to_json(warn=False)["slides"] != src.slides:
+            self.__dict__.setdefault("_session_sources", {})[src.name] = src
+        else:
+            self._unsaved().pop(src.name, None)
+
+    def _unsaved(self) -> dict[str, Source]:
+        return self.__dict__.get("_session_sources", {})
 
     # -- annotations ---------------------------------------------------------------------------
     def read_annotations(self) -> pd.DataFrame:
@@ -230,7 +250,10 @@ class Project:
             srcs = self.load_sources()
         except ProjectError:
             srcs = {}
-        slides = sum(len(s.slide_files()) for s in srcs.values())
+        try:
+            slides: Any = sum(len(s.slide_files()) for s in srcs.values())
+        except (SlideflowError, OSError) as exc:  # a URL source that cannot be listed now
+            slides = f"unknown ({exc})"
         try:
             ann = len(self.read_annotations()) if self.annotations.exists() else None
         except ProjectError:
@@ -288,6 +311,7 @@ def create_project(root: str | os.PathLike, name: str = "MyProject",
     if slides is not None or source is not None:
         src = _make_source(root, source or name, slides, roi, tiles, tfrecords)
         save_source(P.dataset_config, src)
+        P._remember(src)
         cfg["sources"] = [src.name]
     if annotations is not None:
         data = annotations_copy(annotations)  # a manifest's relative paths made absolute
@@ -296,8 +320,8 @@ def create_project(root: str | os.PathLike, name: str = "MyProject",
     elif not P.annotations.exists():
         names: list[str] = []
         for src in P.load_sources().values():
-            if src.slides is not None and src.slides.is_dir():
-                names += list(discover_slides(src.slides))
+            if src.remote or (src.slides is not None and Path(src.slides).is_dir()):
+                names += list(src.slide_files())
         write_annotations(blank_annotations(names), P.annotations)
         log.info("%s: listed %d slides (patient = slide)", P.annotations, len(names))
     P.save()  # settings.json last: the folder becomes a project only when complete
@@ -310,12 +334,12 @@ def _make_source(root: Path, name: str, slides: Any, roi: Any, tiles: Any, tfrec
         raise ProjectError("a source needs a non-empty name")
     src = Source(
         name,
-        resolve_path(slides, root),
-        resolve_path(roi, root) or root / "roi" / name,
-        resolve_path(tiles, root) or root / "tiles" / name,
-        resolve_path(tfrecords, root) or root / "tfrecords" / name,
+        resolve_slides(slides, root),
+        resolve_path(roi, root, "roi") or root / "roi" / name,
+        resolve_path(tiles, root, "tiles") or root / "tiles" / name,
+        resolve_path(tfrecords, root, "tfrecords") or root / "tfrecords" / name,
     )
-    if src.slides is not None and not src.slides.is_dir():
+    if src.slides is not None and not src.remote and not Path(src.slides).is_dir():
         log.warning("source %s: slide folder %s does not exist (yet)", name, src.slides)
     return src
 

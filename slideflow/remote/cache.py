@@ -6,8 +6,9 @@ Where: `SLIDEFLOW_CACHE` (or `--cache DIR` on the command line), else
 `~/.cache/slideflow/slides`. Size bound: `SLIDEFLOW_CACHE_SIZE` (bytes, or with a K/M/G/T
 suffix; default 50G).
 
-An entry is `<dir>/<key>/<file name>` (a folder of objects for a prefix) plus `<dir>/<key>.json`
-(URL, bytes and ETag of each object), written last. A download goes to a temporary name in the
+An entry is `<dir>/<key>/<file name>` (a folder of objects for a prefix; an MRXS file with its
+companion folder beside it, `<key>/x.mrxs` and `<key>/x/...`) plus `<dir>/<key>.json` (URL,
+bytes and ETag of each object), written last. A download goes to a temporary name in the
 entry folder, is checked against the size announced when it started (and every ranged GET
 against the ETag), and is moved into place with `os.replace`: a killed or failed download
 leaves no entry, only a temporary file that the next download of that entry removes. An entry
@@ -81,7 +82,7 @@ class SlideCache:
     def cached(self, url: str, obj: RemoteObject) -> Path | None:
         """The cached copy of the object `obj` at `url` if it is current, else None."""
         key, dest = self.key(url), self._dest(url)
-        objects = [(url_basename(url), obj)]
+        objects = [(url_basename(url), obj), *companions(url, None, obj.stats)]
         if not self._current(key, self._want(objects), dest, objects):
             return None
         _touch(self.folder / f"{key}.json")
@@ -100,8 +101,8 @@ class SlideCache:
         """Local path of `url` (a file, or a folder for a prefix ending in '/'), downloaded
         unless a current copy is cached. `obj`: the object, when already opened."""
         stats = stats if stats is not None else FetchStats()
-        objects = [(url_basename(url), obj)] if obj is not None else \
-            self._objects(url, anon, stats)
+        objects = [(url_basename(url), obj), *companions(url, anon, stats)] \
+            if obj is not None else self._objects(url, anon, stats)
         key = self.key(url)
         entry = self.folder / key
         dest = self._dest(url)
@@ -126,7 +127,8 @@ class SlideCache:
     def _objects(self, url: str, anon: bool | None, stats: FetchStats
                  ) -> list[tuple[str, RemoteObject]]:
         if not url.endswith("/"):
-            return [(url_basename(url), RemoteObject(url, anon=anon, stats=stats))]
+            return [(url_basename(url), RemoteObject(url, anon=anon, stats=stats)),
+                    *companions(url, anon, stats)]
         fs, path = filesystem(url, anon)
         names = sorted(p for p in fs.find(path) if not p.endswith("/"))
         if not names:
@@ -144,8 +146,7 @@ class SlideCache:
             return False
         if record.get("objects") != want:
             return False
-        files = [dest] if len(objects) == 1 and not dest.name == "series" else \
-            [dest / rel for rel, _ in objects]
+        files = [_target(dest, rel) for rel, _ in objects]
         return all(f.is_file() and f.stat().st_size == w["bytes"] for f, w in zip(files, want))
 
     def _download(self, key: str, entry: Path, dest: Path,
@@ -156,9 +157,8 @@ class SlideCache:
         entry.mkdir(parents=True, exist_ok=True)
         for p in clean_stale_temps(entry):
             p.unlink(missing_ok=True)
-        folder = dest.name == "series"
         for rel, obj in objects:
-            target = dest / rel if folder else dest
+            target = _target(dest, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = tmp_path_for(target)
             try:
@@ -208,4 +208,29 @@ class SlideCache:
         return removed
 
 
-__all__ = ["SlideCache", "default_dir", "parse_size"]
+def _target(dest: Path, rel: str) -> Path:
+    """Where object `rel` of an entry goes: inside the folder of a prefix ('series'), else
+    beside the slide file (an MRXS file's companion folder sits next to it)."""
+    return dest / rel if dest.name == "series" else dest.parent / rel
+
+
+def companions(url: str, anon: bool | None, stats: FetchStats) -> list[tuple[str, RemoteObject]]:
+    """The objects a slide file needs beside it: for `x.mrxs`, every object under `x/`
+    (Slidedat.ini and the Data*.dat files), as ('x/<name>', object). None for other files."""
+    if not url.lower().endswith(".mrxs"):
+        return []
+    folder = url[: -len(".mrxs")]
+    fs, path = filesystem(folder, anon)
+    fs.invalidate_cache(path)
+    names = sorted(p for p in fs.find(path) if not p.endswith("/"))
+    if not names:
+        raise FileNotFoundError(f"{safe_url(url)}: its companion folder {safe_url(folder)}/ "
+                                "holds no objects (an MRXS slide is the .mrxs file and that "
+                                "folder, side by side)")
+    stem = url_basename(folder)
+    return [(f"{stem}/{n[len(path) + 1:]}", RemoteObject(join(folder, n[len(path) + 1:]),
+                                                         anon=anon, stats=stats))
+            for n in names]
+
+
+__all__ = ["SlideCache", "companions", "default_dir", "parse_size"]

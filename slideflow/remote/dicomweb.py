@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .fetch import FetchStats, current_stats, env_float, http_status, is_transient
 from .url import EXTRA_HINT, RemoteError, safe_url
@@ -22,12 +22,13 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 MAX_FRAMES = 256
 
 
-def parse_dicomweb(url: str) -> tuple[str, str, str]:
-    """(service URL, study UID, series UID) of a dicomweb:// URL."""
+def parse_dicomweb(url: str, series_needed: bool = True) -> tuple[str, str, str]:
+    """(service URL, study UID, series UID) of a dicomweb:// URL (UIDs may be '' for a
+    service or a study listed as a project source: `series_needed=False`)."""
     parts = urlsplit(url)
     query = parse_qs(parts.query)
     study, series = query.get("study", [""])[0], query.get("series", [""])[0]
-    if not study or not series:
+    if series_needed and (not study or not series):
         raise RemoteError(f"{safe_url(url)}: a DICOMweb slide is named by "
                           "dicomweb://host/path?study=<StudyInstanceUID>&series=<SeriesInstanceUID>")
     http = "http" if parts.scheme.lower() == "dicomweb+http" else "https"
@@ -37,7 +38,8 @@ def parse_dicomweb(url: str) -> tuple[str, str, str]:
 class DicomWebSeries:
     """One DICOMweb series: its client, instances' metadata (cached) and frames."""
 
-    def __init__(self, url: str, stats: FetchStats | None = None):
+    def __init__(self, url: str, stats: FetchStats | None = None, *,
+                 series_needed: bool = True):
         try:
             import requests
             from dicomweb_client.api import DICOMwebClient
@@ -45,7 +47,7 @@ class DicomWebSeries:
             raise RemoteError(f"{safe_url(url)}: DICOMweb needs dicomweb-client ({EXTRA_HINT})"
                               ) from exc
         self.url, self.name = url, safe_url(url)
-        self.base, self.study, self.series = parse_dicomweb(url)
+        self.base, self.study, self.series = parse_dicomweb(url, series_needed)
         self.stats = stats if stats is not None else (current_stats() or FetchStats())
         session = requests.Session()
         session.hooks["response"].append(self._count)
@@ -55,6 +57,22 @@ class DicomWebSeries:
 
     def _count(self, response: Any, *args: Any, **kwargs: Any) -> None:
         self.stats.add(requests=1, nbytes=int(response.headers.get("Content-Length") or 0))
+
+    def list_series(self) -> list[str]:
+        """dicomweb URLs of the slide-microscopy series (Modality SM) of the service, or of
+        its study when the URL names one; other query parameters are kept."""
+        found = self._retry(lambda: self.client.search_for_series(
+            self.study or None, search_filters={"Modality": "SM"}, get_remaining=True),
+            "QIDO-RS series search")
+        parts = urlsplit(self.url)
+        keep = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                if k not in ("study", "series")]
+        out = []
+        for item in found:
+            study, series = (item[t]["Value"][0] for t in ("0020000D", "0020000E"))
+            query = urlencode([("study", study), ("series", series), *keep])
+            out.append(urlunsplit(parts._replace(query=query)))
+        return sorted(out)
 
     def instances(self) -> dict[str, Any]:
         """{SOPInstanceUID: pydicom Dataset of its metadata} (fetched once)."""

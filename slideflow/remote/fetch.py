@@ -128,6 +128,7 @@ class RemoteObject:
         self.backoff = env_float("SLIDEFLOW_REMOTE_BACKOFF", 0.25)
         self.fs, self.path = filesystem(url, anon)
         self.proto = scheme(url)
+        self.fs.invalidate_cache(self.path)  # a listing's cached entry may predate a change
         info = self._attempts(lambda: self.fs.info(self.path), "metadata")
         if info.get("type") == "directory":
             raise RemoteError(f"{self.name}: a prefix, not an object; end it with '/' to read "

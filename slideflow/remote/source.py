@@ -164,9 +164,10 @@ class BlockFile(io.RawIOBase):
         return self.pos
 
     def readinto(self, buf: Any) -> int:
-        data = self.source.read(self.pos, len(buf))
+        view = memoryview(buf).cast("B")  # bytes, not items: tifffile passes numpy arrays
+        data = self.source.read(self.pos, len(view))
         n = len(data)
-        memoryview(buf).cast("B")[:n] = data
+        view[:n] = data
         self.pos += n
         return n
 

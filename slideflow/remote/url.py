@@ -10,8 +10,9 @@ every message).
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import SlideflowError
 from ..io.location import is_url, slide_path
@@ -28,12 +29,47 @@ def scheme(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
+#: query parameters that carry credentials (presigned S3/GCS URLs, Azure SAS `sig`, tokens,
+#: API keys): their values never reach a message, a log or a file
+_SECRET_PARAM = re.compile(r"token|sig|secret|passw|pwd|key|credential|auth", re.IGNORECASE)
+REDACTED = "REDACTED"
+
+
 def safe_url(url: str) -> str:
-    """`url` without a user:password part (for messages and outputs)."""
+    """`url` without credentials, for messages and outputs: no user:password part, and the
+    values of query parameters named like a secret (token, signature, key, credential...)
+    replaced by REDACTED. A `$VAR` / `${VAR}` reference is kept (it names no secret)."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    netloc = parts.netloc.rsplit("@", 1)[1] if "@" in parts.netloc else parts.netloc
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(_is_secret(k, v) for k, v in pairs):
+            query = "&".join(f"{k}={REDACTED}" if _is_secret(k, v) else
+                             urlencode({k: v}, safe="${}") for k, v in pairs)
+    if netloc == parts.netloc and query == parts.query:
         return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _is_secret(name: str, value: str) -> bool:
+    return bool(_SECRET_PARAM.search(name)) and bool(value) and not value.startswith("$")
+
+
+def expand_url(url: str) -> str:
+    """`$VAR` and `${VAR}` in a URL replaced from the environment (a stored URL names its
+    token this way instead of holding it); an unset variable is an error naming it."""
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in os.environ:
+            raise RemoteError(f"{safe_url(url)}: the environment variable {name} is not set "
+                              "(the URL takes it from there)")
+        return os.environ[name]
+
+    return _VAR.sub(sub, url) if "$" in url else url
+
+
+_VAR = re.compile(r"\$\{(\w+)\}|\$([A-Za-z_]\w*)")
 
 
 def url_basename(url: str) -> str:
@@ -64,8 +100,10 @@ def anonymous(anon: bool | None = None) -> bool:
     return os.environ.get("SLIDEFLOW_ANON", "").strip().lower() in ("1", "true", "yes")
 
 
-def filesystem(url: str, anon: bool | None = None) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) for `url`.
+def filesystem(url: str, anon: bool | None = None, params: str | None = None
+               ) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for `url`; `params`: a query string sent with every
+    http(s) request (a folder's access token, for its listing).
 
     S3 retries are switched off in botocore and s3fs: `fetch` retries, so that attempts are
     counted and named. `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` select an S3-compatible
@@ -85,6 +123,8 @@ def filesystem(url: str, anon: bool | None = None) -> tuple[Any, str]:
             options["client_kwargs"] = {"endpoint_url": endpoint}
     elif proto in ("gs", "gcs") and anonymous(anon):
         options = {"token": "anon"}
+    elif proto in ("http", "https") and params:
+        options = {"params": dict(parse_qsl(params, keep_blank_values=True))}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
@@ -101,5 +141,6 @@ def join(prefix: str, name: str) -> str:
     return prefix.rstrip("/") + "/" + name
 
 
-__all__ = ["RemoteError", "anonymous", "filesystem", "is_url", "safe_url", "slide_path",
+__all__ = ["REDACTED", "RemoteError", "anonymous", "expand_url", "filesystem", "is_url", "safe_url",
+           "slide_path",
            "url_basename", "url_name"]

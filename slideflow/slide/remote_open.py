@@ -18,11 +18,11 @@ from ..remote.cache import SlideCache
 from ..remote.dicomweb import JPEG_BASELINE, DicomWebSeries
 from ..remote.fetch import FetchStats, _current
 from ..remote.source import RemoteSource
-from ..remote.url import filesystem, join, safe_url
+from ..remote.url import safe_url
 from .backends.base import SlideReader
 from .backends.local import open_local
 from .backends.tiffslide_backend import TiffSlideReader
-from .paths import SLIDE_SUFFIXES
+from .remote_list import find_remote_slides
 from .stored import _tiff_unsupported
 
 #: backends that may read a URL in place
@@ -129,32 +129,6 @@ def _open_dicomweb(url: str, stats: FetchStats) -> SlideReader:
             self._levels = list(self._wsi.levels)
 
     return DicomWebReader()
-
-
-def find_remote_slides(prefix: str, recursive: bool = False) -> list[str]:
-    """URLs of the slides under `prefix` (sorted); like `find_slides`, a folder holding
-    several .dcm objects is one slide (its prefix, ending in '/')."""
-    fs, path = filesystem(prefix)
-    base = path.rstrip("/")
-    proto = prefix.split("://", 1)[0]
-    try:
-        keys = sorted(fs.find(base) if recursive else fs.ls(base, detail=False))
-    except FileNotFoundError:
-        raise SlideNotFoundError(f"{safe_url(prefix)}: no such prefix") from None
-    folders: dict[str, list[str]] = {}
-    for k in keys:
-        folders.setdefault(k.rsplit("/", 1)[0], []).append(k)
-    found: list[str] = []
-    for folder, names in folders.items():
-        if sum(n.lower().endswith(".dcm") for n in names) > 1:
-            found.append(join(f"{proto}://{folder}", ""))
-            continue
-        found += [f"{proto}://{n}" for n in names if n.lower().endswith(SLIDE_SUFFIXES)
-                  and not n.rsplit("/", 1)[-1].startswith(".")]
-    if not found:
-        raise SlideNotFoundError(f"{safe_url(prefix)}: no slides under this prefix "
-                                 f"(looked for {', '.join(SLIDE_SUFFIXES)})")
-    return sorted(found)
 
 
 __all__ = ["RemoteTiffReader", "find_remote_slides", "in_place_reason", "open_url"]

@@ -27,10 +27,12 @@ from ...errors import NoTissueError, ROIError, SlideflowError, exception_text
 from ...io import imgcodec
 from ...io.atomic import discard, disk_full_text, write_json_atomic
 from ...io.identity import content_check
+from ...io.location import slide_path as slide_path_of
 from ...io.locks import SlideLock
 from ...io.names import check_output_name, confined
 from ...io.npz import index_path_for
 from ...io.tfrecord import build_index, read_index
+from ...remote.url import safe_url
 from ...slide import slide_name
 from ...slide.geometry import check_tile_geometry
 from ...slide.passthrough import wsi_passthrough_plan, wsi_passthrough_tiles
@@ -203,7 +205,7 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
                 "tiles_in_grid": int(wsi.grid.size), "tiles_kept": n_kept,
                 "full_extract_px": int(wsi.full_extract_px), "mpp": wsi.mpp,
                 "mpp_source": wsi.mpp_source, "tile_px": int(tile_px), "tile_um": tile_um,
-                "slide_path": str(job.slide_path), "wsi": wsi.settings(),
+                "slide_path": safe_url(str(job.slide_path)), "wsi": wsi.settings(),
                 "tfrecord_bytes": job.tfrecord.stat().st_size,
                 "tfrecord_content": content_check(job.tfrecord),
                 "tiles_saved": bool(opt.save_tiles),
@@ -282,7 +284,7 @@ def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile
     """
     tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
     opt = ExtractOptions(**options)
-    path = Path(slide_path)
+    path = slide_path_of(slide_path)  # a URL stays a str
     job = ExtractJob(name or slide_name(path), path, Path(outdir),
                      Path(tiles_dir) if tiles_dir else None,
                      Path(rois) if rois else None, mpp)

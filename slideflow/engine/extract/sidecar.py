@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import SlideflowError
-from ...io.identity import SIDECAR_SUFFIX, content_matches, file_identity
+from ...io.identity import SIDECAR_SUFFIX, content_matches
 from ...io.locks import clean_stale_temps
 from ...io.tfrecord import build_index, read_index
 from ...norm import resolve
+from ...remote.identity import input_identity
 from ...validate import optional_positive_int, positive_int
 from ..selection import TileSelection
 
@@ -97,7 +98,7 @@ class ExtractOptions(TileSelection):
             return n.to_config()
         return {"class": type(n).__name__}
 
-    def request(self, tile_px: int, tile_um: Any, slide_path: Path, mpp: float | None,
+    def request(self, tile_px: int, tile_um: Any, slide_path: Path | str, mpp: float | None,
                 roi: Path | None) -> dict[str, Any]:
         """What a finished TFRecord must have been made with to be reused (JSON-normalised)."""
         req = {
@@ -115,7 +116,7 @@ class ExtractOptions(TileSelection):
             "passthrough": self.passthrough_blocker() is None,
             "max_tiles": self.max_tiles, "shuffle": bool(self.shuffle),
             "seed": self.seed if (self.shuffle or self.max_tiles) else None,
-            "slide_file": file_identity(slide_path),  # a replaced slide is redone
+            "slide_file": input_identity(slide_path),  # a replaced slide is redone
         }
         return json.loads(json.dumps(req, sort_keys=True, default=str))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...remote.url import is_url
-from ..remote_open import open_url
+from .. import remote_open  # a module: remote_open imports this package's readers
 from .base import SlideReader
 from .local import AUTO_ORDER, BACKENDS, IMAGE_SUFFIXES, open_local
 
@@ -18,7 +18,7 @@ def open_reader(path: str | Path, backend: str = "auto") -> SlideReader:
     A URL (str) is read in place or through the slide cache (`slideflow.slide.remote_open`).
     """
     if is_url(path):
-        return open_url(path, backend)
+        return remote_open.open_url(path, backend)
     return open_local(path, backend)
 
 
