@@ -21,7 +21,7 @@ $(STAMP):
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(PIP_INDEX) -r requirements-lock.txt
-	$(BIN)/python -m pip install -q $(PIP_INDEX) -c requirements-lock.txt -e ".[all,dev,tf]"
+	$(BIN)/python -m pip install -q $(PIP_INDEX) -c requirements-lock.txt -e ".[all,gcs,dev,tf]"
 # cuCIM backend, CPU reading only (so its tests run in CI): the wheel plus its two
 # pure-Python imports; cupy and the nvidia-* libraries it lists are needed only on GPU
 # hosts, where `pip install slideflow[cucim]` installs them
