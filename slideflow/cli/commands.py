@@ -12,7 +12,6 @@ SLURM_ARRAY_TASK_COUNT from the environment): every task writes disjoint bags in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from typing import Annotated
 import typer
 
 from ..errors import SlideflowError
-from ..io import runlog  # runlog.write_run_files looked up per call (tests swap it)
+from ..io import runlog
 from ..io.held_locks import install_sigterm_handler
 from ..validate import positive_int
 from ..version import __version__
@@ -144,8 +143,6 @@ def features(
     Safe to run several times at once on the same folders (each slide is done once); writes
     failures.csv and summary.json to the output folder; exits 1 when any slide failed.
     """
-    import time
-
     from ..engine.features import TileSelection, check_run_options, generate_bags
     from ..model import build_feature_extractor, load_plugin
     from ..slide.geometry import check_tile_geometry
@@ -175,7 +172,6 @@ def features(
     if device:
         kwargs["device"] = device
     kwargs["mixed_precision"] = precision
-    start = time.perf_counter()
     try:
         exts = [build_feature_extractor(n, **kwargs, **({"weights": per_weights[n]}
                                                         if n in per_weights else {}))
@@ -185,36 +181,21 @@ def features(
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
                                num_threads=workers, progress=not quiet, devices=devices,
                                ray=ray_arg(ray), save_images=save_images)
-    except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, the folder claimed by another
-        partial = getattr(exc, "partial_report", None)  # run): what was done is recorded
-        if partial is not None:
-            with contextlib.suppress(Exception):
-                runlog.write_run_files(outdir, partial.outcomes, runlog.run_summary(
-                    partial.outcomes, time.perf_counter() - start, extractors=names,
-                    outdir=str(outdir), interrupted=type(exc).__name__))
-        if isinstance(exc, SlideflowError):
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        raise
-    summary = runlog.run_summary(report.outcomes, time.perf_counter() - start,
-                                 extractors=names, outdir=str(outdir),
-                                 superseded=report.superseded)
-    errors, written = [], True
-    try:
-        runlog.write_run_files(outdir, report.outcomes, summary)
-    except OSError as exc:  # e.g. a full disk: say so, the summary is printed below
-        errors.append(f"failures.csv and summary.json not written to {outdir} ({exc})")
-        written = False
+    except SlideflowError as exc:  # the run could not start, or stopped (the folder claimed
+        typer.echo(f"error: {exc}", err=True)  # by another run); what was done is recorded
+        raise typer.Exit(2) from None
+    # summary.json and failures.csv: written by the engine (generate_bags) into outdir
+    summary = report.summary(extractors=names, outdir=str(outdir), superseded=report.superseded)
     for o in report.outcomes:
         if o.status == "failed":
-            typer.echo(f"FAILED {o.slide}: {o.error_type}: {o.error}", err=True)
-    if not quiet or summary["failed"] or errors:
+            typer.echo(f"FAILED {o.slide}: {o.message}", err=True)
+    if not quiet or summary["failed"] or report.errors:
         typer.echo(runlog.human_summary(summary))
-    for why in errors:
+    for why in report.errors:
         typer.echo(f"error: {why}", err=True)
-    if summary["failed"] and written:
+    if summary["failed"] and not report.errors:
         typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
-    if summary["failed"] or errors:
+    if summary["failed"] or report.errors:
         raise typer.Exit(1)
 
 

@@ -4,7 +4,7 @@ The research layer knows datasets (sources, annotations, MPP columns, ROI folder
 knows jobs (a slide path or a TFRecord, an output folder). This module turns one into the other,
 so the engine never calls back into a Dataset:
 
-    extract_dataset(dataset)         -> extract.run_jobs(ExtractJobs) + HTML reports
+    extract_dataset(dataset)         -> extract.run_jobs(ExtractJobs) + reports, summary.json
     Dataset.generate_feature_bags()  -> features.generate_feature_bags(dataset.feature_jobs())
     DatasetFeatures(extractor, ds)   -> features.iter_job_features(ds.feature_jobs())
 """
@@ -18,9 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.extract import ExtractionSummary, ExtractJob, ExtractOptions, run_jobs
+from ..engine.extract import (
+    ExtractionSummary,
+    ExtractJob,
+    ExtractOptions,
+    run_jobs,
+    write_run_outputs,
+)
 from ..engine.progress import track_slides
-from ..engine.report import write_report
 from ..engine.selection import DEFAULT_QC, TileSelection
 from ..engine.slide_job import bags_config, iter_job_features, resolve_extractor, resolve_normalizer
 from ..io.bags import list_bags, read_bag, slide_of, write_bag
@@ -66,18 +71,7 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
         log.warning("no slides to extract (dataset has %d slides)", len(dataset.slides()))
     summary = run_jobs(jobs, dataset.tile_px, dataset.tile_um, opt, num_threads=num_threads,
                        slides_in_flight=slides_in_flight, progress=progress, failed=failed)
-    if opt.report:
-        by_dir: dict[Path, list[str]] = {}
-        for j in jobs:
-            by_dir.setdefault(j.outdir, []).append(j.name)
-        for outdir, names in by_dir.items():
-            report = outdir / "extraction_report.html"
-            try:
-                summary.reports.append(write_report(report, summary, names, opt))
-            except OSError as exc:  # e.g. a full disk: the summary itself still comes back
-                summary.errors.append(f"{report}: report not written ({exc})")
-                log.warning("%s: report not written (%s)", report, exc)
-    return summary
+    return write_run_outputs(summary, jobs, opt)
 
 
 class DatasetFeatures:
@@ -107,6 +101,7 @@ class DatasetFeatures:
         self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.patch_sizes: dict[str, int | None] = {}
         self.extractor = None
+        self.batch_size: int | None = None
         self.normalizer = None
         self.labels = labels
         self.num_features = 0
@@ -139,8 +134,8 @@ class DatasetFeatures:
         if batch_size and isinstance(extractor, str):
             kwargs["batch_size"] = int(batch_size)
         self.extractor = resolve_extractor(extractor, **kwargs)
-        if batch_size and not isinstance(extractor, str):
-            self.extractor.batch_size = int(batch_size)
+        # the run's batch is an argument: a caller's extractor object is never changed
+        self.batch_size = int(batch_size) if batch_size else None
         self.normalizer = resolve_normalizer(normalizer, normalizer_source)
         self.num_features = self.extractor.num_features
         self.tile_px, self.tile_um = dataset.tile_px, dataset.tile_um
@@ -153,7 +148,8 @@ class DatasetFeatures:
         with track_slides(len(jobs), "features", enabled=progress) as bar:
             for name, feats, coords, extent, tiles in iter_job_features(
                     jobs, self.extractor, self.tile_px, self.tile_um, self.selection,
-                    normalizer=self.normalizer, num_threads=num_workers):
+                    normalizer=self.normalizer, num_threads=num_workers,
+                    batch_size=self.batch_size):
                 self.bags[name] = (feats, coords)
                 self.patch_sizes[name] = extent
                 bar.slide_done(name, tiles)
