@@ -23,6 +23,7 @@ import typer
 from ..errors import SlideflowError
 from ..io import runlog
 from ..io.held_locks import install_sigterm_handler
+from ..slide.geometry import TileGeometry
 from ..validate import positive_int
 from ..version import __version__
 from . import atlaspatch, doctor, encode, extractors, mil
@@ -44,13 +45,6 @@ def _root(version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,
         help="print the version and exit")] = False) -> None:
     """slideflow: whole-slide images to tiles and feature vectors."""
-
-
-def _tile_um(value: str) -> float | str:
-    try:
-        return float(value) if not value.lower().endswith("x") else value
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
 @app.command()
@@ -82,7 +76,8 @@ def preview(
     """Write a PNG of the slide with the tissue mask, ROIs and kept tiles."""
     from ..slide.wsi import WSI
 
-    wsi = WSI(slide, tile_px, _tile_um(tile_um), mpp=mpp, rois=rois)
+    geo = TileGeometry.from_text(tile_px, tile_um)
+    wsi = WSI(slide, geo.tile_px, geo.tile_um, mpp=mpp, rois=rois)
     if qc:
         wsi.qc(qc)
     wsi.preview(width=width).save(output)
@@ -125,7 +120,10 @@ def features(
     precision: Annotated[str, typer.Option(help="auto (CPU: bf16 where native and it agrees "
                                            "with fp32, else fp32; GPU: bf16/fp16 autocast), "
                                            "fp32, fp16 or bf16 (GPU)")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="reader threads")] = None,
+    num_threads: Annotated[int | None, typer.Option(help="reader threads (default: the "
+                                                    "usable cores)")] = None,
+    workers: Annotated[int | None, typer.Option(hidden=True,
+                                                help="old name of --num-threads")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_tiles: Annotated[int | None, typer.Option()] = None,
     save_images: Annotated[bool, typer.Option(help="also save the tiles as PNG in "
@@ -145,14 +143,17 @@ def features(
     """
     from ..engine.features import TileSelection, check_run_options, generate_bags
     from ..model import build_feature_extractor, load_plugin
-    from ..slide.geometry import check_tile_geometry
 
     _set_verbosity(quiet, verbose)
     if cache is not None:  # the environment reaches worker processes too
         os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     # every option once, before the model is built (never one identical failure per slide)
-    check_tile_geometry(tile_px, _tile_um(tile_um), stride_div_of(overlap, stride_div))
-    check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
+    geometry = TileGeometry.from_text(tile_px, tile_um)  # parsed once, handed to the engine
+    geometry.check_stride(stride_div_of(overlap, stride_div))
+    check_run_options(num_threads=num_threads if workers is None else workers, mpp=mpp,
+                      device=device, devices=devices,
+                      threads_flag="--num-threads" if workers is None else "--workers")
+    num_threads = _renamed_option(num_threads, workers, "--num-threads", "--workers")
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
     check_inputs_exist(slides)
@@ -176,10 +177,10 @@ def features(
         exts = [build_feature_extractor(n, **kwargs, **({"weights": per_weights[n]}
                                                         if n in per_weights else {}))
                 for n in names]
-        report = generate_bags(jobs, exts if len(exts) > 1 else exts[0], outdir, tile_px,
-                               _tile_um(tile_um), fmt=fmt, normalizer=normalizer,
+        report = generate_bags(jobs, exts if len(exts) > 1 else exts[0], outdir, geometry,
+                               fmt=fmt, normalizer=normalizer,
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
-                               num_threads=workers, progress=not quiet, devices=devices,
+                               num_threads=num_threads, progress=not quiet, devices=devices,
                                ray=ray_arg(ray), save_images=save_images)
     except SlideflowError as exc:  # the run could not start, or stopped (the folder claimed
         typer.echo(f"error: {exc}", err=True)  # by another run); what was done is recorded
@@ -197,6 +198,18 @@ def features(
         typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
     if summary["failed"] or report.errors:
         raise typer.Exit(1)
+
+
+def _renamed_option(new_value: int | None, old_value: int | None, new: str, old: str
+                    ) -> int | None:
+    """An option given under its old name works, with one warning line naming the new one."""
+    if old_value is None:
+        return new_value
+    if new_value is not None and new_value != old_value:
+        raise typer.BadParameter(f"{old} is the old name of {new}: give {new} only")
+    logging.getLogger("slideflow").warning("%s is the old name of %s (same meaning); use %s",
+                                           old, new, new)
+    return old_value
 
 
 def _set_verbosity(quiet: bool, verbose: bool) -> None:
@@ -218,7 +231,8 @@ def extract_tiles(
     from ..project.project import load_project
 
     P = load_project(project)
-    result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
+    geo = TileGeometry.from_text(tile_px, tile_um)
+    result = P.extract_tiles(geo.tile_px, geo.tile_um, qc=None if qc == "none" else qc,
                              img_format=img_format, passthrough=passthrough)
     for note in result.notes:
         typer.echo(f"recovered {note}")

@@ -22,13 +22,15 @@ import typer
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.manifest import read_manifest
 from ..slide import expand_slides
+from ..slide.geometry import TileGeometry
 from .errors import check_inputs_exist
 
 
-def _tile_um(value: str | None) -> float | str | None:
+def _tile_um(tile_px: int | None, value: str | None) -> float | str | None:
+    """--tile-um's value, checked once (`TileGeometry`): microns or a magnification."""
     if value is None:
         return None
-    return value if value.lower().endswith("x") else float(value)
+    return TileGeometry.from_text(tile_px or 1, value).tile_um
 
 
 def plan_encoders(names: list[str], tile_extractor: str | None, pretrained: bool = True,
@@ -89,7 +91,7 @@ def encode_slide(
     bags = outdir / "tile_bags" / tile_name
     geo = next(((e.spec.tile_px, e.spec.tile_um) for e in encoders if e.spec.tile_px), None)
     px = tile_px if tile_px is not None else (geo[0] if geo else None)
-    um = _tile_um(tile_um) if tile_um is not None else (geo[1] if geo else None)
+    um = _tile_um(tile_px, tile_um) if tile_um is not None else (geo[1] if geo else None)
     if px is None or um is None:
         raise typer.BadParameter("these slide encoders take any tile geometry: pass --tile-px "
                                  "and --tile-um")
@@ -127,7 +129,7 @@ def encode_patient(
     check_inputs_exist([manifest])  # and its columns, before any model is built
     read_manifest(manifest, required=("patient_id", "image_path"))
     enc = build_slide_encoder(slide_encoder, pretrained=not random_weights)
-    pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_um),
+    pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_px, tile_um),
                               qc=None if qc in (None, "none") else qc)
     patients = embed_patients(manifest, extractor, enc, preprocessing=pre)
     outdir.mkdir(parents=True, exist_ok=True)

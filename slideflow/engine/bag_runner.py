@@ -28,6 +28,7 @@ from ..io.locks import SlideLock, clean_stale_temps
 from ..io.names import check_output_name, confined
 from ..io.npz import index_path_for
 from ..remote.fetch import begin_counting, end_counting
+from ..slide.geometry import TileGeometry
 from .fanout import run_features_many
 from .outcome import SlideOutcome, Status
 from .progress import track_slides
@@ -78,8 +79,7 @@ class BagTarget:
 class BagOptions:
     """Everything but the extractors that decides a run (picklable, sent to workers)."""
 
-    tile_px: int
-    tile_um: Any
+    geometry: TileGeometry
     selection: TileSelection
     force: bool = False
     min_tiles: int = 0
@@ -87,6 +87,14 @@ class BagOptions:
     seed: int = 0
     num_threads: int | None = None
     save_images: bool = False
+
+    @property
+    def tile_px(self) -> int:
+        return self.geometry.tile_px
+
+    @property
+    def tile_um(self) -> float | int | str:
+        return self.geometry.tile_um
 
 
 def make_target(extractor: Extractor, outdir: str | Path, normalizer: Any, opts: BagOptions,
@@ -237,7 +245,7 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
                 on_tiles: Any) -> int:
     """Read the slide once, run every extractor, commit every bag; returns the tile count."""
     first = todo[0].extractor
-    source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
+    source, extent, meta = _job_source(job, opts.geometry, opts.selection,
                                        todo[0].run_batch_size, opts.num_threads,
                                        opts.max_tiles, opts.seed, first)
     with contextlib.ExitStack() as writers:

@@ -18,8 +18,8 @@ from typing import Any
 from ..errors import InvalidArgumentError, SlideflowError
 from ..io.base import FORMATS
 from ..norm import resolve
-from ..slide.geometry import check_tile_geometry
-from ..validate import mpp_value, optional_positive_int, positive_int
+from ..slide.geometry import TileGeometry
+from ..validate import mpp_value, optional_positive_int, positive_int, renamed
 from .bag_runner import BagOptions, claim_target, make_target, run_serial
 from .distributed import device_list
 from .distributed.devices import run_devices
@@ -80,8 +80,8 @@ def generate_bags(
     jobs: Sequence[SlideJob],
     extractor: Extractor | str | Sequence[Extractor | str],
     outdir: str | Path,
-    tile_px: int,
-    tile_um: Any,
+    tile_px: int | TileGeometry,
+    tile_um: float | str | None = None,
     *,
     normalizer: Any = None,
     selection: TileSelection | None = None,
@@ -99,7 +99,7 @@ def generate_bags(
 ) -> BagsReport:
     """Featurise every job into `outdir`; one failing slide is reported, the rest go on.
 
-    `extractor` may be a list: each tile batch is read once and fed to every extractor, whose
+    `tile_px` may be a `TileGeometry` (then no `tile_um`). `extractor` may be a list: each tile batch is read once and fed to every extractor, whose
     bags go to `outdir/<extractor name>/`. Slides locked by another live process are skipped
     (`report.busy`). `devices` (e.g. `['cuda:0', 'cuda:1']`) runs one worker process per
     device; `ray` (True for a local cluster, or an address) runs the slides on a Ray cluster
@@ -107,8 +107,8 @@ def generate_bags(
     own; the extractor objects are not changed). `save_images` also writes the tiles as PNG to `<outdir>/<slide>.images/`.
     The run's summary.json and failures.csv are written to `outdir` (also when interrupted).
     """
-    tile_px, tile_um, _ = check_tile_geometry(  # once, not once per slide
-        tile_px, tile_um, (selection or TileSelection()).stride_div)
+    geometry = TileGeometry.parse(tile_px, tile_um)  # once, handed down as it is
+    geometry.check_stride((selection or TileSelection()).stride_div)
     num_threads = optional_positive_int(num_threads, "num_threads")
     batch_size = optional_positive_int(batch_size, "batch_size")
     if devices:
@@ -125,7 +125,7 @@ def generate_bags(
     if len(set(names)) != len(names):
         raise ValueError(f"extractors given twice: {names}")
     normalizer = resolve(normalizer)
-    opts = BagOptions(int(tile_px), tile_um, selection or TileSelection(), force_regenerate,
+    opts = BagOptions(geometry, selection or TileSelection(), force_regenerate,
                       min_tiles, max_tiles, seed, num_threads, save_images)
     outdir = Path(outdir)
     # AtlasPatch: every extractor writes into the same files (features/<name>), one folder
@@ -171,11 +171,11 @@ def generate_bags(
     return report
 
 
-def check_run_options(*, workers: Any = None, mpp: Any = None, device: Any = None,
-                      devices: Any = None) -> None:
+def check_run_options(*, num_threads: Any = None, mpp: Any = None, device: Any = None,
+                      devices: Any = None, threads_flag: str = "--num-threads") -> None:
     """Run-wide options checked once where they enter (the CLI), before any model is built:
     a bad value is one error, never the same failure for every slide."""
-    optional_positive_int(workers, "--workers")
+    optional_positive_int(num_threads, threads_flag)
     if mpp is not None:
         mpp_value(mpp, "--mpp")
     if device is not None or devices:
@@ -190,12 +190,13 @@ def generate_feature_bags(
     jobs: Sequence[SlideJob],
     extractor: Extractor | str,
     outdir: str | Path | None,
-    tile_px: int,
-    tile_um: Any,
+    tile_px: int | TileGeometry,
+    tile_um: float | str | None = None,
     *,
     normalizer: Any = None,
     force_regenerate: bool = False,
     batch_size: int | None = None,
+    num_threads: int | None = None,
     num_workers: int | None = None,
     format: str = "pt",
     min_tiles: int = 0,
@@ -211,13 +212,15 @@ def generate_feature_bags(
     `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
     when they exist, otherwise from the slides), so the engine never calls back into a Dataset.
 
-    `num_workers` sets the reader threads; `batch_size` the model batch. `devices` runs one
+    `num_threads` sets the reader threads (`num_workers`, its old name, still works with a
+    DeprecationWarning); `batch_size` the model batch. `devices` runs one
     worker process per device, `ray` runs on a Ray cluster (see `generate_bags`). Default `outdir`:
     `<first tfrecords folder>/../pt_files/<extractor name>` is left to the Project; a Dataset
     call without `outdir` raises.
     """
     batch_size = optional_positive_int(batch_size, "batch_size")
-    num_workers = optional_positive_int(num_workers, "num_workers")
+    num_threads = optional_positive_int(
+        renamed(num_threads, num_workers, "num_threads", "num_workers"), "num_threads")
     kwargs = {"batch_size": batch_size} if batch_size and isinstance(extractor, str) else {}
     extractor = resolve_extractor(extractor, **kwargs)  # the caller's object is not changed:
     if outdir is None:
@@ -232,6 +235,6 @@ def generate_feature_bags(
         jobs, extractor, outdir, tile_px, tile_um,
         normalizer=normalizer, selection=TileSelection(**selection), fmt=format,
         force_regenerate=force_regenerate, min_tiles=min_tiles, max_tiles=max_tiles, seed=seed,
-        num_threads=num_workers, progress=progress, devices=devices, ray=ray,
+        num_threads=num_threads, progress=progress, devices=devices, ray=ray,
         batch_size=batch_size,  # the run's batch, an argument (never set on `extractor`)
     )

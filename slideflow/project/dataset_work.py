@@ -31,6 +31,7 @@ from ..engine.slide_job import bags_config, iter_job_features, resolve_extractor
 from ..io.bags import list_bags, read_bag, slide_of, write_bag
 from ..io.bags_config import config_path, write_bags_config
 from ..io.tfrecord import get_tfrecord_label
+from ..validate import optional_positive_int, renamed
 
 log = logging.getLogger("slideflow")
 
@@ -80,7 +81,8 @@ class DatasetFeatures:
     Build from an extractor and a Dataset (`DatasetFeatures(extractor, dataset)`, Slideflow's
     spelling) or from a bag folder (`DatasetFeatures.from_bags(dir)`). Keyword arguments:
     ``normalizer`` (method name or fitted normaliser) and ``normalizer_source`` (a preset such
-    as 'v3' or an image path to fit to), ``batch_size``, ``num_workers``, ``layers`` (with an
+    as 'v3' or an image path to fit to), ``batch_size``, ``num_threads`` (reader threads;
+    ``num_workers``, its old name, warns), ``layers`` (with an
     extractor name), ``labels`` (kept as `.labels`), ``progress``, and the tile-selection
     options of `generate_feature_bags` (``qc``, default Otsu as there; ``roi_method``...).
     Anything else raises TypeError: a misspelt option must not silently change the features.
@@ -95,7 +97,8 @@ class DatasetFeatures:
 
     def __init__(self, extractor: Any = None, dataset: Any = None, *, normalizer: Any = None,
                  normalizer_source: str | Path | None = None, batch_size: int | None = None,
-                 num_workers: int | None = None, layers: Any = None,
+                 num_threads: int | None = None, num_workers: int | None = None,
+                 layers: Any = None,
                  include_preds: bool | None = None, labels: Any = None,
                  progress: bool = True, **selection: Any):
         self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -116,7 +119,7 @@ class DatasetFeatures:
         if unknown:
             raise TypeError(
                 f"DatasetFeatures: unknown keyword arguments {sorted(unknown)}; valid: "
-                "normalizer, normalizer_source, batch_size, num_workers, layers, labels, "
+                "normalizer, normalizer_source, batch_size, num_threads, layers, labels, "
                 f"progress and the tile-selection options {sorted(TileSelection.__dataclass_fields__)}")
         if include_preds:
             raise TypeError("DatasetFeatures: include_preds=True (model predictions) is not "
@@ -141,14 +144,16 @@ class DatasetFeatures:
         self.tile_px, self.tile_um = dataset.tile_px, dataset.tile_um
         # the same tissue QC default as extraction, bags and the CLI
         self.selection = TileSelection(**{"qc": DEFAULT_QC, **selection})
-        self._generate(dataset, num_workers, progress)
+        self._generate(dataset, optional_positive_int(
+            renamed(num_threads, num_workers, "num_threads", "num_workers"), "num_threads"),
+            progress)
 
-    def _generate(self, dataset: Any, num_workers: int | None, progress: bool) -> None:
+    def _generate(self, dataset: Any, num_threads: int | None, progress: bool) -> None:
         jobs = dataset.feature_jobs()
         with track_slides(len(jobs), "features", enabled=progress) as bar:
             for name, feats, coords, extent, tiles in iter_job_features(
                     jobs, self.extractor, self.tile_px, self.tile_um, self.selection,
-                    normalizer=self.normalizer, num_threads=num_workers,
+                    normalizer=self.normalizer, num_threads=num_threads,
                     batch_size=self.batch_size):
                 self.bags[name] = (feats, coords)
                 self.patch_sizes[name] = extent

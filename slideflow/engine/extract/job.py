@@ -32,7 +32,7 @@ from ...io.names import check_output_name, confined
 from ...io.npz import index_path_for
 from ...io.tfrecord import build_index, read_index
 from ...slide import slide_name
-from ...slide.geometry import check_tile_geometry
+from ...slide.geometry import TileGeometry
 from ...slide.passthrough import wsi_passthrough_plan, wsi_passthrough_tiles
 from ...version import __version__
 from ..outcome import SlideOutcome, Status
@@ -61,13 +61,14 @@ def _select(n: int, opt: ExtractOptions) -> tuple[np.ndarray, np.ndarray | None]
     return idx, order
 
 
-def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions, *,
+def extract_job(job: ExtractJob, geometry: TileGeometry, opt: ExtractOptions, *,
                 encode_pool: ThreadPoolExecutor, encode_threads: int | None = None,
                 read_threads: int | None = None, progress: Any = None,
                 stop: threading.Event | None = None, preview_width: int | None = 256
                 ) -> SlideOutcome:
     """Extract one slide; never raises for a bad slide (the result says why it failed)."""
     t_start = time.perf_counter()
+    tile_px, tile_um = geometry.tile_px, geometry.tile_um
     res = SlideOutcome(job.name, Status.FAILED, tfrecord=job.tfrecord)
     try:
         check_output_name(job.name, "slide name")
@@ -270,8 +271,8 @@ def _passthrough_record(plan: Any, why: str | None, n: int) -> dict[str, Any]:
     return rec
 
 
-def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile_px: int,
-                  tile_um: Any, *, name: str | None = None, rois: str | os.PathLike | None = None,
+def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike,
+                  tile_px: int | TileGeometry, tile_um: float | str | None = None, *, name: str | None = None, rois: str | os.PathLike | None = None,
                   mpp: float | None = None, tiles_dir: str | os.PathLike | None = None,
                   num_threads: int | None = None, **options: Any) -> SlideOutcome:
     """Extract one slide to `<outdir>/<name>.tfrecords` (no label folder is added).
@@ -279,7 +280,7 @@ def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile
     `options` are those of `ExtractOptions` (qc, img_format, max_tiles, ...). Loose tiles
     (`save_tiles=True`) go to `<tiles_dir>/<name>/`.
     """
-    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
+    geometry = TileGeometry.parse(tile_px, tile_um)
     opt = ExtractOptions(**options)
     path = Path(slide_path)
     job = ExtractJob(name or slide_name(path), path, Path(outdir),
@@ -287,5 +288,5 @@ def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile
                      Path(rois) if rois else None, mpp)
     threads = num_threads or imgcodec.default_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="sf-encode") as pool:
-        return extract_job(job, tile_px, tile_um, opt, encode_pool=pool, encode_threads=threads,
+        return extract_job(job, geometry, opt, encode_pool=pool, encode_threads=threads,
                            read_threads=threads, preview_width=None)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...io import imgcodec
 from ...io.held_locks import install_sigterm_handler
-from ...slide.geometry import check_tile_geometry
+from ...slide.geometry import TileGeometry
 from ..outcome import SlideOutcome, Status, try_write_run_files
 from ..progress import track_slides
 from ..report import write_report
@@ -28,15 +28,16 @@ from .sidecar import ExtractJob, ExtractOptions
 log = logging.getLogger("slideflow")
 
 
-def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: ExtractOptions, *,
+def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
+             tile_um: float | str | None, opt: ExtractOptions, *,
              num_threads: int | None = None, slides_in_flight: int | None = None,
              progress: bool | None = True, failed: dict[str, str] | None = None,
              on_result: Callable[[SlideOutcome], None] | None = None) -> ExtractionSummary:
     """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
     install_sigterm_handler()  # slide locks are taken in worker threads: install it here
     start = time.perf_counter()
-    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
-    summary = ExtractionSummary(int(tile_px), tile_um)
+    geometry = TileGeometry.parse(tile_px, tile_um)  # once, handed down as it is
+    summary = ExtractionSummary(geometry.tile_px, geometry.tile_um)
     total = len(jobs) + len(failed or {})
     threads = max(1, num_threads or imgcodec.default_threads())
     in_flight = max(1, min(slides_in_flight or 2, len(jobs) or 1, threads))
@@ -54,7 +55,7 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
             while queue or running:
                 while queue and len(running) < in_flight:
                     job = queue.pop(0)
-                    fut = slide_pool.submit(extract_job, job, tile_px, tile_um, opt,
+                    fut = slide_pool.submit(extract_job, job, geometry, opt,
                                             encode_pool=encode_pool, encode_threads=threads,
                                             read_threads=read_threads,
                                             progress=bar, stop=stop,
