@@ -20,7 +20,13 @@ import typer
 from ..compat import report_once
 from ..compat.atlaspatch import PRECISIONS, build_extractor, load_plugin, read_mpp_csv, split_names
 from ..compat.atlaspatch import stride_div as to_stride_div
+from ..engine.features import generate_bags, jobs_from_paths
+from ..engine.selection import TileSelection
+from ..engine.slide_embedding_outputs import write_slide_embedding
+from ..engine.slide_embeddings import check_geometry
 from ..errors import InvalidArgumentError
+from ..io.bags import bag_path, read_bag
+from ..model.slide_encoders import build_slide_encoder
 from ..slide import find_slides, is_slide
 
 atlaspatch_app = typer.Typer(help="AtlasPatch-compatible commands (docs/porting.md).",
@@ -87,9 +93,6 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
                  visualize_mask, visualize_contours, save_images, recursive, mpp_csv,
                  skip_existing, verbose, write_batch) -> Any:
     """Options checked and mapped, then `generate_bags(format='atlaspatch')`; the report."""
-    from ..engine.features import generate_bags, jobs_from_paths
-    from ..engine.selection import TileSelection
-
     if not fast_mode:
         _refuse("--no-fast-mode", "use `slideflow features` with --whitespace-fraction / "
                 "--grayspace-fraction for per-tile background filters")
@@ -124,7 +127,6 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
         kw["device"] = dev
     for plugin in feature_plugin or []:
         import torch
-
 
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             feature_precision, torch.float32) if str(dev or "cpu").startswith("cuda") \
@@ -186,10 +188,6 @@ def encode_slide(
     `slide_features/<encoder>` appended to the same `<output>/patches/<stem>.h5`."""
     opts = {k: v for k, v in locals().items() if k not in ("slide_encoders", "random_weights",
                                                            "feature_extractors")}
-    from ..engine.slide_embedding_outputs import write_slide_embedding
-    from ..engine.slide_embeddings import check_geometry
-    from ..io.bags import bag_path, read_bag
-    from ..model.slide_encoders import build_slide_encoder
 
     encoders = [build_slide_encoder(n, pretrained=not random_weights)
                 for n in split_names(slide_encoders)]

@@ -26,11 +26,12 @@ from ..io.held_locks import install_sigterm_handler
 from ..slide.geometry import TileGeometry
 from ..validate import positive_int
 from ..version import __version__
-from . import atlaspatch, doctor, encode, extractors, mil
 from .errors import check_inputs_exist, run_app
 from .inputs import make_jobs, ray_arg, ray_argv, shard, stride_div_of, weights_map
+from .lazy import LazyGroup
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  cls=LazyGroup,  # extractors, encode-*, doctor, mil, atlaspatch: `lazy.LAZY`
                   help="slideflow: whole-slide images to tiles and feature vectors.")
 
 
@@ -243,17 +244,6 @@ def extract_tiles(
         typer.echo(f"error: {why}", err=True)
     if result.failed or result.errors:
         raise typer.Exit(1)
-
-
-def _register_extra_commands() -> None:
-    extractors.register(app)
-    encode.register(app)
-    mil.register(app)
-    doctor.register(app)
-    atlaspatch.register(app)
-
-
-_register_extra_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

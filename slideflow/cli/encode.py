@@ -19,8 +19,13 @@ from typing import Annotated, Any
 
 import typer
 
+from ..engine.embed import PreprocessingConfig, embed_patients
+from ..engine.features import jobs_from_paths
+from ..engine.slide_embedding_outputs import canonical_extractor
+from ..engine.slide_embeddings import generate_slide_embeddings
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.manifest import read_manifest
+from ..model.slide_encoders import build_slide_encoder, get_slide_spec
 from ..slide import expand_slides
 from ..slide.geometry import TileGeometry
 from .errors import check_inputs_exist
@@ -36,9 +41,6 @@ def _tile_um(tile_px: int | None, value: str | None) -> float | str | None:
 def plan_encoders(names: list[str], tile_extractor: str | None, pretrained: bool = True,
                   weights: str | None = None) -> tuple[list[Any], str]:
     """Build the encoders and the one tile extractor they share (clear error otherwise)."""
-    from ..engine.slide_embedding_outputs import canonical_extractor
-    from ..model.slide_encoders import build_slide_encoder, get_slide_spec
-
     specs = [get_slide_spec(n) for n in names]
     needs = {canonical_extractor(s.tile_extractor) for s in specs if s.tile_extractor}
     if tile_extractor is not None:
@@ -78,9 +80,6 @@ def encode_slide(
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Slide embeddings straight from slides (tile bags are made or reused on the way)."""
-    from ..engine.features import jobs_from_paths
-    from ..engine.slide_embeddings import generate_slide_embeddings
-
     if fmt not in ("pt", "h5"):
         raise typer.BadParameter(f"--format must be pt or h5, got {fmt!r}")
     check_inputs_exist(slides)  # before any model is built
@@ -122,9 +121,6 @@ def encode_patient(
 ) -> None:
     """Patient embeddings (mean of each patient's slide embeddings), manifest order."""
     import torch
-
-    from ..engine.embed import PreprocessingConfig, embed_patients
-    from ..model.slide_encoders import build_slide_encoder
 
     check_inputs_exist([manifest])  # and its columns, before any model is built
     read_manifest(manifest, required=("patient_id", "image_path"))
