@@ -16,23 +16,32 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import SlideflowError
 from ..io import runlog
 from ..io.held_locks import install_sigterm_handler
-from ..slide.geometry import TileGeometry
 from ..validate import positive_int
 from ..version import __version__
 from .errors import check_inputs_exist, run_app
 from .inputs import make_jobs, ray_arg, ray_argv, shard, stride_div_of, weights_map
 from .lazy import LazyGroup
 
+if TYPE_CHECKING:
+    from ..slide.geometry import TileGeometry
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   cls=LazyGroup,  # extractors, encode-*, doctor, mil, atlaspatch: `lazy.LAZY`
                   help="slideflow: whole-slide images to tiles and feature vectors.")
+
+
+def _geometry(tile_px: int, tile_um: str) -> TileGeometry:
+    """--tile-px / --tile-um parsed once (`TileGeometry`), the value handed to the engine."""
+    from ..slide.geometry import TileGeometry  # numpy: not at start-up
+
+    return TileGeometry.from_text(tile_px, tile_um)
 
 
 def _print_version(value: bool) -> None:
@@ -77,7 +86,7 @@ def preview(
     """Write a PNG of the slide with the tissue mask, ROIs and kept tiles."""
     from ..slide.wsi import WSI
 
-    geo = TileGeometry.from_text(tile_px, tile_um)
+    geo = _geometry(tile_px, tile_um)
     wsi = WSI(slide, geo.tile_px, geo.tile_um, mpp=mpp, rois=rois)
     if qc:
         wsi.qc(qc)
@@ -149,7 +158,7 @@ def features(
     if cache is not None:  # the environment reaches worker processes too
         os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     # every option once, before the model is built (never one identical failure per slide)
-    geometry = TileGeometry.from_text(tile_px, tile_um)  # parsed once, handed to the engine
+    geometry = _geometry(tile_px, tile_um)
     geometry.check_stride(stride_div_of(overlap, stride_div))
     check_run_options(num_threads=num_threads if workers is None else workers, mpp=mpp,
                       device=device, devices=devices,
@@ -232,7 +241,7 @@ def extract_tiles(
     from ..project.project import load_project
 
     P = load_project(project)
-    geo = TileGeometry.from_text(tile_px, tile_um)
+    geo = _geometry(tile_px, tile_um)
     result = P.extract_tiles(geo.tile_px, geo.tile_um, qc=None if qc == "none" else qc,
                              img_format=img_format, passthrough=passthrough)
     for note in result.notes:
