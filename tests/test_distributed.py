@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import slideflow as sf
-from slideflow.io.runlog import FAILURES, SUMMARY
 from slideflow.features import generate_bags, jobs_from_paths
 from slideflow.io.atomic import TMP_MARK
+from slideflow.io.runlog import FAILURES, SUMMARY
 
 from conftest import CMU, CMU_DICOM, NDPI
 

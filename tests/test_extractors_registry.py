@@ -55,7 +55,7 @@ def test_list_extractors_core_and_external():
 
 def test_external_names_listed_when_not_installed(monkeypatch):
     core = {k: v for k, v in registry._discover().items() if v.distribution == "slideflow"}
-    monkeypatch.setattr(registry, "_discovered", core)
+    monkeypatch.setattr(registry.EXTRACTORS, "_discovered", core)
     df = sf.list_extractors().set_index("name")
     assert not df.loc["uni", "installed"]
     assert df.loc["uni", "distribution"] == "slideflow-noncommercial"
@@ -67,7 +67,7 @@ def test_external_names_listed_when_not_installed(monkeypatch):
 
 def test_missing_distribution_names_the_package(monkeypatch):
     core = {k: v for k, v in registry._discover().items() if v.distribution == "slideflow"}
-    monkeypatch.setattr(registry, "_discovered", core)
+    monkeypatch.setattr(registry.EXTRACTORS, "_discovered", core)
     with pytest.raises(ExtractorNotFound) as info:
         sf.build_feature_extractor("uni")
     msg = str(info.value)
@@ -204,7 +204,7 @@ def test_sf3_classes_are_derived_from_specs(monkeypatch):
     assert table["slideflow.model.extractors.virchow.VirchowFeatures"] == "virchow"
     assert table["slideflow.model.extractors.uni.UNIFeatures"] == "uni"
     core = {k: v for k, v in registry._discover().items() if v.distribution == "slideflow"}
-    monkeypatch.setattr(registry, "_discovered", core)  # uninstalled: the hint still maps it
+    monkeypatch.setattr(registry.EXTRACTORS, "_discovered", core)  # uninstalled: the hint still maps it
     assert registry.sf3_classes()["slideflow.model.extractors.uni.UNIFeatures"] == "uni"
     with pytest.raises(ExtractorNotFound, match="pip install ./slideflow_noncommercial"):
         sf.rebuild_extractor({"class": "slideflow.model.extractors.uni.UNIFeatures",

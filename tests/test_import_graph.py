@@ -27,10 +27,7 @@ MAX_IN_FUNCTION = 45
 MAX_LINES = 400
 OVER_LIMIT = {
     "slideflow.project.dataset": 534,
-    "slideflow.slide.wsi": 428,
-    "slideflow.slide.stored_reader": 422,
     "slideflow.compat.slide2vec": 408,
-    "slideflow.io.locks": 404,
 }
 
 

@@ -4,6 +4,7 @@ missing tiles, decode-once, thread independence, and the torch decoder path on C
 from __future__ import annotations
 
 import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -251,3 +252,91 @@ def test_reader_threads_default_to_usable_cores():
     from slideflow.slide.reader import default_threads
 
     assert default_threads() == usable_cores() >= 1
+
+
+@pytest.mark.parametrize("side", [128, 512])
+def test_stored_tile_of_another_size_names_both_sizes(tmp_path, pyramid, side):
+    """A stored tile whose JPEG header disagrees with the TIFF's tile size is refused, smaller
+    (it would decode into part of the reused buffer) or larger (it would not fit)."""
+    import simplejpeg
+
+    path = tmp_path / f"resized{side}.tif"
+    shutil.copy(pyramid, path)
+    jpeg = simplejpeg.encode_jpeg(np.full((side, side, 3), 90, np.uint8), quality=10)
+    with tifffile.TiffFile(path) as tf:  # stored tile 1 now points at the JPEG, appended
+        tags = tf.pages[0].tags
+        offs, counts = tags["TileOffsets"], tags["TileByteCounts"]
+    with open(path, "r+b") as fh:
+        end = fh.seek(0, 2)
+        fh.write(jpeg)
+        for tag, value in ((offs, end), (counts, len(jpeg))):
+            size = tag.valuebytecount // tag.count
+            fh.seek(tag.valueoffset + size)
+            fh.write(value.to_bytes(size, "little"))
+    wsi = sf.WSI(path, 256, 256 * MPP)
+    with pytest.raises(errors.SlideReadError,
+                       match=f"col 1, row 0.*header says {side}x{side} px, the container says "
+                             "256x256"):
+        _all(wsi, num_threads=2, batch_size=4)
+
+
+def test_batches_kept_or_viewed_are_never_reused(pyramid):
+    """Output arrays are reused only once the consumer has dropped them: kept batches, and
+    batches of which only a view is kept, keep their pixels; dropped ones are recycled."""
+    wsi = sf.WSI(pyramid, 200, 300 * MPP, use_edge_tiles=True)
+    assert len(wsi.coords) == 80  # 10 batches of 8
+    ref = [t.copy() for t, _ in wsi.tiles(batch_size=8, num_threads=2)]
+    kept = [t for t, _ in wsi.tiles(batch_size=8, num_threads=2)]
+    assert len({t.ctypes.data for t in kept}) == len(kept) == 10
+    views = [t[2:5] for t, _ in wsi.tiles(batch_size=8, num_threads=2)]
+    for a, b, v in zip(ref, kept, views):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a[2:5], v)
+    seen = set()
+    for t, _ in wsi.tiles(batch_size=8, num_threads=2):
+        seen.add(t.ctypes.data)
+    assert len(seen) < 10  # dropped batches were written again
+
+
+def test_spare_batch_arrays_stay_within_their_bound(monkeypatch):
+    """The process-wide spare list keeps the newest arrays up to SPARE_BYTES, and hands an
+    array out once."""
+    from slideflow.slide import stored_sched
+
+    monkeypatch.setattr(stored_sched, "_spare", [])
+    monkeypatch.setattr(stored_sched, "SPARE_BYTES", 3000)
+    arrays = [np.empty((1000,), np.uint8) for _ in range(4)]
+    for a in arrays:
+        stored_sched._give(a)
+    assert [id(a) for a in stored_sched._spare] == [id(a) for a in arrays[:0:-1]]
+    got = stored_sched._take((1000,))
+    assert got is arrays[3] and len(stored_sched._spare) == 2
+    assert stored_sched._take((7,)).shape == (7,)  # no spare of that shape: a new array
+
+
+def test_reuse_is_off_where_reference_counts_undercount(monkeypatch, pyramid):
+    """An interpreter that counts fewer references than are held (borrowed stack references,
+    free-threaded builds) fails the probe, and then no batch array is ever reused: a consumer
+    that keeps its batches through a path the count cannot see still has its pixels."""
+    import types
+
+    from slideflow.slide import stored_sched
+
+    assert stored_sched.counts_are_exact()  # this interpreter counts exactly
+    undercount = types.SimpleNamespace(getrefcount=lambda obj: sys.getrefcount(obj) - 2,
+                                       _is_gil_enabled=lambda: True)
+    monkeypatch.setattr(stored_sched, "sys", undercount)
+    monkeypatch.setattr(stored_sched, "_COUNTS_EXACT", None)
+    assert not stored_sched.counts_are_exact()
+    monkeypatch.setattr(stored_sched, "_spare", [])
+    wsi = sf.WSI(pyramid, 200, 300 * MPP, use_edge_tiles=True)
+    seen = set()
+    for t, _ in wsi.tiles(batch_size=8, num_threads=2):
+        seen.add(t.ctypes.data)
+    assert stored_sched._spare == []  # nothing handed back for reuse
+
+    free_threaded = types.SimpleNamespace(getrefcount=sys.getrefcount,
+                                          _is_gil_enabled=lambda: False)
+    monkeypatch.setattr(stored_sched, "sys", free_threaded)
+    monkeypatch.setattr(stored_sched, "_COUNTS_EXACT", None)
+    assert not stored_sched.counts_are_exact()

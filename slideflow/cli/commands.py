@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import SlideflowError
-from ..io import runlog
+from ..io import formats, runlog
 from ..io.held_locks import install_sigterm_handler
 from ..validate import positive_int
 from ..version import __version__
@@ -111,7 +111,8 @@ def features(
     overlap: Annotated[float | None, typer.Option(help="fraction shared by neighbouring tiles "
                                                   "(0, 0.5, 0.75...)")] = None,
     stride_div: Annotated[int | None, typer.Option(help="tiles step by tile/stride_div")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="pt, h5, atlaspatch or zarr")] = "pt",
+    fmt: Annotated[str, typer.Option("--format", help=formats.choices_text(formats.BAGS))
+               ] = "pt",
     qc: Annotated[str | None, typer.Option(help="otsu, blur, both or none")] = "otsu",
     tissue_thresh: Annotated[float, typer.Option(help="minimum tissue fraction per tile")] = 0.4,
     weights: Annotated[str | None, typer.Option(help="local weights file or folder (NAME=PATH,"

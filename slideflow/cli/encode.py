@@ -23,6 +23,7 @@ from ..engine.embed import PreprocessingConfig, embed_patients
 from ..engine.features import jobs_from_paths
 from ..engine.slide_embedding_outputs import canonical_extractor
 from ..engine.slide_embeddings import generate_slide_embeddings
+from ..io import formats
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.manifest import read_manifest
 from ..model.slide_encoders import build_slide_encoder, get_slide_spec
@@ -71,7 +72,8 @@ def encode_slide(
                                                   help="tile extractor")] = None,
     tile_px: Annotated[int | None, typer.Option()] = None,
     tile_um: Annotated[str | None, typer.Option()] = None,
-    fmt: Annotated[str, typer.Option("--format", help="pt or h5")] = "pt",
+    fmt: Annotated[str, typer.Option("--format", help=formats.choices_text(
+        formats.SLIDE_EMBEDDINGS))] = "pt",
     qc: Annotated[str | None, typer.Option(help="otsu, blur, both or none")] = "otsu",
     mpp: Annotated[float | None, typer.Option()] = None,
     weights: Annotated[str | None, typer.Option(help="slide-encoder weights")] = None,
@@ -80,8 +82,9 @@ def encode_slide(
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Slide embeddings straight from slides (tile bags are made or reused on the way)."""
-    if fmt not in ("pt", "h5"):
-        raise typer.BadParameter(f"--format must be pt or h5, got {fmt!r}")
+    if fmt not in formats.names(formats.SLIDE_EMBEDDINGS):
+        raise typer.BadParameter(f"--format must be "
+                                 f"{formats.choices_text(formats.SLIDE_EMBEDDINGS)}, got {fmt!r}")
     check_inputs_exist(slides)  # before any model is built
     names = [n.strip() for n in slide_encoder.split(",") if n.strip()]
     encoders, tile_name = plan_encoders(names, extractor, not random_weights, weights)

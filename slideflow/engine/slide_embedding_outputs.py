@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError, SlideflowError, TileMismatchError
-from ..io.atomic import atomic_path, tmp_path_for, write_json_atomic
+from ..io import formats
+from ..io.atomic import write_json_atomic
 from ..io.bags import list_bags, read_bag, slide_of
 from ..io.bags_config import read_bags_config
-from ..io.base import dumps_meta, to_json
+from ..io.base import to_json
 from ..model.extractors.registry import get_spec, normalize
 from ..model.slide_encoders.factory import build_slide_encoder, rebuild_slide_encoder
 from ..model.slide_encoders.spec import tile_microns
@@ -35,7 +36,8 @@ from .outcome import RunReport, SlideOutcome, Status
 log = logging.getLogger("slideflow")
 
 CONFIG_NAME = "slide_embeddings.json"
-FORMATS = ("pt", "h5")
+#: the formats that hold slide embeddings (`io.formats`)
+FORMATS = formats.names(formats.SLIDE_EMBEDDINGS)
 
 
 @dataclass
@@ -141,67 +143,24 @@ def bag_files(source: Any, encoder: Any) -> tuple[list[Path], dict[str, Any] | N
 def write_slide_embedding(outdir: Path, slide: str, encoder_name: str, vec: np.ndarray,
                           fmt: str, meta: dict[str, Any]) -> Path:
     """`<outdir>/<slide>.pt` (or `.h5` with `slide_features/<encoder>`), atomically."""
-    import torch
-
-
-    vec = np.asarray(vec, np.float32).reshape(-1)
-    if fmt == "pt":
-        dest = outdir / f"{slide}.pt"
-        with atomic_path(dest) as tmp:
-            torch.save(torch.from_numpy(vec.copy()), tmp)
-        return dest
-    import shutil
-
-    import h5py
-
-
-    dest = outdir / f"{slide}.h5"
-    tmp = tmp_path_for(dest)
-    try:
-        if dest.exists():
-            shutil.copyfile(dest, tmp)
-        with h5py.File(tmp, "a") as h5:
-            group = h5.require_group("slide_features")
-            if encoder_name in group:
-                del group[encoder_name]
-            ds = group.create_dataset(encoder_name, data=vec)
-            ds.attrs["meta"] = dumps_meta(meta)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+    entry = formats.get(fmt)
+    return entry.impl.write_embedding(entry.path(outdir, slide), encoder_name,
+                                      np.asarray(vec, np.float32).reshape(-1), meta)
 
 
 def read_slide_embedding(path: str | os.PathLike, encoder: str | None = None) -> np.ndarray:
     """A saved slide embedding (.pt tensor, or `slide_features/<encoder>` of an .h5)."""
     path = Path(path)
-    if path.suffix == ".pt":
-        import torch
-
-        return torch.load(path, map_location="cpu", weights_only=True).numpy()
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        group = h5["slide_features"]
-        names = sorted(group)
-        if encoder is None:
-            if len(names) != 1:
-                raise BagError(f"{path}: holds {names}; pass encoder=")
-            encoder = names[0]
-        return np.asarray(group[encoder][...])
+    fmt = formats.suffixes().get(path.suffix.lower())
+    if fmt not in FORMATS:
+        kinds = formats.choices_text(formats.SLIDE_EMBEDDINGS)
+        raise BagError(f"{path}: not a slide-embedding file ({kinds} expected)")
+    return formats.get(fmt).impl.read_embedding(path, encoder)
 
 
 def embedding_exists(outdir: Path, slide: str, name: str, fmt: str) -> bool:
-    if fmt == "pt":
-        return (outdir / f"{slide}.pt").exists()
-    p = outdir / f"{slide}.h5"
-    if not p.exists():
-        return False
-    import h5py
-
-    with h5py.File(p, "r") as h5:
-        return name in h5.get("slide_features", {})
+    entry = formats.get(fmt)
+    return entry.impl.has_embedding(entry.path(outdir, slide), name)
 
 
 def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbeddingsReport, *,

@@ -214,3 +214,30 @@ def list_encoders(path: str | os.PathLike) -> list[str]:
     with h5py.File(path, "r") as h5:
         return sorted(h5["features"]) if is_atlaspatch(h5) else []
 
+
+
+# -- the format table's interface (`io.formats`) ------------------------------------------------
+
+def open_sink(path: Path, *, num_features: int, patch_size_level0: int,
+              meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None,
+              encoder: str | None, chunk_rows: int, expected_rows: int | None) -> AtlasPatchSink:
+    """The sink of one extractor's features, stored as `features/<encoder>` (default: the
+    meta's extractor name)."""
+    name = encoder or (meta or {}).get("extractor") or "features"
+    return AtlasPatchSink(path, [(str(name), int(num_features))], patch_size_level0, meta,
+                          attrs, chunk_rows=chunk_rows)
+
+
+def recognises(path: str | os.PathLike) -> bool:
+    """Whether an .h5 file has AtlasPatch's layout (read as AtlasPatch, not CLAM/TRIDENT)."""
+    return is_atlaspatch_file(path)
+
+
+def read(path: Path, *, patch_size_level0: int | None, encoder: str | None,
+         coords_scale: float | None) -> Bag:
+    return read_atlaspatch(path, encoder)
+
+
+def read_meta(path: Path, encoder: str | None) -> dict[str, Any] | None:
+    """The meta of one encoder (default 'features') of an AtlasPatch file."""
+    return read_atlaspatch_meta(path, encoder or "features")

@@ -1,6 +1,7 @@
 """Feature bags: one (N, D) float32 matrix of tile features per slide, with tile coordinates.
 
-The dispatcher over the on-disk formats, chosen by suffix (layouts in docs/outputs.md):
+The dispatcher over the on-disk formats of the format table (`io.formats`), chosen by
+suffix (layouts in docs/outputs.md):
 
     <slide>.pt + <slide>.index.npz   Slideflow: torch tensor; index `arr_0` = tile CENTRES  (pt.py)
     <slide>.h5                       CLAM/TRIDENT: `features`, `coords` (top-left) + attrs  (h5.py)
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BagError
-from .atlaspatch import AtlasPatchSink, is_atlaspatch_file, read_atlaspatch, read_atlaspatch_meta
+from . import formats
 from .atomic import TMP_MARK, AtomicWriter
 from .bags_config import check_compatible, config_file, read_bags_config, write_bags_config
 from .base import (
@@ -46,12 +47,9 @@ from .base import (
     parse_geometry,
     slide_of,
 )
-from .h5 import H5Sink, read_h5, read_h5_meta
 from .locks import clean_stale_temps
 from .names import check_output_name
 from .npz import INDEX_SUFFIX, index_path_for
-from .pt import PtSink, read_pt, read_pt_meta
-from .zarr_store import ZarrSink, read_zarr, read_zarr_meta
 
 
 class BagWriter(AtomicWriter):
@@ -78,22 +76,14 @@ class BagWriter(AtomicWriter):
             raise BagError(f"{self.path}: patch_size_level0 (tile extent in level-0 px) "
                            "is required to store coordinates")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if encoder is not None and self.fmt not in ("h5", "atlaspatch"):
-            raise ValueError("encoder= (several encoders in one file) is an h5/atlaspatch "
-                             "option")
-        if self.fmt == "pt":
-            self._sink: Any = PtSink(self.path, num_features, patch_size_level0, meta, attrs,
-                                     expected_rows)
-        elif self.fmt == "atlaspatch":
-            name = encoder or (meta or {}).get("extractor") or "features"
-            self._sink = AtlasPatchSink(self.path, [(str(name), self.num_features)],
-                                        patch_size_level0, meta, attrs, chunk_rows=chunk_rows)
-        elif self.fmt == "h5":
-            self._sink = H5Sink(self.path, num_features, patch_size_level0, meta, attrs,
-                                encoder=encoder, chunk_rows=chunk_rows)
-        else:
-            self._sink = ZarrSink(self.path, num_features, patch_size_level0, meta, attrs,
-                                  chunk_rows=chunk_rows)
+        entry = formats.get(self.fmt)
+        if encoder is not None and not entry.multi_encoder:
+            multi = "/".join(f.name for f in formats.TABLE if f.multi_encoder)
+            raise ValueError(f"encoder= (several encoders in one file) is an {multi} option")
+        self._sink: Any = entry.impl.open_sink(
+            self.path, num_features=num_features, patch_size_level0=patch_size_level0,
+            meta=meta, attrs=attrs, encoder=encoder, chunk_rows=chunk_rows,
+            expected_rows=expected_rows)
         self.closed = False
 
     def __len__(self) -> int:
@@ -149,13 +139,8 @@ def read_bag(path: str | os.PathLike, *, patch_size_level0: int | None = None,
     fmt = bag_format(path)
     if not path.exists():
         raise BagError(f"{path}: bag not found")
-    if fmt == "pt":
-        return read_pt(path, patch_size_level0)
-    if fmt == "h5":
-        bag = read_atlaspatch(path, encoder) if is_atlaspatch_file(path) else read_h5(
-            path, encoder=encoder)
-    else:
-        bag = read_zarr(path, coords_scale=coords_scale)
+    bag = formats.layout_of(path, fmt).impl.read(
+        path, patch_size_level0=patch_size_level0, encoder=encoder, coords_scale=coords_scale)
     if patch_size_level0 and not bag.patch_size_level0:
         bag.attrs["patch_size_level0"] = int(patch_size_level0)
     return bag
@@ -167,13 +152,7 @@ def read_bag_meta(outdir: str | os.PathLike, slide: str, fmt: str = "pt",
     An AtlasPatch file holds one `meta` per encoder: `encoder` names it."""
     path = bag_path(outdir, slide, fmt)
     try:
-        if bag_format("", fmt) == "atlaspatch":
-            return read_atlaspatch_meta(path, encoder or "features")
-        if bag_format("", fmt) == "pt":
-            return read_pt_meta(path)
-        if bag_format("", fmt) == "h5":
-            return read_h5_meta(path)
-        return read_zarr_meta(path)
+        return formats.get(bag_format("", fmt)).impl.read_meta(path, encoder)
     except (BagError, OSError, ValueError, KeyError):
         return None
 

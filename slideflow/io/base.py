@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
+from . import formats
 from .atomic import is_temporary
 
-FORMATS = {"pt": ".pt", "h5": ".h5", "zarr": ".zarr", "atlaspatch": ".h5"}
+#: {bag format: suffix}, from the format table (`io.formats`)
+FORMATS = {f.name: f.suffix for f in formats.TABLE if formats.BAGS in f.outputs}
 #: AtlasPatch keeps its per-slide h5 files in this subfolder of the output folder
-ATLASPATCH_DIR = "patches"
-BAG_SUFFIXES = {".pt": "pt", ".h5": "h5", ".hdf5": "h5", ".zarr": "zarr"}
+ATLASPATCH_DIR = str(formats.get("atlaspatch").subdir)
+#: {suffix: bag format} of the files a suffix identifies
+BAG_SUFFIXES = formats.suffixes()
 CHUNK_ROWS = 512
 # TRIDENT's geometry attributes (read from its IO.coords_to_h5), stored by every format.
 GEOMETRY_KEYS = ("patch_size", "patch_size_level0", "level0_magnification",
@@ -122,8 +125,7 @@ def bag_format(path: str | os.PathLike, fmt: str | None = None) -> str:
     """'pt' | 'h5' | 'zarr' | 'atlaspatch' from `fmt`, or 'pt' | 'h5' | 'zarr' from the file
     suffix (an AtlasPatch file is an .h5; its layout is recognised when it is read)."""
     if fmt is not None:
-        f = str(fmt).lower().lstrip(".")
-        f = {"hdf5": "h5", "torch": "pt"}.get(f, f)
+        f = formats.canonical(fmt)
         if f not in FORMATS:
             raise ValueError(f"unknown bag format {fmt!r}; use one of {sorted(FORMATS)}")
         return f
@@ -136,9 +138,7 @@ def bag_format(path: str | os.PathLike, fmt: str | None = None) -> str:
 
 def bag_path(outdir: str | os.PathLike, slide: str, fmt: str = "pt") -> Path:
     """`<outdir>/<slide>.pt|.h5|.zarr`, or AtlasPatch's `<outdir>/patches/<slide>.h5`."""
-    fmt = bag_format("", fmt)
-    sub = Path(outdir) / ATLASPATCH_DIR if fmt == "atlaspatch" else Path(outdir)
-    return sub / f"{slide}{FORMATS[fmt]}"
+    return formats.get(bag_format("", fmt)).path(outdir, slide)
 
 
 def slide_of(path: str | os.PathLike) -> str:
@@ -158,12 +158,16 @@ def list_bags(folder: str | os.PathLike, fmt: str | None = None) -> list[Path]:
     if not is_bag_folder(folder):
         raise BagError(f"{folder}: not a folder of feature bags")
     f = bag_format("", fmt) if fmt else None
-    sub = folder / ATLASPATCH_DIR
-    if f == "atlaspatch" or (f is None and sub.is_dir() and not any(
-            p.suffix.lower() in BAG_SUFFIXES for p in folder.iterdir())):
-        if not sub.is_dir():
-            return []
-        folder, f = sub, "h5"  # an AtlasPatch output folder: its files are in patches/
+    for entry in formats.TABLE:  # AtlasPatch: an output folder whose files are in patches/
+        if not entry.subdir or formats.BAGS not in entry.outputs:
+            continue
+        sub = folder / entry.subdir
+        if f == entry.name or (f is None and sub.is_dir() and not any(
+                p.suffix.lower() in BAG_SUFFIXES for p in folder.iterdir())):
+            if not sub.is_dir():
+                return []
+            folder, f = sub, entry.within
+            break
     exts = {s for s, v in BAG_SUFFIXES.items() if f is None or v == f}
     return sorted(p for p in folder.iterdir()
                   if p.suffix.lower() in exts and not is_temporary(p)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
+from .atomic import tmp_path_for
 from .base import (
     CHUNK_ROWS,
     GEOMETRY_KEYS,
@@ -250,3 +251,71 @@ def read_h5_meta(path: str | os.PathLike, encoder: str | None = None) -> dict[st
         except BagError:
             return None
         return json.loads(py(raw)) if raw else None
+
+
+# -- the format table's interface (`io.formats`) ------------------------------------------------
+
+def open_sink(path: Path, *, num_features: int, patch_size_level0: int,
+              meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None,
+              encoder: str | None, chunk_rows: int, expected_rows: int | None) -> H5Sink:
+    return H5Sink(path, num_features, patch_size_level0, meta, attrs, encoder=encoder,
+                  chunk_rows=chunk_rows)
+
+
+def read(path: Path, *, patch_size_level0: int | None, encoder: str | None,
+         coords_scale: float | None) -> Bag:
+    """A CLAM/TRIDENT h5 bag (`patch_size_level0` is applied by the caller when the file
+    lacks one; `coords_scale` concerns foreign zarr files only)."""
+    return read_h5(path, encoder=encoder)
+
+
+def read_meta(path: Path, encoder: str | None) -> dict[str, Any] | None:
+    """The meta of the file's features (the first encoder's, as `read_h5_meta` picks)."""
+    return read_h5_meta(path)
+
+
+def write_embedding(dest: Path, encoder: str, vec: np.ndarray, meta: Mapping[str, Any]) -> Path:
+    """A slide embedding as `slide_features/<encoder>` (with its meta) of `dest`; other
+    encoders' embeddings in the file are kept. The file is copied, changed and moved back."""
+    import shutil
+
+    import h5py
+
+    tmp = tmp_path_for(dest)
+    try:
+        if dest.exists():
+            shutil.copyfile(dest, tmp)
+        with h5py.File(tmp, "a") as h5:
+            group = h5.require_group("slide_features")
+            if encoder in group:
+                del group[encoder]
+            ds = group.create_dataset(encoder, data=np.asarray(vec, np.float32).reshape(-1))
+            ds.attrs["meta"] = dumps_meta(meta)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def read_embedding(path: Path, encoder: str | None) -> np.ndarray:
+    """`slide_features/<encoder>` of an h5 (`encoder` may be left out when it holds one)."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        group = h5["slide_features"]
+        names = sorted(group)
+        if encoder is None:
+            if len(names) != 1:
+                raise BagError(f"{path}: holds {names}; pass encoder=")
+            encoder = names[0]
+        return np.asarray(group[encoder][...])
+
+
+def has_embedding(dest: Path, encoder: str) -> bool:
+    if not dest.exists():
+        return False
+    import h5py
+
+    with h5py.File(dest, "r") as h5:
+        return encoder in h5.get("slide_features", {})

@@ -31,15 +31,30 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-from .atomic import TMP_MARK, host_tag, tmp_prefix
+from .atomic import tmp_prefix
 from .held_locks import held, released
+from .lock_records import (  # noqa: F401 - the staleness names are part of this module's API
+    UNPARSEABLE_GRACE_SECONDS,
+    clean_stale_temps,
+    default_timeout,
+    describe,
+    describe_record,
+    file_age,
+    is_stale,
+    owner_record,
+    pid_alive,
+    proc_start,
+    read_record,
+    temp_is_stale,
+    temp_owner,
+)
+
+_proc_start = proc_start  # the name tests and older callers import
 
 log = logging.getLogger("slideflow")
 
@@ -47,92 +62,6 @@ LOCK_SUFFIX = ".lock"
 TAKEOVER_SUFFIX = ".takeover"
 #: a takeover mutex older than this belongs to a process that died inside the critical section
 TAKEOVER_STALE_SECONDS = 30.0
-
-
-def default_timeout() -> float:
-    """Seconds without a heartbeat after which a lock of another host is stale."""
-    try:
-        return float(os.environ.get("SLIDEFLOW_LOCK_TIMEOUT", 600))
-    except ValueError:
-        return 600.0
-
-
-def _proc_start(pid: int) -> str | None:
-    """Start time of `pid` in clock ticks since boot (Linux), or None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-        return stat[stat.rindex(b")") + 2:].split()[19].decode()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, start: str | None = None) -> bool:
-    """True when `pid` runs on this host (and, if `start` is given, is the same process)."""
-    if not _valid_pid(pid):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        pass
-    if start is not None:
-        now = _proc_start(pid)
-        if now is not None and now != start:
-            return False  # the pid was reused
-    return True
-
-
-def _owner_info() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _proc_start(
-        os.getpid()), "started": time.time(), "token": secrets.token_hex(8)}
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    """The lock's owner record; {} for a file that does not hold a JSON object (being
-    written on a filesystem without hard links, or garbage: see `is_stale`)."""
-    try:
-        info = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-def _valid_pid(pid: Any) -> bool:
-    """A pid this host could run: a plain int in 1..2**22 (Linux's pid_max ceiling)."""
-    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid <= 1 << 22
-
-
-def _age(path: Path) -> float | None:
-    try:
-        return time.time() - path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-
-
-#: seconds an unparseable lock file is left alone (a writer without hard links may be
-#: between creating and writing it); older, it is stale
-UNPARSEABLE_GRACE_SECONDS = 2.0
-
-
-def is_stale(info: dict[str, Any], age: float, timeout: float) -> bool:
-    """Whether a lock with contents `info` and heartbeat `age` (s) may be taken over.
-
-    A lock that does not parse (`{}`) is stale after a short grace; one naming this host and
-    a live pid is held, unless the pid was reused (start time differs) or is 1 with no start
-    time recorded (init never holds our locks: a hand-made or foreign file); an impossible pid
-    is judged by the heartbeat's age like a lock of another host.
-    """
-    if not info:
-        return age > UNPARSEABLE_GRACE_SECONDS
-    pid, start = info.get("pid"), info.get("pid_start")
-    if info.get("host") == socket.gethostname() and _valid_pid(pid) and (
-            pid != 1 or isinstance(start, str)):
-        return not pid_alive(pid, start if isinstance(start, str) else None)
-    return age > timeout
 
 
 def _create(path: Path, info: dict[str, Any]) -> bool:
@@ -186,20 +115,6 @@ def _create_excl(path: Path, info: dict[str, Any]) -> bool:
     return True
 
 
-def describe(path: str | os.PathLike) -> str:
-    """'host pid N since HH:MM:SS' for a lock file (for messages)."""
-    return _describe_info(_read(Path(path)) or {})
-
-
-def _describe_info(info: dict[str, Any]) -> str:
-    if not info:
-        return "an unreadable lock file"
-    try:
-        when = time.strftime("%H:%M:%S", time.localtime(float(info.get("started", 0))))
-    except (TypeError, ValueError, OverflowError, OSError):
-        when = "?"
-    return f"{str(info.get('host', '?'))[:80]} pid {str(info.get('pid', '?'))[:24]} since {when}"
-
 
 def _grave(path: Path) -> Path:
     """A unique name a stale lock or mutex is renamed to before it is removed."""
@@ -214,7 +129,7 @@ def _clear_dead_mutex(mutex: Path) -> bool:
     that both find a dead mutex must not remove each other's fresh one (that would let both
     into the critical section). A fresh mutex moved by mistake is linked back.
     """
-    seen, age = _read(mutex), _age(mutex)
+    seen, age = read_record(mutex), file_age(mutex)
     if seen is None or age is None:
         return True
     if not (age > TAKEOVER_STALE_SECONDS or (seen and is_stale(seen, 0.0, float("inf")))):
@@ -225,7 +140,7 @@ def _clear_dead_mutex(mutex: Path) -> bool:
     except FileNotFoundError:
         return True
     try:
-        if _read(grave) != seen:  # replaced between the read and the rename: put it back
+        if read_record(grave) != seen:  # replaced between the read and the rename: put it back
             with contextlib.suppress(OSError):
                 os.link(grave, mutex)
             return False
@@ -255,7 +170,7 @@ class SlideLock:
         if self.acquired:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        info = _owner_info()
+        info = owner_record()
         for _ in range(3):
             if _create(self.path, info):
                 self._held(info)
@@ -267,7 +182,7 @@ class SlideLock:
 
     def _take_over_stale(self) -> bool:
         """Remove the current lock if it is stale (serialised, see module doc)."""
-        seen, age = _read(self.path), _age(self.path)
+        seen, age = read_record(self.path), file_age(self.path)
         if seen is None or age is None:
             return True  # released meanwhile: try to create again
         if not is_stale(seen, age, self.timeout):
@@ -277,25 +192,25 @@ class SlideLock:
                         "as stale and replaced", self.path)
         mutex = self._mutex
         for _ in range(2):  # a dead process's mutex is cleared, then tried once more
-            if _create(mutex, _owner_info()):
+            if _create(mutex, owner_record()):
                 break
             if not _clear_dead_mutex(mutex):
                 return False  # another process is taking over
         else:
             return False
         try:
-            now = _read(self.path)
+            now = read_record(self.path)
             if now is None:
                 return True
             if now.get("token") != seen.get("token") or not is_stale(
-                    now, _age(self.path) or 0.0, self.timeout):
+                    now, file_age(self.path) or 0.0, self.timeout):
                 return False  # replaced by a fresh lock meanwhile
             grave = _grave(self.path)
             try:
                 os.rename(self.path, grave)
             except FileNotFoundError:
                 return True
-            self.took_over = _describe_info(now) + (
+            self.took_over = describe_record(now) + (
                 " (dead)" if now.get("host") == socket.gethostname() else " (no heartbeat)")
             grave.unlink(missing_ok=True)
             return True
@@ -339,7 +254,7 @@ class SlideLock:
         self._stop.set()
         if wait and self._beat is not None:
             self._beat.join(timeout=5)
-        now = _read(self.path)
+        now = read_record(self.path)
         if now is not None and self.info is not None and now.get("token") == self.info["token"]:
             self.path.unlink(missing_ok=True)
         self.acquired = False
@@ -357,48 +272,3 @@ class SlideLock:
         self.release()
 
 
-def temp_owner(path: str | os.PathLike) -> tuple[int, str] | None:
-    """(pid, host tag) encoded in a temporary name by `tmp_prefix`, or None (older names)."""
-    name = Path(path).name
-    if TMP_MARK not in name:
-        return None
-    parts = name.rsplit(TMP_MARK, 1)[1].split("-")
-    if len(parts) >= 3 and parts[0].isdigit() and len(parts[1]) == 8:
-        return int(parts[0]), parts[1]
-    return None
-
-
-def temp_is_stale(path: str | os.PathLike, timeout: float | None = None) -> bool:
-    """Whether a temporary output may be removed: its owner is a dead process on this host;
-    for other hosts or unnamed owners, untouched for longer than `timeout`."""
-    owner = temp_owner(path)
-    if owner is not None and owner[1] == host_tag():
-        return not pid_alive(owner[0])
-    age = _age(Path(path))
-    return age is not None and age > (default_timeout() if timeout is None else timeout)
-
-
-def clean_stale_temps(folder: str | os.PathLike, name: str | None = None, *,
-                      timeout: float | None = None) -> list[Path]:
-    """Remove temporary outputs of dead runs in `folder` (those of `name` only, if given).
-
-    A temporary file of a live process is never removed. Returns what was removed.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    removed = []
-    for p in folder.iterdir():
-        n = p.name
-        if TMP_MARK not in n or (name is not None and not n.startswith(name + ".")
-                                 and not n.startswith(name + TMP_MARK)):
-            continue
-        if not temp_is_stale(p, timeout):
-            continue
-        with contextlib.suppress(OSError):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(p)
-    return removed

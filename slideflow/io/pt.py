@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BagError
-from .atomic import discard, disk_full_error, stage
+from .atomic import atomic_path, discard, disk_full_error, stage
 from .bags_config import provenance_of, read_bags_config
 from .base import Bag, as_features, geometry_attrs, to_json
 from .identity import content_check, content_matches
@@ -207,3 +207,42 @@ def read_pt_meta(path: Path) -> dict[str, Any] | None:
                  "or replaced?); not reused", path)
         return None
     return sidecar.get("meta")
+
+
+# -- the format table's interface (`io.formats`) ------------------------------------------------
+
+def open_sink(path: Path, *, num_features: int, patch_size_level0: int,
+              meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None,
+              encoder: str | None, chunk_rows: int, expected_rows: int | None) -> PtSink:
+    """The sink of one .pt bag (one tensor: `encoder` and `chunk_rows` do not apply)."""
+    return PtSink(path, num_features, patch_size_level0, meta, attrs, expected_rows)
+
+
+def read(path: Path, *, patch_size_level0: int | None, encoder: str | None,
+         coords_scale: float | None) -> Bag:
+    """A .pt bag (`encoder` and `coords_scale` do not apply)."""
+    return read_pt(path, patch_size_level0)
+
+
+def read_meta(path: Path, encoder: str | None) -> dict[str, Any] | None:
+    return read_pt_meta(path)
+
+
+def write_embedding(dest: Path, encoder: str, vec: np.ndarray, meta: Mapping[str, Any]) -> Path:
+    """A slide embedding as a float32 (D,) tensor (`torch.load(weights_only=True)`), atomically;
+    one encoder per file, so `encoder` and `meta` are not stored."""
+    import torch
+
+    with atomic_path(dest) as tmp:
+        torch.save(torch.from_numpy(np.asarray(vec, np.float32).reshape(-1).copy()), tmp)
+    return dest
+
+
+def read_embedding(path: Path, encoder: str | None) -> np.ndarray:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True).numpy()
+
+
+def has_embedding(dest: Path, encoder: str) -> bool:
+    return dest.exists()

@@ -205,3 +205,20 @@ def read_zarr_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         meta = _open_group(path).attrs.get("slideflow_meta")
         return dict(meta) if meta is not None else None
     return None
+
+
+# -- the format table's interface (`io.formats`) ------------------------------------------------
+
+def open_sink(path: Path, *, num_features: int, patch_size_level0: int,
+              meta: Mapping[str, Any] | None, attrs: Mapping[str, Any] | None,
+              encoder: str | None, chunk_rows: int, expected_rows: int | None) -> ZarrSink:
+    return ZarrSink(path, num_features, patch_size_level0, meta, attrs, chunk_rows=chunk_rows)
+
+
+def read(path: Path, *, patch_size_level0: int | None, encoder: str | None,
+         coords_scale: float | None) -> Bag:
+    return read_zarr(path, coords_scale=coords_scale)
+
+
+def read_meta(path: Path, encoder: str | None) -> dict[str, Any] | None:
+    return read_zarr_meta(path)

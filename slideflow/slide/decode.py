@@ -40,6 +40,15 @@ class CpuDecoder:
             self.decoded += 1
         return out
 
+    def decode_into(self, stream: bytes, buffer: np.ndarray) -> np.ndarray:
+        """Decode into `buffer` (uint8 (H, W, 3), reused by the caller: no allocation); returns
+        the view holding the image. ValueError when the image is larger than the buffer."""
+        out = self._decode(stream, colorspace="RGB", fastdct=False, fastupsample=False,
+                           buffer=buffer)
+        with self._lock:
+            self.decoded += 1
+        return out
+
     def decode_many(self, streams: list[bytes]) -> list[np.ndarray]:
         return [self.decode(s) for s in streams]
 

@@ -18,14 +18,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..remote.dicomweb import JPEG_BASELINE, FrameSource
 from ..remote.source import LocalSource
 from ..remote.url import RemoteError
-from .backends.base import SlideReader
+
+if TYPE_CHECKING:  # backends/__init__ imports remote_open, which imports this module
+    from .backends.base import SlideReader
 
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
 #: APP14 'Adobe' marker with transform 0: tells libjpeg the 3 components are RGB, not YCbCr

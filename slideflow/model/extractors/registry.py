@@ -8,18 +8,14 @@ family's model code is imported only when an extractor is built (`resolve_builde
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import importlib
-import importlib.util
 import logging
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from ...errors import ExtractorNotFound
 from ..plugins import entry_point_items
+from ..spec_registry import SpecRegistry, did_you_mean, normalize
 from .catalog import EXTERNAL, INSTALL
 from .catalog import specs as core_specs
 from .families import family_builder, import_failures
@@ -33,68 +29,50 @@ TIMM_BIBTEX = ("@misc{rw2019timm, author={Wightman, Ross}, title={PyTorch Image 
                "howpublished={https://github.com/huggingface/pytorch-image-models}}")
 TIMM_PREFIX = "timm:"
 
-_lock = threading.RLock()
-_discovered: dict[str, ExtractorSpec] | None = None
-_plugins: dict[str, ExtractorSpec] = {}
-_plugin_builders: dict[str, Callable[..., Any]] = {}
-_load_errors: dict[str, str] = {}
+__all__ = ["EXTRACTORS", "GROUP", "TIMM_PREFIX", "get_spec", "is_registered", "known_names",
+           "list_extractors", "load_plugin", "normalize", "refresh", "register_extractor",
+           "resolve_builder", "sf3_classes", "timm_spec", "unregister_extractor"]
 
 
-def normalize(name: str) -> str:
-    """Lookup key of a name: case-insensitive, '-' and ' ' equivalent to '_'."""
-    return name.strip().lower().replace("-", "_").replace(" ", "_")
+def _discover_installed(errors: MutableMapping[str, str]) -> dict[str, ExtractorSpec]:
+    """Specs of every installed distribution; the core catalog when running from a source
+    tree whose entry-point metadata is not installed."""
+    found: dict[str, ExtractorSpec] = {}
+    for ep_name, spec in entry_point_items(GROUP, errors=errors, convert=EXTRACTORS.coerce,
+                                           what="extractor"):
+        key = normalize(spec.name)
+        if key in found and found[key] != spec:
+            log.warning("extractor %r from entry point %r shadows an earlier one",
+                        spec.name, ep_name)
+        found[key] = spec
+    if not any(s.distribution == "slideflow" for s in found.values()):
+        for spec in core_specs():
+            found.setdefault(normalize(spec.name), spec)
+    return found
 
 
-def _coerce(obj: Any, source: str) -> ExtractorSpec:
-    if isinstance(obj, ExtractorSpec):
-        return obj
-    if isinstance(obj, Mapping):
-        return ExtractorSpec.from_dict(obj)
-    raise TypeError(f"{source}: expected ExtractorSpec or dict, got {type(obj).__name__}")
+#: the tile-extractor registry (specs, plugins, builders); the functions below are its API
+EXTRACTORS: SpecRegistry[ExtractorSpec] = SpecRegistry(
+    kind="extractor", discover=_discover_installed, spec_type=ExtractorSpec,
+    not_found=ExtractorNotFound,
+    family_builder=family_builder, import_failures=import_failures, install_hints=INSTALL,
+    reserved_prefix=TIMM_PREFIX, not_built_in="is not a built-in family",
+    plugin_noun="feature plugin", register_call="register_extractor")
+_load_errors = EXTRACTORS.load_errors
 
 
 def _discover() -> dict[str, ExtractorSpec]:
     """Specs of every installed distribution, loaded once (thread-safe)."""
-    global _discovered
-    with _lock:
-        if _discovered is not None:
-            return _discovered
-        found: dict[str, ExtractorSpec] = {}
-        for ep_name, spec in entry_point_items(GROUP, errors=_load_errors, convert=_coerce,
-                                               what="extractor"):
-            key = normalize(spec.name)
-            if key in found and found[key] != spec:
-                log.warning("extractor %r from entry point %r shadows an earlier one",
-                            spec.name, ep_name)
-            found[key] = spec
-        if not any(s.distribution == "slideflow" for s in found.values()):
-            # running from a source tree whose entry-point metadata is not installed
-            for spec in core_specs():
-                found.setdefault(normalize(spec.name), spec)
-        _discovered = found
-        return found
+    return EXTRACTORS.discovered()
 
 
 def refresh() -> None:
     """Forget discovered entry points (after installing a distribution at runtime)."""
-    global _discovered
-    with _lock:
-        _discovered = None
-        _load_errors.clear()
+    EXTRACTORS.refresh()
 
 
 def _all_specs() -> dict[str, ExtractorSpec]:
-    specs = dict(_discover())
-    specs.update(_plugins)
-    return specs
-
-
-def _alias_index(specs: Mapping[str, ExtractorSpec]) -> dict[str, str]:
-    index: dict[str, str] = {}
-    for key, spec in specs.items():
-        for alias in spec.aliases:
-            index.setdefault(normalize(alias), key)
-    return index
+    return EXTRACTORS.specs()
 
 
 def _external() -> dict[str, ExternalEntry]:
@@ -140,12 +118,9 @@ def get_spec(name: str) -> ExtractorSpec:
     if name.strip().lower().startswith(TIMM_PREFIX):
         return timm_spec(name.strip()[len(TIMM_PREFIX):])
     key = normalize(name)
-    specs = _all_specs()
-    if key in specs:
-        return specs[key]
-    alias = _alias_index(specs).get(key)
-    if alias is not None:
-        return specs[alias]
+    spec = EXTRACTORS.find(key)
+    if spec is not None:
+        return spec
     if key.endswith((".tile", ".slide")):
         return _suffixed(name, key)
     ext = _external().get(key)
@@ -157,9 +132,7 @@ def get_spec(name: str) -> ExtractorSpec:
             f"or `pip install {ext.distribution}`; then call slideflow.model.refresh() or "
             "restart Python."
             + (f" (entry points that failed to load: {_load_errors})" if _load_errors else ""))
-    close = difflib.get_close_matches(key, [normalize(n) for n in known_names()], n=5,
-                                      cutoff=0.5)
-    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(key, [normalize(n) for n in known_names()], n=5)
     broken = f" (entry points that failed to load: {sorted(_load_errors)})" if _load_errors \
         else ""
     raise ExtractorNotFound(
@@ -210,65 +183,16 @@ def register_extractor(spec: ExtractorSpec | Mapping[str, Any],
     that module with the same strict checks as built-in extractors. `builder` may also be a
     ``"module:callable"`` string, or None when ``spec.family`` is a built-in family.
     """
-    spec = _coerce(spec, "register_extractor")
-    key = normalize(spec.name)
-    if key.startswith(normalize(TIMM_PREFIX)):
-        raise ValueError("names starting with 'timm:' are reserved")
-    with _lock:
-        if not replace and (key in _discover() or key in _plugins):
-            raise ValueError(f"extractor {spec.name!r} is already registered; pass "
-                             "replace=True to override it")
-        if builder is None and spec.builder is None and family_builder(spec.family) is None:
-            raise ValueError(f"{spec.name}: give a builder (family {spec.family!r} is not a "
-                             "built-in family)")
-        if isinstance(builder, str):
-            spec = spec.with_(builder=builder)
-            _plugin_builders.pop(key, None)
-        elif builder is not None:
-            if not callable(builder):
-                raise TypeError("builder must be callable or a 'module:callable' string")
-            _plugin_builders[key] = builder
-        _plugins[key] = spec
-    return spec
+    return EXTRACTORS.register(spec, builder, replace=replace, source="register_extractor")
 
 
 def unregister_extractor(name: str) -> None:
-    with _lock:
-        _plugins.pop(normalize(name), None)
-        _plugin_builders.pop(normalize(name), None)
+    EXTRACTORS.unregister(name)
 
 
 def resolve_builder(spec: ExtractorSpec) -> tuple[Callable[..., Any], bool]:
-    """(builder, is_plugin_callable) for a registered spec.
-
-    Only specs that are registered (installed entry points, explicit registrations, the
-    built-in catalog or 'timm:') reach this point, so the module imported here is never chosen
-    by a config file.
-    """
-    key = normalize(spec.name)
-    if key in _plugin_builders:
-        return _plugin_builders[key], True
-    if spec.builder:
-        if ":" not in spec.builder:
-            raise ExtractorNotFound(f"{spec.name}: builder {spec.builder!r} is not "
-                                    "'module:callable'")
-        module_name, attr = spec.builder.split(":", 1)
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise  # the builder module exists but one of its own imports is missing
-            dist = exc.name.split(".")[0].replace("_", "-")
-            hint = f": {INSTALL[dist]}" if dist in INSTALL else ""
-            raise ExtractorNotFound(f"{spec.name} ({spec.distribution}) is built by "
-                                    f"{module_name}, which is not installed{hint}") from exc
-        return getattr(module, attr), False
-    builder = family_builder(spec.family)
-    if builder is None:
-        failed = import_failures()
-        hint = f" (family modules that failed to import: {failed})" if failed else ""
-        raise ExtractorNotFound(f"{spec.name}: no builder for family {spec.family!r}{hint}")
-    return builder, False
+    """(builder, is_plugin_callable) for a registered spec (see `SpecRegistry.resolve_builder`)."""
+    return EXTRACTORS.resolve_builder(spec)
 
 
 def load_plugin(path: str | Path) -> list[str]:
@@ -276,22 +200,7 @@ def load_plugin(path: str | Path) -> list[str]:
 
     Returns the names it registered. This runs the file's code: only pass files you trust.
     """
-    path = Path(path).expanduser().resolve()
-    if not path.is_file() or path.suffix != ".py":
-        raise FileNotFoundError(f"feature plugin must be an existing .py file: {path}")
-    before = set(_plugins)
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    module_name = f"slideflow_plugin_{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load plugin {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    added = [_plugins[k].name for k in _plugins if k not in before]
-    if not added:
-        log.warning("plugin %s registered no extractor (call "
-                    "slideflow.register_extractor(spec, builder) in it)", path)
-    return added
+    return EXTRACTORS.load_plugin(path)
 
 
 def list_extractors(installed_only: bool = False):
@@ -305,7 +214,7 @@ def list_extractors(installed_only: bool = False):
         rows.append({
             "name": spec.name, "dim": spec.dim, "input_px": spec.input_px,
             "license": spec.license, "distribution": spec.distribution, "installed": True,
-            "plugin": key in _plugins, "gated": spec.gated, "family": spec.family,
+            "plugin": EXTRACTORS.is_plugin(key), "gated": spec.gated, "family": spec.family,
             "weights": spec.weights.describe(), "aliases": ", ".join(spec.aliases),
             "install": "",
         })

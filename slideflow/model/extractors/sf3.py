@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ExtractorNotFound, WeightsError
-from .registry import _lock, _plugins, get_spec, normalize, register_extractor, unregister_extractor
+from .registry import (
+    EXTRACTORS,
+    get_spec,
+    normalize,
+    register_extractor,
+    unregister_extractor,
+)
 from .spec import ExtractorSpec
 
 _TORCH_BACKENDS = (None, "torch", "pytorch")
@@ -129,8 +135,8 @@ def register_torch(key_name: str | Callable[..., Any] | None = None):
 
 def _register_factory(name: str, fn: Callable[..., Any]) -> None:
     key = normalize(name)
-    with _lock:
-        if key in _plugins and key not in _factories:
+    with EXTRACTORS.locked():  # the check and the registration are one step
+        if EXTRACTORS.is_plugin(key) and key not in _factories:
             raise ValueError(f"extractor {name!r} is already registered")
         spec = ExtractorSpec(name=name, family="slideflow3", dim=None, input_px=224,
                              license="see the extractor's author",

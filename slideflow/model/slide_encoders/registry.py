@@ -9,16 +9,14 @@ installed metadata unchanged (a new group would need every plug-in reinstalled) 
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import logging
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from ...errors import SlideEncoderNotFound
-from ..extractors.registry import GROUP, normalize
+from ..extractors.registry import GROUP
 from ..plugins import entry_point_items
+from ..spec_registry import SpecRegistry, did_you_mean, normalize
 from .catalog import EXTERNAL
 from .catalog import slide_encoder_specs as core
 from .families import family_builder, import_failures
@@ -28,46 +26,30 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTE = "slide_encoder_specs"
 
-_lock = threading.RLock()
-_discovered: dict[str, SlideEncoderSpec] | None = None
-_plugins: dict[str, SlideEncoderSpec] = {}
-_plugin_builders: dict[str, Callable[..., Any]] = {}
-_load_errors: dict[str, str] = {}
+
+def _discover_installed(errors: MutableMapping[str, str]) -> dict[str, SlideEncoderSpec]:
+    """The core catalog, then the slide encoders of installed distributions (which win)."""
+    found = {normalize(s.name): s for s in core()}
+    for _, spec in entry_point_items(GROUP, errors=errors, attribute=ATTRIBUTE,
+                                     convert=SLIDE_ENCODERS.coerce, what="slide encoder"):
+        found[normalize(spec.name)] = spec
+    return found
 
 
-def _coerce(obj: Any, source: str) -> SlideEncoderSpec:
-    if isinstance(obj, SlideEncoderSpec):
-        return obj
-    if isinstance(obj, Mapping):
-        return SlideEncoderSpec.from_dict(obj)
-    raise TypeError(f"{source}: expected SlideEncoderSpec or dict, got {type(obj).__name__}")
-
-
-def _discover() -> dict[str, SlideEncoderSpec]:
-    global _discovered
-    with _lock:
-        if _discovered is not None:
-            return _discovered
-
-        found = {normalize(s.name): s for s in core()}
-        for _, spec in entry_point_items(GROUP, errors=_load_errors, attribute=ATTRIBUTE,
-                                         convert=_coerce, what="slide encoder"):
-            found[normalize(spec.name)] = spec
-        _discovered = found
-        return found
+#: the slide-encoder registry (specs, plugins, builders); the functions below are its API
+SLIDE_ENCODERS: SpecRegistry[SlideEncoderSpec] = SpecRegistry(
+    kind="slide encoder", discover=_discover_installed, spec_type=SlideEncoderSpec,
+    not_found=SlideEncoderNotFound, family_builder=family_builder,
+    import_failures=import_failures, register_call="register_slide_encoder")
+_load_errors = SLIDE_ENCODERS.load_errors
 
 
 def refresh() -> None:
-    global _discovered
-    with _lock:
-        _discovered = None
-        _load_errors.clear()
+    SLIDE_ENCODERS.refresh()
 
 
 def _all() -> dict[str, SlideEncoderSpec]:
-    specs = dict(_discover())
-    specs.update(_plugins)
-    return specs
+    return SLIDE_ENCODERS.specs()
 
 
 def _external() -> dict[str, ExternalSlideEntry]:
@@ -82,11 +64,9 @@ def get_slide_spec(name: str) -> SlideEncoderSpec:
     if key.endswith(".slide"):  # Slideflow's 'gigapath.slide'
         key = key[: -len(".slide")]
     specs = _all()
-    if key in specs:
-        return specs[key]
-    for spec in specs.values():
-        if key in {normalize(a) for a in spec.aliases}:
-            return spec
+    spec = SLIDE_ENCODERS.find(key, specs)
+    if spec is not None:
+        return spec
     ext = _external().get(key)
     if ext is not None:
         raise SlideEncoderNotFound(
@@ -94,8 +74,7 @@ def get_slide_spec(name: str) -> SlideEncoderSpec:
             f"(licence: {ext.license}), which is not installed. Install it with:\n"
             f"    {ext.install}")
     names = sorted({s.name for s in specs.values()} | {e.name for e in _external().values()})
-    close = difflib.get_close_matches(key, names, n=4, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(key, names, n=4)
     raise SlideEncoderNotFound(f"unknown slide encoder {name!r}.{hint} Known: {names}"
                                + (f" (failed entry points: {_load_errors})" if _load_errors
                                   else ""))
@@ -115,47 +94,17 @@ def register_slide_encoder(spec: SlideEncoderSpec | Mapping[str, Any],
                            replace: bool = False) -> SlideEncoderSpec:
     """Register a slide encoder at runtime; `builder(spec, **kwargs)` returns an nn.Module
     mapping (features (N, D), coords (N, 2), patch_size_level0) to a (dim,) tensor."""
-    spec = _coerce(spec, "register_slide_encoder")
-    key = normalize(spec.name)
-    with _lock:
-        if not replace and (key in _discover() or key in _plugins):
-            raise ValueError(f"slide encoder {spec.name!r} is already registered; pass "
-                             "replace=True to override it")
-        if isinstance(builder, str):
-            spec = spec.with_(builder=builder)
-        elif builder is not None:
-            if not callable(builder):
-                raise TypeError("builder must be callable or a 'module:callable' string")
-            _plugin_builders[key] = builder
-        elif spec.builder is None and family_builder(spec.family) is None:
-            raise ValueError(f"{spec.name}: give a builder (family {spec.family!r} is not "
-                             "built in)")
-        _plugins[key] = spec
-    return spec
+    return SLIDE_ENCODERS.register(spec, builder, replace=replace,
+                                   source="register_slide_encoder")
 
 
 def unregister_slide_encoder(name: str) -> None:
-    with _lock:
-        _plugins.pop(normalize(name), None)
-        _plugin_builders.pop(normalize(name), None)
+    SLIDE_ENCODERS.unregister(name)
 
 
 def resolve_builder(spec: SlideEncoderSpec) -> Callable[..., Any]:
-    key = normalize(spec.name)
-    if key in _plugin_builders:
-        return _plugin_builders[key]
-    if spec.builder:  # a registered spec's own "module:callable" (never from a config)
-        if ":" not in spec.builder:
-            raise SlideEncoderNotFound(f"{spec.name}: builder {spec.builder!r} is not "
-                                       "'module:callable'")
-        module_name, attr = spec.builder.split(":", 1)
-        return getattr(importlib.import_module(module_name), attr)
-    builder = family_builder(spec.family)
-    if builder is None:
-        failed = import_failures()
-        hint = f" (family modules that failed to import: {failed})" if failed else ""
-        raise SlideEncoderNotFound(f"{spec.name}: no builder for family {spec.family!r}{hint}")
-    return builder
+    """The callable that builds `spec` (see `SpecRegistry.resolve_builder`)."""
+    return SLIDE_ENCODERS.resolve_builder(spec)[0]
 
 
 def list_slide_encoders(installed_only: bool = False):
@@ -170,7 +119,7 @@ def list_slide_encoders(installed_only: bool = False):
             "tile_features": s.tile_features, "tile_px": s.tile_px,
             "tile_um": None if s.tile_um is None else str(s.tile_um),
             "positional": s.positional, "license": s.license, "distribution": s.distribution,
-            "installed": True, "plugin": key in _plugins, "gated": s.gated,
+            "installed": True, "plugin": SLIDE_ENCODERS.is_plugin(key), "gated": s.gated,
             "weights": s.weights.describe() if s.family != "mean" else "none (no parameters)",
             "install": "",
         })
