@@ -26,10 +26,14 @@ NAMES = ["CMU-1-Small-Region.svs", "CMU-1-Small-Region.jpeg.tiff", "CMU-1-Small-
 FIXED_MTIME_NS = 1_700_000_000 * 10**9
 
 
+#: what a run leaves beside its outputs (times, host, pid): not outputs, never digested
+RUN_FILES = {"summary.json", "failures.csv"}
+
+
 def folder_digest(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix != ".html":
+        if p.is_file() and p.suffix != ".html" and p.name not in RUN_FILES:
             h.update(str(p.relative_to(folder)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()[:16]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 from .errors import InvalidArgumentError
@@ -70,3 +71,16 @@ def mpp_value(value: Any, name: str = "mpp") -> float:
         raise InvalidArgumentError(f"{name} must be between {lo:g} and {hi:g} microns per pixel, "
                                    f"got {value!r}")
     return v
+
+
+def renamed(new_value: Any, old_value: Any, new: str, old: str) -> Any:
+    """The value of an option that was renamed from `old` to `new`: the old spelling still
+    works, with one DeprecationWarning naming the new one; both at once must agree."""
+    if old_value is None:
+        return new_value
+    if new_value is not None and new_value != old_value:
+        raise InvalidArgumentError(f"{old}={old_value!r} and {new}={new_value!r} given; "
+                                   f"{old} is the old name of {new}: give {new} only")
+    warnings.warn(f"{old} is the old name of {new} (same meaning); use {new}",
+                  DeprecationWarning, stacklevel=3)
+    return old_value

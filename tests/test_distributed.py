@@ -14,6 +14,7 @@ import pytest
 import slideflow as sf
 from slideflow.features import generate_bags, jobs_from_paths
 from slideflow.io.atomic import TMP_MARK
+from slideflow.io.runlog import FAILURES, SUMMARY
 
 from conftest import CMU, CMU_DICOM, NDPI
 
@@ -21,7 +22,9 @@ GEOMETRY = (112, 224)
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+    """The folder's files but the run's own (summary.json: times, host, pid)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())
+            if p.is_file() and p.name not in (FAILURES, SUMMARY)}
 
 
 @pytest.fixture(scope="module")

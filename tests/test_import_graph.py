@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: imports of the project's own modules inside functions: only those that defer torch,
 #: TensorFlow, heavy readers, the CLI's start-up, or serve the lazy public API. A ratchet:
 #: lower it when you remove some, never raise it.
-MAX_IN_FUNCTION = 65
+MAX_IN_FUNCTION = 45
 
 #: modules still over the line limit, with their size now: a ratchet (they may shrink, not grow;
 #: a module leaves the list when it is under the limit)

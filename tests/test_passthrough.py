@@ -167,7 +167,7 @@ def test_not_aligned_says_why_and_is_unchanged(tmp_path, slides):
 def test_opt_out_and_resume_key(tmp_path, slides):
     res, on = _extract(tmp_path, CMU, 240)
     again = extract_slide(CMU, tmp_path, 240, 120, mpp=0.5)
-    assert again.status == "skipped"
+    assert again.status == "reused"
     off = extract_slide(CMU, tmp_path, 240, 120, mpp=0.5, passthrough=False)
     assert off.status == "done" and "passthrough" in off.reason
     side = json.loads((tmp_path / "CMU-1-Small-Region.extract.json").read_text())

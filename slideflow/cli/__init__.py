@@ -1,7 +1,8 @@
 """The command line (face layer): `slideflow ...` and `python -m slideflow ...`.
 
 `commands` holds the typer app and its main commands; `encode` (encode-slide /
-encode-patient), `mil` (mil train / predict), `extractors`, `doctor` register theirs on it;
+encode-patient), `mil` (mil train / predict), `extractors`, `doctor` and `atlaspatch` hold
+theirs, imported when they run (`lazy`: `slideflow --help` lists them from its table);
 `errors` turns usage errors into one `error:` line; `inputs` turns arguments into jobs; `demo` is the `make demo` walk-through.
 ``slideflow.cli:main`` (the console script), ``from slideflow.cli import app`` and
 ``slideflow.cli.features`` (any name of `commands`) keep working.

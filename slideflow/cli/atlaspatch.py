@@ -28,7 +28,13 @@ from ..compat.atlaspatch import (
     split_names,
 )
 from ..compat.atlaspatch import stride_div as to_stride_div
+from ..engine.features import generate_bags, jobs_from_paths
+from ..engine.selection import TileSelection
+from ..engine.slide_embedding_outputs import write_slide_embedding
+from ..engine.slide_embeddings import check_geometry
 from ..errors import InvalidArgumentError
+from ..io.bags import bag_path, read_bag
+from ..model.slide_encoders import build_slide_encoder, get_slide_spec
 from ..slide import find_slides, is_slide
 
 atlaspatch_app = typer.Typer(help="AtlasPatch-compatible commands (docs/porting.md).",
@@ -95,9 +101,6 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
                  visualize_mask, visualize_contours, save_images, recursive, mpp_csv,
                  skip_existing, verbose, write_batch) -> Any:
     """Options checked and mapped, then `generate_bags(format='atlaspatch')`; the report."""
-    from ..engine.features import generate_bags, jobs_from_paths
-    from ..engine.selection import TileSelection
-
     if not fast_mode:
         _refuse("--no-fast-mode", "use `slideflow features` with --whitespace-fraction / "
                 "--grayspace-fraction for per-tile background filters")
@@ -132,7 +135,6 @@ def _patch_stage(*, wsi_path, output, patch_size, target_mag, feature_extractors
         kw["device"] = dev
     for plugin in feature_plugin or []:
         import torch
-
 
         dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(
             feature_precision, torch.float32) if str(dev or "cpu").startswith("cuda") \
@@ -198,10 +200,6 @@ def encode_slide(
     `slide_features/<encoder>` appended to the same `<output>/patches/<stem>.h5`."""
     opts = {k: v for k, v in locals().items() if k not in ("slide_encoders", "random_weights",
                                                            "feature_extractors")}
-    from ..engine.slide_embedding_outputs import write_slide_embedding
-    from ..engine.slide_embeddings import check_geometry
-    from ..io.bags import bag_path, read_bag
-    from ..model.slide_encoders import build_slide_encoder, get_slide_spec
 
     mag = f"{target_mag:g}x"
     groups: dict[str, list[Any]] = {}  # tile extractor -> its slide encoders' names

@@ -12,26 +12,36 @@ SLURM_ARRAY_TASK_COUNT from the environment): every task writes disjoint bags in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import SlideflowError
-from ..io import formats, runlog  # runlog.write_run_files looked up per call (tests swap it)
+from ..io import formats, runlog
 from ..io.held_locks import install_sigterm_handler
 from ..validate import positive_int
 from ..version import __version__
-from . import atlaspatch, doctor, encode, extractors, mil
 from .errors import check_inputs_exist, run_app
 from .inputs import make_jobs, ray_arg, ray_argv, shard, stride_div_of, weights_map
+from .lazy import LazyGroup
+
+if TYPE_CHECKING:
+    from ..slide.geometry import TileGeometry
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  cls=LazyGroup,  # extractors, encode-*, doctor, mil, atlaspatch: `lazy.LAZY`
                   help="slideflow: whole-slide images to tiles and feature vectors.")
+
+
+def _geometry(tile_px: int, tile_um: str) -> TileGeometry:
+    """--tile-px / --tile-um parsed once (`TileGeometry`), the value handed to the engine."""
+    from ..slide.geometry import TileGeometry  # numpy: not at start-up
+
+    return TileGeometry.from_text(tile_px, tile_um)
 
 
 def _print_version(value: bool) -> None:
@@ -45,13 +55,6 @@ def _root(version: Annotated[bool, typer.Option(
         "--version", is_eager=True, callback=_print_version,
         help="print the version and exit")] = False) -> None:
     """slideflow: whole-slide images to tiles and feature vectors."""
-
-
-def _tile_um(value: str) -> float | str:
-    try:
-        return float(value) if not value.lower().endswith("x") else value
-    except ValueError:
-        raise typer.BadParameter(f"{value!r}: microns (e.g. 128) or a magnification ('20x')") from None
 
 
 @app.command()
@@ -83,7 +86,8 @@ def preview(
     """Write a PNG of the slide with the tissue mask, ROIs and kept tiles."""
     from ..slide.wsi import WSI
 
-    wsi = WSI(slide, tile_px, _tile_um(tile_um), mpp=mpp, rois=rois)
+    geo = _geometry(tile_px, tile_um)
+    wsi = WSI(slide, geo.tile_px, geo.tile_um, mpp=mpp, rois=rois)
     if qc:
         wsi.qc(qc)
     wsi.preview(width=width).save(output)
@@ -127,7 +131,10 @@ def features(
     precision: Annotated[str, typer.Option(help="auto (CPU: bf16 where native and it agrees "
                                            "with fp32, else fp32; GPU: bf16/fp16 autocast), "
                                            "fp32, fp16 or bf16 (GPU)")] = "auto",
-    workers: Annotated[int | None, typer.Option(help="reader threads")] = None,
+    num_threads: Annotated[int | None, typer.Option(help="reader threads (default: the "
+                                                    "usable cores)")] = None,
+    workers: Annotated[int | None, typer.Option(hidden=True,
+                                                help="old name of --num-threads")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     max_tiles: Annotated[int | None, typer.Option()] = None,
     save_images: Annotated[bool, typer.Option(help="also save the tiles as PNG in "
@@ -145,18 +152,19 @@ def features(
     Safe to run several times at once on the same folders (each slide is done once); writes
     failures.csv and summary.json to the output folder; exits 1 when any slide failed.
     """
-    import time
-
     from ..engine.features import TileSelection, check_run_options, generate_bags
     from ..model import build_feature_extractor, load_plugin
-    from ..slide.geometry import check_tile_geometry
 
     _set_verbosity(quiet, verbose)
     if cache is not None:  # the environment reaches worker processes too
         os.environ["SLIDEFLOW_CACHE"] = str(cache.expanduser().resolve())
     # every option once, before the model is built (never one identical failure per slide)
-    check_tile_geometry(tile_px, _tile_um(tile_um), stride_div_of(overlap, stride_div))
-    check_run_options(workers=workers, mpp=mpp, device=device, devices=devices)
+    geometry = _geometry(tile_px, tile_um)
+    geometry.check_stride(stride_div_of(overlap, stride_div))
+    check_run_options(num_threads=num_threads if workers is None else workers, mpp=mpp,
+                      device=device, devices=devices,
+                      threads_flag="--num-threads" if workers is None else "--workers")
+    num_threads = _renamed_option(num_threads, workers, "--num-threads", "--workers")
     if not slides and manifest is None:
         raise typer.BadParameter("give slides (files or folders) or --manifest")
     check_inputs_exist(slides)
@@ -176,47 +184,43 @@ def features(
     if device:
         kwargs["device"] = device
     kwargs["mixed_precision"] = precision
-    start = time.perf_counter()
     try:
         exts = [build_feature_extractor(n, **kwargs, **({"weights": per_weights[n]}
                                                         if n in per_weights else {}))
                 for n in names]
-        report = generate_bags(jobs, exts if len(exts) > 1 else exts[0], outdir, tile_px,
-                               _tile_um(tile_um), fmt=fmt, normalizer=normalizer,
+        report = generate_bags(jobs, exts if len(exts) > 1 else exts[0], outdir, geometry,
+                               fmt=fmt, normalizer=normalizer,
                                selection=selection, force_regenerate=force, max_tiles=max_tiles,
-                               num_threads=workers, progress=not quiet, devices=devices,
+                               num_threads=num_threads, progress=not quiet, devices=devices,
                                ray=ray_arg(ray), save_images=save_images)
-    except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, the folder claimed by another
-        partial = getattr(exc, "partial_report", None)  # run): what was done is recorded
-        if partial is not None:
-            with contextlib.suppress(Exception):
-                runlog.write_run_files(outdir, partial.outcomes, runlog.run_summary(
-                    partial.outcomes, time.perf_counter() - start, extractors=names,
-                    outdir=str(outdir), interrupted=type(exc).__name__))
-        if isinstance(exc, SlideflowError):
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        raise
-    summary = runlog.run_summary(report.outcomes, time.perf_counter() - start,
-                                 extractors=names, outdir=str(outdir),
-                                 superseded=report.superseded)
-    errors, written = [], True
-    try:
-        runlog.write_run_files(outdir, report.outcomes, summary)
-    except OSError as exc:  # e.g. a full disk: say so, the summary is printed below
-        errors.append(f"failures.csv and summary.json not written to {outdir} ({exc})")
-        written = False
+    except SlideflowError as exc:  # the run could not start, or stopped (the folder claimed
+        typer.echo(f"error: {exc}", err=True)  # by another run); what was done is recorded
+        raise typer.Exit(2) from None
+    # summary.json and failures.csv: written by the engine (generate_bags) into outdir
+    summary = report.summary(extractors=names, outdir=str(outdir), superseded=report.superseded)
     for o in report.outcomes:
         if o.status == "failed":
-            typer.echo(f"FAILED {o.slide}: {o.error_type}: {o.error}", err=True)
-    if not quiet or summary["failed"] or errors:
+            typer.echo(f"FAILED {o.slide}: {o.message}", err=True)
+    if not quiet or summary["failed"] or report.errors:
         typer.echo(runlog.human_summary(summary))
-    for why in errors:
+    for why in report.errors:
         typer.echo(f"error: {why}", err=True)
-    if summary["failed"] and written:
+    if summary["failed"] and not report.errors:
         typer.echo(f"failures listed in {outdir / 'failures.csv'}", err=True)
-    if summary["failed"] or errors:
+    if summary["failed"] or report.errors:
         raise typer.Exit(1)
+
+
+def _renamed_option(new_value: int | None, old_value: int | None, new: str, old: str
+                    ) -> int | None:
+    """An option given under its old name works, with one warning line naming the new one."""
+    if old_value is None:
+        return new_value
+    if new_value is not None and new_value != old_value:
+        raise typer.BadParameter(f"{old} is the old name of {new}: give {new} only")
+    logging.getLogger("slideflow").warning("%s is the old name of %s (same meaning); use %s",
+                                           old, new, new)
+    return old_value
 
 
 def _set_verbosity(quiet: bool, verbose: bool) -> None:
@@ -238,7 +242,8 @@ def extract_tiles(
     from ..project.project import load_project
 
     P = load_project(project)
-    result = P.extract_tiles(tile_px, _tile_um(tile_um), qc=None if qc == "none" else qc,
+    geo = _geometry(tile_px, tile_um)
+    result = P.extract_tiles(geo.tile_px, geo.tile_um, qc=None if qc == "none" else qc,
                              img_format=img_format, passthrough=passthrough)
     for note in result.notes:
         typer.echo(f"recovered {note}")
@@ -249,17 +254,6 @@ def extract_tiles(
         typer.echo(f"error: {why}", err=True)
     if result.failed or result.errors:
         raise typer.Exit(1)
-
-
-def _register_extra_commands() -> None:
-    extractors.register(app)
-    encode.register(app)
-    mil.register(app)
-    doctor.register(app)
-    atlaspatch.register(app)
-
-
-_register_extra_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,9 @@ from typing import Annotated
 
 import typer
 
+from ..model.extractors.weights_status import hub_cache_dir
+from ..slide.decode import TorchDecoder
+from ..slide.decode_check import check_decoder
 from ..version import __version__
 from .extractors import extractor_rows
 
@@ -94,9 +97,6 @@ def gpu_decode_check(device: str = "cuda") -> str:
     import numpy as np
     import simplejpeg
 
-    from ..slide.decode import TorchDecoder
-    from ..slide.decode_check import check_decoder
-
     y, x = np.mgrid[0:64, 0:64]
     img = np.stack([x * 4, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)
     jpeg = simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=100, colorsubsampling="444")
@@ -110,7 +110,6 @@ def gpu_decode_check(device: str = "cuda") -> str:
 
 
 def hf_lines() -> list[Line]:
-    from ..model.extractors.weights_status import hub_cache_dir
 
     token_file = Path(os.environ.get("HF_TOKEN_PATH") or (
         Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "token"))

@@ -19,25 +19,29 @@ from typing import Annotated, Any
 
 import typer
 
+from ..engine.embed import PreprocessingConfig, embed_patients
+from ..engine.features import jobs_from_paths
+from ..engine.slide_embedding_outputs import canonical_extractor
+from ..engine.slide_embeddings import generate_slide_embeddings
 from ..io import formats
 from ..io.atomic import atomic_path, write_json_atomic
 from ..io.manifest import read_manifest
+from ..model.slide_encoders import build_slide_encoder, get_slide_spec
 from ..slide import expand_slides
+from ..slide.geometry import TileGeometry
 from .errors import check_inputs_exist
 
 
-def _tile_um(value: str | None) -> float | str | None:
+def _tile_um(tile_px: int | None, value: str | None) -> float | str | None:
+    """--tile-um's value, checked once (`TileGeometry`): microns or a magnification."""
     if value is None:
         return None
-    return value if value.lower().endswith("x") else float(value)
+    return TileGeometry.from_text(tile_px or 1, value).tile_um
 
 
 def plan_encoders(names: list[str], tile_extractor: str | None, pretrained: bool = True,
                   weights: str | None = None) -> tuple[list[Any], str]:
     """Build the encoders and the one tile extractor they share (clear error otherwise)."""
-    from ..engine.slide_embedding_outputs import canonical_extractor
-    from ..model.slide_encoders import build_slide_encoder, get_slide_spec
-
     specs = [get_slide_spec(n) for n in names]
     needs = {canonical_extractor(s.tile_extractor) for s in specs if s.tile_extractor}
     if tile_extractor is not None:
@@ -78,9 +82,6 @@ def encode_slide(
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
     """Slide embeddings straight from slides (tile bags are made or reused on the way)."""
-    from ..engine.features import jobs_from_paths
-    from ..engine.slide_embeddings import generate_slide_embeddings
-
     if fmt not in formats.names(formats.SLIDE_EMBEDDINGS):
         raise typer.BadParameter(f"--format must be "
                                  f"{formats.choices_text(formats.SLIDE_EMBEDDINGS)}, got {fmt!r}")
@@ -92,7 +93,7 @@ def encode_slide(
     bags = outdir / "tile_bags" / tile_name
     geo = next(((e.spec.tile_px, e.spec.tile_um) for e in encoders if e.spec.tile_px), None)
     px = tile_px if tile_px is not None else (geo[0] if geo else None)
-    um = _tile_um(tile_um) if tile_um is not None else (geo[1] if geo else None)
+    um = _tile_um(tile_px, tile_um) if tile_um is not None else (geo[1] if geo else None)
     if px is None or um is None:
         raise typer.BadParameter("these slide encoders take any tile geometry: pass --tile-px "
                                  "and --tile-um")
@@ -124,13 +125,10 @@ def encode_patient(
     """Patient embeddings (mean of each patient's slide embeddings), manifest order."""
     import torch
 
-    from ..engine.embed import PreprocessingConfig, embed_patients
-    from ..model.slide_encoders import build_slide_encoder
-
     check_inputs_exist([manifest])  # and its columns, before any model is built
     read_manifest(manifest, required=("patient_id", "image_path"))
     enc = build_slide_encoder(slide_encoder, pretrained=not random_weights)
-    pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_um),
+    pre = PreprocessingConfig(tile_px=tile_px, tile_um=_tile_um(tile_px, tile_um),
                               qc=None if qc in (None, "none") else qc)
     patients = embed_patients(manifest, extractor, enc, preprocessing=pre)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
+from ..model import list_extractors
+from ..model.extractors.registry import get_spec
+from ..model.extractors.weights_status import weights_status
+
 
 def extractor_rows() -> list[dict[str, Any]]:
     """One dict per known extractor, installed or not, with its weights' status here."""
-    from ..model import list_extractors
-    from ..model.extractors.registry import get_spec
-    from ..model.extractors.weights_status import weights_status
-
     rows = []
     for r in list_extractors().to_dict("records"):
         status = "not installed"

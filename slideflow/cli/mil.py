@@ -23,6 +23,8 @@ from ..errors import SlideflowError
 from ..io.atomic import atomic_open
 from ..io.runlog import human_summary, run_summary, write_run_files
 from ..mil import mil_config
+from ..mil.splits import fold_slides
+from ..project.project import is_project, load_project
 from ..slide import find_slides, is_slide
 
 mil_app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -32,8 +34,6 @@ mil_app = typer.Typer(add_completion=False, no_args_is_help=True,
 def _table(source: Path) -> Any:
     """Annotations of a project folder, or a manifest CSV (slide, patient, outcome columns)."""
     import pandas as pd
-
-    from ..project.project import is_project, load_project
 
     if source.is_dir() and is_project(source):
         return load_project(source).dataset().annotations
@@ -66,7 +66,6 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train one model per fold; prints each fold's validation metrics."""
-    from ..mil.splits import fold_slides
     from ..mil.train import train_mil
 
     try:

@@ -5,7 +5,7 @@ serial loop, the one-process-per-device runner and the Ray runner all share.
 output folder (`slideflow.io.locks`), removes temporary files of dead runs, reads the tiles
 once and feeds every extractor (`slideflow.fanout`), and writes each bag atomically. A slide
 locked by a live process comes back `busy` (skipped, not failed); a bad slide comes back
-`failed` with its error, never raising.
+`failed` with its error, never raising (`engine.outcome.SlideOutcome`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,11 @@ from ..io.names import check_output_name, confined
 from ..io.npz import index_path_for
 from ..remote.fetch import begin_counting, end_counting
 from ..remote.identity import url_identity
+from ..slide.geometry import TileGeometry
 from .fanout import run_features_many
+from .outcome import SlideOutcome, Status
 from .progress import track_slides
+from .protocols import Extractor
 from .selection import TileSelection
 from .slide_job import (
     SlideJob,
@@ -44,8 +47,8 @@ from .slide_job import (
 
 log = logging.getLogger("slideflow")
 
-#: outcome statuses
-DONE, REUSED, BUSY, FAILED = "done", "reused", "busy", "failed"
+#: outcome statuses (`engine.outcome.Status`; the names stay importable from here)
+DONE, REUSED, BUSY, FAILED = Status.DONE, Status.REUSED, Status.BUSY, Status.FAILED
 
 
 @dataclass
@@ -57,15 +60,20 @@ class BagTarget:
     fmt: str
     cfg: dict[str, Any]
     request: dict[str, Any]
-    extractor: Any = field(default=None, repr=False)
+    extractor: Extractor | None = field(default=None, repr=False)
     batch_size: int | None = None
+
+    @property
+    def run_batch_size(self) -> int:
+        """The model batch of this run: the one asked for, else the extractor's own."""
+        return self.batch_size or self.extractor.batch_size
 
     def without_extractor(self) -> BagTarget:
         """A copy to send to a worker process (which rebuilds the model from `cfg`)."""
         bs = self.batch_size or getattr(self.extractor, "batch_size", None)
         return replace(self, extractor=None, batch_size=bs)
 
-    def with_extractor(self, extractor: Any) -> BagTarget:
+    def with_extractor(self, extractor: Extractor) -> BagTarget:
         return replace(self, extractor=extractor)
 
 
@@ -73,8 +81,7 @@ class BagTarget:
 class BagOptions:
     """Everything but the extractors that decides a run (picklable, sent to workers)."""
 
-    tile_px: int
-    tile_um: Any
+    geometry: TileGeometry
     selection: TileSelection
     force: bool = False
     min_tiles: int = 0
@@ -83,30 +90,17 @@ class BagOptions:
     num_threads: int | None = None
     save_images: bool = False
 
-
-@dataclass
-class SlideOutcome:
-    """What happened to one slide: done, reused (bags current), busy (locked by a live
-    process) or failed; `fetched` counts the requests and bytes of a slide read from a URL."""
-
-    slide: str
-    status: str
-    tiles: int = 0
-    seconds: float = 0.0
-    error_type: str | None = None
-    error: str | None = None
-    worker: str | None = None
-    notes: list[str] = field(default_factory=list)  # recoveries: stale locks/temps of dead runs
-    fetched: dict[str, int] | None = None  # {requests, bytes_fetched, retries} (URLs only)
+    @property
+    def tile_px(self) -> int:
+        return self.geometry.tile_px
 
     @property
-    def message(self) -> str | None:
-        """'ErrorType: message' of a failed slide."""
-        return f"{self.error_type}: {self.error}" if self.error_type else self.error
+    def tile_um(self) -> float | int | str:
+        return self.geometry.tile_um
 
 
-def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOptions,
-                fmt: str) -> BagTarget:
+def make_target(extractor: Extractor, outdir: str | Path, normalizer: Any, opts: BagOptions,
+                fmt: str, batch_size: int | None = None) -> BagTarget:
     """A target with its bags_config (claimed on the folder by `claim_target`)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +115,7 @@ def make_target(extractor: Any, outdir: str | Path, normalizer: Any, opts: BagOp
         request["encoder"] = extractor.name
     if cfg["provenance"]["precision"] != "fp32":  # bf16/fp16 bags are other bags
         request["precision"] = cfg["provenance"]["precision"]
-    return BagTarget(outdir, fmt, cfg, request, extractor)
+    return BagTarget(outdir, fmt, cfg, request, extractor, batch_size)
 
 
 def config_of(t: BagTarget) -> Path:
@@ -211,7 +205,7 @@ def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normaliz
             for outdir in dict.fromkeys(t.outdir for t in todo):  # AtlasPatch targets share one
                 lock = locks.enter_context(SlideLock(outdir, job.name))
                 if not lock.acquired:
-                    out.status, out.error = BUSY, f"locked by {lock.holder()}"
+                    out.status, out.reason = BUSY, f"locked by {lock.holder()}"
                     return out
                 if lock.took_over:
                     out.notes.append(f"took over the stale lock of {lock.took_over} in {outdir}")
@@ -228,8 +222,7 @@ def _process(job: SlideJob, targets: list[BagTarget], opts: BagOptions, normaliz
     except BagsConfigMismatchError:
         raise  # the folder itself changed hands: the run stops (its summary is still written)
     except Exception as exc:  # anything else is this slide's failure; the batch goes on
-        out.status = FAILED
-        out.error_type, out.error = failure_text(exc, [t.outdir for t in todo])
+        out.fail(*failure_text(exc, [t.outdir for t in todo]))
         # the progress line and the caller's summary report it (once)
         log.debug("%s: failed (%s: %s)", job.name, out.error_type, out.error, exc_info=True)
     out.seconds = time.perf_counter() - t0
@@ -256,9 +249,9 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
                 on_tiles: Any) -> int:
     """Read the slide once, run every extractor, commit every bag; returns the tile count."""
     first = todo[0].extractor
-    source, extent, meta = _job_source(job, opts.tile_px, opts.tile_um, opts.selection,
-                                       first.batch_size, opts.num_threads, opts.max_tiles,
-                                       opts.seed, first)
+    source, extent, meta = _job_source(job, opts.geometry, opts.selection,
+                                       todo[0].run_batch_size, opts.num_threads,
+                                       opts.max_tiles, opts.seed, first)
     with contextlib.ExitStack() as writers:
         if opts.save_images:  # committed after the bags (exit order), discarded on error
             source = writers.enter_context(_ImageDir(todo[0].outdir, job.name)).tee(source)
@@ -274,7 +267,8 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
             sinks.append(_finite_only(w.append, job.name))
         counted = _count_tiles(sinks[0], on_tiles)
         tiles = run_features_many([t.extractor for t in todo], source,
-                                  [counted, *sinks[1:]], normalizer=normalizer)
+                                  [counted, *sinks[1:]], normalizer=normalizer,
+                                  batch_sizes=[t.run_batch_size for t in todo])
         _check_record_count(job, tiles)
         need = max(opts.min_tiles, 1)
         if tiles < need:
@@ -365,7 +359,7 @@ def report_outcome(bar: Any, o: SlideOutcome) -> None:
     elif o.status == REUSED:
         bar.slide_skipped(o.slide, "bag exists with the same settings")
     elif o.status == BUSY:
-        bar.slide_skipped(o.slide, o.error or "locked by another process")
+        bar.slide_skipped(o.slide, o.reason or "locked by another process")
     else:
         bar.slide_failed(o.slide, o.message or "")
 

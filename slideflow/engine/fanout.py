@@ -14,14 +14,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .pipeline import Batch, Sink, run_many
+from .protocols import Extractor
 
 
-def run_features_many(extractors: Sequence[Any], source: Iterable[Batch], sinks: Sequence[Sink],
-                      *, normalizer: Any = None, queue_depth: int = 4) -> int:
+def run_features_many(extractors: Sequence[Extractor], source: Iterable[Batch], sinks: Sequence[Sink],
+                      *, normalizer: Any = None, queue_depth: int = 4,
+                      batch_sizes: Sequence[int | None] | None = None) -> int:
     """Stream `source` once through every extractor into its sink; returns the tile count.
 
     The engine's own loop (`pipeline.run_many`): one read, and per extractor its re-chunking
     (`Rebatcher`) and its overlapped batch runner.
     """
     return run_many(source, extractors, sinks, normalizer=normalizer,
-                    queue_depth=queue_depth).tiles
+                    queue_depth=queue_depth, batch_sizes=batch_sizes).tiles

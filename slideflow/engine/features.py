@@ -17,14 +17,15 @@ from typing import Any
 
 from ..errors import InvalidArgumentError, SlideflowError
 from ..io.base import FORMATS
-from ..io.runlog import OutcomeCounts
 from ..norm import resolve
-from ..slide.geometry import check_tile_geometry
-from ..validate import mpp_value, optional_positive_int, positive_int
+from ..slide.geometry import TileGeometry
+from ..validate import mpp_value, optional_positive_int, positive_int, renamed
 from .bag_runner import BagOptions, claim_target, make_target, run_serial
 from .distributed import device_list
 from .distributed.devices import run_devices
 from .distributed.ray_runner import run_ray
+from .outcome import RunReport, SlideOutcome, Status, try_write_run_files
+from .protocols import Extractor
 from .selection import DEFAULT_QC, TileSelection
 from .slide_job import (
     SlideJob,
@@ -44,37 +45,27 @@ __all__ = [
 
 
 @dataclass
-class BagsReport(OutcomeCounts):
+class BagsReport(RunReport):
     """What a generate_feature_bags run did, slide by slide (`outcomes`, one
-    `bag_runner.SlideOutcome` each); `superseded` maps each folder a forced run moved files
-    into (`<outdir>/.superseded-<UTC time>/`) to the files moved."""
+    `engine.outcome.SlideOutcome` each); `superseded` maps each folder a forced run moved files
+    into (`<outdir>/.superseded-<UTC time>/`) to the files moved. The run's summary.json and
+    failures.csv are in `outdir`; `errors` says when they could not be written."""
 
     outdir: Path
     seconds: float = 0.0
-    outcomes: list[Any] = field(default_factory=list, repr=False)
+    outcomes: list[SlideOutcome] = field(default_factory=list, repr=False)
     superseded: dict[str, list[str]] = field(default_factory=dict)
-
-    def _outcomes(self) -> list[Any]:
-        return self.outcomes
+    errors: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> dict[str, dict[str, Any]]:
         return {o.slide: {"tiles": o.tiles, "seconds": o.seconds} for o in self.outcomes
-                if o.status == "done"}
+                if o.status == Status.DONE}
 
     @property
     def skipped(self) -> list[str]:
         """Slides whose bags were current (reused)."""
-        return self.with_status("reused")
-
-    @property
-    def busy(self) -> list[str]:
-        """Slides held by another live process: skipped."""
-        return self.with_status("busy")
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return self.failures()
+        return self.reused
 
     def __repr__(self) -> str:
         busy = f", {len(self.busy)} busy" if self.busy else ""
@@ -87,10 +78,10 @@ class BagsReport(OutcomeCounts):
 
 def generate_bags(
     jobs: Sequence[SlideJob],
-    extractor: Any,
+    extractor: Extractor | str | Sequence[Extractor | str],
     outdir: str | Path,
-    tile_px: int,
-    tile_um: Any,
+    tile_px: int | TileGeometry,
+    tile_um: float | str | None = None,
     *,
     normalizer: Any = None,
     selection: TileSelection | None = None,
@@ -104,18 +95,22 @@ def generate_bags(
     devices: Sequence[Any] | None = None,
     ray: Any = None,
     save_images: bool = False,
+    batch_size: int | None = None,
 ) -> BagsReport:
     """Featurise every job into `outdir`; one failing slide is reported, the rest go on.
 
-    `extractor` may be a list: each tile batch is read once and fed to every extractor, whose
+    `tile_px` may be a `TileGeometry` (then no `tile_um`). `extractor` may be a list: each tile batch is read once and fed to every extractor, whose
     bags go to `outdir/<extractor name>/`. Slides locked by another live process are skipped
     (`report.busy`). `devices` (e.g. `['cuda:0', 'cuda:1']`) runs one worker process per
     device; `ray` (True for a local cluster, or an address) runs the slides on a Ray cluster
-    (see docs/cli.md). `save_images` also writes the tiles as PNG to `<outdir>/<slide>.images/`.
+    (see docs/cli.md). `batch_size` is the model batch of this run (default: each extractor's
+    own; the extractor objects are not changed). `save_images` also writes the tiles as PNG to `<outdir>/<slide>.images/`.
+    The run's summary.json and failures.csv are written to `outdir` (also when interrupted).
     """
-    tile_px, tile_um, _ = check_tile_geometry(  # once, not once per slide
-        tile_px, tile_um, (selection or TileSelection()).stride_div)
+    geometry = TileGeometry.parse(tile_px, tile_um)  # once, handed down as it is
+    geometry.check_stride((selection or TileSelection()).stride_div)
     num_threads = optional_positive_int(num_threads, "num_threads")
+    batch_size = optional_positive_int(batch_size, "batch_size")
     if devices:
         from ..model.extractors.base import check_device  # torch
 
@@ -130,13 +125,13 @@ def generate_bags(
     if len(set(names)) != len(names):
         raise ValueError(f"extractors given twice: {names}")
     normalizer = resolve(normalizer)
-    opts = BagOptions(int(tile_px), tile_um, selection or TileSelection(), force_regenerate,
+    opts = BagOptions(geometry, selection or TileSelection(), force_regenerate,
                       min_tiles, max_tiles, seed, num_threads, save_images)
     outdir = Path(outdir)
     # AtlasPatch: every extractor writes into the same files (features/<name>), one folder
     shared = not many or fmt == "atlaspatch"
-    targets = [make_target(e, outdir if shared else outdir / e.name, normalizer, opts, fmt)
-               for e in extractors]
+    targets = [make_target(e, outdir if shared else outdir / e.name, normalizer, opts, fmt,
+                           batch_size) for e in extractors]
     start = time.perf_counter()
     superseded: dict[str, list[str]] = {}
     for t in targets:  # one configuration per folder, claimed before any bag is written
@@ -150,7 +145,8 @@ def generate_bags(
             superseded[str(claim.superseded)] = [str(p.relative_to(t.outdir))
                                                  for p in claim.moved]
     jobs = list(jobs)
-    outcomes: list[Any] = []
+    outcomes: list[SlideOutcome] = []
+    extra = {"extractors": names, "outdir": str(outdir)}
     try:
         if ray is not None and ray is not False:
             outcomes = run_ray(jobs, targets, opts, normalizer=normalizer, ray=ray,
@@ -161,20 +157,25 @@ def generate_bags(
         else:
             run_serial(jobs, targets, opts, normalizer=normalizer, progress=progress,
                        outcomes=outcomes)
-    except BaseException as exc:  # interrupted: the caller can still write what was done
-        exc.partial_report = BagsReport(outdir, outcomes=outcomes,  # type: ignore[attr-defined]
-                                        superseded=superseded)
+    except BaseException as exc:  # stopped (Ctrl-C, SIGTERM, the folder claimed by another
+        partial = BagsReport(outdir, time.perf_counter() - start,  # run): what was done is
+                             outcomes=outcomes, superseded=superseded)  # recorded
+        partial.errors += filter(None, [try_write_run_files(
+            outdir, outcomes, partial.seconds, **extra, interrupted=type(exc).__name__)])
+        exc.partial_report = partial  # type: ignore[attr-defined]
         raise
-    report = BagsReport(outdir, outcomes=outcomes, superseded=superseded)
-    report.seconds = time.perf_counter() - start
+    report = BagsReport(outdir, time.perf_counter() - start, outcomes=outcomes,
+                        superseded=superseded)
+    report.errors += filter(None, [try_write_run_files(outdir, outcomes, report.seconds,
+                                                       **extra, superseded=superseded)])
     return report
 
 
-def check_run_options(*, workers: Any = None, mpp: Any = None, device: Any = None,
-                      devices: Any = None) -> None:
+def check_run_options(*, num_threads: Any = None, mpp: Any = None, device: Any = None,
+                      devices: Any = None, threads_flag: str = "--num-threads") -> None:
     """Run-wide options checked once where they enter (the CLI), before any model is built:
     a bad value is one error, never the same failure for every slide."""
-    optional_positive_int(workers, "--workers")
+    optional_positive_int(num_threads, threads_flag)
     if mpp is not None:
         mpp_value(mpp, "--mpp")
     if device is not None or devices:
@@ -187,14 +188,15 @@ def check_run_options(*, workers: Any = None, mpp: Any = None, device: Any = Non
 
 def generate_feature_bags(
     jobs: Sequence[SlideJob],
-    extractor: Any,
+    extractor: Extractor | str,
     outdir: str | Path | None,
-    tile_px: int,
-    tile_um: Any,
+    tile_px: int | TileGeometry,
+    tile_um: float | str | None = None,
     *,
     normalizer: Any = None,
     force_regenerate: bool = False,
     batch_size: int | None = None,
+    num_threads: int | None = None,
     num_workers: int | None = None,
     format: str = "pt",
     min_tiles: int = 0,
@@ -210,17 +212,17 @@ def generate_feature_bags(
     `Dataset.generate_feature_bags` makes the jobs (from its TFRecords
     when they exist, otherwise from the slides), so the engine never calls back into a Dataset.
 
-    `num_workers` sets the reader threads; `batch_size` the model batch. `devices` runs one
+    `num_threads` sets the reader threads (`num_workers`, its old name, still works with a
+    DeprecationWarning); `batch_size` the model batch. `devices` runs one
     worker process per device, `ray` runs on a Ray cluster (see `generate_bags`). Default `outdir`:
     `<first tfrecords folder>/../pt_files/<extractor name>` is left to the Project; a Dataset
     call without `outdir` raises.
     """
     batch_size = optional_positive_int(batch_size, "batch_size")
-    num_workers = optional_positive_int(num_workers, "num_workers")
+    num_threads = optional_positive_int(
+        renamed(num_threads, num_workers, "num_threads", "num_workers"), "num_threads")
     kwargs = {"batch_size": batch_size} if batch_size and isinstance(extractor, str) else {}
-    extractor = resolve_extractor(extractor, **kwargs)
-    if batch_size and not kwargs:
-        extractor.batch_size = batch_size
+    extractor = resolve_extractor(extractor, **kwargs)  # the caller's object is not changed:
     if outdir is None:
         raise SlideflowError("generate_feature_bags needs outdir= (Project.generate_feature_bags "
                              "defaults it to <project>/pt_files/<extractor>)")
@@ -233,5 +235,6 @@ def generate_feature_bags(
         jobs, extractor, outdir, tile_px, tile_um,
         normalizer=normalizer, selection=TileSelection(**selection), fmt=format,
         force_regenerate=force_regenerate, min_tiles=min_tiles, max_tiles=max_tiles, seed=seed,
-        num_threads=num_workers, progress=progress, devices=devices, ray=ray,
+        num_threads=num_threads, progress=progress, devices=devices, ray=ray,
+        batch_size=batch_size,  # the run's batch, an argument (never set on `extractor`)
     )

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..io.tfrecord import TFRecord
 from ..slide import decode as slide_decode  # TorchDecoder looked up per call (tests swap it)
+from .protocols import Extractor
 from .rebatch import Batch, Rebatcher
 from .tfrecord_decode import nvjpeg_batches
 
@@ -129,12 +130,12 @@ class _ModelStage:
     """One extractor's stage of a run: optional re-chunking to its batch size, its own
     `BatchRunner` (pinned copies overlapped with compute on CUDA), and its sink."""
 
-    def __init__(self, extractor: Any, sink: Sink, rebatch: bool):
+    def __init__(self, extractor: Extractor, sink: Sink, rebatch_to: int | None):
         from ..model.extractors.runner import BatchRunner
 
         self.runner = BatchRunner(extractor)
         self.sink = sink
-        self.chunker = Rebatcher(extractor.batch_size) if rebatch else None
+        self.chunker = Rebatcher(rebatch_to) if rebatch_to is not None else None
 
     def push(self, tiles: Any, coords: np.ndarray) -> None:
         batches = self.chunker.push(tiles, coords) if self.chunker else [(tiles, coords)]
@@ -151,31 +152,36 @@ class _ModelStage:
             self.sink(feats, c)
 
 
-def run(source: Iterable[Batch], sink: Sink, *, extractor: Any = None, normalizer: Any = None,
-        queue_depth: int = 4) -> RunStats:
+def run(source: Iterable[Batch], sink: Sink, *, extractor: Extractor | None = None,
+        normalizer: Any = None, queue_depth: int = 4, batch_size: int | None = None
+        ) -> RunStats:
     """Stream `source` (-> normaliser) (-> extractor) into `sink`; returns timing statistics.
 
     Without an extractor the sink receives the (normalised) uint8 tiles; with one it receives
-    float32 (B, D) features, `extractor.batch_size` rows at a time. Coordinates pass through.
+    float32 (B, D) features, `batch_size` (default: the extractor's) rows at a time.
+    Coordinates pass through.
     """
     if extractor is None:
         return _stream(source, [], sink, normalizer, queue_depth)
     # one extractor: re-chunked in the prefetch thread, off the model's critical path
-    return _stream(_rebatch(source, extractor.batch_size),
-                   [_ModelStage(extractor, sink, rebatch=False)], None, normalizer, queue_depth)
+    return _stream(_rebatch(source, batch_size or extractor.batch_size),
+                   [_ModelStage(extractor, sink, None)], None, normalizer, queue_depth)
 
 
-def run_many(source: Iterable[Batch], extractors: Sequence[Any], sinks: Sequence[Sink], *,
-             normalizer: Any = None, queue_depth: int = 4) -> RunStats:
+def run_many(source: Iterable[Batch], extractors: Sequence[Extractor], sinks: Sequence[Sink], *,
+             normalizer: Any = None, queue_depth: int = 4,
+             batch_sizes: Sequence[int | None] | None = None) -> RunStats:
     """`run` with several extractors: the source is read (and normalised) once and every
-    extractor gets its own re-chunking to its batch size and its own overlapped batch runner,
-    so each sink receives exactly what a run of that extractor alone would give it."""
+    extractor gets its own re-chunking to its batch size (`batch_sizes`, default each
+    extractor's) and its own overlapped batch runner, so each sink receives exactly what a run
+    of that extractor alone would give it."""
     if len(extractors) != len(sinks):
         raise ValueError(f"{len(extractors)} extractors but {len(sinks)} sinks")
+    sizes = [b or e.batch_size for e, b in zip(extractors, batch_sizes or [None] * len(sinks))]
     if len(extractors) == 1:
         return run(source, sinks[0], extractor=extractors[0], normalizer=normalizer,
-                   queue_depth=queue_depth)
-    stages = [_ModelStage(e, s, rebatch=True) for e, s in zip(extractors, sinks)]
+                   queue_depth=queue_depth, batch_size=sizes[0])
+    stages = [_ModelStage(e, s, b) for e, s, b in zip(extractors, sinks, sizes)]
     return _stream(source, stages, None, normalizer, queue_depth)
 
 
@@ -208,7 +214,7 @@ def _stream(source: Iterable[Batch], stages: list[_ModelStage], sink: Sink | Non
     return stats
 
 
-def run_features(extractor: Any, source: Iterable[Batch], sink: Sink, *,
+def run_features(extractor: Extractor, source: Iterable[Batch], sink: Sink, *,
                  normalizer: Any = None, queue_depth: int = 4) -> RunStats:
     """Features configuration of `run`: sink receives float32 (B, D) features + coords."""
     return run(source, sink, extractor=extractor, normalizer=normalizer,
@@ -268,7 +274,7 @@ class FeatureGrid(np.ma.MaskedArray):
         self.rows = getattr(obj, "rows", None)
 
 
-def wsi_features(extractor: Any, wsi: Any, *, normalizer: Any = None,
+def wsi_features(extractor: Extractor, wsi: Any, *, normalizer: Any = None,
                  num_threads: int | None = None, **read_options: Any) -> FeatureGrid:
     """Features for every kept tile of `wsi`, as a masked grid (see `FeatureGrid`).
 
@@ -306,7 +312,7 @@ def tfrecord_source(path: Any, batch_size: int = 64, num_threads: int | None = N
     return nvjpeg_batches(TFRecord(path), batch_size, device, num_threads)
 
 
-def gpu_decode_device(extractor: Any) -> str | None:
+def gpu_decode_device(extractor: Extractor) -> str | None:
     """Where tiles for `extractor` are decoded by torchvision (nvJPEG): its CUDA device; None
     for the CPU decoders (the extractor is elsewhere)."""
     device = getattr(extractor, "device", None)
@@ -315,12 +321,12 @@ def gpu_decode_device(extractor: Any) -> str | None:
     return str(device)
 
 
-def default_decoder(extractor: Any) -> str:
+def default_decoder(extractor: Extractor) -> str:
     """TFRecord tiles: nvJPEG when the extractor runs on CUDA, else the CPU decoders."""
     return "nvjpeg" if gpu_decode_device(extractor) else "cpu"
 
 
-def slide_read_options(extractor: Any) -> dict[str, Any]:
+def slide_read_options(extractor: Extractor) -> dict[str, Any]:
     """`wsi.tiles` options for feeding `extractor`: on CUDA the slide reader decodes (nvJPEG),
     cuts and resamples on the extractor's device, so tiles reach it without a host round trip;
     otherwise nothing (the reader's CPU default)."""
@@ -331,7 +337,7 @@ def slide_read_options(extractor: Any) -> dict[str, Any]:
     return {"decoder": slide_decode.TorchDecoder(device)}
 
 
-def tfrecord_features(extractor: Any, path: Any, *, normalizer: Any = None,
+def tfrecord_features(extractor: Extractor, path: Any, *, normalizer: Any = None,
                       num_threads: int | None = None, decoder: str | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), locations (N, 2)) for a TFRecord; locations as stored (tile centres)."""
@@ -343,7 +349,7 @@ def tfrecord_features(extractor: Any, path: Any, *, normalizer: Any = None,
     return collector.result()
 
 
-def call_extractor(extractor: Any, x: Any, **kwargs: Any) -> Any:
+def call_extractor(extractor: Extractor, x: Any, **kwargs: Any) -> Any:
     """`extractor(x)` for inputs that are not arrays: a WSI -> `FeatureGrid`, a `.tfrecords`
     path -> (features, locations); anything else -> NotImplemented."""
     if hasattr(x, "grid") and hasattr(x, "tiles"):  # a WSI (or anything with its tile API)

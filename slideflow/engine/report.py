@@ -15,26 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..io.atomic import atomic_open
+from .outcome import SlideOutcome, Status
 
 
-# What the page reads, as protocols: `extract` (SlideResult, ExtractionSummary, ExtractOptions)
-# sits above this module and uses it for notebooks' HTML, so the report never imports it back.
-class SlideResult(Protocol):
-    slide: str
-    status: str
-    tiles: int
-    seconds: float
-    error: str | None
-    reason: str | None
-    warnings: list[str]
-    info: dict[str, Any]
-    timings: dict[str, float]
-    preview_png: bytes | None
-
-
+# What the page reads, as protocols: `extract` (ExtractionSummary, ExtractOptions) sits above
+# this module and uses it for notebooks' HTML, so the report never imports it back.
 class ExtractionSummary(Protocol):
     @property
-    def results(self) -> Mapping[str, SlideResult]: ...
+    def results(self) -> Mapping[str, SlideOutcome]: ...
     @property
     def label(self) -> str: ...
     tile_px: int
@@ -51,7 +39,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{font-size:20px;margin:0 0 4px} .sub{color:#666;margin-bottom:16px}
 table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #ddd;
 padding:6px 10px;text-align:left;vertical-align:top} th{background:#f4f4f4}
-.done{color:#17803d} .skipped{color:#555} .failed{color:#b3261e;font-weight:600}
+.done{color:#17803d} .reused,.busy{color:#555} .failed{color:#b3261e;font-weight:600}
 .warn{color:#9a6700} img{max-width:384px;border:1px solid #ccc}
 .kv td{border:none;padding:2px 12px 2px 0} .num{text-align:right}
 """
@@ -72,15 +60,15 @@ def _settings_rows(opt: ExtractOptions | None) -> str:
     return "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in rows)
 
 
-def _slide_row(r: SlideResult) -> str:
+def _slide_row(r: SlideOutcome) -> str:
     img = ""
     if r.preview_png:
         uri = "data:image/png;base64," + base64.b64encode(r.preview_png).decode("ascii")
         img = f'<img alt="{_e(r.slide)}" src="{uri}">'
     notes = []
-    if r.error:
-        notes.append(f'<div class="failed">{_e(r.error)}</div>')
-    if r.status == "skipped" and r.reason:
+    if r.status == Status.FAILED and r.message:
+        notes.append(f'<div class="failed">{_e(r.message)}</div>')
+    if r.status in (Status.REUSED, Status.BUSY) and r.reason:
         notes.append(f"<div>{_e(r.reason)}</div>")
     elif r.status == "done" and r.reason and r.reason != "not extracted yet":
         notes.append(f"<div>redone: {_e(r.reason)}</div>")
@@ -119,7 +107,7 @@ def summary_table_html(summary: ExtractionSummary, names: Sequence[str] | None =
             rows.append(f"<tr><td>{_e(r.slide)}</td><td class=\"{_e(r.status)}\">"
                         f"{_e(r.status)}</td><td class=\"num\">{r.tiles}</td>"
                         f"<td class=\"num\">{r.seconds:.1f}</td>"
-                        f"<td>{_e(r.error or r.reason or '')}</td></tr>")
+                        f"<td>{_e(r.message or r.reason or '')}</td></tr>")
     head = ("<tr><th>preview</th><th>slide</th><th>status</th><th>tiles</th><th>s</th>"
             "<th>tiles/s</th><th>notes</th></tr>" if previews else
             "<tr><th>slide</th><th>status</th><th>tiles</th><th>s</th><th>notes</th></tr>")
@@ -135,7 +123,8 @@ def render_report(summary: ExtractionSummary, names: Sequence[str] | None = None
     done = [r for r in res if r.status == "done"]
     tiles = sum(r.tiles for r in done)
     secs = summary.seconds or sum(r.seconds for r in done)
-    counts = (f"{len(done)} extracted, {sum(r.status == 'skipped' for r in res)} reused, "
+    counts = (f"{len(done)} extracted, {sum(r.status == Status.REUSED for r in res)} reused, "
+              f"{sum(r.status == Status.BUSY for r in res)} busy, "
               f"{sum(r.status == 'failed' for r in res)} failed · {tiles:,} tiles in "
               f"{secs:.1f} s ({tiles / secs if secs else 0:.0f} tiles/s)")
     title = title or f"Tile extraction {summary.label}"

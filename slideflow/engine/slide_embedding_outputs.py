@@ -31,6 +31,7 @@ from ..model.extractors.registry import get_spec, normalize
 from ..model.slide_encoders.factory import build_slide_encoder, rebuild_slide_encoder
 from ..model.slide_encoders.spec import tile_microns
 from ..version import __version__
+from .outcome import RunReport, SlideOutcome, Status
 
 log = logging.getLogger("slideflow")
 
@@ -40,13 +41,26 @@ FORMATS = formats.names(formats.SLIDE_EMBEDDINGS)
 
 
 @dataclass
-class SlideEmbeddingsReport:
+class SlideEmbeddingsReport(RunReport):
+    """Per-slide outcomes of a slide-embedding run (`done`, `skipped`: existing embeddings
+    kept, `failed`); `bags` is the tile stage's `BagsReport` when it ran. The run's
+    summary.json and failures.csv are in `outdir`; `errors` says when they could not be
+    written."""
+
     outdir: Path
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    bags: Any = None  # the BagsReport of the tile stage, when it ran
+    outcomes: list[SlideOutcome] = field(default_factory=list, repr=False)
+    bags: Any = None
     seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> list[str]:
+        return self.with_status(Status.DONE)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Slides whose embedding existed (kept)."""
+        return self.reused
 
     def __repr__(self) -> str:
         return (f"SlideEmbeddingsReport({self.outdir}: {len(self.done)} embedded, "
@@ -161,7 +175,8 @@ def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbed
     for path in files:
         slide = slide_of(path)
         if not overwrite and embedding_exists(outdir, slide, encoder.name, fmt):
-            report.skipped.append(slide)
+            report.outcomes.append(SlideOutcome(slide, Status.REUSED,
+                                                reason="embedding exists"))
             continue
         try:
             bag = read_bag(path)
@@ -170,11 +185,12 @@ def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbed
             vec = encoder(bag.features, bag.coords, bag.patch_size_level0)
             write_slide_embedding(outdir, slide, encoder.name, vec, fmt,
                                   {**meta, "tiles": len(bag), "bag": str(path)})
-            report.done.append(slide)
+            report.outcomes.append(SlideOutcome(slide, Status.DONE, tiles=len(bag)))
         except (SlideflowError, OSError, ValueError, RuntimeError) as exc:
             if isinstance(exc, TileMismatchError):
                 raise
-            report.failed[slide] = f"{type(exc).__name__}: {exc}"
+            report.outcomes.append(SlideOutcome(slide, Status.FAILED).fail(type(exc).__name__,
+                                                                           str(exc)))
             log.warning("%s: no slide embedding (%s)", slide, exc)
     _write_config(outdir, encoder, bags_config, files, fmt)
     return report

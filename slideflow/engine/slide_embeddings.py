@@ -6,7 +6,8 @@
 extractor and geometry are checked), a Dataset (bags are made, or reused when current, in
 ``bags_dir`` = ``<outdir>/tile_bags`` by default), or a list of slide paths (the CLI; the
 encoder's tile geometry unless ``tile_px``/``tile_um`` say otherwise). Output layout and
-config: `slideflow.model.slide_encoders.outputs`.
+config: `slideflow.engine.slide_embedding_outputs`. The run's summary.json and failures.csv
+are written to ``outdir``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..errors import SlideflowError, TileMismatchError
 from ..io.bags import list_bags, slide_of
 from ..io.bags_config import read_bags_config
 from .features import generate_bags, jobs_from_paths, resolve_extractor
+from .outcome import SlideOutcome, Status, try_write_run_files
 from .selection import DEFAULT_QC, TileSelection
 from .slide_embedding_outputs import (
     CONFIG_NAME,
@@ -110,8 +112,10 @@ def generate_slide_embeddings(
             px, um = _default_geometry(encoder, tile_px, tile_um)
         report.bags = _tile_stage(jobs, encoder, bags, px, um, tile_extractor, progress,
                                   **bag_kwargs)
-        for name, why in report.bags.failed.items():
-            report.failed[name] = f"tile stage: {why}"
+        for o in report.bags.outcomes:
+            if o.status == Status.FAILED:
+                report.outcomes.append(SlideOutcome(o.slide, Status.FAILED, fetched=o.fetched)
+                                       .fail(o.error_type, f"tile stage: {o.error}"))
         files = [p for p in list_bags(bags) if slide_of(p) in {j.name for j in jobs}]
         cfg = read_bags_config(bags)
         check_bags_fit(cfg, encoder, str(bags))
@@ -123,4 +127,7 @@ def generate_slide_embeddings(
     embed_bags(files, encoder, outdir, report, bags_config=cfg, fmt=format,
                overwrite=overwrite)
     report.seconds = time.perf_counter() - start
+    report.errors += filter(None, [try_write_run_files(outdir, report.outcomes, report.seconds,
+                                                       encoder=encoder.name,
+                                                       outdir=str(outdir))])
     return report

@@ -30,7 +30,7 @@ from ..norm import autoselect, resolve
 from ..remote.identity import input_identity
 from ..slide import slide_name
 from ..slide.decode_check import decoder_record
-from ..slide.geometry import make_grid
+from ..slide.geometry import TileGeometry, make_grid
 from ..slide.wsi import WSI
 from ..version import __version__
 from .extract.sidecar import read_sidecar
@@ -42,6 +42,7 @@ from .pipeline import (
     slide_read_options,
     tfrecord_source,
 )
+from .protocols import Extractor
 from .selection import _RECORD_ORDER, TileSelection, open_wsi
 from .tfrecord_decode import decoder_record as tfrecord_decoder_record
 
@@ -63,7 +64,7 @@ class SlideJob:
     mpp_source: str | None = None
 
 
-def resolve_extractor(extractor: Any, **kwargs: Any) -> Any:
+def resolve_extractor(extractor: Extractor | str, **kwargs: Any) -> Extractor:
     """An extractor object, building it from a registry name when given a string."""
     if isinstance(extractor, str):
         return build_feature_extractor(extractor, **kwargs)
@@ -90,7 +91,7 @@ def resolve_normalizer(normalizer: Any, source: str | Path | None = None) -> Any
     return autoselect(normalizer, preset=str(source))
 
 
-def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
+def bags_config(extractor: Extractor, normalizer: Any, tile_px: int, tile_um: Any,
                 selection: TileSelection, fmt: str) -> dict[str, Any]:
     """Slideflow-layout bags_config.json plus a provenance block (ours)."""
     return {
@@ -113,14 +114,15 @@ def bags_config(extractor: Any, normalizer: Any, tile_px: int, tile_um: Any,
     }
 
 
-def _job_source(job: SlideJob, tile_px: int, tile_um: Any, selection: TileSelection,
+def _job_source(job: SlideJob, geometry: TileGeometry, selection: TileSelection,
                 batch_size: int, num_threads: int | None, max_tiles: int | None, seed: int,
-                extractor: Any = None):
+                extractor: Extractor | None = None):
     """(batches iterator, patch_size_level0, slide meta) for one job; coords are top-left.
 
     Tiles are decoded where `extractor` runs (nvJPEG on CUDA: `default_decoder` for TFRecords,
     `slide_read_options` for slides).
     """
+    tile_px, tile_um = geometry.tile_px, geometry.tile_um
     if job.tfrecord is not None:
         extent = _tfrecord_extent(job, tile_px, tile_um, selection.grid_rule)
         half = extent // 2
@@ -268,15 +270,19 @@ def jobs_from_paths(paths: Iterable[str | Path], mpp: float | None = None,
     return jobs
 
 
-def iter_job_features(jobs: Sequence[SlideJob], extractor: Any, tile_px: int, tile_um: Any,
+def iter_job_features(jobs: Sequence[SlideJob], extractor: Extractor,
+                      tile_px: int | TileGeometry, tile_um: float | str | None,
                       selection: TileSelection, *, normalizer: Any = None,
-                      num_threads: int | None = None
+                      num_threads: int | None = None, batch_size: int | None = None
                       ) -> Iterator[tuple[str, np.ndarray, np.ndarray, int, int]]:
     """In-memory features, job by job: (name, features (N, D), top-left coords (N, 2),
-    patch_size_level0, tiles)."""
+    patch_size_level0, tiles); `batch_size` defaults to the extractor's."""
+    batch_size = batch_size or extractor.batch_size
+    geometry = TileGeometry.parse(tile_px, tile_um)
     for job in jobs:
         collector = RowCollector(extractor.num_features)
-        source, extent, _ = _job_source(job, tile_px, tile_um, selection, extractor.batch_size,
+        source, extent, _ = _job_source(job, geometry, selection, batch_size,
                                         num_threads, None, 0, extractor)
-        stats = run(source, collector, extractor=extractor, normalizer=normalizer)
+        stats = run(source, collector, extractor=extractor, normalizer=normalizer,
+                    batch_size=batch_size)
         yield (job.name, *collector.result(), extent, stats.tiles)

@@ -4,7 +4,7 @@ The research layer knows datasets (sources, annotations, MPP columns, ROI folder
 knows jobs (a slide path or a TFRecord, an output folder). This module turns one into the other,
 so the engine never calls back into a Dataset:
 
-    extract_dataset(dataset)         -> extract.run_jobs(ExtractJobs) + HTML reports
+    extract_dataset(dataset)         -> extract.run_jobs(ExtractJobs) + reports, summary.json
     Dataset.generate_feature_bags()  -> features.generate_feature_bags(dataset.feature_jobs())
     DatasetFeatures(extractor, ds)   -> features.iter_job_features(ds.feature_jobs())
 """
@@ -18,15 +18,21 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.extract import ExtractionSummary, ExtractJob, ExtractOptions, run_jobs
+from ..engine.extract import (
+    ExtractionSummary,
+    ExtractJob,
+    ExtractOptions,
+    run_jobs,
+    write_run_outputs,
+)
 from ..engine.progress import track_slides
-from ..engine.report import write_report
 from ..engine.selection import DEFAULT_QC, TileSelection
 from ..engine.slide_job import bags_config, iter_job_features, resolve_extractor, resolve_normalizer
 from ..io.bags import list_bags, read_bag, slide_of, write_bag
 from ..io.bags_config import config_path, write_bags_config
 from ..io.tfrecord import get_tfrecord_label
 from ..remote.url import safe_url
+from ..validate import optional_positive_int, renamed
 
 log = logging.getLogger("slideflow")
 
@@ -67,18 +73,7 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
         log.warning("no slides to extract (dataset has %d slides)", len(dataset.slides()))
     summary = run_jobs(jobs, dataset.tile_px, dataset.tile_um, opt, num_threads=num_threads,
                        slides_in_flight=slides_in_flight, progress=progress, failed=failed)
-    if opt.report:
-        by_dir: dict[Path, list[str]] = {}
-        for j in jobs:
-            by_dir.setdefault(j.outdir, []).append(j.name)
-        for outdir, names in by_dir.items():
-            report = outdir / "extraction_report.html"
-            try:
-                summary.reports.append(write_report(report, summary, names, opt))
-            except OSError as exc:  # e.g. a full disk: the summary itself still comes back
-                summary.errors.append(f"{report}: report not written ({exc})")
-                log.warning("%s: report not written (%s)", report, exc)
-    return summary
+    return write_run_outputs(summary, jobs, opt)
 
 
 class DatasetFeatures:
@@ -87,7 +82,8 @@ class DatasetFeatures:
     Build from an extractor and a Dataset (`DatasetFeatures(extractor, dataset)`, Slideflow's
     spelling) or from a bag folder (`DatasetFeatures.from_bags(dir)`). Keyword arguments:
     ``normalizer`` (method name or fitted normaliser) and ``normalizer_source`` (a preset such
-    as 'v3' or an image path to fit to), ``batch_size``, ``num_workers``, ``layers`` (with an
+    as 'v3' or an image path to fit to), ``batch_size``, ``num_threads`` (reader threads;
+    ``num_workers``, its old name, warns), ``layers`` (with an
     extractor name), ``labels`` (kept as `.labels`), ``progress``, and the tile-selection
     options of `generate_feature_bags` (``qc``, default Otsu as there; ``roi_method``...).
     Anything else raises TypeError: a misspelt option must not silently change the features.
@@ -102,12 +98,14 @@ class DatasetFeatures:
 
     def __init__(self, extractor: Any = None, dataset: Any = None, *, normalizer: Any = None,
                  normalizer_source: str | Path | None = None, batch_size: int | None = None,
-                 num_workers: int | None = None, layers: Any = None,
+                 num_threads: int | None = None, num_workers: int | None = None,
+                 layers: Any = None,
                  include_preds: bool | None = None, labels: Any = None,
                  progress: bool = True, **selection: Any):
         self.bags: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.patch_sizes: dict[str, int | None] = {}
         self.extractor = None
+        self.batch_size: int | None = None
         self.normalizer = None
         self.labels = labels
         self.num_features = 0
@@ -122,7 +120,7 @@ class DatasetFeatures:
         if unknown:
             raise TypeError(
                 f"DatasetFeatures: unknown keyword arguments {sorted(unknown)}; valid: "
-                "normalizer, normalizer_source, batch_size, num_workers, layers, labels, "
+                "normalizer, normalizer_source, batch_size, num_threads, layers, labels, "
                 f"progress and the tile-selection options {sorted(TileSelection.__dataclass_fields__)}")
         if include_preds:
             raise TypeError("DatasetFeatures: include_preds=True (model predictions) is not "
@@ -140,21 +138,24 @@ class DatasetFeatures:
         if batch_size and isinstance(extractor, str):
             kwargs["batch_size"] = int(batch_size)
         self.extractor = resolve_extractor(extractor, **kwargs)
-        if batch_size and not isinstance(extractor, str):
-            self.extractor.batch_size = int(batch_size)
+        # the run's batch is an argument: a caller's extractor object is never changed
+        self.batch_size = int(batch_size) if batch_size else None
         self.normalizer = resolve_normalizer(normalizer, normalizer_source)
         self.num_features = self.extractor.num_features
         self.tile_px, self.tile_um = dataset.tile_px, dataset.tile_um
         # the same tissue QC default as extraction, bags and the CLI
         self.selection = TileSelection(**{"qc": DEFAULT_QC, **selection})
-        self._generate(dataset, num_workers, progress)
+        self._generate(dataset, optional_positive_int(
+            renamed(num_threads, num_workers, "num_threads", "num_workers"), "num_threads"),
+            progress)
 
-    def _generate(self, dataset: Any, num_workers: int | None, progress: bool) -> None:
+    def _generate(self, dataset: Any, num_threads: int | None, progress: bool) -> None:
         jobs = dataset.feature_jobs()
         with track_slides(len(jobs), "features", enabled=progress) as bar:
             for name, feats, coords, extent, tiles in iter_job_features(
                     jobs, self.extractor, self.tile_px, self.tile_um, self.selection,
-                    normalizer=self.normalizer, num_threads=num_workers):
+                    normalizer=self.normalizer, num_threads=num_threads,
+                    batch_size=self.batch_size):
                 self.bags[name] = (feats, coords)
                 self.patch_sizes[name] = extent
                 bar.slide_done(name, tiles)

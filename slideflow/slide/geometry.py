@@ -65,29 +65,66 @@ def tile_um_to_microns(tile_px: int, tile_um: float | int | str) -> float:
     return float(tile_um)
 
 
+@dataclass(frozen=True)
+class TileGeometry:
+    """A tile's size, parsed and validated once where it enters (API, CLI, configs) and handed
+    down as it is: `tile_px` output pixels covering `tile_um` microns (a number) or a
+    magnification ('20x'). `microns` is the width in microns either way."""
+
+    tile_px: int
+    tile_um: float | int | str
+
+    @classmethod
+    def parse(cls, tile_px: Any, tile_um: Any = None) -> TileGeometry:
+        """A checked geometry; `tile_px` may already be one (returned as it is). Raises
+        `InvalidArgumentError` (a ValueError) naming the bad value."""
+        if isinstance(tile_px, TileGeometry):
+            if tile_um is not None:
+                raise InvalidArgumentError(f"tile_um={tile_um!r} given with a TileGeometry "
+                                           f"({tile_px}); give one or the other")
+            return tile_px
+        px = positive_int(tile_px, "tile_px")
+        if isinstance(tile_um, str):
+            try:
+                microns = tile_um_to_microns(px, tile_um)
+            except ValueError as exc:
+                raise InvalidArgumentError(f"tile_um={tile_um!r}: {exc}") from None
+            positive_float(microns, f"tile_um={tile_um!r} (in microns)")
+        else:
+            positive_float(tile_um, "tile_um")
+            if isinstance(tile_um, np.generic):
+                tile_um = tile_um.item()
+        return cls(px, tile_um)
+
+    @classmethod
+    def from_text(cls, tile_px: Any, tile_um: str) -> TileGeometry:
+        """From command-line text: '112' is 112.0 microns, '20x' a magnification."""
+        if isinstance(tile_um, str) and parse_magnification(tile_um) is None:
+            try:
+                return cls.parse(tile_px, float(tile_um))
+            except ValueError:
+                pass  # parse names the bad value
+        return cls.parse(tile_px, tile_um)
+
+    @property
+    def microns(self) -> float:
+        return tile_um_to_microns(self.tile_px, self.tile_um)
+
+    def check_stride(self, stride_div: Any) -> int:
+        """`stride_div` if tiles step by at least one output pixel (tile_px / stride_div)."""
+        div = positive_int(stride_div, "stride_div")
+        if div > self.tile_px:  # a step under one output pixel only re-reads the same pixels
+            raise InvalidArgumentError(f"stride_div={div} is larger than tile_px="
+                                       f"{self.tile_px}: tiles would step by less than one "
+                                       "pixel; use at most tile_px")
+        return div
+
+
 def check_tile_geometry(tile_px: Any, tile_um: Any, stride_div: Any = 1
                         ) -> tuple[int, float | int | str, int]:
-    """(tile_px, tile_um, stride_div) checked once where they enter (API, CLI, configs).
-
-    tile_px and stride_div are integers >= 1; tile_um is finite microns > 0 or a magnification
-    string ('20x'). Raises `InvalidArgumentError` (a ValueError) naming the bad value.
-    """
-    px = positive_int(tile_px, "tile_px")
-    div = positive_int(stride_div, "stride_div")
-    if div > px:  # a step under one output pixel only re-reads the same pixels
-        raise InvalidArgumentError(f"stride_div={div} is larger than tile_px={px}: tiles would "
-                                   "step by less than one pixel; use at most tile_px")
-    if isinstance(tile_um, str):
-        try:
-            microns = tile_um_to_microns(px, tile_um)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"tile_um={tile_um!r}: {exc}") from None
-        positive_float(microns, f"tile_um={tile_um!r} (in microns)")
-    else:
-        positive_float(tile_um, "tile_um")
-        if isinstance(tile_um, np.generic):
-            tile_um = tile_um.item()
-    return px, tile_um, div
+    """(tile_px, tile_um, stride_div) checked once where they enter (see `TileGeometry`)."""
+    geo = TileGeometry.parse(tile_px, tile_um)
+    return geo.tile_px, geo.tile_um, geo.check_stride(stride_div)
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,13 @@ def leftovers(names: list[str]) -> list[str]:
 
 
 def bag_files(fmt: str, *slides: str, extractor: str = "resnet18_imagenet") -> list[str]:
-    """What a finished bag folder of `slides` holds (its config included)."""
+    """What a bag folder of `slides` holds after a run: the bags, the config and the run's
+    summary.json and failures.csv."""
+    run_files = ["failures.csv", "summary.json"]
     if fmt == "pt":
         names = [f"{s}{x}" for s in slides for x in (".index.npz", ".pt")] + ["bags_config.json"]
     elif fmt == "atlaspatch":
         names = [f"patches/{s}.h5" for s in slides] + [f"bags_config.{extractor}.json"]
     else:
         names = [f"{s}.{fmt}" for s in slides] + ["bags_config.json"]
-    return sorted(names)
+    return sorted(names + run_files)

@@ -126,4 +126,6 @@ def test_extract_tiles_cli_respects_live_locks_and_recovers_dead_ones(tmp_path, 
     assert f"recovered {A}: removed {tmp.name} left by a dead run" in res.output
     assert "1 extracted, 0 reused, 0 failed; 24 tiles" in res.output
     assert sorted(p.name for p in tfr.iterdir()) == [
-        "extraction_report.html", f"{A}.extract.json", f"{A}.index.npz", f"{A}.tfrecords"]
+        "extraction_report.html", "failures.csv", f"{A}.extract.json", f"{A}.index.npz",
+        f"{A}.tfrecords", "summary.json"]
+    assert len(json.loads((tfr / "summary.json").read_text())["notes"]) == 2

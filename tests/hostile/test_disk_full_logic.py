@@ -259,7 +259,7 @@ def test_tfrecord_on_a_full_disk(tmp_path, monkeypatch, shuffle):
     disk = FakeDisk(monkeypatch, limit=100_000)
     res = extract_slide(CMU, out, 64, 64, mpp=0.5, qc=None, shuffle=shuffle)
     assert res.status == "failed" and disk.refused == 1
-    assert res.error.startswith(f"OSError: disk full writing to {out} (No space left")
+    assert res.message.startswith(f"OSError: disk full writing to {out} (No space left")
     assert _snapshot(out) == before
 
 
@@ -285,12 +285,12 @@ def test_final_sidecar_on_a_full_disk(tmp_path, monkeypatch):
          "written", "the summary comes back with the report named in summary.errors; exit 1 "
          "with 'error: ... report not written' (the OSError crashed the summary)")
 def test_extraction_report_on_a_full_disk(tmp_path, monkeypatch, capsys):
-    import slideflow.dataset_work as dataset_work
+    import slideflow.engine.extract.scheduler as scheduler
 
     def write_report(path, *args, **kwargs):
         raise enospc()
 
-    monkeypatch.setattr(dataset_work, "write_report", write_report)
+    monkeypatch.setattr(scheduler, "write_report", write_report)
     slides = tmp_path / "slides"
     slides.mkdir()
     (slides / "B.svs").symlink_to(CMU)

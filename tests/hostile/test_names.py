@@ -87,8 +87,8 @@ def test_control_characters_in_names(tmp_path):
     assert list(report.done) == ["good"]
     assert set(report.failed) == set(names)
     assert all("control characters" in why for why in report.failed.values())
-    assert sorted(p.name for p in out.iterdir()) == ["bags_config.json", "good.index.npz",
-                                                     "good.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["bags_config.json", "failures.csv",
+                                                     "good.index.npz", "good.pt", "summary.json"]
 
 
 @hostile("csv-formula-injection", "a sample_id '=HYPERLINK(\"http://x\",\"y\")' whose image is "

@@ -114,7 +114,7 @@ def test_overwritten_tfrecord_is_redone(tmp_path):
     tfr_dir = tmp_path / "tfr"
     assert extract_slide(CMU, tfr_dir, PX, UM, report=False).status == "done"
     tfr = tfr_dir / "CMU-1-Small-Region.tfrecords"
-    assert extract_slide(CMU, tfr_dir, PX, UM, report=False).status == "skipped"
+    assert extract_slide(CMU, tfr_dir, PX, UM, report=False).status == "reused"
     st = tfr.stat()
     data = tfr.read_bytes()
     a, z = len(data) // 4, 3 * len(data) // 4  # the middle half replaced, same size
@@ -142,6 +142,6 @@ def test_finished_tfrecords_on_read_only_storage(tmp_path, monkeypatch):
 
     monkeypatch.setattr(locks.SlideLock, "acquire", read_only)
     res = extract_slide(CMU, tfr_dir, PX, UM, report=False)
-    assert res.status == "skipped" and res.tiles == 24, res.error
+    assert res.status == "reused" and res.tiles == 24, res.message
     redo = extract_slide(CMU, tfr_dir, PX, UM, report=False, max_tiles=3)  # needs the lock
     assert redo.status == "failed" and "Read-only" in redo.error

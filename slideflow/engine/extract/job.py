@@ -34,12 +34,12 @@ from ...io.npz import index_path_for
 from ...io.tfrecord import build_index, read_index
 from ...remote.url import safe_url
 from ...slide import slide_name
-from ...slide.geometry import check_tile_geometry
+from ...slide.geometry import TileGeometry
 from ...slide.passthrough import wsi_passthrough_plan, wsi_passthrough_tiles
 from ...version import __version__
+from ..outcome import SlideOutcome, Status
 from ..pipeline import run
 from ..selection import open_wsi
-from .results import SlideResult
 from .sidecar import (
     ExtractJob,
     ExtractOptions,
@@ -63,14 +63,15 @@ def _select(n: int, opt: ExtractOptions) -> tuple[np.ndarray, np.ndarray | None]
     return idx, order
 
 
-def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions, *,
+def extract_job(job: ExtractJob, geometry: TileGeometry, opt: ExtractOptions, *,
                 encode_pool: ThreadPoolExecutor, encode_threads: int | None = None,
                 read_threads: int | None = None, progress: Any = None,
                 stop: threading.Event | None = None, preview_width: int | None = 256
-                ) -> SlideResult:
+                ) -> SlideOutcome:
     """Extract one slide; never raises for a bad slide (the result says why it failed)."""
     t_start = time.perf_counter()
-    res = SlideResult(job.name, "failed", tfrecord=job.tfrecord)
+    tile_px, tile_um = geometry.tile_px, geometry.tile_um
+    res = SlideOutcome(job.name, Status.FAILED, tfrecord=job.tfrecord)
     try:
         check_output_name(job.name, "slide name")
         confined(job.outdir, job.tfrecord)
@@ -82,7 +83,7 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
             return res
         with SlideLock(job.outdir, job.name) as lock:  # other processes skip this slide
             if not lock.acquired:
-                res.status, res.reason = "skipped", f"busy: locked by {lock.holder()}"
+                res.status, res.reason = Status.BUSY, f"locked by {lock.holder()}"
                 return res
             if lock.took_over:
                 res.notes.append(f"took over the stale lock of {lock.took_over}")
@@ -97,23 +98,22 @@ def extract_job(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions
             res.reason = why if opt.skip_extracted else "skip_extracted=False"
             _extract(job, tile_px, tile_um, opt, request, res, encode_pool, encode_threads,
                      read_threads, progress, stop, preview_width)
-            res.status = "done"
+            res.status = Status.DONE
     except Stopped:
         raise
     except Exception as exc:  # one bad slide never stops the batch
         full = disk_full_text(exc, job.outdir)
-        res.status, res.error = "failed", (f"OSError: {full}" if full else
-                                           f"{type(exc).__name__}: {exception_text(exc)}")
+        res.fail(*(("OSError", full) if full else (type(exc).__name__, exception_text(exc))))
         # the progress line and the caller's summary report it (once)
-        log.debug("%s: failed (%s)", job.name, res.error, exc_info=True)
+        log.debug("%s: failed (%s)", job.name, res.message, exc_info=True)
     finally:
         res.seconds = time.perf_counter() - t_start
     return res
 
 
 def _reused(job: ExtractJob, request: dict[str, Any], opt: ExtractOptions,
-            res: SlideResult) -> bool:
-    """Fill `res` as skipped when the slide's outputs are current (dead runs' temporary files
+            res: SlideOutcome) -> bool:
+    """Fill `res` as reused when the slide's outputs are current (dead runs' temporary files
     of the slide are removed on the way: never a live process's)."""
     reuse, why = check_existing(job, request, opt.save_tiles)
     if not reuse:
@@ -121,7 +121,7 @@ def _reused(job: ExtractJob, request: dict[str, Any], opt: ExtractOptions,
     for p in remove_leftovers(job):
         res.notes.append(f"removed {p.name} left by a dead run")
     meta = read_sidecar(job.tfrecord) or {}
-    res.status, res.reason = "skipped", why
+    res.status, res.reason = Status.REUSED, why
     res.tiles = int(meta.get("tiles") or _count(job.tfrecord))
     if "another tool" in why:
         res.warnings.append(why)
@@ -144,7 +144,7 @@ def _count(tfrecord: Path) -> int:
 
 
 def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
-             request: dict[str, Any], res: SlideResult, encode_pool: ThreadPoolExecutor,
+             request: dict[str, Any], res: SlideOutcome, encode_pool: ThreadPoolExecutor,
              encode_threads: int | None, read_threads: int | None, progress: Any,
              stop: threading.Event | None, preview_width: int | None) -> None:
     t0 = time.perf_counter()
@@ -229,7 +229,7 @@ def _extract(job: ExtractJob, tile_px: int, tile_um: Any, opt: ExtractOptions,
 
 
 def _write_tiles(job: ExtractJob, wsi: Any, coords: np.ndarray, order: np.ndarray | None,
-                 opt: ExtractOptions, res: SlideResult, encode_pool: ThreadPoolExecutor,
+                 opt: ExtractOptions, res: SlideOutcome, encode_pool: ThreadPoolExecutor,
                  encode_threads: int | None, read_threads: int | None, progress: Any,
                  stop: threading.Event | None) -> tuple[int, Path | None]:
     """The engine in its extraction configuration: slide reader -> normaliser -> TFRecord sink.
@@ -273,16 +273,16 @@ def _passthrough_record(plan: Any, why: str | None, n: int) -> dict[str, Any]:
     return rec
 
 
-def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile_px: int,
-                  tile_um: Any, *, name: str | None = None, rois: str | os.PathLike | None = None,
+def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike,
+                  tile_px: int | TileGeometry, tile_um: float | str | None = None, *, name: str | None = None, rois: str | os.PathLike | None = None,
                   mpp: float | None = None, tiles_dir: str | os.PathLike | None = None,
-                  num_threads: int | None = None, **options: Any) -> SlideResult:
+                  num_threads: int | None = None, **options: Any) -> SlideOutcome:
     """Extract one slide to `<outdir>/<name>.tfrecords` (no label folder is added).
 
     `options` are those of `ExtractOptions` (qc, img_format, max_tiles, ...). Loose tiles
     (`save_tiles=True`) go to `<tiles_dir>/<name>/`.
     """
-    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
+    geometry = TileGeometry.parse(tile_px, tile_um)
     opt = ExtractOptions(**options)
     path = slide_path_of(slide_path)  # a URL stays a str
     job = ExtractJob(name or slide_name(path), path, Path(outdir),
@@ -290,5 +290,5 @@ def extract_slide(slide_path: str | os.PathLike, outdir: str | os.PathLike, tile
                      Path(rois) if rois else None, mpp)
     threads = num_threads or imgcodec.default_threads()
     with ThreadPoolExecutor(threads, thread_name_prefix="sf-encode") as pool:
-        return extract_job(job, tile_px, tile_um, opt, encode_pool=pool, encode_threads=threads,
+        return extract_job(job, geometry, opt, encode_pool=pool, encode_threads=threads,
                            read_threads=threads, preview_width=None)

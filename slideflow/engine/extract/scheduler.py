@@ -17,24 +17,27 @@ from typing import Any
 
 from ...io import imgcodec
 from ...io.held_locks import install_sigterm_handler
-from ...slide.geometry import check_tile_geometry
+from ...slide.geometry import TileGeometry
+from ..outcome import SlideOutcome, Status, try_write_run_files
 from ..progress import track_slides
+from ..report import write_report
 from .job import extract_job
-from .results import ExtractionSummary, SlideResult
+from .results import ExtractionSummary
 from .sidecar import ExtractJob, ExtractOptions
 
 log = logging.getLogger("slideflow")
 
 
-def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: ExtractOptions, *,
+def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
+             tile_um: float | str | None, opt: ExtractOptions, *,
              num_threads: int | None = None, slides_in_flight: int | None = None,
              progress: bool | None = True, failed: dict[str, str] | None = None,
-             on_result: Callable[[SlideResult], None] | None = None) -> ExtractionSummary:
+             on_result: Callable[[SlideOutcome], None] | None = None) -> ExtractionSummary:
     """Extract `jobs` with a few slides in flight; `failed` are slides known to be unusable."""
     install_sigterm_handler()  # slide locks are taken in worker threads: install it here
     start = time.perf_counter()
-    tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)  # once, not once per slide
-    summary = ExtractionSummary(int(tile_px), tile_um)
+    geometry = TileGeometry.parse(tile_px, tile_um)  # once, handed down as it is
+    summary = ExtractionSummary(geometry.tile_px, geometry.tile_um)
     total = len(jobs) + len(failed or {})
     threads = max(1, num_threads or imgcodec.default_threads())
     in_flight = max(1, min(slides_in_flight or 2, len(jobs) or 1, threads))
@@ -42,7 +45,7 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
     stop = threading.Event()
     with track_slides(total, f"extract {summary.label}", enabled=progress) as bar:
         for name, why in (failed or {}).items():
-            summary.results[name] = SlideResult(name, "failed", error=why)
+            summary.results[name] = SlideOutcome(name, Status.FAILED, error=why)
             bar.slide_failed(name, why)
         encode_pool = ThreadPoolExecutor(threads, thread_name_prefix="sf-encode")
         slide_pool = ThreadPoolExecutor(in_flight, thread_name_prefix="sf-slide")
@@ -52,7 +55,7 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
             while queue or running:
                 while queue and len(running) < in_flight:
                     job = queue.pop(0)
-                    fut = slide_pool.submit(extract_job, job, tile_px, tile_um, opt,
+                    fut = slide_pool.submit(extract_job, job, geometry, opt,
                                             encode_pool=encode_pool, encode_threads=threads,
                                             read_threads=read_threads,
                                             progress=bar, stop=stop,
@@ -63,12 +66,12 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
                     running.pop(fut)
                     r = fut.result()  # only interrupts (KeyboardInterrupt, _Stopped) raise here
                     summary.results[r.slide] = r
-                    if r.status == "done":
+                    if r.status == Status.DONE:
                         bar.slide_done(r.slide, r.tiles)
-                    elif r.status == "skipped":
-                        bar.slide_skipped(r.slide, r.reason or "")
+                    elif r.status == Status.FAILED:
+                        bar.slide_failed(r.slide, r.message or "")
                     else:
-                        bar.slide_failed(r.slide, r.error or "")
+                        bar.slide_skipped(r.slide, r.reason or "")
                     if on_result is not None:
                         on_result(r)
         except BaseException:
@@ -83,3 +86,28 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int, tile_um: Any, opt: Extrac
     summary.seconds = time.perf_counter() - start
     return summary
 
+
+
+def write_run_outputs(summary: ExtractionSummary, jobs: Sequence[ExtractJob],
+                      opt: ExtractOptions) -> ExtractionSummary:
+    """With `opt.report`, each output folder gets the run's files for its slides:
+    extraction_report.html, summary.json and failures.csv. A file that cannot be written (a
+    full disk) is a run error in `summary.errors`, never a lost summary."""
+    if not opt.report:
+        return summary
+    by_dir: dict[Any, list[str]] = {}
+    for j in jobs:
+        by_dir.setdefault(j.outdir, []).append(j.name)
+    for outdir, names in by_dir.items():
+        report = outdir / "extraction_report.html"
+        try:
+            summary.reports.append(write_report(report, summary, names, opt))
+        except OSError as exc:
+            summary.errors.append(f"{report}: report not written ({exc})")
+            log.warning("%s: report not written (%s)", report, exc)
+        outcomes = [summary.results[n] for n in names if n in summary.results]
+        why = try_write_run_files(outdir, outcomes, summary.seconds, tile_px=summary.tile_px,
+                                  tile_um=summary.tile_um, outdir=str(outdir))
+        if why is not None:
+            summary.errors.append(why)
+    return summary
