@@ -9,6 +9,7 @@ foundation slide encoders, whose tile extractors need gated weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -144,6 +145,20 @@ def test_embed_slide_with_regions(ext, lite_mean, slides):
         sf.PreprocessingConfig(tile_px=-1)
     with pytest.raises(ValueError):
         sf.ExecutionConfig(batch_size=0)
+
+
+def test_execution_config_reader_threads_are_num_threads():
+    """Reader threads carry the name they have everywhere else; the old `num_workers=` still
+    works with one DeprecationWarning, and two different values are refused."""
+    assert sf.ExecutionConfig(num_threads=3).num_threads == 3
+    with pytest.warns(DeprecationWarning, match="num_workers is the old name of num_threads"):
+        old = sf.ExecutionConfig(8, num_workers=3)
+    assert old == sf.ExecutionConfig(8, num_threads=3)
+    assert dataclasses.replace(old, device="cpu").num_threads == 3
+    with pytest.raises(sf.errors.InvalidArgumentError, match="give num_threads only"):
+        sf.ExecutionConfig(num_threads=2, num_workers=3)
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        sf.ExecutionConfig(num_threads=0)
 
 
 def test_patients_grouped_in_first_appearance_order(lite_mean, slides, tmp_path):

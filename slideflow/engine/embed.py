@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from ..errors import SlideflowError
 from ..io.manifest import read_manifest
 from ..model.slide_encoders import get_slide_spec
 from ..slide import slide_name
+from ..validate import renamed
 from .pipeline import RowCollector, run_features
 from .selection import TileSelection, open_wsi
 from .slide_embeddings import check_geometry, resolve_slide_encoder
@@ -66,18 +67,25 @@ class PreprocessingConfig:
 
 @dataclass(frozen=True)
 class ExecutionConfig:
-    """How to run: model batch size, reader threads, device, mixed precision."""
+    """How to run: model batch size, reader threads, device, mixed precision.
+
+    `num_threads` is the reader-thread count under the name used everywhere else (API, CLI,
+    Slideflow 3); `num_workers=`, its old name here, still works with one DeprecationWarning.
+    """
 
     batch_size: int = 64
-    num_workers: int | None = None
+    num_threads: int | None = None
     device: str | None = None
     mixed_precision: bool | None = None
+    num_workers: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, num_workers: int | None) -> None:
+        object.__setattr__(self, "num_threads",
+                           renamed(self.num_threads, num_workers, "num_threads", "num_workers"))
         if int(self.batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_workers is not None and int(self.num_workers) < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.num_threads is not None and int(self.num_threads) < 1:
+            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
 
 
 @dataclass
@@ -166,7 +174,7 @@ def embed_slide(path: str | os.PathLike, tile_extractor: Any = None, slide_encod
                                                            replace=False))
             coords = coords[keep]
         collector = RowCollector(ext.num_features)
-        run_features(ext, wsi.tiles(batch_size=ext.batch_size, num_threads=exe.num_workers,
+        run_features(ext, wsi.tiles(batch_size=ext.batch_size, num_threads=exe.num_threads,
                                     coords=coords), collector)
         feats, coords = collector.result()
         size = int(wsi.full_extract_px)

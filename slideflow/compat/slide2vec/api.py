@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +109,7 @@ class Model:
     def _execution(self, execution: ExecutionOptions | None) -> embed.ExecutionConfig:
         exe = (execution or ExecutionOptions()).to_slideflow()
         if self.device is not None:
-            exe = embed.ExecutionConfig(exe.batch_size, exe.num_workers, self.device,
-                                        exe.mixed_precision)
+            exe = dataclasses.replace(exe, device=self.device)
         return exe
 
     def _pre(self, preprocessing: PreprocessingConfig | None) -> embed.PreprocessingConfig:

@@ -182,7 +182,7 @@ class ExecutionOptions:
     def to_slideflow(self) -> embed.ExecutionConfig:
         mixed = {None: None, "fp32": False, "fp16": "fp16", "bf16": "bf16"}[self.precision]
         return embed.ExecutionConfig(batch_size=self.batch_size,
-                                     num_workers=self.num_preprocessing_workers,
+                                     num_threads=self.num_preprocessing_workers,
                                      mixed_precision=mixed)
 
 
