@@ -128,7 +128,8 @@ class StoredTileReader(StoredPlan):
         if len(self.coords) == 0:
             return
         sched = Scatter(self, num_threads or usable_cores(), batch_size)
-        window = read_ahead or 2
+        # a URL's batches are fetched ahead on their own thread: one more batch in flight
+        window = read_ahead or (3 if sched.remote else 2)
         nb = len(sched.batches)
         pending: deque[int] = deque()
         next_b = 0

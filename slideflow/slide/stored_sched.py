@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -142,6 +142,11 @@ class Scatter:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sf-stored")
+        # a URL: each batch's bytes are fetched on a thread of their own, so the next batch's
+        # ranged GETs run while this one decodes (a local file is read by the workers)
+        self.remote = bool(getattr(reader.layout.byte_source(), "remote", False))
+        self.fetcher = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-fetch-ahead")
+                        if self.remote else None)
 
     # -- planning (caller's thread) ---------------------------------------------------------
     def plan(self, b: int) -> Batch:
@@ -161,10 +166,12 @@ class Scatter:
         for i in done:
             self._finish(i)
         groups = r.groups(list(keys))
-        # a URL: the batch's new tiles in a few merged ranged GETs, not one request per group
-        r.layout.prefetch([k for g in groups for k in g])
+        ahead: Future | None = None
+        if self.fetcher is not None and groups:
+            # a URL: the batch's new tiles in a few merged ranged GETs, not one per group
+            ahead = self.fetcher.submit(r.layout.prefetch, [k for g in groups for k in g])
         for g in groups:
-            self.pool.submit(self._run, g)
+            self.pool.submit(self._run, g, ahead)
         return batch
 
     def _alloc(self, batch: Batch) -> np.ndarray:
@@ -221,8 +228,10 @@ class Scatter:
         except Exception as exc:
             raise OSError(self.r.tile_error(k, exc)) from exc
 
-    def _run(self, keys: list[int]) -> None:
+    def _run(self, keys: list[int], ahead: Future | None = None) -> None:
         try:
+            if ahead is not None:
+                ahead.result()  # the batch's bytes are fetched (or their error is raised)
             raw = self.r.layout.read(keys)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller by every batch using it
             for k in keys:
@@ -309,6 +318,8 @@ class Scatter:
     def close(self) -> None:
         """Stop the workers; batches never handed out are kept for reuse."""
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.fetcher is not None:
+            self.fetcher.shutdown(wait=True, cancel_futures=True)
         for batch in self.batches:
             if batch.out is not None:
                 _give(batch.out)
