@@ -7,6 +7,7 @@ preprocessing fact are listed in docs/extractors.md.
 
 from __future__ import annotations
 
+from .catalog_general import CONVNEXT_CITATION, VIT_CITATION
 from .catalog_general import specs as general_specs
 from .spec import (
     HALF,
@@ -31,14 +32,7 @@ _DENSENET = ("@inproceedings{huang2017densenet, title={Densely Connected Convolu
              "author={Huang, Gao and Liu, Zhuang and van der Maaten, Laurens and Weinberger, "
              "Kilian Q.}, booktitle={IEEE Conference on Computer Vision and Pattern Recognition "
              "(CVPR)}, pages={4700--4708}, year={2017}}")
-_CONVNEXT = ("@inproceedings{liu2022convnext, title={A ConvNet for the 2020s}, author={Liu, Zhuang "
-             "and Mao, Hanzi and Wu, Chao-Yuan and Feichtenhofer, Christoph and Darrell, Trevor "
-             "and Xie, Saining}, booktitle={IEEE/CVF Conference on Computer Vision and Pattern "
-             "Recognition (CVPR)}, pages={11976--11986}, year={2022}}")
-_VIT = ("@inproceedings{dosovitskiy2021vit, title={An Image is Worth 16x16 Words: Transformers for "
-        "Image Recognition at Scale}, author={Dosovitskiy, Alexey and Beyer, Lucas and Kolesnikov, "
-        "Alexander and others}, booktitle={International Conference on Learning Representations "
-        "(ICLR)}, year={2021}}\n"
+_VIT = (VIT_CITATION + "\n"
         "@article{steiner2022howtotrain, title={How to train your ViT? Data, Augmentation, and "
         "Regularization in Vision Transformers}, author={Steiner, Andreas and Kolesnikov, "
         "Alexander and Zhai, Xiaohua and Wightman, Ross and Uszkoreit, Jakob and Beyer, Lucas}, "
@@ -145,7 +139,7 @@ def specs() -> list[ExtractorSpec]:
         _timm_imagenet("efficientnet_b0", 1280, "ra_in1k", IMAGENET_MEAN, IMAGENET_STD,
                        "classifier.", "Apache-2.0", _EFFNET, cnn=True),
         _timm_imagenet("convnext_tiny", 768, "in12k_ft_in1k", IMAGENET_MEAN, IMAGENET_STD,
-                       "head.fc.", "Apache-2.0", _CONVNEXT, cnn=True),
+                       "head.fc.", "Apache-2.0", CONVNEXT_CITATION, cnn=True),
         _timm_imagenet("vit_small_patch16_224", 384, "augreg_in21k_ft_in1k", HALF, HALF,
                        "head.", "Apache-2.0", _VIT, cnn=False, aliases=("vit_small_imagenet",)),
         _timm_imagenet("vit_base_patch16_224", 768, "augreg2_in21k_ft_in1k", HALF, HALF,

@@ -16,11 +16,11 @@ _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _SAT_MEAN, _SAT_STD = (0.430, 0.411, 0.296), (0.213, 0.156, 0.143)
 _DINO_KEYS = ("embeddings.mask_token", "mask_token")
 
-_CONVNEXT = ("@inproceedings{liu2022convnext, title={A ConvNet for the 2020s}, author={Liu, Zhuang "
+CONVNEXT_CITATION = ("@inproceedings{liu2022convnext, title={A ConvNet for the 2020s}, author={Liu, Zhuang "
              "and Mao, Hanzi and Wu, Chao-Yuan and Feichtenhofer, Christoph and Darrell, Trevor "
              "and Xie, Saining}, booktitle={IEEE/CVF Conference on Computer Vision and Pattern "
              "Recognition (CVPR)}, pages={11976--11986}, year={2022}}")
-_VIT = ("@inproceedings{dosovitskiy2021vit, title={An Image is Worth 16x16 Words: Transformers for "
+VIT_CITATION = ("@inproceedings{dosovitskiy2021vit, title={An Image is Worth 16x16 Words: Transformers for "
         "Image Recognition at Scale}, author={Dosovitskiy, Alexey and Beyer, Lucas and Kolesnikov, "
         "Alexander and others}, booktitle={International Conference on Learning Representations "
         "(ICLR)}, year={2021}}")
@@ -70,7 +70,7 @@ def torchvision_spec(arch: str) -> ExtractorSpec:
         name=f"{arch}_{'swag' if swag else 'imagenet'}", family="torchvision", dim=dim,
         input_px=crop, resize_px=resize, center_crop=crop, interpolation=interp,
         license="CC-BY-NC-4.0 (SWAG weights)" if swag else "BSD-3-Clause (torchvision weights)",
-        citation=(_VIT + "\n" + _SWAG if swag else _VIT) if vit else _CONVNEXT, cnn=not vit,
+        citation=(VIT_CITATION + "\n" + _SWAG if swag else VIT_CITATION) if vit else CONVNEXT_CITATION, cnn=not vit,
         build={"arch": arch, "kwargs": kwargs, "meta_init": True},
         weights=WeightsSource("torch_hub", path=ckpt,
                               url=f"https://download.pytorch.org/models/{ckpt}"),
