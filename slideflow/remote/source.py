@@ -1,6 +1,7 @@
 """Byte sources: what the stored-tile reader reads compressed tiles from.
 
-`read_spans([(start, end), ...])` returns the bytes of each span. A local file answers with one
+`read_spans([(start, end), ...])` returns the bytes of each span (a URL's: views into the
+responses, the caller copies out what it keeps). A local file answers with one
 `pread` per span. A URL merges spans closer than `MERGE_GAP` into one ranged GET (at most
 `MAX_REQUEST` bytes each) and runs the GETs `SLIDEFLOW_REMOTE_CONCURRENCY` at a time (default
 8), so a batch of tiles costs a few requests, not one per tile.
@@ -89,15 +90,18 @@ class RemoteSource:
     def size(self) -> int:
         return self.obj.size
 
-    def read_spans(self, spans: list[tuple[int, int]]) -> list[bytes]:
+    def read_spans(self, spans: list[tuple[int, int]]) -> list[bytes | memoryview]:
+        """Each span's bytes: views into the responses of the merged GETs, not copies (the
+        caller copies out the pieces it keeps)."""
         ranges = merge_spans(spans)
         datas = run_all([lambda a=a, b=b: self.obj.get(a, b) for a, b in ranges],
                         self.concurrency)
-        out = []
+        out: list[bytes | memoryview] = []
         for a, b in spans:  # each span lies inside one merged range
             i = _find(ranges, a)
-            r0 = ranges[i][0]
-            out.append(datas[i][a - r0:b - r0])
+            r0, data = ranges[i][0], datas[i]
+            out.append(data if (a - r0, b - r0) == (0, len(data)) else
+                       memoryview(data)[a - r0:b - r0])
         return out
 
     def read(self, start: int, size: int) -> bytes:
@@ -114,7 +118,7 @@ class RemoteSource:
             for (a, b), data in zip(runs, self.read_spans(runs)):
                 with self._lock:
                     for i in range(a // BLOCK, -(-b // BLOCK)):
-                        self._blocks[i] = data[i * BLOCK - a:(i + 1) * BLOCK - a]
+                        self._blocks[i] = bytes(data[i * BLOCK - a:(i + 1) * BLOCK - a])
         with self._lock:
             parts = []
             for i in range(first, last + 1):

@@ -15,7 +15,9 @@ read by the backend's `read_region`.
 
 from __future__ import annotations
 
+import bisect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..remote.dicomweb import JPEG_BASELINE, FrameSource
-from ..remote.source import LocalSource
+from ..remote.fetch import run_all
+from ..remote.source import LocalSource, merge_spans
 from ..remote.url import RemoteError
 
 if TYPE_CHECKING:  # backends/__init__ imports remote_open, which imports this module
@@ -88,35 +91,66 @@ class StoredLevel:
         if hasattr(src, "read_tiles"):  # frames by number (DICOMweb), not byte spans
             out.update(src.read_tiles([k for k in keys if k not in out]))
             return out
-        spans: list[list[int]] = []
-        for k in keys:
-            if k in out:
-                continue
-            if self.counts[k] == 0:
-                out[k] = None
-                continue
-            last = spans[-1][-1] if spans else None
-            if last is None or self.offsets[last] + self.counts[last] != self.offsets[k]:
-                spans.append([])
-            spans[-1].append(k)
-        ranges = [(int(self.offsets[g[0]]), int(self.offsets[g[-1]] + self.counts[g[-1]]))
-                  for g in spans]
+        spans = self._spans([k for k in keys if k not in out], out)
+        ranges = [self._range(g) for g in spans]
         for g, (start, end), data in zip(spans, ranges, src.read_spans(ranges)):
             if len(data) != end - start:
                 raise OSError(f"{self.path}: file truncated (tile bytes {start}..{end} missing)")
             for k in g:
                 a = int(self.offsets[k]) - start
-                out[k] = data[a:a + int(self.counts[k])]
+                out[k] = bytes(data[a:a + int(self.counts[k])])  # a tile's own bytes
         return out
 
-    def prefetch(self, keys: list[int]) -> None:
-        """Fetch the tiles `keys` now, in a few merged requests, for later `read` calls (a
-        remote source only: a local file is read where it is needed)."""
-        if not getattr(self.byte_source(), "remote", False):
+    def _spans(self, keys: list[int], missing: dict[int, bytes | None]) -> list[list[int]]:
+        """Sorted `keys` split into runs stored back to back (one read each); tiles not stored
+        go to `missing` as None."""
+        spans: list[list[int]] = []
+        for k in keys:
+            if self.counts[k] == 0:
+                missing[k] = None
+                continue
+            last = spans[-1][-1] if spans else None
+            if last is None or self.offsets[last] + self.counts[last] != self.offsets[k]:
+                spans.append([])
+            spans[-1].append(k)
+        return spans
+
+    def _range(self, span: list[int]) -> tuple[int, int]:
+        return int(self.offsets[span[0]]), int(self.offsets[span[-1]] + self.counts[span[-1]])
+
+    def prefetch(self, keys: list[int], ready: Callable[[list[int]], None] | None = None
+                 ) -> None:
+        """Fetch the tiles `keys` now for later `read` calls: a remote source's merged ranged
+        GETs run concurrently and `ready(tiles)` is called as each one's tiles are in memory,
+        so their decoding starts before the others arrive. A local file is read where it is
+        needed (`ready(keys)` at once); frames by number come in one call."""
+        src = self.byte_source()
+        if not getattr(src, "remote", False):
+            if ready is not None:
+                ready(list(keys))
             return
-        data = self.read(keys)
-        with self._ahead_lock:
-            self._ahead.update(data)
+        keys = sorted(int(k) for k in keys)
+        if hasattr(src, "read_tiles"):
+            parts = [keys]
+        else:  # one part per ranged GET: the spans read_spans would merge into one request
+            none: dict[int, bytes | None] = {}
+            spans = self._spans(keys, none)
+            ranges = merge_spans([self._range(g) for g in spans])
+            starts = [a for a, _ in ranges]
+            parts = [[] for _ in ranges]
+            for g in spans:  # each span lies inside one merged range
+                parts[bisect.bisect_right(starts, self._range(g)[0]) - 1].extend(g)
+            if none:
+                parts.insert(0, list(none))
+
+        def one(part: list[int]) -> None:
+            data = self.read(part)
+            with self._ahead_lock:
+                self._ahead.update(data)
+            if ready is not None:
+                ready(part)
+
+        run_all([lambda p=p: one(p) for p in parts], getattr(src, "concurrency", 1))
 
     def stream(self, stored: bytes) -> bytes:
         """A complete JPEG stream for one stored tile."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -143,7 +143,8 @@ class Scatter:
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="sf-stored")
         # a URL: each batch's bytes are fetched on a thread of their own, so the next batch's
-        # ranged GETs run while this one decodes (a local file is read by the workers)
+        # ranged GETs run while this one decodes (a local file is read by the workers); the
+        # decodes are queued as the bytes arrive
         self.remote = bool(getattr(reader.layout.byte_source(), "remote", False))
         self.fetcher = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="sf-fetch-ahead")
                         if self.remote else None)
@@ -166,13 +167,44 @@ class Scatter:
         for i in done:
             self._finish(i)
         groups = r.groups(list(keys))
-        ahead: Future | None = None
         if self.fetcher is not None and groups:
-            # a URL: the batch's new tiles in a few merged ranged GETs, not one per group
-            ahead = self.fetcher.submit(r.layout.prefetch, [k for g in groups for k in g])
-        for g in groups:
-            self.pool.submit(self._run, g, ahead)
+            # a URL: the batch's new tiles in a few merged ranged GETs, not one per group; a
+            # group's decode is queued when its bytes are in, so no worker waits on a GET
+            self.fetcher.submit(self._fetch, groups)
+        else:
+            for g in groups:
+                self.pool.submit(self._run, g)
         return batch
+
+    # -- fetching ahead (a URL; the fetcher thread) -----------------------------------------
+    def _fetch(self, groups: list[list[int]]) -> None:
+        """Fetch the groups' tiles, queueing each group's decode as soon as its last tile's
+        ranged GET has arrived; a failed fetch fails every group still waiting on it."""
+        waiting = {j: len(g) for j, g in enumerate(groups)}
+        group_of = {k: j for j, g in enumerate(groups) for k in g}
+        lock = threading.Lock()
+
+        def ready(keys: list[int]) -> None:
+            go = []
+            with lock:
+                for k in keys:
+                    j = group_of[k]
+                    waiting[j] -= 1
+                    if waiting[j] == 0:
+                        del waiting[j]
+                        go.append(groups[j])
+            for g in go:
+                self.pool.submit(self._run, g)
+
+        try:
+            self.r.layout.prefetch([k for g in groups for k in g], ready)
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller by its batch
+            with lock:
+                failed = [groups[j] for j in waiting]
+                waiting.clear()
+            for g in failed:
+                for k in g:
+                    self._deliver(k, None, exc)
 
     def _alloc(self, batch: Batch) -> np.ndarray:
         """The batch's output array (under the lock): created on first use."""
@@ -228,10 +260,8 @@ class Scatter:
         except Exception as exc:
             raise OSError(self.r.tile_error(k, exc)) from exc
 
-    def _run(self, keys: list[int], ahead: Future | None = None) -> None:
+    def _run(self, keys: list[int]) -> None:
         try:
-            if ahead is not None:
-                ahead.result()  # the batch's bytes are fetched (or their error is raised)
             raw = self.r.layout.read(keys)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller by every batch using it
             for k in keys:
@@ -317,9 +347,9 @@ class Scatter:
 
     def close(self) -> None:
         """Stop the workers; batches never handed out are kept for reuse."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        if self.fetcher is not None:
+        if self.fetcher is not None:  # first: a running fetch still queues decodes
             self.fetcher.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
         for batch in self.batches:
             if batch.out is not None:
                 _give(batch.out)
