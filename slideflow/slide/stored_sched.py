@@ -157,8 +157,8 @@ class Scatter:
         with self.lock:
             self._alloc(batch)
             keys: dict[int, None] = {}
-            for i in range(batch.start, batch.stop):
-                if i in self.empty:
+            for i in range(batch.start, self._fetch_stop(b)):
+                if i in self.empty and i < batch.stop:
                     done.append(i)  # beyond the level's grid: no stored tile to wait for
                 for k in r.keys(i):
                     if k not in self.submitted:
@@ -205,6 +205,15 @@ class Scatter:
             for g in failed:
                 for k in g:
                     self._deliver(k, None, exc)
+
+    def _fetch_stop(self, b: int) -> int:
+        """Where the output tiles whose stored tiles plan(b) queues end: batch b's end, or
+        for a URL the end of batch b + 1 when b is odd (batch 0 alone, so decoding starts
+        soon; then two batches per fetch: half the requests, each costing the server and the
+        reader's HTTP client more than its bytes do)."""
+        if self.fetcher is not None and b % 2 == 1 and b + 1 < len(self.batches):
+            b += 1
+        return self.batches[b].stop
 
     def _alloc(self, batch: Batch) -> np.ndarray:
         """The batch's output array (under the lock): created on first use."""
