@@ -85,3 +85,12 @@ def test_dataset_takes_a_tile_geometry(cmu_slides_project):
         cmu_slides_project.dataset(256)
     with pytest.raises(DatasetError, match="give both tile_px and tile_um"):
         Dataset(cmu_slides_project.load_sources(), tile_um=128)
+
+
+def test_project_extract_tiles_takes_a_tile_geometry(cmu_slides_project):
+    summary = cmu_slides_project.extract_tiles(TileGeometry.parse(128, 256), qc=None,
+                                               report=False, progress=False)
+    assert summary.done == ["CMU-1-Small-Region"]
+    assert summary["CMU-1-Small-Region"].tiles == len(sf.WSI(CMU, 128, 256)) == 20
+    ds = cmu_slides_project.dataset(128, 256)
+    assert (ds.tfrecords_folder / "CMU-1-Small-Region.tfrecords").is_file()
