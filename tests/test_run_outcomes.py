@@ -144,6 +144,22 @@ def test_batch_size_is_an_argument_never_written_on_the_extractor():
     np.testing.assert_allclose(sinks[0].result()[0], tiles.mean(axis=(1, 2)), rtol=1e-6)
 
 
+def test_legacy_fanout_path_forwards_to_run_many():
+    """`slideflow.fanout.run_features_many` (old path, extractors first) is `run_many`'s count
+    with the same re-chunking; the engine itself calls `run_many`."""
+    from slideflow.engine.pipeline import RowCollector
+    from slideflow.fanout import run_features_many
+
+    tiles = np.random.default_rng(1).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    source = [(tiles[:4], np.zeros((4, 2), np.int64)), (tiles[4:], np.zeros((5, 2), np.int64))]
+    a, b = _Means(), _Means()
+    sinks = [RowCollector(3), RowCollector(3)]
+    assert run_features_many([a, b], iter(source), sinks, batch_sizes=[2, None]) == 9
+    assert a.seen == [2, 2, 2, 2, 1] and b.seen == [5, 4]
+    for sink in sinks:
+        np.testing.assert_allclose(sink.result()[0], tiles.mean(axis=(1, 2)), rtol=1e-6)
+
+
 def test_generate_feature_bags_leaves_the_callers_extractor_alone(tmp_path, slides):
     from slideflow.features import generate_feature_bags
 
