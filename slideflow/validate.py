@@ -2,7 +2,7 @@
 
 Each concept is checked once, where it enters, with one error that names the argument, the
 value and the fix (`InvalidArgumentError`, a `ValueError`). Geometry (tile_px / tile_um /
-stride_div) is checked by `slideflow.slide.geometry.check_tile_geometry`, built on these.
+stride_div) is parsed by `slideflow.slide.geometry.TileGeometry`, built on these.
 """
 
 from __future__ import annotations

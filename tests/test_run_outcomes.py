@@ -144,6 +144,22 @@ def test_batch_size_is_an_argument_never_written_on_the_extractor():
     np.testing.assert_allclose(sinks[0].result()[0], tiles.mean(axis=(1, 2)), rtol=1e-6)
 
 
+def test_legacy_fanout_path_forwards_to_run_many():
+    """`slideflow.fanout.run_features_many` (old path, extractors first) is `run_many`'s count
+    with the same re-chunking; the engine itself calls `run_many`."""
+    from slideflow.engine.pipeline import RowCollector
+    from slideflow.fanout import run_features_many
+
+    tiles = np.random.default_rng(1).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    source = [(tiles[:4], np.zeros((4, 2), np.int64)), (tiles[4:], np.zeros((5, 2), np.int64))]
+    a, b = _Means(), _Means()
+    sinks = [RowCollector(3), RowCollector(3)]
+    assert run_features_many([a, b], iter(source), sinks, batch_sizes=[2, None]) == 9
+    assert a.seen == [2, 2, 2, 2, 1] and b.seen == [5, 4]
+    for sink in sinks:
+        np.testing.assert_allclose(sink.result()[0], tiles.mean(axis=(1, 2)), rtol=1e-6)
+
+
 def test_generate_feature_bags_leaves_the_callers_extractor_alone(tmp_path, slides):
     from slideflow.features import generate_feature_bags
 
@@ -158,3 +174,28 @@ def test_generate_feature_bags_leaves_the_callers_extractor_alone(tmp_path, slid
     a = sf.io.read_bag(out / "CMU-1-Small-Region.pt").features
     b = sf.io.read_bag(tmp_path / "ref" / "CMU-1-Small-Region.pt").features
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_generate_and_save_writes_summary_and_failures(tmp_path):
+    """Slideflow's `SlideEncoder.generate_and_save` (the engine's `embed_bag_folder`) leaves
+    the run files the other entry points leave: one row per failed slide, counts, encoder."""
+    from slideflow.io.bags import write_bag
+
+    rng = np.random.default_rng(3)
+    bags = tmp_path / "bags"
+    coords = np.stack([np.arange(6) * 448, np.zeros(6)], axis=1).astype(np.int64)
+    write_bag(bags / "good.pt", rng.standard_normal((6, 4)).astype(np.float32), coords,
+              patch_size_level0=448)
+    write_bag(bags / "empty.pt", np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int64),
+              patch_size_level0=448)
+    out = tmp_path / "emb"
+    report = sf.build_slide_encoder("mean").generate_and_save(str(bags), out)
+    assert report.done == ["good"] and list(report.failed) == ["empty"] and report.errors == []
+    assert [(r["slide"], r["error_type"]) for r in _rows(out)] == [("empty", "BagError")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["done"], summary["failed"], summary["failed_slides"], summary["encoder"],
+            summary["outdir"]) == (1, 1, ["empty"], "mean", str(out))
+    again = sf.build_slide_encoder("mean").generate_and_save(str(bags), out)
+    assert again.skipped == ["good"] and list(again.failed) == ["empty"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["reused"], summary["failed"]) == (1, 1)

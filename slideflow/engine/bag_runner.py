@@ -3,7 +3,7 @@ serial loop, the one-process-per-device runner and the Ray runner all share.
 
 `process_job` checks which bags are missing or stale, claims the slide with a lock file per
 output folder (`slideflow.io.locks`), removes temporary files of dead runs, reads the tiles
-once and feeds every extractor (`slideflow.fanout`), and writes each bag atomically. A slide
+once and feeds every extractor (`pipeline.run_many`), and writes each bag atomically. A slide
 locked by a live process comes back `busy` (skipped, not failed); a bad slide comes back
 `failed` with its error, never raising (`engine.outcome.SlideOutcome`).
 """
@@ -31,8 +31,8 @@ from ..io.npz import index_path_for
 from ..remote.fetch import begin_counting, end_counting
 from ..remote.identity import url_identity
 from ..slide.geometry import TileGeometry
-from .fanout import run_features_many
 from .outcome import SlideOutcome, Status
+from .pipeline import run_many
 from .progress import track_slides
 from .protocols import Extractor
 from .selection import TileSelection
@@ -266,9 +266,9 @@ def _write_bags(job: SlideJob, todo: list[BagTarget], opts: BagOptions, normaliz
                                                 patch_size_level0=extent, meta=writer_meta))
             sinks.append(_finite_only(w.append, job.name))
         counted = _count_tiles(sinks[0], on_tiles)
-        tiles = run_features_many([t.extractor for t in todo], source,
-                                  [counted, *sinks[1:]], normalizer=normalizer,
-                                  batch_sizes=[t.run_batch_size for t in todo])
+        tiles = run_many(source, [t.extractor for t in todo], [counted, *sinks[1:]],
+                         normalizer=normalizer,
+                         batch_sizes=[t.run_batch_size for t in todo]).tiles
         _check_record_count(job, tiles)
         need = max(opts.min_tiles, 1)
         if tiles < need:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from ..model.extractors.registry import get_spec, normalize
 from ..model.slide_encoders.factory import build_slide_encoder, rebuild_slide_encoder
 from ..model.slide_encoders.spec import tile_microns
 from ..version import __version__
-from .outcome import RunReport, SlideOutcome, Status
+from .outcome import RunReport, SlideOutcome, Status, try_write_run_files
 
 log = logging.getLogger("slideflow")
 
@@ -196,13 +197,27 @@ def embed_bags(files: list[Path], encoder: Any, outdir: Path, report: SlideEmbed
     return report
 
 
+def finish_run(report: SlideEmbeddingsReport, encoder: Any, start: float
+               ) -> SlideEmbeddingsReport:
+    """The run's wall time since `start`, and its summary.json + failures.csv in
+    `report.outdir`, as every engine entry point leaves them (a write error goes to
+    `report.errors`: a full disk must not hide the embeddings made)."""
+    report.seconds = time.perf_counter() - start
+    report.errors += filter(None, [try_write_run_files(
+        report.outdir, report.outcomes, report.seconds, encoder=encoder.name,
+        outdir=str(report.outdir))])
+    return report
+
+
 def embed_bag_folder(source: Any, encoder: Any, outdir: str | os.PathLike, *, fmt: str = "pt",
                      overwrite: bool = False) -> SlideEmbeddingsReport:
     """Slide embeddings of a bag folder or a list of bag files (Slideflow's
-    ``generate_and_save``)."""
+    ``generate_and_save``); the run's summary.json and failures.csv go to `outdir`."""
+    start = time.perf_counter()
     files, cfg = bag_files(source, encoder)
-    return embed_bags(files, encoder, Path(outdir), SlideEmbeddingsReport(Path(outdir)),
-                      bags_config=cfg, fmt=fmt, overwrite=overwrite)
+    report = embed_bags(files, encoder, Path(outdir), SlideEmbeddingsReport(Path(outdir)),
+                        bags_config=cfg, fmt=fmt, overwrite=overwrite)
+    return finish_run(report, encoder, start)
 
 
 def _write_config(outdir: Path, encoder: Any, bags_cfg: dict[str, Any] | None,

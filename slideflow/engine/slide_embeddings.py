@@ -23,7 +23,7 @@ from ..errors import SlideflowError, TileMismatchError
 from ..io.bags import list_bags, slide_of
 from ..io.bags_config import read_bags_config
 from .features import generate_bags, jobs_from_paths, resolve_extractor
-from .outcome import SlideOutcome, Status, try_write_run_files
+from .outcome import SlideOutcome, Status
 from .selection import DEFAULT_QC, TileSelection
 from .slide_embedding_outputs import (
     CONFIG_NAME,
@@ -34,6 +34,7 @@ from .slide_embedding_outputs import (
     check_geometry,
     embed_bag_folder,
     embed_bags,
+    finish_run,
     read_slide_embedding,
     rebuild_slide_encoders,
     resolve_slide_encoder,
@@ -126,8 +127,4 @@ def generate_slide_embeddings(
         files, cfg = bag_files(source, encoder)
     embed_bags(files, encoder, outdir, report, bags_config=cfg, fmt=format,
                overwrite=overwrite)
-    report.seconds = time.perf_counter() - start
-    report.errors += filter(None, [try_write_run_files(outdir, report.outcomes, report.seconds,
-                                                       encoder=encoder.name,
-                                                       outdir=str(outdir))])
-    return report
+    return finish_run(report, encoder, start)

@@ -23,7 +23,7 @@ from ..engine.features import SlideJob, generate_feature_bags
 from ..errors import DatasetError
 from ..io.tfrecord import get_tfrecord_label
 from ..mil.splits import kfold_split
-from ..slide.geometry import check_tile_geometry
+from ..slide.geometry import TileGeometry
 from .annotations import (
     PATIENT,
     SLIDE,
@@ -40,14 +40,26 @@ from .sources import Source
 log = logging.getLogger("slideflow")
 
 
+def dataset_geometry(tile_px: Any, tile_um: Any) -> TileGeometry | None:
+    """The tile geometry a dataset was given (`TileGeometry.parse`, as `sf.WSI` and the CLI
+    parse it), or None when it was given none."""
+    if tile_px is None and tile_um is None:
+        return None
+    if tile_px is None or (tile_um is None and not isinstance(tile_px, TileGeometry)):
+        raise DatasetError("give both tile_px and tile_um (or a TileGeometry as tile_px), "
+                           "or neither")
+    return TileGeometry.parse(tile_px, tile_um)
+
+
 class Dataset(DatasetDisplay):
-    """Slides + annotations + one tile geometry (`tile_px` px covering `tile_um`)."""
+    """Slides + annotations + one tile geometry (`tile_px` px covering `tile_um`; `tile_px`
+    may be a `TileGeometry`, then no `tile_um`), kept as `geometry` (None without one)."""
 
     def __init__(
         self,
         config: str | os.PathLike | Mapping[str, Any] | None = None,
         sources: str | Iterable[str] | None = None,
-        tile_px: int | None = None,
+        tile_px: int | TileGeometry | None = None,
         tile_um: int | float | str | None = None,
         *,
         annotations: str | os.PathLike | pd.DataFrame | None = None,
@@ -66,15 +78,12 @@ class Dataset(DatasetDisplay):
                 raise DatasetError(f"unknown source(s) {unknown}; configured: "
                                    f"{sorted(all_sources)} (add one with P.add_source)")
         self._sources = {n: all_sources[n] for n in names}
-        if (tile_px is None) != (tile_um is None):
-            raise DatasetError("give both tile_px and tile_um, or neither")
-        if tile_px is not None:
-            tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
-        self.tile_px = int(tile_px) if tile_px is not None else None
-        self.tile_um = tile_um
+        self.geometry = dataset_geometry(tile_px, tile_um)
+        self.tile_px = self.geometry.tile_px if self.geometry else None
+        self.tile_um = self.geometry.tile_um if self.geometry else None
         self.label = None
-        if tile_px is not None:
-            self.label = get_tfrecord_label(tile_px, tile_um)
+        if self.geometry is not None:
+            self.label = get_tfrecord_label(self.tile_px, self.tile_um)
         self._files = SourceIndex(self._sources)
         if isinstance(annotations, pd.DataFrame):
             self._ann: pd.DataFrame | None = validate_annotations(annotations, "annotations")
@@ -120,11 +129,12 @@ class Dataset(DatasetDisplay):
                           filter_blank=list(dict.fromkeys(self.filter_blank + blank)),
                           min_tiles=max(self.min_tiles, int(min_tiles or 0)))
 
-    def with_geometry(self, tile_px: int, tile_um: int | float | str) -> Dataset:
+    def with_geometry(self, tile_px: int | TileGeometry,
+                      tile_um: int | float | str | None = None) -> Dataset:
         """The same selection at another tile geometry."""
-        tile_px, tile_um, _ = check_tile_geometry(tile_px, tile_um)
-        return self._copy(tile_px=int(tile_px), tile_um=tile_um,
-                          label=get_tfrecord_label(tile_px, tile_um))
+        geo = TileGeometry.parse(tile_px, tile_um)
+        return self._copy(geometry=geo, tile_px=geo.tile_px, tile_um=geo.tile_um,
+                          label=get_tfrecord_label(geo.tile_px, geo.tile_um))
 
     # -- annotations ---------------------------------------------------------------------------
     def _all_annotations(self) -> pd.DataFrame:

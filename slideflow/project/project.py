@@ -26,6 +26,7 @@ import pandas as pd
 
 from ..errors import ProjectError, SlideflowError
 from ..io.atomic import atomic_open, write_json_atomic
+from ..slide.geometry import TileGeometry
 from .annotations import annotations_copy, blank_annotations, read_annotations, write_annotations
 from .dataset import Dataset
 from .sources import Source, load_sources, resolve_path, resolve_slides, save_source
@@ -180,7 +181,8 @@ class Project:
         return write_annotations(blank_annotations(names), self.annotations)
 
     # -- datasets ------------------------------------------------------------------------------
-    def dataset(self, tile_px: int | None = None, tile_um: int | float | str | None = None,
+    def dataset(self, tile_px: int | TileGeometry | None = None,
+                tile_um: int | float | str | None = None,
                 filters: Mapping[str, Any] | None = None,
                 filter_blank: str | Iterable[str] | None = None, min_tiles: int = 0,
                 sources: str | Iterable[str] | None = None) -> Dataset:
@@ -194,7 +196,8 @@ class Project:
             filters=filters, filter_blank=filter_blank, min_tiles=min_tiles, root=self.root,
         )
 
-    def extract_tiles(self, tile_px: int, tile_um: int | float | str, *,
+    def extract_tiles(self, tile_px: int | TileGeometry, tile_um: int | float | str | None = None,
+                      *,
                       filters: Mapping[str, Any] | None = None,
                       filter_blank: str | Iterable[str] | None = None,
                       sources: str | Iterable[str] | None = None, **kwargs: Any):
@@ -206,15 +209,16 @@ class Project:
 
     def generate_feature_bags(self, extractor: Any, dataset: Dataset | None = None,
                               outdir: str | os.PathLike | None = None, *,
-                              tile_px: int | None = None, tile_um: Any = None,
+                              tile_px: int | TileGeometry | None = None, tile_um: Any = None,
                               **kwargs: Any):
         """Feature bags for MIL (`Dataset.generate_feature_bags`).
 
-        Give a `dataset`, or `tile_px`/`tile_um` (the project's dataset at that geometry).
+        Give a `dataset`, or `tile_px`/`tile_um` or a `TileGeometry` as `tile_px` (the
+        project's dataset at that geometry).
         Bags go to `outdir`, default `<root>/pt_files/<extractor name>`.
         """
         if dataset is None:
-            if tile_px is None or tile_um is None:
+            if tile_px is None or (tile_um is None and not isinstance(tile_px, TileGeometry)):
                 raise ProjectError("give a dataset, or tile_px and tile_um")
             dataset = self.dataset(tile_px, tile_um)
         if outdir is None:

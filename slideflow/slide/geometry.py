@@ -87,8 +87,10 @@ class TileGeometry:
         if isinstance(tile_um, str):
             try:
                 microns = tile_um_to_microns(px, tile_um)
-            except ValueError as exc:
-                raise InvalidArgumentError(f"tile_um={tile_um!r}: {exc}") from None
+            except ValueError as exc:  # named once: some of its messages name tile_um already
+                why = str(exc)
+                raise InvalidArgumentError(why if why.startswith("tile_um") else
+                                           f"tile_um={tile_um!r}: {why}") from None
             positive_float(microns, f"tile_um={tile_um!r} (in microns)")
         else:
             positive_float(tile_um, "tile_um")

@@ -43,6 +43,9 @@ class WSI(TileSelection):
     `int(tile_um / mpp)` level-0 px), so tile centres equal Slideflow 3's; 'round' rounds the
     extent to the nearest pixel, the rule of slideflow before 4.0.
 
+    `tile_px` may be a `TileGeometry` (then no `tile_um`): the geometry is parsed by
+    `TileGeometry.parse` either way, so its errors read the same as the CLI's and `Dataset`'s.
+
     `tile_reader`: 'auto' reads JPEG-tiled TIFF/SVS/DICOM levels through the stored-tile reader
     (each stored tile decoded once by slideflow) and everything else through the backend's
     `read_region`; 'stored' or 'region' force one (for tests and comparisons).
@@ -51,8 +54,8 @@ class WSI(TileSelection):
     def __init__(
         self,
         path: str | Path,
-        tile_px: int,
-        tile_um: float | int | str,
+        tile_px: int | geometry.TileGeometry,
+        tile_um: float | int | str | None = None,
         stride_div: int = 1,
         *,
         mpp: float | None = None,
@@ -70,8 +73,9 @@ class WSI(TileSelection):
         self.path = slide_path(path)
         self.tile_reader = tile_reader
         # checked before the file is opened: a bad argument is the caller's error, not the slide's
-        self.tile_px, self.tile_um, self.stride_div = geometry.check_tile_geometry(
-            tile_px, tile_um, stride_div)
+        self.geometry = geometry.TileGeometry.parse(tile_px, tile_um)
+        self.tile_px, self.tile_um = self.geometry.tile_px, self.geometry.tile_um
+        self.stride_div = self.geometry.check_stride(stride_div)
         self.grid_rule = geometry.check_grid_rule(grid_rule)
         if mpp is not None:
             mpp = mpp_value(mpp, "mpp")
@@ -94,7 +98,7 @@ class WSI(TileSelection):
             )
         try:
             self.grid_spec = geometry.make_grid(
-                self.dimensions, self.mpp, self.tile_px, tile_um, self.stride_div, use_edge_tiles,
+                self.dimensions, self.mpp, self.tile_px, self.tile_um, self.stride_div, use_edge_tiles,
                 self.grid_rule)
             self.level_choice = geometry.choose_level(
                 self.reader.level_downsamples, self.grid_spec.extent, self.tile_px, level_tolerance
@@ -168,7 +172,7 @@ class WSI(TileSelection):
 
     @property
     def tile_microns(self) -> float:
-        return geometry.tile_um_to_microns(self.tile_px, self.tile_um)
+        return self.geometry.microns
 
     @property
     def grid(self) -> np.ndarray:
