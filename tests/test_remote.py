@@ -75,7 +75,8 @@ def test_svs_read_in_place_pixel_identical(where, http, s3, local_cmu):
     tiles, coords = local_cmu
     assert np.array_equal(np.concatenate(out), tiles)
     assert batches == -(-len(tiles) // 16) and len(tiles) == 391
-    assert gets <= batches  # each batch's stored tiles: one merged ranged GET at most
+    # batch 0's stored tiles, then each next two batches': one merged ranged GET at most
+    assert gets <= 1 + batches // 2
 
 
 def test_random_access_and_region_path_match(http, local_cmu):
@@ -449,3 +450,49 @@ def test_mrxs_is_cached_with_its_companion_folder(s3, tmp_path, monkeypatch):
     s3.put("mrxs", "lonely/y.mrxs", b"[GENERAL]\n")
     with pytest.raises(SlideNotFoundError, match="companion folder s3://mrxs/lonely/y/"):
         ro.open_url("s3://mrxs/lonely/y.mrxs", cache=cache)
+
+
+class _Spans:
+    """A remote byte source over `data` that records each read_spans call (one GET each)."""
+
+    remote = True
+    concurrency = 2
+
+    def __init__(self, data: bytes, fail_at: int | None = None):
+        self.data, self.fail_at, self.calls = data, fail_at, []
+
+    def read_spans(self, spans):
+        self.calls.append(list(spans))
+        if self.fail_at is not None and any(a <= self.fail_at < b for a, b in spans):
+            raise OSError("range failed")
+        return [memoryview(self.data)[a:b] for a, b in spans]
+
+    def close(self):
+        pass
+
+
+def test_prefetch_delivers_each_merged_range_as_it_arrives():
+    """A batch's tiles in two ranges far apart: two requests, and `ready` names each range's
+    tiles separately (their decodes start without waiting for the other); later reads are
+    served from memory; a failed range raises and leaves the other range's tiles delivered."""
+    from slideflow.remote.source import MERGE_GAP
+    from slideflow.slide.stored import StoredLevel
+
+    far = 2 * MERGE_GAP
+    offsets = np.array([0, 10, far, far + 10], np.int64)
+    counts = np.array([10, 10, 10, 10], np.int64)
+    data = bytes(range(256)) * (far // 256 + 1)
+    src = _Spans(data)
+    lay = StoredLevel("x.tif", 4, 1, 1, 1, offsets, counts, src=src)
+    got = []
+    lay.prefetch([3, 0, 2, 1], got.append)
+    assert sorted(map(sorted, got)) == [[0, 1], [2, 3]] and len(src.calls) == 2
+    assert lay.read([0, 1, 2, 3]) == {k: data[o:o + 10] for k, o in enumerate(offsets)}
+    assert len(src.calls) == 2  # all from memory
+
+    bad = _Spans(data, fail_at=far)
+    lay = StoredLevel("x.tif", 4, 1, 1, 1, offsets, counts, src=bad)
+    got = []
+    with pytest.raises(OSError, match="range failed"):
+        lay.prefetch([0, 1, 2, 3], got.append)
+    assert got == [[0, 1]]

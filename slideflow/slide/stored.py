@@ -92,6 +92,8 @@ class StoredLevel:
             out.update(src.read_tiles([k for k in keys if k not in out]))
             return out
         spans = self._spans([k for k in keys if k not in out], out)
+        if not spans:
+            return out
         ranges = [self._range(g) for g in spans]
         for g, (start, end), data in zip(spans, ranges, src.read_spans(ranges)):
             if len(data) != end - start:
