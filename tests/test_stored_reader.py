@@ -340,3 +340,38 @@ def test_reuse_is_off_where_reference_counts_undercount(monkeypatch, pyramid):
     monkeypatch.setattr(stored_sched, "sys", free_threaded)
     monkeypatch.setattr(stored_sched, "_COUNTS_EXACT", None)
     assert not stored_sched.counts_are_exact()
+
+
+@pytest.mark.parametrize("where", ["_deliver", "_finish"])
+def test_an_unexpected_error_in_a_task_fails_the_read_instead_of_hanging(monkeypatch, pyramid,
+                                                                         where):
+    """A bug inside a decode task (outside the read and decode errors it handles) reaches the
+    caller as that read's error; nothing waits forever for parts that will not arrive."""
+    import threading
+
+    from slideflow.slide import stored_sched
+
+    original = getattr(stored_sched.Scatter, where)
+    calls = []
+
+    def broken(self, *args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("bug in a task")
+        return original(self, *args)
+
+    monkeypatch.setattr(stored_sched.Scatter, where, broken)
+    wsi = sf.WSI(pyramid, 200, 300 * MPP, use_edge_tiles=True)
+    outcome = {}
+
+    def read():
+        try:
+            outcome["tiles"] = sum(len(t) for t, _ in wsi.tiles(batch_size=8, num_threads=2))
+        except Exception as exc:  # noqa: BLE001 - the test reports what reached the caller
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the read hung"
+    assert outcome["error"].startswith("SlideReadError: ") and "bug in a task" in outcome["error"]

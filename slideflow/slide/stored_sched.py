@@ -178,6 +178,12 @@ class Scatter:
 
     # -- fetching ahead (a URL; the fetcher thread) -----------------------------------------
     def _fetch(self, groups: list[list[int]]) -> None:
+        try:
+            self._fetch_groups(groups)
+        except BaseException as exc:  # noqa: BLE001 - a bug here must fail the read, not hang it
+            self._abort(exc)
+
+    def _fetch_groups(self, groups: list[list[int]]) -> None:
         """Fetch the groups' tiles, queueing each group's decode as soon as its last tile's
         ranged GET has arrived; a failed fetch fails every group still waiting on it."""
         waiting = {j: len(g) for j, g in enumerate(groups)}
@@ -270,6 +276,22 @@ class Scatter:
             raise OSError(self.r.tile_error(k, exc)) from exc
 
     def _run(self, keys: list[int]) -> None:
+        try:
+            self._read_decode_deliver(keys)
+        except BaseException as exc:  # noqa: BLE001 - a bug here must fail the read, not hang it
+            self._abort(exc)
+
+    def _abort(self, exc: BaseException) -> None:
+        """Fail every batch not yet complete with `exc` (raised in the caller), so an
+        unexpected error in a task can never leave the caller waiting for parts that will not
+        arrive."""
+        with self.lock:
+            for batch in self.batches:
+                if not batch.event.is_set():
+                    batch.error = batch.error or exc
+                    batch.event.set()
+
+    def _read_decode_deliver(self, keys: list[int]) -> None:
         try:
             raw = self.r.layout.read(keys)
         except BaseException as exc:  # noqa: BLE001 - raised in the caller by every batch using it
