@@ -51,7 +51,10 @@ def test_two_cpu_devices_equal_one(extractor, jobs, serial, tmp_path):
                            devices=["cpu", "cpu"])
     assert sorted(report.done) == sorted(j.name for j in jobs) and not report.failed
     workers = {o.worker for o in report.outcomes}
-    assert len(workers) == 2 and all(w.endswith("/cpu") for w in workers)  # both worked
+    # workers pull from one shared queue once their model is built: with three small slides the
+    # first one ready may take them all, so "both took a slide" is a race, not a rule
+    assert 1 <= len(workers) <= 2 and all(w.endswith("/cpu") for w in workers)
+    assert all(w.split(":")[1].split("/")[0] != str(os.getpid()) for w in workers)  # children
     assert _outputs(tmp_path) == _outputs(serial)
 
 
