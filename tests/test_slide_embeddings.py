@@ -157,8 +157,14 @@ def test_execution_config_reader_threads_are_num_threads():
     assert dataclasses.replace(old, device="cpu").num_threads == 3
     with pytest.raises(sf.errors.InvalidArgumentError, match="give num_threads only"):
         sf.ExecutionConfig(num_threads=2, num_workers=3)
-    with pytest.raises(ValueError, match="num_threads must be >= 1"):
-        sf.ExecutionConfig(num_threads=0)
+    for bad in (0, 2.5, True, "abc"):
+        with pytest.raises(sf.errors.InvalidArgumentError,
+                           match=f"num_threads must be an integer >= 1, got {bad!r}"):
+            sf.ExecutionConfig(num_threads=bad)
+    with pytest.raises(sf.errors.InvalidArgumentError, match="batch_size must be an integer"):
+        sf.ExecutionConfig(batch_size="x")
+    with pytest.raises(sf.errors.InvalidArgumentError, match="max_tiles must be an integer"):
+        sf.PreprocessingConfig(max_tiles=0.5)
 
 
 def test_patients_grouped_in_first_appearance_order(lite_mean, slides, tmp_path):

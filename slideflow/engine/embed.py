@@ -26,7 +26,7 @@ from ..errors import SlideflowError
 from ..io.manifest import read_manifest
 from ..model.slide_encoders import get_slide_spec
 from ..slide import slide_name
-from ..validate import renamed
+from ..validate import optional_positive_int, positive_int, renamed
 from .pipeline import RowCollector, run_features
 from .selection import TileSelection, open_wsi
 from .slide_embeddings import check_geometry, resolve_slide_encoder
@@ -49,12 +49,8 @@ class PreprocessingConfig:
     stride_div: int = 1
 
     def __post_init__(self) -> None:
-        if self.tile_px is not None and int(self.tile_px) <= 0:
-            raise ValueError(f"tile_px must be positive, got {self.tile_px}")
-        if self.region_tile_multiple is not None and int(self.region_tile_multiple) < 1:
-            raise ValueError("region_tile_multiple must be >= 1")
-        if self.max_tiles is not None and int(self.max_tiles) < 1:
-            raise ValueError("max_tiles must be >= 1")
+        for name in ("tile_px", "region_tile_multiple", "max_tiles"):
+            optional_positive_int(getattr(self, name), name)
         self.selection()  # validates qc, qc_threshold, stride_div
 
     def selection(self) -> TileSelection:
@@ -82,10 +78,8 @@ class ExecutionConfig:
     def __post_init__(self, num_workers: int | None) -> None:
         object.__setattr__(self, "num_threads",
                            renamed(self.num_threads, num_workers, "num_threads", "num_workers"))
-        if int(self.batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_threads is not None and int(self.num_threads) < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
+        positive_int(self.batch_size, "batch_size")
+        optional_positive_int(self.num_threads, "num_threads")
 
 
 @dataclass
