@@ -135,3 +135,32 @@ def test_info_on_a_missing_slide(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nope.svs'}: no such slide file or folder"]
+
+
+@pytest.mark.parametrize("flag", ["--slides-in-flight", "--num-threads"])
+def test_extract_tiles_counts_are_checked_first(tmp_path, flag):
+    """A bad count is one `error:` line and exit 2, before the project is even opened."""
+    res = run_cli("extract-tiles", str(tmp_path / "no-project"), flag, "0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: {flag} must be an integer >= 1, got 0"
+
+
+def test_extract_tiles_passes_the_counts_to_the_scheduler(cmu_slides_project, monkeypatch):
+    from typer.testing import CliRunner
+
+    import slideflow.project.dataset_work as work
+    from slideflow.cli import app
+
+    seen = {}
+    real = work.run_jobs
+
+    def spy(*a, **k):
+        seen.update(num_threads=k["num_threads"], slides_in_flight=k["slides_in_flight"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(work, "run_jobs", spy)
+    res = CliRunner().invoke(app, ["extract-tiles", str(cmu_slides_project.root), "--tile-px",
+                                   "64", "--tile-um", "256", "--qc", "none",
+                                   "--num-threads", "1", "--slides-in-flight", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"num_threads": 1, "slides_in_flight": 1}

@@ -23,7 +23,7 @@ import typer
 from ..errors import SlideflowError
 from ..io import formats, runlog
 from ..io.held_locks import install_sigterm_handler
-from ..validate import positive_int
+from ..validate import optional_positive_int, positive_int
 from ..version import __version__
 from .errors import check_inputs_exist, run_app
 from .inputs import make_jobs, ray_arg, ray_argv, shard, stride_div_of, weights_map
@@ -237,14 +237,22 @@ def extract_tiles(
     img_format: Annotated[str, typer.Option(help="jpg or png")] = "jpg",
     passthrough: Annotated[bool, typer.Option(help="write stored JPEG tiles as they are where "
                                               "output tiles coincide with them")] = True,
+    num_threads: Annotated[int | None, typer.Option(help="threads in all (default: the usable "
+                                                    "cores)")] = None,
+    slides_in_flight: Annotated[int | None, typer.Option(help="slides extracted at once "
+                                                         "(default 2; 1 keeps one slide's "
+                                                         "files on disk at a time)")] = None,
 ) -> None:
     """Extract tiles of a project's slides into TFRecords."""
     from ..project.project import load_project
 
+    optional_positive_int(num_threads, "--num-threads")
+    optional_positive_int(slides_in_flight, "--slides-in-flight")
     P = load_project(project)
     geo = _geometry(tile_px, tile_um)
     result = P.extract_tiles(geo.tile_px, geo.tile_um, qc=None if qc == "none" else qc,
-                             img_format=img_format, passthrough=passthrough)
+                             img_format=img_format, passthrough=passthrough,
+                             num_threads=num_threads, slides_in_flight=slides_in_flight)
     for note in result.notes:
         typer.echo(f"recovered {note}")
     typer.echo(repr(result))

@@ -139,8 +139,10 @@ def test_extract_tiles_on_a_full_disk(tmp_path):
         sf.create_project(tmp_path / "p", name="src", slides=slides, annotations=ann,
                           tfrecords=fs / "tfr")
         filler = fill(fs, FREE)
+        # one slide at a time: with two in flight, A's growing temporary file can take the
+        # space B needs before A fails (then both fail, rightly, and the test would race)
         cmd = [sys.executable, "-m", "slideflow", "extract-tiles", str(tmp_path / "p"),
-               "--tile-px", "64", "--tile-um", "64", "--qc", "none"]
+               "--tile-px", "64", "--tile-um", "64", "--qc", "none", "--slides-in-flight", "1"]
         full = _run(cmd)
         folder = fs / "tfr" / "64px_64um"
         names = sorted(p.name for p in folder.iterdir())
