@@ -6,15 +6,22 @@ Faults are consumed in order by ranged GETs (`server.faults`, a list of kinds):
 - "drop": the headers announce the whole range, half the body is sent, the connection closed;
 - "short": a well-formed answer whose body is half the range (Content-Length says so);
 - None: a normal answer.
+S3 only: "expired" answers 403 AccessDenied "Request has expired" (what S3 says to a presigned
+URL past its time, which the S3 server also says on its own: X-Amz-Date + X-Amz-Expires before
+now), "refused" answers 400 AuthorizationQueryParametersError (a store refusing the presigned
+form).
 `server.change(name, data)` replaces an object (a new ETag) between two reads.
-Every request is logged in `server.log` as (method, path, range header).
+Every request is logged in `server.log` as (method, path, range header); the S3 server also
+logs each ranged GET's query string and Authorization header in `server.auth`.
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -36,6 +43,7 @@ class FaultPlan:
     def __init__(self):
         self.faults: list[str | None] = []
         self.log: list[tuple[str, str, str | None]] = []
+        self.auth: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()
 
     def next_fault(self) -> str | None:
@@ -147,6 +155,25 @@ class RangeHTTPServer(FaultPlan):
         self.httpd.server_close()
 
 
+def _s3_error(start_response, status: str, code: str, message: str):
+    body = (f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message>"
+            "</Error>").encode()
+    start_response(status, [("Content-Type", "application/xml"),
+                            ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _presign_expired(query: str) -> bool:
+    """A SigV4 presigned URL past X-Amz-Date + X-Amz-Expires (moto does not check)."""
+    from urllib.parse import parse_qs
+
+    q = parse_qs(query)
+    if "X-Amz-Date" not in q or "X-Amz-Expires" not in q:
+        return False
+    signed = calendar.timegm(time.strptime(q["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ"))
+    return time.time() > signed + int(q["X-Amz-Expires"][0])
+
+
 class _FaultMiddleware:
     """WSGI wrapper injecting the plan's faults into ranged GETs of the S3 app."""
 
@@ -158,12 +185,21 @@ class _FaultMiddleware:
         rng = environ.get("HTTP_RANGE")
         self.plan.record(method, path, rng)
         fault = self.plan.next_fault() if method == "GET" and rng else None
+        if method == "GET" and rng:
+            query = environ.get("QUERY_STRING", "")
+            with self.plan.lock:
+                self.plan.auth.append((query, environ.get("HTTP_AUTHORIZATION")))
+            if fault == "expired" or _presign_expired(query):
+                return _s3_error(start_response, "403 Forbidden", "AccessDenied",
+                                 "Request has expired")
+        if fault == "refused":
+            return _s3_error(start_response, "400 Bad Request",
+                             "AuthorizationQueryParametersError",
+                             "Query-string authentication version 4 requires the X-Amz-Algorithm"
+                             " parameter")
         if fault == "503":
-            body = (b"<?xml version='1.0'?><Error><Code>SlowDown</Code>"
-                    b"<Message>Please reduce your request rate.</Message></Error>")
-            start_response("503 Slow Down", [("Content-Type", "application/xml"),
-                                              ("Content-Length", str(len(body)))])
-            return [body]
+            return _s3_error(start_response, "503 Slow Down", "SlowDown",
+                             "Please reduce your request rate.")
         if fault in ("drop", "short"):
             status_headers: dict = {}
 

@@ -107,7 +107,8 @@ def filesystem(url: str, anon: bool | None = None, params: str | None = None
 
     S3 retries are switched off in botocore and s3fs: `fetch` retries, so that attempts are
     counted and named. `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` select an S3-compatible
-    endpoint (MinIO, Ceph, a test server).
+    endpoint (MinIO, Ceph, a test server). SigV4 is asked for explicitly: botocore would
+    presign with SigV2, which newer buckets and regions refuse.
     """
     try:
         import fsspec
@@ -118,7 +119,8 @@ def filesystem(url: str, anon: bool | None = None, params: str | None = None
     if proto in ("s3", "s3a"):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         options = {"anon": anonymous(anon),
-                   "config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
+                   "config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"},
+                                     "signature_version": "s3v4"}}
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
     elif proto in ("gs", "gcs") and anonymous(anon):
