@@ -2,6 +2,10 @@
 per 1,000 tiles, on a synthetic JPEG pyramid.
 
 Run: .venv/bin/python bench/bench_remote.py [--size 10000] [--tile-px 256 --tile-um 128]
+[--batch-size 64]
+
+A small `--batch-size` makes the read request-bound (one or two GETs per batch): what a
+sparse slide or random access costs, where the client's CPU per GET shows.
 
 Besides the read rates it times a fetch-only bound: the same bytes in the same number of ranged
 GETs through the reader's fetch layer with no decoding, i.e. what the server can deliver.
@@ -34,7 +38,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def read_all(path: str | Path, tile_px: int, tile_um: float, threads: int | None,
-             server_pid: int | None = None) -> dict:
+             server_pid: int | None = None, batch_size: int = 64) -> dict:
     """Open, QC and read every tile of `path`; rates, digest, fetch counts and, for the read,
     the CPU seconds of this process and of the server process (`server_pid`)."""
     t0 = time.perf_counter()
@@ -42,7 +46,7 @@ def read_all(path: str | Path, tile_px: int, tile_um: float, threads: int | None
     t1 = time.perf_counter()
     cpu0 = (cpu_seconds(os.getpid()), cpu_seconds(server_pid) if server_pid else 0.0)
     n, digest = 0, hashlib.sha256()
-    for tiles, _ in wsi.tiles(batch_size=64, num_threads=threads):
+    for tiles, _ in wsi.tiles(batch_size=batch_size, num_threads=threads):
         digest.update(tiles.tobytes())
         n += len(tiles)
     t2 = time.perf_counter()
@@ -78,9 +82,10 @@ def main() -> None:
     ap.add_argument("--tile-um", type=float, default=128)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.batch_size < 1:
+        ap.error("--rounds and --batch-size must be at least 1")
     cache = Path(os.environ.get("SLIDEFLOW_BENCH_CACHE", tempfile.gettempdir()))
     local = make_pyramid(cache / f"sf_bench_{args.size}.tif", args.size, args.size)
     tests = str(Path(__file__).resolve().parents[1] / "tests")
@@ -103,7 +108,8 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved: a shared machine's load hits both
             for name, where in (("local", local), ("s3", url)):
                 rows[name].append(read_all(where, args.tile_px, args.tile_um, args.threads,
-                                           child.pid if name == "s3" else None))
+                                           child.pid if name == "s3" else None,
+                                           args.batch_size))
             last = rows["s3"][-1]
             fetch_s.append(fetch_only(url, last["bytes_fetched"], last["requests"]))
     finally:
@@ -114,7 +120,8 @@ def main() -> None:
         raise SystemExit("the tiles read from S3 differ from the local file's")
     s3 = best["s3"]
     print(f"pyramid {args.size}x{args.size} ({local.stat().st_size / 1e6:.1f} MB), "
-          f"tile {args.tile_px}px/{args.tile_um:g}um, {s3['tiles']} tiles, cores={os.cpu_count()}")
+          f"tile {args.tile_px}px/{args.tile_um:g}um, {s3['tiles']} tiles, batch "
+          f"{args.batch_size}, cores={os.cpu_count()}")
     for name, r in best.items():
         print(f"{name:6} open+qc {r['open_qc_s']:6.2f} s  read {r['read_s']:6.2f} s  "
               f"{r['tiles_per_s']:7.0f} tiles/s")

@@ -130,3 +130,13 @@ def _no_secret(exc: BaseException) -> None:
         text = f"{seen!r} {seen}"
         assert not SECRET.search(text) and "X-Amz" not in text, text
         seen = seen.__cause__ or seen.__context__
+
+
+def test_a_proxy_for_the_endpoint_keeps_signed_requests(s3, monkeypatch):
+    obj = RemoteObject(URL)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert obj._presigned_get() is None  # botocore honours the proxy; urllib3 would not
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert obj._presigned_get() is not None

@@ -168,10 +168,10 @@ class RemoteObject:
                               expect=end - start)
 
     def _get_once(self, start: int, end: int) -> bytes:
-        if self.presigned is not None:
+        presigned = self.presigned  # another thread may drop it meanwhile
+        if presigned is not None:
             try:
-                return self.presigned.get(start, end, self.etag,
-                                          lambda: self.stats.add(requests=1))
+                return presigned.get(start, end, self.etag, lambda: self.stats.add(requests=1))
             except PresignRefused:  # signed requests from now on (and this one again)
                 self.presigned = None
                 self.stats.add(requests=1)

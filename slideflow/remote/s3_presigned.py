@@ -147,8 +147,10 @@ class PresignedGet:
         if etag:
             headers["If-Match"] = etag
         try:
+            # the stored bytes as they are: a Content-Encoding is not undone on a byte range
             resp = _pool_manager().request("GET", url, headers=headers, retries=False,
-                                           redirect=False, timeout=self.timeout)
+                                           redirect=False, timeout=self.timeout,
+                                           decode_content=False)
         except urllib3.exceptions.HTTPError as exc:
             raise _transport_error(exc, url) from None
         if resp.status == 206 or (resp.status == 200 and len(resp.data) == end - start):
