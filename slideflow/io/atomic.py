@@ -164,6 +164,8 @@ def discard(path: str | os.PathLike | None) -> None:
 
 #: errno values of a full disk or an exhausted quota
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: how `disk_full_text` begins (a scheduler tells a full disk from other failures by it)
+DISK_FULL_TEXT = "disk full writing to"
 
 
 def disk_full_error(exc: BaseException | None) -> OSError | None:
@@ -183,7 +185,7 @@ def disk_full_text(exc: BaseException, where: Any) -> str | None:
     full = disk_full_error(exc)
     if full is None:
         return None
-    return (f"disk full writing to {where} ({full.strerror or full}); nothing of this slide "
+    return (f"{DISK_FULL_TEXT} {where} ({full.strerror or full}); nothing of this slide "
             "was kept: free space and rerun")
 
 

@@ -1,5 +1,8 @@
 """Many slides: a few in flight, one shared encode pool, a summary and HTML reports.
 
+A slide that fails on a full disk while other slides were being written is tried once more,
+alone, after the others: their temporary files may have taken the room it needed.
+
 `run_jobs` schedules `extract_job` over slides (slides in flight x reader threads = the
 threads asked for), collects the per-slide results and stops cleanly on an interrupt: running
 slides stop at their next batch and discard their temporary files. The research layer
@@ -16,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from ...io import imgcodec
+from ...io.atomic import DISK_FULL_TEXT
 from ...io.held_locks import install_sigterm_handler
 from ...slide.geometry import TileGeometry
 from ..outcome import SlideOutcome, Status, try_write_run_files
@@ -50,30 +54,38 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
         encode_pool = ThreadPoolExecutor(threads, thread_name_prefix="sf-encode")
         slide_pool = ThreadPoolExecutor(in_flight, thread_name_prefix="sf-slide")
         try:
-            queue = list(jobs)
+            queue, limit = list(jobs), in_flight
+            retried: set[str] = set()
+            later: list[ExtractJob] = []  # failed on a disk others were writing to as well
             running: dict[Future, ExtractJob] = {}
-            while queue or running:
-                while queue and len(running) < in_flight:
+            shared: set[Future] = set()  # ran while another slide was being extracted
+            while queue or running or later:
+                if not queue and not running:  # the retries, one at a time: alone on the disk
+                    queue, later, limit = later, [], 1
+                while queue and len(running) < limit:
                     job = queue.pop(0)
                     fut = slide_pool.submit(extract_job, job, geometry, opt,
                                             encode_pool=encode_pool, encode_threads=threads,
                                             read_threads=read_threads,
                                             progress=bar, stop=stop,
                                             preview_width=256 if opt.report else None)
+                    if running:
+                        shared.update(running, (fut,))
                     running[fut] = job
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    running.pop(fut)
+                    job, was_shared = running.pop(fut), fut in shared
+                    shared.discard(fut)
                     r = fut.result()  # only interrupts (KeyboardInterrupt, _Stopped) raise here
-                    summary.results[r.slide] = r
-                    if r.status == Status.DONE:
-                        bar.slide_done(r.slide, r.tiles)
-                    elif r.status == Status.FAILED:
-                        bar.slide_failed(r.slide, r.message or "")
-                    else:
-                        bar.slide_skipped(r.slide, r.reason or "")
-                    if on_result is not None:
-                        on_result(r)
+                    if was_shared and _disk_full(r):  # the others' files may have taken its room
+                        log.info("%s: disk full while other slides were written too; tried "
+                                 "again alone once they finish", r.slide)
+                        later.append(job)
+                        retried.add(job.name)
+                        continue
+                    if r.slide in retried and r.status == Status.DONE:
+                        r.notes.append("done when tried again alone after a full disk")
+                    _record(r, summary, bar, on_result)
         except BaseException:
             stop.set()  # running slides stop at their next batch and discard their temp files
             raise
@@ -86,6 +98,25 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
     summary.seconds = time.perf_counter() - start
     return summary
 
+
+
+def _record(r: SlideOutcome, summary: ExtractionSummary, bar: Any,
+            on_result: Callable[[SlideOutcome], None] | None) -> None:
+    """A slide's final outcome: into the summary, the progress line and `on_result`."""
+    summary.results[r.slide] = r
+    if r.status == Status.DONE:
+        bar.slide_done(r.slide, r.tiles)
+    elif r.status == Status.FAILED:
+        bar.slide_failed(r.slide, r.message or "")
+    else:
+        bar.slide_skipped(r.slide, r.reason or "")
+    if on_result is not None:
+        on_result(r)
+
+
+def _disk_full(r: SlideOutcome) -> bool:
+    """Whether the slide failed on a full disk (`io.atomic.disk_full_text`)."""
+    return r.status == Status.FAILED and (r.error or "").startswith(DISK_FULL_TEXT)
 
 
 def write_run_outputs(summary: ExtractionSummary, jobs: Sequence[ExtractJob],
