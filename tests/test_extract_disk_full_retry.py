@@ -82,3 +82,18 @@ def test_alone_or_other_failures_are_not_tried_again(tmp_path, monkeypatch):
     summary = _run(tmp_path, ["A", "B"], 2)
     assert sorted(c[0] for c in calls) == ["A", "B"]
     assert summary.failed == {"A": "ValueError: not a slide"}
+
+
+def test_counts_are_checked_by_the_scheduler(tmp_path, monkeypatch):
+    """0 slides in flight or 0 threads is an error for every caller, not a silent default."""
+    import pytest
+
+    from slideflow.errors import InvalidArgumentError
+
+    calls = _fake(monkeypatch, {"A": ["done"]})
+    for kw, name in (({"slides_in_flight": 0}, "slides_in_flight"),
+                     ({"num_threads": 0}, "num_threads")):
+        with pytest.raises(InvalidArgumentError, match=f"{name} must be an integer >= 1"):
+            sched.run_jobs(_jobs(tmp_path, "A"), 64, 64, ExtractOptions(qc=None, report=False),
+                           progress=False, **kw)
+    assert calls == []

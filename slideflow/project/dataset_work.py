@@ -43,8 +43,6 @@ def extract_dataset(dataset: Any, *, num_threads: int | None = None,
                     **options: Any) -> ExtractionSummary:
     """Extract every slide of a Dataset into its sources' TFRecord folders (+ reports); `qc`
     defaults to `slideflow.selection.DEFAULT_QC`."""
-    num_threads = optional_positive_int(num_threads, "num_threads")
-    slides_in_flight = optional_positive_int(slides_in_flight, "slides_in_flight")
     opt = ExtractOptions(**{"qc": DEFAULT_QC, **options})
     label = get_tfrecord_label(dataset.tile_px, dataset.tile_um)
     jobs: list[ExtractJob] = []

@@ -22,6 +22,7 @@ from ...io import imgcodec
 from ...io.atomic import DISK_FULL_TEXT
 from ...io.held_locks import install_sigterm_handler
 from ...slide.geometry import TileGeometry
+from ...validate import optional_positive_int
 from ..outcome import SlideOutcome, Status, try_write_run_files
 from ..progress import track_slides
 from ..report import write_report
@@ -43,8 +44,9 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
     geometry = TileGeometry.parse(tile_px, tile_um)  # once, handed down as it is
     summary = ExtractionSummary(geometry.tile_px, geometry.tile_um)
     total = len(jobs) + len(failed or {})
-    threads = max(1, num_threads or imgcodec.default_threads())
-    in_flight = max(1, min(slides_in_flight or 2, len(jobs) or 1, threads))
+    threads = optional_positive_int(num_threads, "num_threads") or imgcodec.default_threads()
+    wanted = optional_positive_int(slides_in_flight, "slides_in_flight") or 2
+    in_flight = max(1, min(wanted, len(jobs) or 1, threads))
     read_threads = max(1, threads // in_flight)
     stop = threading.Event()
     with track_slides(total, f"extract {summary.label}", enabled=progress) as bar:
