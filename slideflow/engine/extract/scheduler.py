@@ -56,14 +56,13 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
         encode_pool = ThreadPoolExecutor(threads, thread_name_prefix="sf-encode")
         slide_pool = ThreadPoolExecutor(in_flight, thread_name_prefix="sf-slide")
         try:
-            queue, limit = list(jobs), in_flight
-            retried: set[str] = set()
+            queue, limit, retrying = list(jobs), in_flight, False
             later: list[ExtractJob] = []  # failed on a disk others were writing to as well
             running: dict[Future, ExtractJob] = {}
             shared: set[Future] = set()  # ran while another slide was being extracted
             while queue or running or later:
                 if not queue and not running:  # the retries, one at a time: alone on the disk
-                    queue, later, limit = later, [], 1
+                    queue, later, limit, retrying = later, [], 1, True
                 while queue and len(running) < limit:
                     job = queue.pop(0)
                     fut = slide_pool.submit(extract_job, job, geometry, opt,
@@ -83,9 +82,8 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
                         log.info("%s: disk full while other slides were written too; tried "
                                  "again alone once they finish", r.slide)
                         later.append(job)
-                        retried.add(job.name)
                         continue
-                    if r.slide in retried and r.status == Status.DONE:
+                    if retrying and r.status == Status.DONE:
                         r.notes.append("done when tried again alone after a full disk")
                     _record(r, summary, bar, on_result)
         except BaseException:
@@ -99,7 +97,6 @@ def run_jobs(jobs: Sequence[ExtractJob], tile_px: int | TileGeometry,
                                   key=lambda kv: (order.get(kv[0], -1), kv[0])))
     summary.seconds = time.perf_counter() - start
     return summary
-
 
 
 def _record(r: SlideOutcome, summary: ExtractionSummary, bar: Any,
